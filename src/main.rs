@@ -1,1 +1,162 @@
-fn main() {}
+//! The `chitd` binary: parse arguments, set up logging, call one library
+//! function, map the result to an exit code (0 ok, 1 failure, 2 usage,
+//! 124 timeout).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use chitd::cli::{Cli, Command, RequestArgs, RunArgs, StatusArgs};
+use chitd::config::{self, LayoutSource};
+use chitd::daemon::{self, Options};
+use chitd::fetch::FetchSettings;
+use chitd::request::{self, Outcome, RequestError};
+use chitd::status;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("chitd=info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match cli.command {
+        Command::Run(args) => run(&args),
+        Command::Request(args) => request(&args),
+        Command::Status(args) => status(&args),
+    }
+}
+
+fn run(args: &RunArgs) -> ExitCode {
+    let cwd = match std::env::current_dir() {
+        Ok(cwd) => cwd,
+        Err(e) => return fatal(1, format!("cannot read the current directory: {e}")),
+    };
+    let (config, source) = match config::resolve_run(args, &cwd) {
+        Ok(resolved) => resolved,
+        Err(e) => return fatal(2, format!("{e}")),
+    };
+    match &source {
+        LayoutSource::EmbeddedDefault => println!(
+            "chitd: no flags given; using the default layout in {}",
+            cwd.display()
+        ),
+        LayoutSource::ConfigFile(path) => println!("chitd: configuration {}", path.display()),
+        LayoutSource::Flags => println!("chitd: layout from flags"),
+    }
+    print!("{}", config.describe());
+    let options = Options {
+        exit_when_idle: args.exit_when_idle,
+        fetch: fetch_settings_from_env(),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fatal(1, format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(daemon::run(config, options, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fatal(1, format!("{e}")),
+    }
+}
+
+/// Test and tuning knobs: `CHITD_RETRY_DELAY_MS` (first backoff between
+/// retry rounds) and `CHITD_INACTIVITY_TIMEOUT_MS` (no data for this long
+/// cuts a connection).
+fn fetch_settings_from_env() -> FetchSettings {
+    let millis = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis)
+    };
+    let mut settings = FetchSettings::default();
+    if let Some(delay) = millis("CHITD_RETRY_DELAY_MS") {
+        settings.retry_delay = delay;
+        settings.max_retry_delay = settings.max_retry_delay.max(delay);
+    }
+    if let Some(timeout) = millis("CHITD_INACTIVITY_TIMEOUT_MS") {
+        settings.inactivity_timeout = timeout;
+    }
+    settings
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn request(args: &RequestArgs) -> ExitCode {
+    match request::request(args) {
+        Ok((name, Outcome::Queued)) => {
+            println!("{name}");
+            ExitCode::SUCCESS
+        }
+        Ok((name, Outcome::Downloaded)) => {
+            println!("{name}: downloaded");
+            ExitCode::SUCCESS
+        }
+        Ok((name, Outcome::Failed(reason))) => {
+            println!("{name}: failed");
+            eprintln!("chitd: {name} failed: {reason}");
+            ExitCode::from(1)
+        }
+        Ok((name, Outcome::TimedOut)) => {
+            eprintln!("chitd: {name} is not terminal yet; timed out waiting");
+            ExitCode::from(124)
+        }
+        Err(e @ RequestError::Invalid(_)) => fatal(2, format!("{e}")),
+        Err(e) => fatal(1, format!("{e}")),
+    }
+}
+
+fn status(args: &StatusArgs) -> ExitCode {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let spools = match config::resolve_status_spools(args, &cwd) {
+        Ok(spools) => spools,
+        Err(e) => return fatal(2, format!("{e}")),
+    };
+    match status::status(&spools) {
+        Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fatal(1, format!("cannot render the report: {e}")),
+        },
+        Ok(report) => {
+            print!("{}", status::render(&report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fatal(1, format!("{e}")),
+    }
+}
+
+fn fatal(code: u8, message: String) -> ExitCode {
+    eprintln!("chitd: {message}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,338 @@
+//! The command line of contract §5 as clap types: `chitd run`, `chitd
+//! request` and `chitd status`.
+//!
+//! This file owns the flags, their help text and the checks clap can make on
+//! its own (`--spool` needs `--deliver`, `--jobs` ≥ 1, `--timeout` ≥ 0). It
+//! does no I/O and reads no files: turning [`RunArgs`] into a layout is
+//! `config::resolve_run`, and the chit fields of [`RequestArgs`] are checked
+//! by the chit parser. Clap exits 2 on a usage error, as the contract asks.
+
+use std::path::PathBuf;
+
+use clap::builder::{ArgPredicate, RangedU64ValueParser};
+
+/// chitd: a download daemon for sandboxed builders. Consumers drop chits
+/// (sha256, size, path, URLs) into their spool; the daemon fetches each file
+/// once into a shared, verified cache and delivers it.
+#[derive(Debug, clap::Parser)]
+#[command(name = "chitd", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Serve consumers' spools until SIGINT or SIGTERM (or until idle, with
+    /// --exit-when-idle). With no flags at all, serves the embedded default
+    /// layout in the current directory: ./cache, ./spool and ./distfiles.
+    Run(RunArgs),
+    /// Write a chit into a spool's request/ directory atomically; no daemon
+    /// needs to be running. Exits 0 when written (or, with --wait, when
+    /// downloaded), 1 when the chit failed, 124 when --timeout ran out.
+    Request(RequestArgs),
+    /// Show the chits in each spool and, when a daemon runs, its downloads.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct RunArgs {
+    /// Read the layout (cache, mirrors, jobs, give_up_after, consumers) from
+    /// this TOML file; relative paths inside it are relative to its directory.
+    /// The flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Serve one consumer, named "default", whose chits arrive in this spool
+    /// directory. Replaces the consumers of --config. Needs --deliver.
+    #[arg(long, value_name = "DIR", requires = "deliver")]
+    pub spool: Option<PathBuf>,
+
+    /// Where the --spool consumer's files are delivered. Needs --spool.
+    #[arg(long, value_name = "DIR", requires = "spool")]
+    pub deliver: Option<PathBuf>,
+
+    /// The content-addressed cache shared by all consumers
+    /// [default: ./cache, or the one in --config].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+
+    /// A mirror tried after a chit's own URLs, as <URL>/<path>; http, https
+    /// or file. Repeat for several; replaces the mirrors of --config.
+    #[arg(long, value_name = "URL")]
+    pub mirror: Vec<String>,
+
+    /// How many downloads run at once, at least 1 [default: 4, or --config's].
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub jobs: Option<usize>,
+
+    /// Exit 0 once no chit is in request/ or fetch/ of any consumer and no
+    /// download is in flight.
+    #[arg(long)]
+    pub exit_when_idle: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct RequestArgs {
+    /// The consumer's spool directory; the chit is written into its request/.
+    #[arg(long, value_name = "DIR")]
+    pub spool: PathBuf,
+
+    /// Wait until the chit is downloaded (exit 0) or failed (exit 1, printing
+    /// the reason). Implied by --timeout.
+    #[arg(long, default_value_if("timeout", ArgPredicate::IsPresent, "true"))]
+    pub wait: bool,
+
+    /// Stop waiting after this many seconds (fractions allowed) and exit 124.
+    /// Implies --wait.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    pub timeout: Option<f64>,
+
+    /// The file's SHA-256 digest: 64 hexadecimal digits, any case.
+    #[arg(value_name = "SHA256")]
+    pub sha256: String,
+
+    /// The file's size in bytes, in decimal.
+    #[arg(value_name = "SIZE")]
+    pub size: String,
+
+    /// Where the file must appear, relative to the consumer's delivery
+    /// directory, with / separators (for example gnu/make-4.4.tar.gz).
+    #[arg(value_name = "PATH")]
+    pub path: String,
+
+    /// Absolute http or https URLs to try first, in order, before the mirrors.
+    #[arg(value_name = "URL")]
+    pub urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct StatusArgs {
+    /// Show every consumer of this TOML configuration file.
+    #[arg(long, value_name = "FILE", conflicts_with = "spool")]
+    pub config: Option<PathBuf>,
+
+    /// Show this one spool directory. Without --config or --spool, the
+    /// default layout's ./spool is shown.
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--timeout`: a finite, non-negative number of seconds.
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    // Also refuse what std::time::Duration cannot hold, so that
+    // Duration::from_secs_f64 on the result never panics.
+    if seconds < 0.0 || std::time::Duration::try_from_secs_f64(seconds).is_err() {
+        return Err(format!(
+            "{text:?} is not a usable timeout: give zero or more seconds, such as 30 or 1.5"
+        ));
+    }
+    Ok(seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use clap::{CommandFactory, Parser};
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        let argv = std::iter::once("chitd").chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(|cli| cli.command)
+    }
+
+    fn run(args: &[&str]) -> RunArgs {
+        match parse(args) {
+            Ok(Command::Run(run)) => run,
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    fn request(args: &[&str]) -> RequestArgs {
+        match parse(args) {
+            Ok(Command::Request(request)) => request,
+            other => panic!("expected request, got {other:?}"),
+        }
+    }
+
+    fn status(args: &[&str]) -> StatusArgs {
+        match parse(args) {
+            Ok(Command::Status(status)) => status,
+            other => panic!("expected status, got {other:?}"),
+        }
+    }
+
+    fn usage_error(args: &[&str]) -> clap::Error {
+        let error = parse(args).expect_err("this command line should be refused");
+        assert_eq!(error.exit_code(), 2, "{error}");
+        error
+    }
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_without_flags_is_all_defaults() {
+        assert_eq!(run(&["run"]), RunArgs::default());
+    }
+
+    #[test]
+    fn run_with_every_flag() {
+        let args = run(&[
+            "run",
+            "--config",
+            "etc/chitd.toml",
+            "--spool",
+            "s",
+            "--deliver",
+            "d",
+            "--cache",
+            "c",
+            "--mirror",
+            "https://a.example/",
+            "--mirror",
+            "file:///srv/mirror",
+            "--jobs",
+            "8",
+            "--exit-when-idle",
+        ]);
+        let expected = RunArgs {
+            config: Some("etc/chitd.toml".into()),
+            spool: Some("s".into()),
+            deliver: Some("d".into()),
+            cache: Some("c".into()),
+            mirror: vec!["https://a.example/".into(), "file:///srv/mirror".into()],
+            jobs: Some(8),
+            exit_when_idle: true,
+        };
+        assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn run_spool_and_deliver_need_each_other() {
+        let error = usage_error(&["run", "--spool", "s"]);
+        assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument);
+        assert!(error.to_string().contains("--deliver"), "{error}");
+        let error = usage_error(&["run", "--deliver", "d"]);
+        assert_eq!(error.kind(), ErrorKind::MissingRequiredArgument);
+        assert!(error.to_string().contains("--spool"), "{error}");
+    }
+
+    #[test]
+    fn run_jobs_must_be_at_least_one() {
+        assert_eq!(
+            usage_error(&["run", "--jobs", "0"]).kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            usage_error(&["run", "--jobs", "-1"]).kind(),
+            ErrorKind::UnknownArgument
+        );
+        assert_eq!(
+            usage_error(&["run", "--jobs", "x"]).kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(run(&["run", "--jobs", "1"]).jobs, Some(1));
+    }
+
+    #[test]
+    fn request_positionals_and_urls() {
+        let digest = "a".repeat(64);
+        let args = request(&[
+            "request",
+            "--spool",
+            "sp",
+            &digest,
+            "1234",
+            "gnu/make-4.4.tar.gz",
+            "https://ftp.gnu.org/gnu/make/make-4.4.tar.gz",
+            "http://b.example/make.tgz",
+        ]);
+        assert_eq!(args.spool, PathBuf::from("sp"));
+        assert!(!args.wait);
+        assert_eq!(args.timeout, None);
+        assert_eq!(
+            (args.sha256.as_str(), args.size.as_str()),
+            (digest.as_str(), "1234")
+        );
+        assert_eq!(args.path, "gnu/make-4.4.tar.gz");
+        assert_eq!(args.urls.len(), 2);
+        let args = request(&["request", "--spool", "sp", "--wait", &digest, "0", "p"]);
+        assert!(args.wait);
+        assert!(args.urls.is_empty());
+    }
+
+    #[test]
+    fn request_timeout_takes_fractions_and_implies_wait() {
+        let digest = "a".repeat(64);
+        for (text, seconds) in [("1.5", 1.5), ("0", 0.0), ("30", 30.0)] {
+            let args = request(&[
+                "request",
+                "--spool",
+                "s",
+                "--timeout",
+                text,
+                &digest,
+                "1",
+                "p",
+            ]);
+            assert_eq!(args.timeout, Some(seconds));
+            assert!(args.wait, "--timeout implies --wait");
+        }
+        let args = request(&[
+            "request",
+            "--spool",
+            "s",
+            "--wait",
+            "--timeout",
+            "2",
+            &digest,
+            "1",
+            "p",
+        ]);
+        assert!(args.wait);
+        for bad in ["-1", "abc", "inf", "NaN", "1e300"] {
+            let flag = format!("--timeout={bad}");
+            let error = usage_error(&["request", "--spool", "s", &flag, &digest, "1", "p"]);
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn request_needs_spool_and_three_fields() {
+        let digest = "a".repeat(64);
+        usage_error(&["request", &digest, "1", "p"]);
+        usage_error(&["request", "--spool", "s", &digest, "1"]);
+    }
+
+    #[test]
+    fn status_forms() {
+        assert_eq!(status(&["status"]), StatusArgs::default());
+        let args = status(&["status", "--config", "c.toml", "--json"]);
+        assert_eq!(
+            (args.config, args.spool, args.json),
+            (Some("c.toml".into()), None, true)
+        );
+        let args = status(&["status", "--spool", "s"]);
+        assert_eq!(args.spool, Some(PathBuf::from("s")));
+        let error = usage_error(&["status", "--config", "c.toml", "--spool", "s"]);
+        assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn unknown_subcommand_and_flags_are_usage_errors() {
+        usage_error(&[]);
+        usage_error(&["fetch"]);
+        usage_error(&["run", "--bogus"]);
+    }
+}

@@ -1,0 +1,1131 @@
+//! The daemon's layout: TOML text → [`Config`], and how `chitd run` and
+//! `chitd status` arrive at one from their flags.
+//!
+//! This file owns the configuration format of contract §6 and nothing else:
+//! [`Config::parse`] is pure (text and a base directory in, value or
+//! [`ConfigError`] out) and [`Config::load`] is the thin wrapper that reads a
+//! file. [`resolve_run`] and [`resolve_status_spools`] merge command-line flags
+//! over a file or the embedded default layout; they read at most the one
+//! configuration file and never create anything.
+//!
+//! Every error is a sentence that names the file (when there is one), the line
+//! and the key. TOML values are read as [`toml::Value`] with their spans and
+//! checked here, rather than typed by serde, so that a wrong type can name its
+//! key; `deny_unknown_fields` catches unknown keys, whose serde message already
+//! names the key.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+use url::Url;
+
+use crate::cli::{RunArgs, StatusArgs};
+
+/// Concurrent downloads when the configuration does not say.
+pub const DEFAULT_JOBS: usize = 4;
+/// How long the sources of a chit may make no progress before it fails.
+pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+/// The conventional name of the configuration file. chitd never loads it
+/// implicitly: a file is only read when `--config` names it.
+pub const DEFAULT_CONFIG_NAME: &str = "chitd.toml";
+/// The name of the consumer that `--spool`/`--deliver` and the embedded
+/// default layout define.
+pub const DEFAULT_CONSUMER: &str = "default";
+
+/// The state directories of a spool, in the order a chit moves through them.
+/// `spool.rs` owns them; they are repeated here only for [`Config::describe`].
+const SPOOL_STATES: [&str; 4] = ["request", "fetch", "downloaded", "fail"];
+
+/// Everything `chitd run` needs to know about its layout. Paths are absolute
+/// whenever the base directory given to [`Config::parse`] was.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The content-addressed store shared by all consumers.
+    pub cache: PathBuf,
+    /// Tried after a chit's own URLs, as `<mirror>/<path>`; stored as written
+    /// (a trailing slash may or may not be there). Schemes: http, https, file.
+    pub mirrors: Vec<Url>,
+    /// Downloads running at once; at least 1.
+    pub jobs: usize,
+    /// A chit fails once its sources have made no progress for this long; > 0.
+    pub give_up_after: Duration,
+    /// Names are unique and non-empty; no two consumers share a spool.
+    pub consumers: Vec<Consumer>,
+}
+
+/// One consumer: where its chits arrive and where its files are delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Consumer {
+    pub name: String,
+    pub spool: PathBuf,
+    pub deliver: PathBuf,
+}
+
+/// Where in the configuration text something went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The configuration file, once [`Config::load`] knows it.
+    pub file: Option<PathBuf>,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}, ", file.display())?;
+        }
+        write!(f, "line {}, column {}", self.line, self.column)
+    }
+}
+
+/// Why no usable [`Config`] could be made. Each message is complete on its
+/// own (the I/O error of [`ConfigError::Read`] is part of the text), so
+/// `source()` is always `None` and printing the chain repeats nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read the configuration file {}: {cause}", path.display())]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    /// The text is not valid TOML.
+    #[error("{location}: this is not valid TOML: {message}")]
+    Syntax { location: Location, message: String },
+    /// A key is unknown, has the wrong type or a value that cannot be used.
+    #[error("{location}: {message}")]
+    Key {
+        location: Location,
+        /// The key as written, without its table (`jobs`, `spool`).
+        key: String,
+        message: String,
+    },
+    /// `chitd run` has nothing to serve.
+    #[error(
+        "{}no [[consumer]] defined, so there is nothing to serve: add a [[consumer]] \
+         section with name, spool and deliver, or pass --spool DIR --deliver DIR",
+        file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default()
+    )]
+    NoConsumers { file: Option<PathBuf> },
+    /// A command-line flag has a value that cannot be used.
+    #[error("{flag} {value:?}: {message}")]
+    Flag {
+        flag: &'static str,
+        value: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Names `file` in an error that came from the text of that file.
+    pub fn in_file(mut self, path: &Path) -> Self {
+        match &mut self {
+            Self::Syntax { location, .. } | Self::Key { location, .. } => {
+                location.file = Some(path.to_path_buf());
+            }
+            Self::NoConsumers { file } => *file = Some(path.to_path_buf()),
+            Self::Read { .. } | Self::Flag { .. } => {}
+        }
+        self
+    }
+}
+
+/// How `chitd run` got its layout, for printing at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayoutSource {
+    /// `--config FILE` (the absolute path), possibly with flags over it.
+    ConfigFile(PathBuf),
+    /// `--spool DIR --deliver DIR` without `--config`.
+    Flags,
+    /// Neither `--config` nor `--spool`: [`Config::default_layout`] in the
+    /// current directory.
+    EmbeddedDefault,
+}
+
+impl fmt::Display for LayoutSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ConfigFile(path) => write!(f, "configuration file {}", path.display()),
+            Self::Flags => f.write_str("command-line flags"),
+            Self::EmbeddedDefault => f.write_str(
+                "the embedded default layout in the current directory \
+                 (no --config or --spool given)",
+            ),
+        }
+    }
+}
+
+/// The file as serde sees it. Values stay untyped so that [`Reader`] can
+/// name the key when a type is wrong.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cache: Option<Spanned<Value>>,
+    mirrors: Option<Spanned<Value>>,
+    jobs: Option<Spanned<Value>>,
+    give_up_after: Option<Spanned<Value>>,
+    #[serde(default)]
+    consumer: Vec<Spanned<RawConsumer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsumer {
+    name: Option<Spanned<Value>>,
+    spool: Option<Spanned<Value>>,
+    deliver: Option<Spanned<Value>>,
+}
+
+impl Config {
+    /// Pure: TOML text → Config. Relative paths are joined onto `base_dir`.
+    /// Errors carry a line but no file; [`Config::load`] adds the file.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let reader = Reader { text };
+        // Parse twice: a failure of the first is bad TOML; a failure of the
+        // second is an unknown key or a misshapen [[consumer]].
+        toml::from_str::<toml::Table>(text).map_err(|error| reader.syntax_error(&error))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|error| reader.shape_error(&error))?;
+        let path = |value: &Value| directory(base_dir, value);
+        let mut config = Config::default_layout(base_dir);
+        config.consumers.clear();
+        if let Some(value) = &raw.cache {
+            config.cache = reader.check("cache", value, path)?;
+        }
+        if let Some(value) = &raw.mirrors {
+            config.mirrors = reader.mirrors(value)?;
+        }
+        if let Some(value) = &raw.jobs {
+            config.jobs = reader.check("jobs", value, jobs)?;
+        }
+        if let Some(value) = &raw.give_up_after {
+            config.give_up_after = reader.check("give_up_after", value, give_up_after)?;
+        }
+        for table in &raw.consumer {
+            let consumer = &table.get_ref();
+            let required = |field: &Option<Spanned<Value>>, key: &str| {
+                field.clone().ok_or_else(|| {
+                    let message = format!(
+                        "this [[consumer]] has no `{key}`; every consumer needs `name`, \
+                         `spool` and `deliver`"
+                    );
+                    reader.error(table.span(), key, message)
+                })
+            };
+            let (name, spool) = (
+                required(&consumer.name, "name")?,
+                required(&consumer.spool, "spool")?,
+            );
+            let deliver = required(&consumer.deliver, "deliver")?;
+            let consumer = Consumer {
+                name: reader.check("name", &name, consumer_name)?,
+                spool: reader.check("spool", &spool, path)?,
+                deliver: reader.check("deliver", &deliver, path)?,
+            };
+            if let Some((key, message)) = clash(&config.consumers, &consumer) {
+                let span = if key == "name" {
+                    name.span()
+                } else {
+                    spool.span()
+                };
+                return Err(reader.error(span, key, message));
+            }
+            config.consumers.push(consumer);
+        }
+        Ok(config)
+    }
+
+    /// Reads and parses the file at `path`. Relative paths inside it are
+    /// relative to its directory; a relative `path` is taken from the
+    /// process's current directory. Errors name the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let read_error = |cause| ConfigError::Read {
+            path: path.to_path_buf(),
+            cause,
+        };
+        let absolute = std::path::absolute(path).map_err(read_error)?;
+        let text = std::fs::read_to_string(&absolute).map_err(read_error)?;
+        let base_dir = absolute.parent().unwrap_or(Path::new("/"));
+        Config::parse(&text, base_dir).map_err(|error| error.in_file(path))
+    }
+
+    /// The embedded default layout rooted at `dir`: `dir/cache`, and one
+    /// consumer "default" with spool `dir/spool` and deliver `dir/distfiles`.
+    pub fn default_layout(dir: &Path) -> Config {
+        Config {
+            cache: dir.join("cache"),
+            mirrors: Vec::new(),
+            jobs: DEFAULT_JOBS,
+            give_up_after: DEFAULT_GIVE_UP_AFTER,
+            consumers: vec![Consumer {
+                name: DEFAULT_CONSUMER.to_string(),
+                spool: dir.join("spool"),
+                deliver: dir.join("distfiles"),
+            }],
+        }
+    }
+
+    /// What `chitd run` needs beyond a well-formed file: at least one consumer.
+    pub fn validate_for_run(&self) -> Result<(), ConfigError> {
+        match self.consumers.is_empty() {
+            true => Err(ConfigError::NoConsumers { file: None }),
+            false => Ok(()),
+        }
+    }
+
+    /// A multi-line description of the layout for a person, printed by
+    /// `chitd run` at start. Ends with a newline.
+    pub fn describe(&self) -> String {
+        let mut lines = vec![format!("cache:         {}", self.cache.display())];
+        match self.mirrors.as_slice() {
+            [] => lines.push("mirrors:       none".to_string()),
+            mirrors => lines.extend(
+                mirrors
+                    .iter()
+                    .map(|mirror| format!("mirror:        {mirror}")),
+            ),
+        }
+        lines.push(format!("jobs:          {}", self.jobs));
+        let give_up_after = humantime::format_duration(self.give_up_after);
+        lines.push(format!("give_up_after: {give_up_after} without progress"));
+        let [request, fetch, downloaded, fail] = SPOOL_STATES;
+        for consumer in &self.consumers {
+            let spool = consumer.spool.display();
+            lines.push(format!("consumer {:?}:", consumer.name));
+            lines.push(format!("  spool:   {spool}"));
+            lines.push(format!(
+                "           chits go in {request}/, move to {fetch}/ while fetched, \
+                 and end in {downloaded}/ or {fail}/"
+            ));
+            lines.push(format!("  deliver: {}", consumer.deliver.display()));
+        }
+        lines.join("\n") + "\n"
+    }
+}
+
+/// Checks one mirror URL, from the file or `--mirror`. The error is the part
+/// of a sentence after the URL.
+pub fn parse_mirror(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|error| format!("is not a valid URL ({error})"))?;
+    if !matches!(url.scheme(), "http" | "https" | "file") {
+        let scheme = url.scheme();
+        return Err(format!(
+            "has the scheme {scheme:?}, but a mirror must be http, https or file"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        let why = "chitd appends each file's path to a mirror URL";
+        return Err(format!(
+            "has a query or fragment, which it cannot have because {why}"
+        ));
+    }
+    Ok(url)
+}
+
+/// The config text being checked, for turning spans into lines.
+struct Reader<'a> {
+    text: &'a str,
+}
+
+impl Reader<'_> {
+    fn location(&self, span: Range<usize>) -> Location {
+        let before = self.text.get(..span.start).unwrap_or(self.text);
+        let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+        let column = before[line_start..].chars().count() + 1;
+        let line = before.matches('\n').count() + 1;
+        Location {
+            file: None,
+            line,
+            column,
+        }
+    }
+
+    fn error(&self, span: Range<usize>, key: &str, message: String) -> ConfigError {
+        let location = self.location(span);
+        ConfigError::Key {
+            location,
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// Runs `check` on the value of `key`; its message is about `key`.
+    fn check<T>(
+        &self,
+        key: &str,
+        value: &Spanned<Value>,
+        check: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        check(value.get_ref())
+            .map_err(|reason| self.error(value.span(), key, format!("`{key}` {reason}")))
+    }
+
+    fn syntax_error(&self, error: &toml::de::Error) -> ConfigError {
+        let span = error.span().unwrap_or(0..0);
+        let mut message = error.message().to_string();
+        // toml's message does not say which key; its span does.
+        if message == "duplicate key" {
+            let key = self.text.get(span.clone()).unwrap_or_default();
+            message = format!("the key `{key}` is defined twice in the same table");
+        }
+        let location = self.location(span);
+        ConfigError::Syntax { location, message }
+    }
+
+    /// The TOML is valid but serde refused it: an unknown key (serde names it)
+    /// or a `consumer` that is not an array of tables.
+    fn shape_error(&self, error: &toml::de::Error) -> ConfigError {
+        let span = error.span().unwrap_or(0..0);
+        let message = error.message();
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            let key = rest.split('`').next().unwrap_or_default();
+            let expected = rest.split_once(", expected ").map_or("", |(_, list)| list);
+            let message = format!("unknown key `{key}`; the keys allowed here are {expected}");
+            return self.error(span, key, message);
+        }
+        let message = format!(
+            "`consumer` must be written as [[consumer]] sections, one per consumer with \
+             name, spool and deliver, but here it is not ({message})"
+        );
+        self.error(span, "consumer", message)
+    }
+
+    fn mirrors(&self, value: &Spanned<Value>) -> Result<Vec<Url>, ConfigError> {
+        let strings = self.check("mirrors", value, |value| match value {
+            Value::Array(items) if items.iter().all(Value::is_str) => Ok(items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect::<Vec<_>>()),
+            other => Err(format!(
+                "must be an array of URL strings, not {}",
+                show(other)
+            )),
+        })?;
+        let span = value.span();
+        let mut mirrors = Vec::with_capacity(strings.len());
+        for text in strings {
+            let url = parse_mirror(&text).map_err(|reason| {
+                // Array items carry no span: look for the string in the array.
+                let inside = self.text.get(span.clone()).unwrap_or_default();
+                let start = span.start + inside.find(&text).unwrap_or(0);
+                self.error(
+                    start..start,
+                    "mirrors",
+                    format!("the mirror {text:?} in `mirrors` {reason}"),
+                )
+            })?;
+            mirrors.push(url);
+        }
+        Ok(mirrors)
+    }
+}
+
+/// Whether `new` may join `consumers`: if not, the key at fault and why.
+fn clash(consumers: &[Consumer], new: &Consumer) -> Option<(&'static str, String)> {
+    let (name, spool) = (&new.name, new.spool.display());
+    consumers.iter().find_map(|old| {
+        if old.name == new.name {
+            let message =
+                format!("`name` = {name:?} is used by two consumers; names must be unique");
+            Some(("name", message))
+        } else if lexically_normal(&old.spool) == lexically_normal(&new.spool) {
+            let other = &old.name;
+            let message = format!(
+                "consumers {other:?} and {name:?} have the same `spool`, {spool}; each \
+                 consumer needs a spool directory of its own"
+            );
+            Some(("spool", message))
+        } else {
+            None
+        }
+    })
+}
+
+fn string(value: &Value) -> Result<&str, String> {
+    value
+        .as_str()
+        .ok_or_else(|| format!("must be a string, not {}", show(value)))
+}
+
+fn directory(base_dir: &Path, value: &Value) -> Result<PathBuf, String> {
+    match string(value)? {
+        "" => Err("is empty, but it must name a directory".to_string()),
+        text => Ok(resolve_path(base_dir, Path::new(text))),
+    }
+}
+
+fn consumer_name(value: &Value) -> Result<String, String> {
+    match string(value)? {
+        "" => Err("is empty, but a consumer needs a name".to_string()),
+        name => Ok(name.to_string()),
+    }
+}
+
+fn jobs(value: &Value) -> Result<usize, String> {
+    match value {
+        // More than usize::MAX downloads at once is as good as unlimited.
+        Value::Integer(jobs) if *jobs >= 1 => Ok(usize::try_from(*jobs).unwrap_or(usize::MAX)),
+        other => Err(format!(
+            "is the number of downloads at once and must be a whole number of at least 1, \
+             not {}",
+            show(other)
+        )),
+    }
+}
+
+fn give_up_after(value: &Value) -> Result<Duration, String> {
+    let duration = match value {
+        // A bare number in a string is seconds too, as it is outside one.
+        Value::String(text) => match text.trim().parse::<u64>() {
+            Ok(seconds) => Duration::from_secs(seconds),
+            Err(_) => humantime::parse_duration(text).map_err(|error| {
+                format!(
+                    "= {text:?} is not a duration ({error}); write it like \"60s\", \"5m\", \
+                     \"1h 30m\" or \"500ms\", or as a number of seconds"
+                )
+            })?,
+        },
+        Value::Integer(seconds) if *seconds >= 0 => Duration::from_secs(seconds.unsigned_abs()),
+        // Beyond what a Duration holds is "forever", which is what was meant.
+        Value::Float(seconds) if *seconds >= 0.0 => {
+            Duration::try_from_secs_f64(*seconds).unwrap_or(Duration::MAX)
+        }
+        other => {
+            let shown = show(other);
+            return Err(format!(
+                "must be a duration such as \"60s\", or a number of seconds, not {shown}"
+            ));
+        }
+    };
+    match duration.is_zero() {
+        true => Err("must be longer than zero, or every chit would fail at its first pause".into()),
+        false => Ok(duration),
+    }
+}
+
+/// A TOML value as a person would name it in a sentence.
+fn show(value: &Value) -> String {
+    match value {
+        Value::String(text) => format!("the string {text:?}"),
+        Value::Integer(number) => format!("the integer {number}"),
+        Value::Float(number) => format!("the number {number}"),
+        Value::Boolean(flag) => format!("the boolean {flag}"),
+        Value::Datetime(datetime) => format!("the date {datetime}"),
+        Value::Array(_) => "an array".to_string(),
+        Value::Table(_) => "a table".to_string(),
+    }
+}
+
+/// `path` joined onto `base` (unless absolute), without `.` components or a
+/// trailing slash. `..` is kept: only the filesystem knows what it means.
+fn resolve_path(base: &Path, path: &Path) -> PathBuf {
+    base.join(path).components().collect()
+}
+
+/// `..` resolved lexically, for telling whether two spools are the same.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !normal.pop() {
+                    normal.push(component);
+                }
+            }
+            other => normal.push(other),
+        }
+    }
+    normal
+}
+
+/// Merges `chitd run`'s flags over its layout.
+///
+/// Starts from the `--config` file if given, else (with neither `--config`
+/// nor `--spool`) from [`Config::default_layout`] of `cwd`, else from a
+/// layout with `cwd/cache` and no consumers. Then `--spool`/`--deliver`
+/// replace the consumers with one named "default"; `--cache`, `--mirror`
+/// (replacing the list) and `--jobs` override. Relative flag paths are
+/// relative to `cwd`. Finally [`Config::validate_for_run`].
+pub fn resolve_run(args: &RunArgs, cwd: &Path) -> Result<(Config, LayoutSource), ConfigError> {
+    let (mut config, source) = match (&args.config, &args.spool) {
+        (Some(file), _) => {
+            let file = resolve_path(cwd, file);
+            (Config::load(&file)?, LayoutSource::ConfigFile(file))
+        }
+        (None, None) => (Config::default_layout(cwd), LayoutSource::EmbeddedDefault),
+        (None, Some(_)) => {
+            let mut config = Config::default_layout(cwd);
+            config.consumers.clear();
+            (config, LayoutSource::Flags)
+        }
+    };
+    match (&args.spool, &args.deliver) {
+        (Some(spool), Some(deliver)) => {
+            let (spool, deliver) = (resolve_path(cwd, spool), resolve_path(cwd, deliver));
+            let name = DEFAULT_CONSUMER.to_string();
+            config.consumers = vec![Consumer {
+                name,
+                spool,
+                deliver,
+            }];
+        }
+        (None, None) => {}
+        (Some(dir), None) | (None, Some(dir)) => {
+            let flag = if args.spool.is_some() {
+                "--spool"
+            } else {
+                "--deliver"
+            };
+            let message = "--spool and --deliver define a consumer together; give both".into();
+            let value = dir.display().to_string();
+            return Err(ConfigError::Flag {
+                flag,
+                value,
+                message,
+            });
+        }
+    }
+    if let Some(cache) = &args.cache {
+        config.cache = resolve_path(cwd, cache);
+    }
+    if !args.mirror.is_empty() {
+        config.mirrors = args
+            .mirror
+            .iter()
+            .map(|text| {
+                parse_mirror(text).map_err(|reason| ConfigError::Flag {
+                    flag: "--mirror",
+                    value: text.clone(),
+                    message: format!("this mirror {reason}"),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(jobs) = args.jobs {
+        if jobs == 0 {
+            return Err(ConfigError::Flag {
+                flag: "--jobs",
+                value: jobs.to_string(),
+                message: "at least one download must be allowed at a time".into(),
+            });
+        }
+        config.jobs = jobs;
+    }
+    if let Err(error) = config.validate_for_run() {
+        return Err(match &source {
+            LayoutSource::ConfigFile(file) => error.in_file(file),
+            LayoutSource::Flags | LayoutSource::EmbeddedDefault => error,
+        });
+    }
+    Ok((config, source))
+}
+
+/// The spools `chitd status` reads, as (consumer name, spool directory):
+/// every consumer of the `--config` file, or ("default", `--spool`), or the
+/// default layout's consumer in `cwd`. A file without consumers gives none.
+pub fn resolve_status_spools(
+    args: &StatusArgs,
+    cwd: &Path,
+) -> Result<Vec<(String, PathBuf)>, ConfigError> {
+    let consumers = match (&args.config, &args.spool) {
+        (Some(file), _) => Config::load(&resolve_path(cwd, file))?.consumers,
+        (None, Some(spool)) => {
+            return Ok(vec![(
+                DEFAULT_CONSUMER.to_string(),
+                resolve_path(cwd, spool),
+            )]);
+        }
+        (None, None) => Config::default_layout(cwd).consumers,
+    };
+    Ok(consumers
+        .into_iter()
+        .map(|consumer| (consumer.name, consumer.spool))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"cache   = "cache"                          # content-addressed store
+mirrors = ["https://mirror.example/distfiles"]
+jobs    = 4                                # concurrent downloads
+give_up_after = "60s"                      # no progress for this long: fail
+
+[[consumer]]
+name    = "builder01"
+spool   = "builders/01/spool"
+deliver = "builders/01/distfiles"
+"#;
+
+    const CONSUMER: &str = "[[consumer]]\nname = \"a\"\nspool = \"s\"\ndeliver = \"d\"\n";
+
+    fn base() -> PathBuf {
+        PathBuf::from("/etc/chitd")
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, &base())
+    }
+
+    /// Parses `text`, expecting an error about `key` at `line`; returns its message.
+    fn key_error(text: &str, key: &str, line: usize) -> String {
+        match parse(text) {
+            Err(error @ ConfigError::Key { .. }) => {
+                let message = error.to_string();
+                let ConfigError::Key {
+                    location,
+                    key: found,
+                    ..
+                } = error
+                else {
+                    unreachable!()
+                };
+                assert_eq!((found.as_str(), location.line), (key, line), "{message}");
+                assert!(message.contains(&format!("line {line},")), "{message}");
+                assert!(message.contains(&format!("`{key}`")), "{message}");
+                message
+            }
+            other => panic!("expected an error about `{key}` at line {line}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn contract_example() {
+        let config = parse(EXAMPLE).expect("the contract's example parses");
+        let expected = Config {
+            cache: "/etc/chitd/cache".into(),
+            mirrors: vec![Url::parse("https://mirror.example/distfiles").expect("url")],
+            jobs: 4,
+            give_up_after: Duration::from_secs(60),
+            consumers: vec![Consumer {
+                name: "builder01".into(),
+                spool: "/etc/chitd/builders/01/spool".into(),
+                deliver: "/etc/chitd/builders/01/distfiles".into(),
+            }],
+        };
+        assert_eq!(config, expected);
+        assert_eq!(
+            config.mirrors[0].as_str(),
+            "https://mirror.example/distfiles"
+        );
+        config
+            .validate_for_run()
+            .expect("one consumer is enough to run");
+    }
+
+    #[test]
+    fn empty_text_gives_defaults_and_no_consumers() {
+        let config = parse("").expect("empty is valid");
+        assert_eq!(config.cache, PathBuf::from("/etc/chitd/cache"));
+        assert!(config.mirrors.is_empty());
+        assert_eq!(config.jobs, DEFAULT_JOBS);
+        assert_eq!(config.give_up_after, DEFAULT_GIVE_UP_AFTER);
+        assert!(config.consumers.is_empty());
+        let message = config
+            .validate_for_run()
+            .expect_err("nothing to serve")
+            .to_string();
+        assert!(message.contains("no [[consumer]] defined"), "{message}");
+    }
+
+    #[test]
+    fn paths_are_resolved_against_the_base_dir() {
+        let text = "cache = \"/var/cache/chitd\"\n[[consumer]]\nname = \"x\"\n\
+                    spool = \"./sp/ool/\"\ndeliver = \"../dist\"\n";
+        let config = parse(text).expect("valid");
+        assert_eq!(config.cache, PathBuf::from("/var/cache/chitd"));
+        assert_eq!(
+            config.consumers[0].spool,
+            PathBuf::from("/etc/chitd/sp/ool")
+        );
+        assert_eq!(
+            config.consumers[0].deliver,
+            PathBuf::from("/etc/chitd/../dist")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let message = key_error("jobs = 2\n\ncolour = \"blue\"\n", "colour", 3);
+        assert!(message.contains("unknown key"), "{message}");
+        let in_consumer = format!("{CONSUMER}spoool = \"x\"\n");
+        let message = key_error(&in_consumer, "spoool", 5);
+        assert!(
+            message.contains("`deliver`"),
+            "lists the allowed keys: {message}"
+        );
+        let inline = "jobs = 1\nconsumer = [\n  { name = \"a\", spool = \"s\", deliver = \"d\", x = 1 },\n]\n";
+        key_error(inline, "x", 3);
+        key_error("[mirror]\nurl = \"x\"\n", "mirror", 1);
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        for (text, key, line) in [
+            ("cache = 3\n", "cache", 1),
+            ("\nmirrors = \"https://a.example\"\n", "mirrors", 2),
+            ("mirrors = [1]\n", "mirrors", 1),
+            ("jobs = \"four\"\n", "jobs", 1),
+            ("jobs = 2.5\n", "jobs", 1),
+            ("give_up_after = true\n", "give_up_after", 1),
+            (
+                "[[consumer]]\nname = 3\nspool = \"s\"\ndeliver = \"d\"\n",
+                "name",
+                2,
+            ),
+            (
+                "[[consumer]]\nname = \"a\"\nspool = [\"s\"]\ndeliver = \"d\"\n",
+                "spool",
+                3,
+            ),
+            (
+                "[[consumer]]\nname = \"a\"\nspool = \"s\"\ndeliver = {}\n",
+                "deliver",
+                4,
+            ),
+            ("jobs = 1\n[consumer]\nname = \"a\"\n", "consumer", 2),
+            ("consumer = 5\n", "consumer", 1),
+        ] {
+            key_error(text, key, line);
+        }
+    }
+
+    #[test]
+    fn jobs_must_be_at_least_one() {
+        key_error("jobs = 0\n", "jobs", 1);
+        key_error("jobs = -3\n", "jobs", 1);
+        assert_eq!(parse("jobs = 16\n").expect("valid").jobs, 16);
+    }
+
+    #[test]
+    fn durations() {
+        for (text, expected) in [
+            ("\"60s\"", Duration::from_secs(60)),
+            ("\"5m\"", Duration::from_secs(300)),
+            ("\"1h 30m\"", Duration::from_secs(5400)),
+            ("\"500ms\"", Duration::from_millis(500)),
+            ("\"90\"", Duration::from_secs(90)),
+            ("90", Duration::from_secs(90)),
+            ("1.5", Duration::from_millis(1500)),
+        ] {
+            let config = parse(&format!("give_up_after = {text}\n")).expect(text);
+            assert_eq!(config.give_up_after, expected, "{text}");
+        }
+        for text in [
+            "\"soon\"", "\"0s\"", "0", "-1", "\"\"", "\"-5s\"", "0.0", "-0.5", "nan",
+        ] {
+            let message = key_error(&format!("\ngive_up_after = {text}\n"), "give_up_after", 2);
+            assert!(message.contains("give_up_after"), "{message}");
+        }
+    }
+
+    #[test]
+    fn consumers_need_every_field_and_a_name() {
+        let message = key_error(
+            "jobs = 1\n[[consumer]]\nname = \"a\"\nspool = \"s\"\n",
+            "deliver",
+            2,
+        );
+        assert!(message.contains("[[consumer]]"), "{message}");
+        key_error("[[consumer]]\nspool = \"s\"\ndeliver = \"d\"\n", "name", 1);
+        key_error(
+            "[[consumer]]\nname = \"\"\nspool = \"s\"\ndeliver = \"d\"\n",
+            "name",
+            2,
+        );
+        key_error(
+            "[[consumer]]\nname = \"a\"\nspool = \"\"\ndeliver = \"d\"\n",
+            "spool",
+            3,
+        );
+    }
+
+    #[test]
+    fn consumer_names_and_spools_are_unique() {
+        let two = |second: &str| format!("{CONSUMER}{second}");
+        let same_name = two("[[consumer]]\nname = \"a\"\nspool = \"t\"\ndeliver = \"e\"\n");
+        let message = key_error(&same_name, "name", 6);
+        assert!(message.contains("\"a\""), "{message}");
+        for spool in ["s", "./s/", "/etc/chitd/s", "x/../s"] {
+            let text = two(&format!(
+                "[[consumer]]\nname = \"b\"\nspool = \"{spool}\"\ndeliver = \"d2\"\n"
+            ));
+            let message = key_error(&text, "spool", 7);
+            assert!(
+                message.contains("\"a\"") && message.contains("\"b\""),
+                "{message}"
+            );
+        }
+        let text = two("[[consumer]]\nname = \"b\"\nspool = \"s2\"\ndeliver = \"d\"\n");
+        assert_eq!(parse(&text).expect("distinct").consumers.len(), 2);
+    }
+
+    #[test]
+    fn mirrors_are_checked_and_kept_as_written() {
+        let text = "mirrors = [\n  \"https://a.example/distfiles/\",\n  \"http://b.example\",\n  \
+                    \"file:///srv/mirror\",\n]\n";
+        let mirrors = parse(text).expect("valid").mirrors;
+        let written: Vec<&str> = mirrors.iter().map(Url::as_str).collect();
+        assert_eq!(
+            written,
+            [
+                "https://a.example/distfiles/",
+                "http://b.example/",
+                "file:///srv/mirror"
+            ]
+        );
+        for (bad, why) in [
+            ("ftp://c.example/pub", "scheme"),
+            ("not a url", "not a valid URL"),
+            ("https://c.example/?x=1", "query"),
+            ("https://c.example/#top", "fragment"),
+        ] {
+            let text = format!("mirrors = [\n  \"https://a.example\",\n  \"{bad}\",\n]\n");
+            let message = key_error(&text, "mirrors", 3);
+            assert!(message.contains(bad) && message.contains(why), "{message}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line() {
+        for (text, line) in [
+            ("jobs = 1\ncache = \n", 2),
+            ("jobs = 1\njobs = 2\n", 2),
+            ("[[consumer]\n", 1),
+        ] {
+            match parse(text) {
+                Err(error @ ConfigError::Syntax { .. }) => {
+                    let message = error.to_string();
+                    assert!(message.contains(&format!("line {line},")), "{message}");
+                }
+                other => panic!("expected a syntax error for {text:?}, got {other:?}"),
+            }
+        }
+        let message = parse("jobs = 1\njobs = 2\n")
+            .expect_err("duplicate")
+            .to_string();
+        assert!(message.contains("jobs"), "{message}");
+    }
+
+    #[test]
+    fn load_resolves_against_the_file_and_names_it_in_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(DEFAULT_CONFIG_NAME);
+        std::fs::write(&file, EXAMPLE).expect("write");
+        let config = Config::load(&file).expect("loads");
+        assert_eq!(config.cache, dir.path().join("cache"));
+        assert_eq!(
+            config.consumers[0].spool,
+            dir.path().join("builders/01/spool")
+        );
+
+        std::fs::write(&file, format!("{CONSUMER}bogus = 1\n")).expect("write");
+        let message = Config::load(&file).expect_err("unknown key").to_string();
+        assert!(
+            message.starts_with(&file.display().to_string()),
+            "{message}"
+        );
+        assert!(
+            message.contains("line 5") && message.contains("`bogus`"),
+            "{message}"
+        );
+
+        let missing = dir.path().join("missing.toml");
+        let error = Config::load(&missing).expect_err("missing");
+        assert!(matches!(error, ConfigError::Read { .. }));
+        assert!(error.to_string().contains("missing.toml"), "{error}");
+    }
+
+    #[test]
+    fn default_layout_and_describe() {
+        let config = Config::default_layout(Path::new("/srv/chitd"));
+        assert_eq!(config.cache, PathBuf::from("/srv/chitd/cache"));
+        let expected = Consumer {
+            name: DEFAULT_CONSUMER.into(),
+            spool: "/srv/chitd/spool".into(),
+            deliver: "/srv/chitd/distfiles".into(),
+        };
+        assert_eq!(config.consumers, [expected]);
+        assert!(config.mirrors.is_empty());
+        let text = config.describe();
+        for part in [
+            "/srv/chitd/cache",
+            "mirrors:       none",
+            "jobs:          4",
+            "1m",
+            "consumer \"default\"",
+            "/srv/chitd/spool",
+            "request/",
+            "fetch/",
+            "downloaded/",
+            "fail/",
+            "/srv/chitd/distfiles",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from:\n{text}");
+        }
+        let with_mirrors = parse(EXAMPLE).expect("valid").describe();
+        assert!(
+            with_mirrors.contains("https://mirror.example/distfiles"),
+            "{with_mirrors}"
+        );
+    }
+
+    fn cwd() -> PathBuf {
+        PathBuf::from("/home/me/work")
+    }
+
+    #[test]
+    fn run_without_flags_uses_the_embedded_default() {
+        let (config, source) = resolve_run(&RunArgs::default(), &cwd()).expect("default");
+        assert_eq!(source, LayoutSource::EmbeddedDefault);
+        assert_eq!(config, Config::default_layout(&cwd()));
+        let args = RunArgs {
+            jobs: Some(9),
+            ..RunArgs::default()
+        };
+        let (config, source) = resolve_run(&args, &cwd()).expect("default");
+        assert_eq!((config.jobs, source), (9, LayoutSource::EmbeddedDefault));
+    }
+
+    #[test]
+    fn run_with_spool_flags_only() {
+        let args = RunArgs {
+            spool: Some("sp".into()),
+            deliver: Some("/abs/dist".into()),
+            mirror: vec!["https://m.example/d/".into()],
+            ..RunArgs::default()
+        };
+        let (config, source) = resolve_run(&args, &cwd()).expect("flags");
+        assert_eq!(source, LayoutSource::Flags);
+        assert_eq!(config.cache, cwd().join("cache"));
+        let expected = Consumer {
+            name: "default".into(),
+            spool: cwd().join("sp"),
+            deliver: "/abs/dist".into(),
+        };
+        assert_eq!(config.consumers, [expected]);
+        assert_eq!(config.mirrors[0].as_str(), "https://m.example/d/");
+        let lone = RunArgs {
+            spool: Some("sp".into()),
+            ..RunArgs::default()
+        };
+        assert!(matches!(
+            resolve_run(&lone, &cwd()),
+            Err(ConfigError::Flag {
+                flag: "--spool",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("c.toml"), EXAMPLE).expect("write");
+        let args = RunArgs {
+            config: Some("c.toml".into()),
+            ..RunArgs::default()
+        };
+        let (config, source) = resolve_run(&args, dir.path()).expect("file");
+        assert_eq!(source, LayoutSource::ConfigFile(dir.path().join("c.toml")));
+        assert_eq!(
+            config,
+            Config::load(&dir.path().join("c.toml")).expect("load")
+        );
+
+        let args = RunArgs {
+            config: Some(dir.path().join("c.toml")),
+            spool: Some("s".into()),
+            deliver: Some("d".into()),
+            cache: Some("/var/cache/x".into()),
+            mirror: vec!["file:///srv/m".into(), "http://n.example".into()],
+            jobs: Some(2),
+            exit_when_idle: true,
+        };
+        let (config, _) = resolve_run(&args, &cwd()).expect("overrides");
+        assert_eq!(config.cache, PathBuf::from("/var/cache/x"));
+        assert_eq!(config.jobs, 2);
+        assert_eq!(config.give_up_after, Duration::from_secs(60));
+        assert_eq!(config.mirrors.len(), 2);
+        assert_eq!(config.consumers.len(), 1);
+        assert_eq!(config.consumers[0].spool, cwd().join("s"));
+        assert_eq!(config.consumers[0].deliver, cwd().join("d"));
+    }
+
+    #[test]
+    fn run_refuses_a_file_without_consumers_and_bad_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("empty.toml");
+        std::fs::write(&file, "jobs = 2\n").expect("write");
+        let args = RunArgs {
+            config: Some(file.clone()),
+            ..RunArgs::default()
+        };
+        let message = resolve_run(&args, &cwd())
+            .expect_err("no consumers")
+            .to_string();
+        assert!(
+            message.contains("empty.toml") && message.contains("no [[consumer]]"),
+            "{message}"
+        );
+        let rescued = RunArgs {
+            spool: Some("s".into()),
+            deliver: Some("d".into()),
+            ..args
+        };
+        resolve_run(&rescued, &cwd()).expect("--spool supplies the consumer");
+
+        let ftp = RunArgs {
+            mirror: vec!["ftp://x.example".into()],
+            ..RunArgs::default()
+        };
+        let message = resolve_run(&ftp, &cwd()).expect_err("ftp").to_string();
+        assert!(
+            message.contains("--mirror") && message.contains("ftp://x.example"),
+            "{message}"
+        );
+        let zero = RunArgs {
+            jobs: Some(0),
+            ..RunArgs::default()
+        };
+        assert!(matches!(
+            resolve_run(&zero, &cwd()),
+            Err(ConfigError::Flag { flag: "--jobs", .. })
+        ));
+    }
+
+    #[test]
+    fn status_spools() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("c.toml"), EXAMPLE).expect("write");
+        let args = StatusArgs {
+            config: Some("c.toml".into()),
+            ..StatusArgs::default()
+        };
+        let spools = resolve_status_spools(&args, dir.path()).expect("file");
+        assert_eq!(
+            spools,
+            [(
+                "builder01".to_string(),
+                dir.path().join("builders/01/spool")
+            )]
+        );
+        let args = StatusArgs {
+            spool: Some("sp".into()),
+            ..StatusArgs::default()
+        };
+        let spools = resolve_status_spools(&args, &cwd()).expect("flag");
+        assert_eq!(spools, [("default".to_string(), cwd().join("sp"))]);
+        let spools = resolve_status_spools(&StatusArgs::default(), &cwd()).expect("default");
+        assert_eq!(spools, [("default".to_string(), cwd().join("spool"))]);
+    }
+}

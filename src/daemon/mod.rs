@@ -1,0 +1,409 @@
+//! `chitd run`: recover, watch, schedule, and (optionally) exit when idle.
+//!
+//! One scheduler task owns all state: per-consumer queues of chit names
+//! (served round-robin, so a flood in one spool never starves another), the
+//! [`InFlight`] map of downloads and their waiting chits, and two task sets:
+//! *local* steps (claim, parse, cache lookup, delivery: blocking file work,
+//! at most [`LOCAL_SLOTS`] at once) and *downloads* (at most `jobs`). A chit
+//! waiting for a download holds no task and no slot, so a slow download
+//! never blocks cache hits.
+
+mod queue;
+pub mod status_file;
+mod work;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use self::queue::Queues;
+use self::work::{Origin, Step, Waiter};
+use crate::chit::Digest;
+use crate::config::Config;
+use crate::dir::Dir;
+use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job};
+use crate::inflight::InFlight;
+use crate::spool::Spool;
+use crate::store::Store;
+use crate::watch::{Hint, watch};
+
+pub use self::status_file::{STATUS_FILE, StatusFile};
+
+/// Chits whose local step (claim, parse, lookup, delivery) runs at once.
+/// Enough to overlap fsync latency on a 2-core machine.
+pub const LOCAL_SLOTS: usize = 32;
+/// Safety-net rescan of every `request/`, in case an event was lost.
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the in-flight progress file is refreshed.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// After SIGTERM, how long downloads get to checkpoint.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub exit_when_idle: bool,
+    pub fetch: FetchSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot open the cache: {0}")]
+    Cache(std::io::Error),
+    #[error("cannot open the spool of consumer {name}: {error}")]
+    Spool { name: String, error: std::io::Error },
+    #[error("cannot open the delivery directory of consumer {name}: {error}")]
+    Deliver { name: String, error: std::io::Error },
+    #[error("cannot watch the spools: {0}")]
+    Watch(notify::Error),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(reqwest::Error),
+}
+
+/// One consumer's directories, opened once.
+#[derive(Debug)]
+pub struct Consumer {
+    pub spool: Spool,
+    pub deliver: Dir,
+    pub status: StatusFile,
+}
+
+/// Read-only state shared with every task.
+#[derive(Debug)]
+pub struct Shared {
+    pub consumers: Vec<Consumer>,
+    pub store: Arc<Store>,
+    pub fetcher: Fetcher,
+    pub mirrors: Vec<url::Url>,
+}
+
+/// Serve until `shutdown` resolves (or, with `exit_when_idle`, until no
+/// chit is left in any `request/` or `fetch/`).
+pub async fn run(
+    config: Config,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let store = Store::open(&config.cache).map_err(DaemonError::Cache)?;
+    let mut consumers = Vec::new();
+    let mut request_dirs: Vec<PathBuf> = Vec::new();
+    for consumer in &config.consumers {
+        let spool =
+            Spool::open(&consumer.name, &consumer.spool).map_err(|error| DaemonError::Spool {
+                name: consumer.name.clone(),
+                error,
+            })?;
+        spool
+            .remove_temporaries()
+            .map_err(|error| DaemonError::Spool {
+                name: consumer.name.clone(),
+                error,
+            })?;
+        let deliver = Dir::open_root(&consumer.deliver).map_err(|error| DaemonError::Deliver {
+            name: consumer.name.clone(),
+            error,
+        })?;
+        request_dirs.push(spool.request.path().to_path_buf());
+        let status = StatusFile::new(&consumer.spool);
+        consumers.push(Consumer {
+            spool,
+            deliver,
+            status,
+        });
+    }
+    let mut fetch = options.fetch.clone();
+    fetch.give_up_after = config.give_up_after;
+    let shared = Arc::new(Shared {
+        consumers,
+        store: Arc::new(store),
+        fetcher: Fetcher::new(fetch).map_err(DaemonError::Http)?,
+        mirrors: config.mirrors.clone(),
+    });
+    let (hint_sender, hints) = tokio::sync::mpsc::unbounded_channel();
+    let _watch = watch(&request_dirs, hint_sender).map_err(DaemonError::Watch)?;
+    let mut scheduler = Scheduler {
+        queues: Queues::new(shared.consumers.len()),
+        shared,
+        inflight: InFlight::default(),
+        local: JoinSet::new(),
+        downloads: JoinSet::new(),
+        ready: Vec::new(),
+        tried: HashMap::new(),
+        jobs: config.jobs.max(1),
+        cancel: CancellationToken::new(),
+    };
+    scheduler.scan(true);
+    scheduler
+        .serve(options.exit_when_idle, hints, shutdown)
+        .await;
+    Ok(())
+}
+
+/// A finished download: its digest, the sources it tried, its result.
+type DownloadOutcome = (Digest, Vec<url::Url>, Result<PathBuf, DownloadError>);
+
+struct Scheduler {
+    shared: Arc<Shared>,
+    queues: Queues,
+    inflight: InFlight<Waiter>,
+    local: JoinSet<Step>,
+    downloads: JoinSet<DownloadOutcome>,
+    /// Waiters whose download ended, to be delivered or failed.
+    ready: Vec<(Waiter, Arc<Result<PathBuf, String>>)>,
+    /// Sources already tried in vain for a digest that is being retried
+    /// from sources that chits joining later named.
+    tried: HashMap<Digest, Vec<url::Url>>,
+    jobs: usize,
+    cancel: CancellationToken,
+}
+
+impl Scheduler {
+    async fn serve(
+        &mut self,
+        exit_when_idle: bool,
+        mut hints: tokio::sync::mpsc::UnboundedReceiver<Hint>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+        rescan.tick().await;
+        let mut status = tokio::time::interval(STATUS_INTERVAL);
+        loop {
+            self.admit();
+            if self.is_idle() && exit_when_idle {
+                // The directories are the truth: look once more, including
+                // fetch/ (anything there now is nobody's work).
+                self.scan(true);
+                if self.queues.is_empty() {
+                    tracing::info!("idle: no chit in any request/ or fetch/; exiting");
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutting down; downloads keep their progress for the next start");
+                    break;
+                }
+                Some(hint) = hints.recv() => self.hint(hint),
+                Some(step) = self.local.join_next() => match step {
+                    Ok(step) => self.step_done(step),
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                },
+                Some(outcome) = self.downloads.join_next() => match outcome {
+                    Ok(outcome) => self.download_done(outcome),
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                },
+                _ = rescan.tick() => self.scan(false),
+                _ = status.tick() => self.write_status(),
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Start what the slots allow: deliveries first (they finish chits),
+    /// then new chits round-robin across consumers, then downloads.
+    fn admit(&mut self) {
+        while self.local.len() < LOCAL_SLOTS {
+            let shared = Arc::clone(&self.shared);
+            if let Some((waiter, outcome)) = self.ready.pop() {
+                self.local.spawn_blocking(move || {
+                    let outcome = outcome
+                        .as_ref()
+                        .as_ref()
+                        .map(PathBuf::as_path)
+                        .map_err(String::as_str);
+                    work::finish(&shared, &waiter, outcome);
+                    Step::Done {
+                        consumer: waiter.consumer,
+                        name: waiter.name,
+                    }
+                });
+            } else if let Some((consumer, name, origin)) = self.queues.next() {
+                self.local
+                    .spawn_blocking(move || work::start(&shared, consumer, name, origin));
+            } else {
+                break;
+            }
+        }
+        while let Some((digest, waiters, progress)) = self.inflight.start_next(self.jobs) {
+            let mut job = job(&self.shared.mirrors, digest, waiters);
+            if let Some(tried) = self.tried.get(&digest) {
+                job.sources.retain(|source| !tried.contains(source));
+            }
+            tracing::info!(
+                digest = %digest, size = job.size, waiters = waiters.len(),
+                sources = job.sources.len(), "download started"
+            );
+            let shared = Arc::clone(&self.shared);
+            let cancel = self.cancel.clone();
+            self.downloads.spawn(async move {
+                let store = Arc::clone(&shared.store);
+                let result =
+                    Box::pin(shared.fetcher.download(store, &job, &progress, &cancel)).await;
+                (digest, job.sources, result)
+            });
+        }
+    }
+
+    fn step_done(&mut self, step: Step) {
+        match step {
+            Step::Done { consumer, name } => self.queues.finished(consumer, &name),
+            Step::Wait(waiter) => {
+                let (digest, size) = (waiter.chit.digest, waiter.chit.size);
+                self.inflight.add(digest, size, waiter);
+            }
+        }
+    }
+
+    fn download_done(&mut self, (digest, tried, result): DownloadOutcome) {
+        let outcome = match result {
+            Ok(path) => {
+                tracing::info!(digest = %digest, "download finished and verified");
+                Ok(path)
+            }
+            Err(DownloadError::Shutdown) => return,
+            Err(DownloadError::Failed(reason)) => {
+                tracing::warn!(digest = %digest, "download failed: {reason}");
+                Err(reason)
+            }
+        };
+        let waiters = self.inflight.finish(&digest);
+        if outcome.is_err() {
+            // A chit that joined after the download started may name sources
+            // nobody tried yet: then all waiters get another download, from
+            // those sources only.
+            let tried_before = self.tried.entry(digest).or_default();
+            tried_before.extend(tried);
+            let untried = waiters.iter().any(|waiter| {
+                job(&self.shared.mirrors, digest, std::slice::from_ref(waiter))
+                    .sources
+                    .iter()
+                    .any(|source| !tried_before.contains(source))
+            });
+            if untried {
+                for waiter in waiters {
+                    let size = waiter.chit.size;
+                    self.inflight.add(digest, size, waiter);
+                }
+                return;
+            }
+        }
+        self.tried.remove(&digest);
+        let outcome = Arc::new(outcome);
+        for waiter in waiters {
+            self.ready.push((waiter, Arc::clone(&outcome)));
+        }
+    }
+
+    fn hint(&mut self, hint: Hint) {
+        match hint {
+            Hint::Chit(consumer, name) => self.queues.push(consumer, name, Origin::Request),
+            Hint::Rescan(consumer) => self.scan_consumer(consumer, false),
+            Hint::RescanAll => self.scan(false),
+        }
+    }
+
+    /// Queue every chit in each `request/` (and `fetch/`, at start and when
+    /// idle) that is not already queued or being worked on.
+    fn scan(&mut self, with_fetch: bool) {
+        for consumer in 0..self.shared.consumers.len() {
+            self.scan_consumer(consumer, with_fetch);
+        }
+    }
+
+    fn scan_consumer(&mut self, consumer: usize, with_fetch: bool) {
+        let spool = &self.shared.consumers[consumer].spool;
+        let mut dirs = vec![(&spool.request, Origin::Request)];
+        if with_fetch {
+            dirs.insert(0, (&spool.fetch, Origin::Fetch));
+        }
+        for (dir, origin) in dirs {
+            match spool.chits(dir) {
+                Ok(names) => names
+                    .into_iter()
+                    .for_each(|name| self.queues.push(consumer, name, origin)),
+                Err(e) => {
+                    tracing::error!(consumer = %spool.name, "cannot scan {}: {e}", dir.path().display())
+                }
+            }
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.local.is_empty()
+            && self.downloads.is_empty()
+            && self.ready.is_empty()
+            && self.inflight.is_empty()
+            && self.queues.is_empty()
+    }
+
+    fn write_status(&self) {
+        for (index, consumer) in self.shared.consumers.iter().enumerate() {
+            let downloads = self
+                .inflight
+                .running()
+                .flat_map(|(digest, done, total, waiters)| {
+                    waiters
+                        .iter()
+                        .filter(move |w| w.consumer == index)
+                        .map(move |w| status_file::InFlightChit {
+                            chit: w.name.clone(),
+                            digest: digest.to_string(),
+                            path: w.chit.path.to_string(),
+                            done,
+                            total,
+                        })
+                });
+            consumer.status.write(downloads.collect());
+        }
+    }
+
+    /// Stop: cancel downloads (each checkpoints), let local steps finish.
+    async fn stop(&mut self) {
+        self.cancel.cancel();
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.downloads.join_next().await.is_some() {}
+            while self.local.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "some work did not stop within {SHUTDOWN_GRACE:?}; its chits stay in fetch/"
+            );
+        }
+        for consumer in &self.shared.consumers {
+            consumer.status.remove();
+        }
+    }
+}
+
+/// Sources for a download: every waiting chit's URLs (in order, once),
+/// then each mirror as `<mirror>/<path>` for each distinct path.
+fn job(mirrors: &[url::Url], digest: Digest, waiters: &[Waiter]) -> Job {
+    let mut sources: Vec<url::Url> = Vec::new();
+    let mut push = |url: url::Url| {
+        if !sources.contains(&url) {
+            sources.push(url);
+        }
+    };
+    waiters
+        .iter()
+        .flat_map(|w| w.chit.urls.iter().cloned())
+        .for_each(&mut push);
+    for mirror in mirrors {
+        waiters
+            .iter()
+            .map(|w| w.chit.path.under(mirror))
+            .for_each(&mut push);
+    }
+    Job {
+        digest,
+        size: waiters[0].chit.size,
+        sources,
+    }
+}

@@ -1,0 +1,89 @@
+//! The daemon's in-flight progress, published for `chitd status`.
+//!
+//! While downloads run, the daemon rewrites `<spool>/.chitd-status.json`
+//! (dot name: not a chit, not a state) every second with its pid and the
+//! consumer's chits being downloaded (bytes done / total). It is replaced by
+//! rename, never written in place (so a symlink planted there is replaced,
+//! not followed), and removed at a clean exit. `status` trusts it only while
+//! the pid it names is alive.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dir::Dir;
+
+pub const STATUS_FILE: &str = ".chitd-status.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlightChit {
+    pub chit: String,
+    pub digest: String,
+    pub path: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub pid: u32,
+    pub downloads: Vec<InFlightChit>,
+}
+
+#[derive(Debug)]
+pub struct StatusFile {
+    spool: PathBuf,
+    /// What was last written, to skip identical rewrites.
+    last: Mutex<Option<Vec<InFlightChit>>>,
+}
+
+impl StatusFile {
+    pub fn new(spool: &Path) -> StatusFile {
+        StatusFile {
+            spool: spool.to_path_buf(),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Publish the consumer's in-flight downloads (best effort: a failure
+    /// only costs `status` its progress column).
+    pub fn write(&self, downloads: Vec<InFlightChit>) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref() == Some(&downloads) {
+            return;
+        }
+        let published = Published {
+            pid: std::process::id(),
+            downloads,
+        };
+        let result = (|| {
+            let root = Dir::open_root(&self.spool)?;
+            let (temp, mut file) = root.create_temp("status")?;
+            let json = serde_json::to_vec(&published).map_err(std::io::Error::other)?;
+            file.write_all(&json)?;
+            root.rename(&temp, &root, STATUS_FILE)
+        })();
+        match result {
+            Ok(()) => *last = Some(published.downloads),
+            Err(e) => tracing::debug!(spool = %self.spool.display(), "cannot publish status: {e}"),
+        }
+    }
+
+    pub fn remove(&self) {
+        if let Ok(root) = Dir::open_root(&self.spool) {
+            let _ = root.remove_file(STATUS_FILE);
+        }
+    }
+
+    /// Read what a running daemon published for the spool, if that daemon
+    /// is still alive.
+    pub fn read(spool: &Path) -> Option<Published> {
+        let text = std::fs::read(spool.join(STATUS_FILE)).ok()?;
+        let published: Published = serde_json::from_slice(&text).ok()?;
+        let pid = rustix::process::Pid::from_raw(i32::try_from(published.pid).ok()?)?;
+        rustix::process::test_kill_process(pid).ok()?;
+        Some(published)
+    }
+}

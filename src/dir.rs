@@ -1,0 +1,301 @@
+//! Confined access to directories that consumers can write to.
+//!
+//! A consumer's spool and delivery directories are writable by a sandbox
+//! that may plant symlinks, hard links or FIFOs anywhere, and may swap them
+//! in between a check and a use. Every open, create, mkdir and rename chitd
+//! performs there goes through a [`Dir`]: a directory file descriptor, with
+//! names resolved by `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` or by
+//! the `*at` calls on a single component. Since no path is ever resolved
+//! from the root again, and no symlink is ever followed, nothing the consumer
+//! plants can redirect a write outside the directory it was opened for.
+//!
+//! The root of each [`Dir`] is opened from a path given by the administrator
+//! (configuration or flags) and is trusted.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
+
+use crate::durable::{unique_suffix, with_path};
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// An open directory; every name is resolved beneath it without following
+/// symlinks.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// What kind of file a directory entry is (without following symlinks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+impl Dir {
+    /// Open a trusted root directory, creating it (and its parents) if
+    /// missing.
+    pub fn open_root(path: &Path) -> io::Result<Dir> {
+        std::fs::create_dir_all(path).map_err(|e| with_path(e, "creating", path))?;
+        let fd = rustix::fs::open(
+            path,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| with_path(e.into(), "opening directory", path))?;
+        Ok(Dir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path this directory was opened as (for messages only).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Open the subdirectory `name` (one component, or a `/`-separated
+    /// relative path) beneath this one, refusing symlinks anywhere on it.
+    pub fn open_dir(&self, name: &str) -> io::Result<Dir> {
+        let fd = rustix::fs::openat2(
+            &self.fd,
+            name,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(|e| self.error(e.into(), "opening directory", name))?;
+        Ok(Dir {
+            fd,
+            path: self.path.join(name),
+        })
+    }
+
+    /// Open (creating as needed) the chain of subdirectories `components`,
+    /// one component at a time, never following a symlink.
+    pub fn create_dirs<'a>(
+        &self,
+        components: impl IntoIterator<Item = &'a str>,
+    ) -> io::Result<Dir> {
+        let mut current = self.open_dir(".")?;
+        for component in components {
+            current = match current.open_dir(component) {
+                Ok(dir) => dir,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    match rustix::fs::mkdirat(&current.fd, component, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => {
+                            return Err(current.error(e.into(), "creating directory", component));
+                        }
+                    }
+                    current.open_dir(component)?
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(current)
+    }
+
+    /// Open the regular file `name` for reading, without following a
+    /// symlink and without blocking on a FIFO; anything but a regular file
+    /// is an error of kind `InvalidInput` that says what it is.
+    pub fn open_regular(&self, name: &str) -> io::Result<File> {
+        let fd = rustix::fs::openat2(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(|e| {
+            if e == rustix::io::Errno::LOOP {
+                self.error(
+                    io::Error::new(io::ErrorKind::InvalidInput, "it is a symbolic link"),
+                    "refusing to open",
+                    name,
+                )
+            } else {
+                self.error(e.into(), "opening", name)
+            }
+        })?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| self.error(e.into(), "inspecting", name))?;
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(self.error(
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("it is a {}", describe(kind)),
+                ),
+                "refusing to open",
+                name,
+            ));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// The kind of the entry `name`, without following symlinks.
+    pub fn kind(&self, name: &str) -> io::Result<Kind> {
+        let stat = rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.error(e.into(), "inspecting", name))?;
+        Ok(match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => Kind::File,
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            _ => Kind::Other,
+        })
+    }
+
+    /// Create a new, exclusive, dot-named temporary file in this directory.
+    /// Returns its name and the open file.
+    pub fn create_temp(&self, stem: &str) -> io::Result<(String, File)> {
+        let name = format!(".{stem}.chitd-{}", unique_suffix());
+        let fd = rustix::fs::openat2(
+            &self.fd,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o644),
+            RESOLVE,
+        )
+        .map_err(|e| self.error(e.into(), "creating", &name))?;
+        Ok((name, File::from(fd)))
+    }
+
+    /// `rename(2)` `from` in this directory to `to` in `target`, replacing
+    /// whatever `to` names (a symlink there is replaced, not followed).
+    pub fn rename(&self, from: &str, target: &Dir, to: &str) -> io::Result<()> {
+        rustix::fs::renameat(&self.fd, from, &target.fd, to)
+            .map_err(|e| self.error(e.into(), "renaming", from))
+    }
+
+    /// Like [`Dir::rename`], but fails with `AlreadyExists` instead of
+    /// replacing an existing `to`.
+    pub fn rename_noreplace(&self, from: &str, target: &Dir, to: &str) -> io::Result<()> {
+        rustix::fs::renameat_with(&self.fd, from, &target.fd, to, RenameFlags::NOREPLACE)
+            .map_err(|e| self.error(e.into(), "renaming", from))
+    }
+
+    /// Remove the file `name` (not a directory).
+    pub fn remove_file(&self, name: &str) -> io::Result<()> {
+        rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())
+            .map_err(|e| self.error(e.into(), "removing", name))
+    }
+
+    /// fsync the directory itself.
+    pub fn sync(&self) -> io::Result<()> {
+        rustix::fs::fsync(&self.fd)
+            .map_err(|e| with_path(e.into(), "syncing directory", &self.path))
+    }
+
+    /// The names in this directory (without `.` and `..`).
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        let dup = rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)
+            .map_err(|e| with_path(e.into(), "reading directory", &self.path))?;
+        let mut dir = rustix::fs::Dir::new(dup)
+            .map_err(|e| with_path(e.into(), "reading directory", &self.path))?;
+        dir.rewind();
+        for entry in dir {
+            let entry = entry.map_err(|e| with_path(e.into(), "reading directory", &self.path))?;
+            let bytes = entry.file_name().to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            match String::from_utf8(bytes.to_vec()) {
+                Ok(name) => names.push(name),
+                Err(e) => {
+                    let name = OsString::from_vec(e.into_bytes());
+                    tracing::warn!(dir = %self.path.display(), name = ?name, "ignoring a name that is not UTF-8");
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn error(&self, error: io::Error, doing: &str, name: &str) -> io::Error {
+        with_path(error, doing, &self.path.join(name))
+    }
+}
+
+impl AsFd for Dir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn describe(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "regular file",
+        FileType::Directory => "directory",
+        FileType::Symlink => "symbolic link",
+        FileType::Fifo => "FIFO",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        FileType::Unknown => "file of unknown type",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn create_dirs_refuses_a_symlinked_component() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        symlink(outside.path(), root.path().join("evil")).unwrap();
+        let dir = Dir::open_root(root.path()).unwrap();
+        let err = dir.create_dirs(["evil", "sub"]).unwrap_err();
+        assert!(err.to_string().contains("evil"), "{err}");
+        assert!(!outside.path().join("sub").exists());
+        let made = dir.create_dirs(["a", "b"]).unwrap();
+        assert!(made.path().ends_with("a/b"));
+        assert!(root.path().join("a/b").is_dir());
+    }
+
+    #[test]
+    fn open_regular_refuses_symlinks_and_fifos() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("secret"), "x").unwrap();
+        symlink(root.path().join("secret"), root.path().join("link")).unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            root.path().join("fifo"),
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        let dir = Dir::open_root(root.path()).unwrap();
+        let err = dir.open_regular("link").unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let err = dir.open_regular("fifo").unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        assert!(dir.open_regular("secret").is_ok());
+        assert!(dir.open_regular("../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn names_lists_entries() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("a"), "").unwrap();
+        std::fs::write(root.path().join(".b"), "").unwrap();
+        let dir = Dir::open_root(root.path()).unwrap();
+        let mut names = dir.names().unwrap();
+        names.sort();
+        assert_eq!(names, [".b", "a"]);
+        // A second listing sees the same (the descriptor is rewound).
+        assert_eq!(dir.names().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,77 @@
+//! The few durability primitives everyone uses: fsync a directory, and write
+//! a small file atomically and durably (temp name, write, fsync, rename,
+//! fsync the directory). Reviewed once, here.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// fsync a directory, so that renames and creations inside it survive a
+/// power cut.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| with_path(e, "syncing directory", path))
+}
+
+/// A process-unique suffix for temporary names.
+pub fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}.{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Write `bytes` to `path` so that a reader (or the next start after a crash)
+/// sees either the old content or the new, never a torn file: write a
+/// dot-named temporary beside it, fsync, rename over, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp.{}", unique_suffix()));
+    let result = (|| {
+        let mut file = File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&temp);
+        return Err(with_path(e, "writing", path));
+    }
+    sync_dir(dir)
+}
+
+/// Attach what was being done and to which path to an I/O error, keeping
+/// its kind so callers can still match on it.
+pub fn with_path(error: io::Error, doing: &str, path: &Path) -> io::Error {
+    io::Error::new(error.kind(), format!("{doing} {}: {error}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("record");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "temporary file left behind");
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let err = write_atomic(Path::new("/nonexistent-dir/x"), b"").unwrap_err();
+        assert!(err.to_string().contains("/nonexistent-dir/x"), "{err}");
+    }
+}

@@ -1,0 +1,367 @@
+//! One attempt at one source: a (possibly ranged) GET streamed into the
+//! partial download, or a copy from a local `file://` mirror.
+//!
+//! The body is received on the async runtime and handed, chunk by chunk
+//! through a bounded channel, to a blocking writer that appends and hashes
+//! it: receiving and hashing overlap on two cores, and memory stays bounded
+//! by the channel.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::error::FetchError;
+use crate::chit::Digest;
+use crate::partial::{Partial, Validator};
+
+/// Chunks in flight between the receiver and the writer.
+const CHANNEL_CHUNKS: usize = 32;
+/// Read size for `file://` mirrors.
+const FILE_CHUNK: usize = 1 << 20;
+
+/// How an attempt ended when it did not deliver the whole, verified file.
+#[derive(Debug)]
+pub enum Stop {
+    Failed(FetchError),
+    Shutdown,
+}
+
+impl From<FetchError> for Stop {
+    fn from(error: FetchError) -> Stop {
+        Stop::Failed(error)
+    }
+}
+
+pub struct Attempt<'a> {
+    pub client: &'a reqwest::Client,
+    pub source: &'a Url,
+    pub digest: Digest,
+    pub inactivity: Duration,
+    pub progress: &'a AtomicU64,
+    pub cancel: &'a CancellationToken,
+}
+
+impl Attempt<'_> {
+    /// Run the attempt. The partial is always handed back, holding whatever
+    /// bytes are good (checkpointed when the attempt was cut short).
+    pub async fn run(&self, partial: Partial) -> (Partial, Result<(), Stop>) {
+        if self.source.scheme() == "file" {
+            return self.copy_file(partial).await;
+        }
+        let mut partial = partial;
+        // At most two requests: a ranged one, and a full one if the server
+        // answered the range with something unusable.
+        for _ in 0..2 {
+            let response = match self.send(&partial).await {
+                Ok(response) => response,
+                Err(stop) => return (partial, Err(stop)),
+            };
+            match self.check_response(&mut partial, &response) {
+                Ok(true) => return self.stream(partial, response).await,
+                Ok(false) => continue, // partial was reset; ask for the whole object
+                Err(e) => return (partial, Err(e.into())),
+            }
+        }
+        (
+            partial,
+            Err(
+                FetchError::BadRange("server keeps answering ranges it was not asked for".into())
+                    .into(),
+            ),
+        )
+    }
+
+    async fn send(&self, partial: &Partial) -> Result<reqwest::Response, Stop> {
+        let mut request = self
+            .client
+            .get(self.source.clone())
+            .header(header::ACCEPT_ENCODING, "identity");
+        if partial.offset() > 0 {
+            request = request.header(header::RANGE, format!("bytes={}-", partial.offset()));
+            let same_source = partial.source.as_deref() == Some(self.source.as_str());
+            if let (true, Some(validator)) = (same_source, partial.validator.if_range()) {
+                request = request.header(header::IF_RANGE, validator);
+            }
+        }
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(Stop::Shutdown),
+            sent = tokio::time::timeout(self.inactivity, request.send()) => match sent {
+                Err(_) => Err(FetchError::Stalled(self.inactivity).into()),
+                Ok(Err(e)) => Err(FetchError::from_reqwest(e).into()),
+                Ok(Ok(response)) => Ok(response),
+            },
+        }
+    }
+
+    /// Decide what the response means for the partial: `Ok(true)` to stream
+    /// its body at the partial's offset, `Ok(false)` to retry from 0.
+    fn check_response(
+        &self,
+        partial: &mut Partial,
+        response: &reqwest::Response,
+    ) -> Result<bool, FetchError> {
+        let total = partial.total();
+        let headers = response.headers();
+        match response.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let range = headers
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let Some((start, complete)) = parse_content_range(range) else {
+                    return Err(FetchError::BadRange(range.into()));
+                };
+                if complete.is_some_and(|length| length != total) {
+                    return Err(FetchError::WrongLength {
+                        announced: complete.unwrap_or(0),
+                        expected: total,
+                    });
+                }
+                if start != partial.offset() || complete.is_none() {
+                    tracing::info!(source = %crate::chit::redact_url(self.source), range, offset = partial.offset(), "unusable range answer; starting over");
+                    partial.reset().map_err(FetchError::Disk)?;
+                    return Ok(false);
+                }
+                if partial.source.as_deref() != Some(self.source.as_str()) {
+                    partial.source = Some(self.source.to_string());
+                    partial.validator = validator(headers);
+                }
+                Ok(true)
+            }
+            StatusCode::OK => {
+                if let Some(announced) = response.content_length()
+                    && announced != total
+                {
+                    return Err(FetchError::WrongLength {
+                        announced,
+                        expected: total,
+                    });
+                }
+                if partial.offset() > 0 {
+                    tracing::info!(source = %crate::chit::redact_url(self.source), offset = partial.offset(), "server sent the whole object (changed, or ranges unsupported); starting over");
+                }
+                partial.reset().map_err(FetchError::Disk)?;
+                partial.source = Some(self.source.to_string());
+                partial.validator = validator(headers);
+                Ok(true)
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE if partial.offset() > 0 => {
+                partial.reset().map_err(FetchError::Disk)?;
+                Ok(false)
+            }
+            status => Err(FetchError::Status(status)),
+        }
+    }
+
+    async fn stream(
+        &self,
+        partial: Partial,
+        response: reqwest::Response,
+    ) -> (Partial, Result<(), Stop>) {
+        let total = partial.total();
+        let mut offset = partial.offset();
+        self.progress.store(offset, Ordering::Relaxed);
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut partial = partial;
+            let mut result = Ok(());
+            while let Some(chunk) = receiver.blocking_recv() {
+                if let Err(e) = partial.append(&chunk) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            if result.is_ok() && partial.offset() < partial.total() {
+                result = partial.checkpoint();
+            }
+            (partial, result)
+        });
+
+        let mut body = response.bytes_stream();
+        let mut outcome: Result<(), Stop> = Ok(());
+        loop {
+            let next = tokio::select! {
+                _ = self.cancel.cancelled() => { outcome = Err(Stop::Shutdown); break; }
+                next = tokio::time::timeout(self.inactivity, body.next()) => next,
+            };
+            match next {
+                Err(_) => {
+                    outcome = Err(FetchError::Stalled(self.inactivity).into());
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    outcome = Err(FetchError::from_reqwest(e).into());
+                    break;
+                }
+                Ok(Some(Ok(chunk))) => {
+                    if offset + chunk.len() as u64 > total {
+                        outcome = Err(FetchError::TooLong { expected: total }.into());
+                        break;
+                    }
+                    offset += chunk.len() as u64;
+                    if sender.send(chunk).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                    self.progress.store(offset, Ordering::Relaxed);
+                }
+            }
+        }
+        drop(sender);
+        let (mut partial, written) = match writer.await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        if let Err(e) = written {
+            return (partial, Err(FetchError::Disk(e).into()));
+        }
+        if let Err(Stop::Failed(FetchError::TooLong { .. })) = outcome {
+            // The bytes may be a different object: never keep them.
+            if let Err(e) = partial.reset() {
+                return (partial, Err(FetchError::Disk(e).into()));
+            }
+        }
+        if outcome.is_ok() {
+            outcome = self.verify(&mut partial);
+        }
+        (partial, outcome)
+    }
+
+    /// After the body ended: all bytes there, and their digest right?
+    fn verify(&self, partial: &mut Partial) -> Result<(), Stop> {
+        if partial.offset() < partial.total() {
+            return Err(FetchError::Truncated {
+                received: partial.offset(),
+                expected: partial.total(),
+            }
+            .into());
+        }
+        match partial.finished_digest() {
+            Some(got) if got == self.digest => Ok(()),
+            Some(got) => {
+                let resumed = partial.resumed;
+                partial.reset().map_err(FetchError::Disk)?;
+                Err(FetchError::DigestMismatch { got, resumed }.into())
+            }
+            None => Err(FetchError::Truncated {
+                received: partial.offset(),
+                expected: partial.total(),
+            }
+            .into()),
+        }
+    }
+
+    /// Copy from a local mirror (always from 0: local reads are cheap).
+    async fn copy_file(&self, partial: Partial) -> (Partial, Result<(), Stop>) {
+        let source = self.source.clone();
+        let cancel = self.cancel.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut partial = partial;
+            let result = copy_local(&source, &mut partial, &cancel);
+            (partial, result)
+        })
+        .await;
+        let (mut partial, result) = match joined {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let result = result.and_then(|()| self.verify(&mut partial));
+        (partial, result)
+    }
+}
+
+fn copy_local(source: &Url, partial: &mut Partial, cancel: &CancellationToken) -> Result<(), Stop> {
+    let path = source
+        .to_file_path()
+        .map_err(|()| FetchError::Local(format!("{source} is not a local file path")))?;
+    let mut file = std::fs::File::open(&path)
+        .map_err(|e| FetchError::Local(format!("cannot open {}: {e}", path.display())))?;
+    let length = file
+        .metadata()
+        .map_err(|e| FetchError::Local(format!("{}: {e}", path.display())))?
+        .len();
+    if length != partial.total() {
+        return Err(FetchError::WrongLength {
+            announced: length,
+            expected: partial.total(),
+        }
+        .into());
+    }
+    partial.reset().map_err(FetchError::Disk)?;
+    partial.source = Some(source.to_string());
+    let mut buffer = vec![0u8; FILE_CHUNK];
+    loop {
+        if cancel.is_cancelled() {
+            partial.checkpoint().map_err(FetchError::Disk)?;
+            return Err(Stop::Shutdown);
+        }
+        let n = file
+            .read(&mut buffer)
+            .map_err(|e| FetchError::Local(format!("reading {}: {e}", path.display())))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if partial.offset() + n as u64 > partial.total() {
+            return Err(FetchError::TooLong {
+                expected: partial.total(),
+            }
+            .into());
+        }
+        partial.append(&buffer[..n]).map_err(FetchError::Disk)?;
+    }
+}
+
+/// The strong ETag and Last-Modified of a response.
+fn validator(headers: &HeaderMap) -> Validator {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    Validator {
+        etag: text(header::ETAG).filter(|etag| !etag.starts_with("W/")),
+        last_modified: text(header::LAST_MODIFIED),
+    }
+}
+
+/// `bytes START-END/LENGTH` → (START, Some(LENGTH)); `*` length → None.
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, length) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    if end < start {
+        return None;
+    }
+    let length = match length.trim() {
+        "*" => None,
+        n => Some(n.parse().ok()?),
+    };
+    Some((start, length))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(
+            parse_content_range("bytes 10-99/100"),
+            Some((10, Some(100)))
+        );
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
+        assert_eq!(parse_content_range("bytes 9-1/100"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert_eq!(parse_content_range(""), None);
+    }
+}

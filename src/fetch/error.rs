@@ -1,0 +1,125 @@
+//! What one source answered, and what chitd does about it.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use crate::chit::Digest;
+
+/// One source's answer to one attempt, worded for the `# error:` line.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    #[error("{0}")]
+    Transport(String),
+    #[error("redirect refused: {0}")]
+    Redirect(String),
+    #[error("no data for {0:?} (inactivity timeout)")]
+    Stalled(Duration),
+    #[error("server announced {announced} bytes, the chit says {expected}")]
+    WrongLength { announced: u64, expected: u64 },
+    #[error("server sent more than the {expected} bytes the chit says")]
+    TooLong { expected: u64 },
+    #[error("connection closed after {received} of {expected} bytes")]
+    Truncated { received: u64, expected: u64 },
+    #[error("sha256 mismatch: got {got}")]
+    DigestMismatch { got: Digest, resumed: bool },
+    #[error("unusable Content-Range {0:?}")]
+    BadRange(String),
+    #[error("{0}")]
+    Local(String),
+    #[error("{0}")]
+    Disk(std::io::Error),
+}
+
+impl FetchError {
+    /// Transient answers are retried (with backoff, resuming) until
+    /// `give_up_after` passes without progress; permanent ones rule the
+    /// source out for this download at once.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Status(status) => {
+                status.is_server_error()
+                    || *status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    || *status == reqwest::StatusCode::REQUEST_TIMEOUT
+            }
+            FetchError::Transport(_)
+            | FetchError::Stalled(_)
+            | FetchError::Truncated { .. }
+            | FetchError::BadRange(_)
+            | FetchError::Disk(_) => true,
+            FetchError::Redirect(_)
+            | FetchError::WrongLength { .. }
+            | FetchError::TooLong { .. }
+            | FetchError::DigestMismatch { .. }
+            | FetchError::Local(_) => false,
+        }
+    }
+
+    /// Classify a reqwest error, with its cause chain but without the URL
+    /// (the caller names the source itself, with credentials redacted).
+    pub fn from_reqwest(error: reqwest::Error) -> FetchError {
+        let redirect = error.is_redirect();
+        let timeout = error.is_timeout();
+        let error = error.without_url();
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        if redirect {
+            FetchError::Redirect(text)
+        } else if timeout {
+            FetchError::Transport(format!("timed out: {text}"))
+        } else {
+            FetchError::Transport(text)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        use reqwest::StatusCode as S;
+        for (status, transient) in [
+            (S::NOT_FOUND, false),
+            (S::GONE, false),
+            (S::FORBIDDEN, false),
+            (S::INTERNAL_SERVER_ERROR, true),
+            (S::SERVICE_UNAVAILABLE, true),
+            (S::TOO_MANY_REQUESTS, true),
+        ] {
+            assert_eq!(
+                FetchError::Status(status).is_transient(),
+                transient,
+                "{status}"
+            );
+        }
+        assert!(
+            !FetchError::WrongLength {
+                announced: 1,
+                expected: 2
+            }
+            .is_transient()
+        );
+        assert!(
+            FetchError::Truncated {
+                received: 1,
+                expected: 2
+            }
+            .is_transient()
+        );
+        assert_eq!(
+            FetchError::Status(S::NOT_FOUND).to_string(),
+            "HTTP 404 Not Found"
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! One download of one digest from its ordered sources.
+//!
+//! Sources are tried in order (the chit's URLs, then each mirror). Each
+//! answer is classified by [`FetchError::is_transient`]: a permanent answer
+//! (404, wrong size, wrong digest, refused redirect...) rules that source out;
+//! a transient one (refused, reset, stalled, 5xx, 429) is retried in the next
+//! round, after a backoff. A source that was making progress when it broke
+//! is asked again at once, for the rest only (`Range` + `If-Range`). The
+//! download fails when every source has answered permanently, or when
+//! `give_up_after` passes without any new byte.
+
+mod attempt;
+mod error;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use self::attempt::{Attempt, Stop};
+pub use self::error::FetchError;
+use crate::chit::{Digest, redact_url};
+use crate::store::Store;
+
+/// Redirects followed per request; more is a redirect loop for our purposes.
+pub const MAX_REDIRECTS: usize = 10;
+
+/// Timing knobs. Values, not globals, so tests can shrink them.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    /// First backoff between rounds; doubles each round up to `max_retry_delay`.
+    pub retry_delay: Duration,
+    pub max_retry_delay: Duration,
+    /// No byte (or no response) for this long: the attempt is transient-failed.
+    pub inactivity_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// No progress from any source for this long: the download fails.
+    pub give_up_after: Duration,
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        FetchSettings {
+            retry_delay: Duration::from_millis(500),
+            max_retry_delay: Duration::from_secs(10),
+            inactivity_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            give_up_after: crate::config::DEFAULT_GIVE_UP_AFTER,
+        }
+    }
+}
+
+/// What to download.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub digest: Digest,
+    pub size: u64,
+    pub sources: Vec<Url>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// Every source failed; the message lists each and its answer.
+    #[error("{0}")]
+    Failed(String),
+    /// The daemon is stopping; progress was checkpointed.
+    #[error("interrupted by shutdown")]
+    Shutdown,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    settings: FetchSettings,
+}
+
+impl Fetcher {
+    pub fn new(settings: FetchSettings) -> Result<Fetcher, reqwest::Error> {
+        // reqwest is built without a default crypto provider; installing one
+        // twice is harmless (the second attempt is refused and ignored).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let scheme = attempt.url().scheme();
+            if scheme != "http" && scheme != "https" {
+                let scheme = scheme.to_owned();
+                attempt.error(format!("redirect to a {scheme}: URL"))
+            } else if attempt.previous().iter().any(|seen| seen == attempt.url()) {
+                attempt.error("redirect loop")
+            } else if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+            } else {
+                attempt.follow()
+            }
+        });
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("chitd/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirects)
+            .connect_timeout(settings.connect_timeout)
+            .pool_max_idle_per_host(16)
+            .build()?;
+        Ok(Fetcher { client, settings })
+    }
+
+    pub fn settings(&self) -> &FetchSettings {
+        &self.settings
+    }
+
+    /// Download `job` into the store and return the cached object's path.
+    /// `progress` follows the byte offset for `status`.
+    pub async fn download(
+        &self,
+        store: Arc<Store>,
+        job: &Job,
+        progress: &AtomicU64,
+        cancel: &CancellationToken,
+    ) -> Result<PathBuf, DownloadError> {
+        if job.sources.is_empty() {
+            return Err(DownloadError::Failed(
+                "no source to try: the chit has no URL and no mirror is configured".into(),
+            ));
+        }
+        let (digest, size) = (job.digest, job.size);
+        let opener = Arc::clone(&store);
+        let mut partial = blocking(move || opener.partial(digest, size))
+            .await
+            .map_err(|e| DownloadError::Failed(format!("cannot open the partial download: {e}")))?;
+        let mut answers: Vec<Option<String>> = vec![None; job.sources.len()];
+        let mut ruled_out = vec![false; job.sources.len()];
+        let mut high_water = partial.offset();
+        let mut last_progress = Instant::now();
+        let mut restarted_after_resume = false;
+        let mut delay = self.settings.retry_delay;
+        loop {
+            for (index, source) in job.sources.iter().enumerate() {
+                if ruled_out[index] {
+                    continue;
+                }
+                loop {
+                    let attempt = Attempt {
+                        client: &self.client,
+                        source,
+                        digest,
+                        inactivity: self.settings.inactivity_timeout,
+                        progress,
+                        cancel,
+                    };
+                    tracing::debug!(digest = %digest, source = %redact_url(source), offset = partial.offset(), "requesting");
+                    let (returned, result) = attempt.run(partial).await;
+                    partial = returned;
+                    let progressed = partial.offset() > high_water;
+                    if progressed {
+                        high_water = partial.offset();
+                        last_progress = Instant::now();
+                    }
+                    let error = match result {
+                        Ok(()) => {
+                            let publisher = Arc::clone(&store);
+                            return blocking(move || publisher.publish(partial, &digest))
+                                .await
+                                .map_err(|e| {
+                                    DownloadError::Failed(format!(
+                                        "cannot publish into the cache: {e}"
+                                    ))
+                                });
+                        }
+                        Err(Stop::Shutdown) => return Err(DownloadError::Shutdown),
+                        Err(Stop::Failed(error)) => error,
+                    };
+                    tracing::warn!(digest = %digest, source = %redact_url(source), "attempt failed: {error}");
+                    answers[index] = Some(error.to_string());
+                    match error {
+                        FetchError::DigestMismatch { resumed: true, .. }
+                            if !restarted_after_resume =>
+                        {
+                            // The resumed prefix may be the culprit: once more from 0.
+                            restarted_after_resume = true;
+                            high_water = 0;
+                            continue;
+                        }
+                        e if e.is_transient() && progressed => continue,
+                        e if e.is_transient() => break,
+                        _ => {
+                            ruled_out[index] = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if ruled_out.iter().all(|&out| out) {
+                return Err(DownloadError::Failed(summary(
+                    "every source failed",
+                    &job.sources,
+                    &answers,
+                )));
+            }
+            if last_progress.elapsed() >= self.settings.give_up_after {
+                let what = format!(
+                    "no progress for {}",
+                    humantime::format_duration(self.settings.give_up_after)
+                );
+                return Err(DownloadError::Failed(summary(
+                    &what,
+                    &job.sources,
+                    &answers,
+                )));
+            }
+            let pause = delay.min(
+                self.settings
+                    .give_up_after
+                    .saturating_sub(last_progress.elapsed()),
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(DownloadError::Shutdown),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            delay = (delay * 2).min(self.settings.max_retry_delay);
+        }
+    }
+}
+
+/// "every source failed: http://a/x: HTTP 404 Not Found; http://b/x: ..."
+fn summary(what: &str, sources: &[Url], answers: &[Option<String>]) -> String {
+    let each: Vec<String> = sources
+        .iter()
+        .zip(answers)
+        .map(|(source, answer)| {
+            format!(
+                "{}: {}",
+                redact_url(source),
+                answer.as_deref().unwrap_or("not tried")
+            )
+        })
+        .collect();
+    format!("{what}: {}", each.join("; "))
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

@@ -1,0 +1,51 @@
+//! chitd: a download daemon for sandboxed package builders.
+//!
+//! Consumers drop small text *chits* (sha256, size, path, optional URLs) into
+//! their spool's `request/` directory; the daemon fetches each file once into a
+//! content-addressed cache shared by every consumer, verifies it while
+//! streaming, delivers it atomically into the consumer's delivery directory, and
+//! moves the chit `request/ → fetch/ → downloaded/ | fail/` by `rename(2)`.
+//! The on-disk states are written down in `spool-layout.md`.
+//!
+//! # Layout
+//!
+//! - [`chit`]: `Chit::parse(bytes)`; the `Digest` and `DeliveryPath` newtypes;
+//!   the `# error:` line. Pure.
+//! - [`config`]: TOML text → [`config::Config`]; merging `run` flags. Pure,
+//!   plus a thin `load`.
+//! - [`cli`]: clap types for the three subcommands. No I/O.
+//! - [`durable`]: the few fsync / atomic-write primitives everyone uses.
+//! - [`dir`]: confined access beneath a consumer's directories (openat2
+//!   `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): nothing a consumer plants can
+//!   redirect a write.
+//! - [`spool`]: the four state directories of one consumer and their
+//!   transitions (`claim`, `complete`, `fail`), each one `rename(2)`.
+//! - [`store`]: the content-addressed cache (`sha256-v1/ab/<hex>`).
+//! - [`partial`]: partial downloads (`partial-v1/<hex>.part`) and their
+//!   durable progress records, with the sha256 midstate for instant resume.
+//! - [`fetch`]: one download of one digest from its ordered sources: Range /
+//!   If-Range resume, validators, retry and failover, hashing while streaming.
+//! - [`inflight`]: at most one download per digest; waiting chits share the
+//!   outcome.
+//! - [`deliver`]: cache → `<deliver>/<path>`: temp name, copy, fsync, rename,
+//!   fsync dir.
+//! - [`watch`]: inotify events → "look at this chit" / "rescan this spool" hints.
+//! - [`daemon`]: `run(config, options, shutdown)`: recover, watch, schedule,
+//!   exit when idle.
+//! - [`request`], [`status`]: the other two subcommands.
+
+pub mod chit;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod deliver;
+pub mod dir;
+pub mod durable;
+pub mod fetch;
+pub mod inflight;
+pub mod partial;
+pub mod request;
+pub mod spool;
+pub mod status;
+pub mod store;
+pub mod watch;

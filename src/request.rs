@@ -1,0 +1,159 @@
+//! `chitd request`: write a chit atomically into a spool's `request/`, and
+//! optionally wait until it is terminal. Needs no running daemon.
+
+use std::io::Write;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+
+use crate::chit::{Chit, ChitError, error_line};
+use crate::cli::RequestArgs;
+use crate::spool::Spool;
+
+/// How a waited-for chit ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written, not waited for.
+    Queued,
+    Downloaded,
+    Failed(String),
+    TimedOut,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The arguments do not make a valid chit (a usage error).
+    #[error("invalid request: {0}")]
+    Invalid(#[from] ChitError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot watch the spool: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// Write the chit; with `--wait`, wait for it. Returns the chit's name and
+/// the outcome.
+pub fn request(args: &RequestArgs) -> Result<(String, Outcome), RequestError> {
+    let mut text = format!("{}\n{}\n{}\n", args.sha256, args.size, args.path);
+    for url in &args.urls {
+        text.push_str(url);
+        text.push('\n');
+    }
+    let chit = Chit::parse(text.as_bytes())?;
+    let spool = Spool::open("request", &args.spool)?;
+    // Watch before the chit exists, so its arrival cannot be missed.
+    let (sender, events) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |_| {
+        let _ = sender.send(());
+    })?;
+    if args.wait {
+        for dir in [&spool.downloaded, &spool.failed] {
+            watcher.watch(dir.path(), RecursiveMode::NonRecursive)?;
+        }
+    }
+    let name = chit_name(&chit);
+    let (temp, mut file) = spool.request.create_temp(&name)?;
+    let written = file
+        .write_all(chit.render().as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| spool.request.rename_noreplace(&temp, &spool.request, &name));
+    if let Err(e) = written {
+        let _ = spool.request.remove_file(&temp);
+        return Err(e.into());
+    }
+    spool.request.sync()?;
+    if !args.wait {
+        return Ok((name, Outcome::Queued));
+    }
+    let deadline = args
+        .timeout
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    loop {
+        if let Some(outcome) = terminal(&spool, &name) {
+            return Ok((name, outcome));
+        }
+        // Events are hints; look again at least every second regardless.
+        let mut wait = Duration::from_secs(1);
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok((name, Outcome::TimedOut));
+            }
+            wait = wait.min(left);
+        }
+        let _ = events.recv_timeout(wait);
+    }
+}
+
+fn terminal(spool: &Spool, name: &str) -> Option<Outcome> {
+    if spool.downloaded.kind(name).is_ok() {
+        return Some(Outcome::Downloaded);
+    }
+    let text = spool.failed.open_regular(name).ok().map(|file| {
+        use std::io::Read;
+        let mut text = String::new();
+        let _ = file
+            .take(crate::chit::MAX_CHIT_BYTES as u64 * 2)
+            .read_to_string(&mut text);
+        text
+    });
+    if let Some(text) = text {
+        return Some(Outcome::Failed(last_error(&text)));
+    }
+    spool
+        .failed
+        .kind(name)
+        .ok()
+        .map(|_| Outcome::Failed("(no reason recorded)".into()))
+}
+
+/// The reason in the last `# error:` line of a failed chit.
+pub fn last_error(text: &str) -> String {
+    let prefix = error_line("");
+    let prefix = prefix.trim_end();
+    text.lines()
+        .rev()
+        .find_map(|line| line.strip_prefix(prefix))
+        .map(|reason| reason.trim().to_owned())
+        .unwrap_or_else(|| "(no reason recorded)".into())
+}
+
+/// A readable, unique chit name: `<file name>.<digest prefix>.<pid>.<time>`.
+fn chit_name(chit: &Chit) -> String {
+    let stem: String = chit
+        .path
+        .file_name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_+.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    let stem = stem.trim_start_matches('.');
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{stem}.{}.{}.{nanos}",
+        &chit.digest.to_hex()[..12],
+        std::process::id()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_error_takes_the_last_reason() {
+        let text = "abc\n1\np\n# error: old\n# error: new reason\n";
+        assert_eq!(last_error(text), "new reason");
+        assert_eq!(last_error("abc\n"), "(no reason recorded)");
+    }
+}

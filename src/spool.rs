@@ -1,0 +1,250 @@
+//! The four state directories of one consumer and the transitions between
+//! them. Each state change is one `rename(2)` of the chit, under the same
+//! name, between two of `request/ fetch/ downloaded/ fail/`:
+//!
+//! - [`Spool::claim`]: `request/X → fetch/X` (never replacing a chit
+//!   already in `fetch/`);
+//! - [`Spool::complete`]: `fetch/X → downloaded/X`, then fsync `downloaded/`;
+//! - [`Spool::fail`]: the failed chit is first rebuilt as a new file (the
+//!   original bytes plus `# error: <reason>`) under a dot name in `fetch/`,
+//!   fsync'd and renamed over `fetch/X` (so the chit's old inode, which
+//!   may be a hard link to something else, is never written), then
+//!   `fetch/X → fail/X` and fsync `fail/`.
+//!
+//! All access is confined with [`Dir`]: a chit that is a symlink, FIFO,
+//! device or hard link is refused without being read through.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::chit::{MAX_CHIT_BYTES, error_line};
+use crate::dir::{Dir, Kind};
+
+/// The state directories, in the order a chit visits them.
+pub const STATES: [&str; 4] = ["request", "fetch", "downloaded", "fail"];
+
+#[derive(Debug)]
+pub struct Spool {
+    pub name: String,
+    pub request: Dir,
+    pub fetch: Dir,
+    pub downloaded: Dir,
+    pub failed: Dir,
+}
+
+/// How a claim went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    Claimed,
+    /// Not in `request/` any more (taken, or removed by the consumer).
+    Gone,
+    /// A chit of that name is still in `fetch/`; try again after it ends.
+    Busy,
+}
+
+/// Why a chit could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// It vanished from `fetch/` (the consumer removed it).
+    Gone,
+    /// It is not something chitd will read; the reason goes to its `# error:`.
+    Refused(String),
+}
+
+impl Spool {
+    /// Open a consumer's spool, creating the state directories if missing
+    /// (refusing any that is a symlink).
+    pub fn open(name: &str, path: &Path) -> io::Result<Spool> {
+        let root = Dir::open_root(path)?;
+        let state = |dir: &str| root.create_dirs([dir]);
+        Ok(Spool {
+            name: name.to_owned(),
+            request: state("request")?,
+            fetch: state("fetch")?,
+            downloaded: state("downloaded")?,
+            failed: state("fail")?,
+        })
+    }
+
+    /// `request/X → fetch/X`.
+    pub fn claim(&self, chit: &str) -> io::Result<Claim> {
+        match self.request.rename_noreplace(chit, &self.fetch, chit) {
+            Ok(()) => Ok(Claim::Claimed),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Claim::Gone),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Claim::Busy),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read the claimed chit `fetch/X`: a regular file with one link, at
+    /// most [`MAX_CHIT_BYTES`] (read no further than one byte past it).
+    pub fn read(&self, chit: &str) -> Result<Vec<u8>, ReadError> {
+        let file = match self.fetch.open_regular(chit) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Gone),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                return Err(ReadError::Refused(format!(
+                    "the chit is not a regular file: {e}"
+                )));
+            }
+            Err(e) => return Err(ReadError::Refused(format!("cannot open the chit: {e}"))),
+        };
+        let links = file.metadata().map(|m| m.nlink()).unwrap_or(0);
+        if links != 1 {
+            return Err(ReadError::Refused(format!(
+                "the chit has {links} hard links; chitd neither reads nor rewrites a file linked elsewhere"
+            )));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_CHIT_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ReadError::Refused(format!("cannot read the chit: {e}")))?;
+        Ok(bytes)
+    }
+
+    /// `fetch/X → downloaded/X`, durably.
+    pub fn complete(&self, chit: &str) -> io::Result<()> {
+        self.fetch.rename(chit, &self.downloaded, chit)?;
+        self.downloaded.sync()
+    }
+
+    /// Append `# error: <reason>` to the chit's `original` bytes (none when
+    /// they could not or must not be read) and move it `fetch/X → fail/X`,
+    /// durably. The reason is in place before the chit appears in `fail/`.
+    pub fn fail(&self, chit: &str, original: Option<&[u8]>, reason: &str) -> io::Result<()> {
+        if self.fetch.kind(chit)? == Kind::Dir {
+            // A directory cannot carry a reason line; move it as it is.
+            tracing::warn!(consumer = %self.name, chit, "chit is a directory; moving it to fail/ without a reason line: {reason}");
+        } else {
+            let (temp, mut file) = self.fetch.create_temp(chit)?;
+            let written = (|| {
+                if let Some(original) = original {
+                    file.write_all(original)?;
+                    if !original.is_empty() && !original.ends_with(b"\n") {
+                        file.write_all(b"\n")?;
+                    }
+                }
+                file.write_all(error_line(reason).as_bytes())?;
+                file.sync_all()
+            })();
+            if let Err(e) = written.and_then(|()| self.fetch.rename(&temp, &self.fetch, chit)) {
+                let _ = self.fetch.remove_file(&temp);
+                return Err(e);
+            }
+        }
+        self.fetch.rename(chit, &self.failed, chit)?;
+        self.failed.sync()
+    }
+
+    /// Chit names in a state directory (dot-files are not chits).
+    pub fn chits(&self, state: &Dir) -> io::Result<Vec<String>> {
+        let mut names = state.names()?;
+        names.retain(|name| !name.starts_with('.'));
+        Ok(names)
+    }
+
+    /// Remove the dot-named temporaries chitd itself left in `fetch/` (a
+    /// failed chit being rebuilt when the daemon died).
+    pub fn remove_temporaries(&self) -> io::Result<()> {
+        for name in self.fetch.names()? {
+            if name.starts_with('.')
+                && name.contains(".chitd-")
+                && self.fetch.kind(&name)? == Kind::File
+            {
+                tracing::info!(consumer = %self.name, name, "removing a temporary left by an earlier run");
+                self.fetch.remove_file(&name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn spool() -> (tempfile::TempDir, Spool) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open("test", dir.path()).unwrap();
+        (dir, spool)
+    }
+
+    #[test]
+    fn claim_complete_and_fail_are_renames() {
+        let (dir, spool) = spool();
+        let root = dir.path();
+        fs::write(root.join("request/a"), "chit a\n").unwrap();
+        fs::write(root.join("request/b"), "chit b").unwrap();
+        assert_eq!(spool.claim("a").unwrap(), Claim::Claimed);
+        assert_eq!(spool.claim("a").unwrap(), Claim::Gone);
+        assert_eq!(spool.read("a").unwrap(), b"chit a\n");
+        spool.complete("a").unwrap();
+        assert!(root.join("downloaded/a").exists() && !root.join("fetch/a").exists());
+
+        assert_eq!(spool.claim("b").unwrap(), Claim::Claimed);
+        spool.fail("b", Some(b"chit b"), "it broke\nbadly").unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("fail/b")).unwrap(),
+            "chit b\n# error: it broke badly\n"
+        );
+        assert_eq!(spool.chits(&spool.fetch).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            fs::read_dir(root.join("fetch")).unwrap().count(),
+            0,
+            "no temporary left"
+        );
+    }
+
+    #[test]
+    fn claim_never_replaces_a_chit_in_fetch() {
+        let (dir, spool) = spool();
+        fs::write(dir.path().join("request/a"), "new").unwrap();
+        fs::write(dir.path().join("fetch/a"), "old").unwrap();
+        assert_eq!(spool.claim("a").unwrap(), Claim::Busy);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("fetch/a")).unwrap(),
+            "old"
+        );
+    }
+
+    #[test]
+    fn hard_linked_chit_is_refused_and_its_other_name_untouched() {
+        let (dir, spool) = spool();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "secret\n").unwrap();
+        fs::hard_link(&outside, dir.path().join("fetch/h")).unwrap();
+        let ReadError::Refused(reason) = spool.read("h").unwrap_err() else {
+            panic!("not refused")
+        };
+        assert!(reason.contains("hard links"), "{reason}");
+        spool.fail("h", None, &reason).unwrap();
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "secret\n");
+        assert!(
+            fs::read_to_string(dir.path().join("fail/h"))
+                .unwrap()
+                .starts_with("# error: the chit has 2 hard links")
+        );
+    }
+
+    #[test]
+    fn symlinked_chit_is_replaced_not_followed() {
+        let (dir, spool) = spool();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "secret\n").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.path().join("fetch/s")).unwrap();
+        let ReadError::Refused(reason) = spool.read("s").unwrap_err() else {
+            panic!("not refused")
+        };
+        assert!(reason.contains("symbolic link"), "{reason}");
+        spool.fail("s", None, &reason).unwrap();
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "secret\n");
+        assert!(
+            !fs::symlink_metadata(dir.path().join("fail/s"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! `chitd status`: what each consumer's spool holds, read from the
+//! directories themselves (so it works with or without a daemon), plus the
+//! running daemon's in-flight progress when it has published one.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::daemon::StatusFile;
+use crate::durable::with_path;
+use crate::spool::STATES;
+
+pub use crate::daemon::status_file::InFlightChit;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Pid of the running daemon, when one has published its progress.
+    pub daemon_pid: Option<u32>,
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConsumerStatus {
+    pub name: String,
+    pub spool: PathBuf,
+    pub request: usize,
+    pub fetch: usize,
+    pub downloaded: usize,
+    pub fail: usize,
+    pub in_flight: Vec<InFlightChit>,
+}
+
+/// Look at each `(consumer name, spool)`.
+pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
+    let mut report = Report {
+        daemon_pid: None,
+        consumers: Vec::new(),
+    };
+    for (name, spool) in spools {
+        let mut counts = [0usize; 4];
+        for (count, state) in counts.iter_mut().zip(STATES) {
+            *count = count_chits(&spool.join(state))?;
+        }
+        let published = StatusFile::read(spool);
+        if let Some(published) = &published {
+            report.daemon_pid = Some(published.pid);
+        }
+        report.consumers.push(ConsumerStatus {
+            name: name.clone(),
+            spool: spool.clone(),
+            request: counts[0],
+            fetch: counts[1],
+            downloaded: counts[2],
+            fail: counts[3],
+            in_flight: published.map(|p| p.downloads).unwrap_or_default(),
+        });
+    }
+    Ok(report)
+}
+
+fn count_chits(dir: &Path) -> io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let spool = dir.parent().unwrap_or(dir);
+            if spool.is_dir() {
+                return Ok(0);
+            }
+            return Err(with_path(e, "reading spool", spool));
+        }
+        Err(e) => return Err(with_path(e, "reading", dir)),
+    };
+    let mut count = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| with_path(e, "reading", dir))?;
+        if !entry.file_name().as_encoded_bytes().starts_with(b".") {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// The report for a person.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    match report.daemon_pid {
+        Some(pid) => _ = writeln!(out, "daemon: running (pid {pid})"),
+        None => {
+            _ = writeln!(
+                out,
+                "daemon: no progress published (not running, or idle since start)"
+            )
+        }
+    }
+    for c in &report.consumers {
+        _ = writeln!(
+            out,
+            "{}: request {}  fetch {}  downloaded {}  fail {}   ({})",
+            c.name,
+            c.request,
+            c.fetch,
+            c.downloaded,
+            c.fail,
+            c.spool.display()
+        );
+        for d in &c.in_flight {
+            let percent = if d.total == 0 {
+                100.0
+            } else {
+                d.done as f64 * 100.0 / d.total as f64
+            };
+            _ = writeln!(
+                out,
+                "  {}  {}  {}/{} bytes ({percent:.1}%)",
+                d.chit, d.path, d.done, d.total
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_chits_not_dot_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for state in STATES {
+            std::fs::create_dir(dir.path().join(state)).unwrap();
+        }
+        std::fs::write(dir.path().join("request/a"), "").unwrap();
+        std::fs::write(dir.path().join("request/.a"), "").unwrap();
+        std::fs::write(dir.path().join("fail/b"), "").unwrap();
+        let report = status(&[("c".into(), dir.path().to_path_buf())]).unwrap();
+        let c = &report.consumers[0];
+        assert_eq!((c.request, c.fetch, c.downloaded, c.fail), (1, 0, 0, 1));
+        assert!(render(&report).contains("request 1"));
+        assert!(status(&[("x".into(), dir.path().join("missing"))]).is_err());
+    }
+}

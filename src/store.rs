@@ -1,0 +1,192 @@
+//! The content-addressed cache shared by every consumer.
+//!
+//! ```text
+//! <cache>/
+//!   lock                     flock'd by the running daemon (one per cache)
+//!   sha256-v1/ab/<hex>       complete, verified objects, named by digest
+//!   partial-v1/<hex>.part    downloads in progress (see `partial`)
+//!   partial-v1/<hex>.progress
+//! ```
+//!
+//! An object appears under its final name only by `rename(2)` of a complete,
+//! verified, fsync'd `.part`, followed by an fsync of its directory, so a
+//! name in `sha256-v1/` always holds exactly the bytes of its digest. The
+//! layout is versioned in the directory names so a future layout can live
+//! beside this one.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::chit::Digest;
+use crate::durable::{sync_dir, with_path};
+use crate::partial::Partial;
+
+/// Orphaned partial downloads (no chit has asked for them since) are kept
+/// this long, in case the chit comes back (e.g. `mv fail/X request/X`).
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    objects: PathBuf,
+    partials: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// Open (creating) the cache at `root`, take its lock, and remove the
+    /// temporary files a crash may have left.
+    pub fn open(root: &Path) -> io::Result<Store> {
+        let objects = root.join("sha256-v1");
+        let partials = root.join("partial-v1");
+        for dir in [root, &objects, &partials] {
+            fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = File::create(&lock_path).map_err(|e| with_path(e, "creating", &lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "cache {} is in use by another chitd (its lock file is held)",
+                        root.display()
+                    ),
+                )
+            },
+        )?;
+        let store = Store {
+            root: root.to_path_buf(),
+            objects,
+            partials,
+            _lock: lock,
+        };
+        store.remove_temporaries()?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn partials_dir(&self) -> &Path {
+        &self.partials
+    }
+
+    pub fn object_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.objects.join(&hex[..2]).join(hex)
+    }
+
+    /// The cached object for `digest`, if present with the expected size.
+    /// An object of the wrong size cannot come from chitd; it is removed.
+    pub fn lookup(&self, digest: &Digest, size: u64) -> io::Result<Option<PathBuf>> {
+        let path = self.object_path(digest);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.len() == size => Ok(Some(path)),
+            Ok(meta) => {
+                tracing::warn!(digest = %digest, path = %path.display(), found = meta.len(), size, "cached object has the wrong size; removing it");
+                fs::remove_file(&path).map_err(|e| with_path(e, "removing", &path))?;
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(with_path(e, "inspecting", &path)),
+        }
+    }
+
+    /// Open the partial download of `digest` (resuming from its record).
+    pub fn partial(&self, digest: Digest, size: u64) -> io::Result<Partial> {
+        Partial::open(&self.partials, digest, size)
+    }
+
+    /// Publish a complete, verified partial under its digest: rename, then
+    /// fsync the directory. Returns the object path.
+    pub fn publish(&self, partial: Partial, digest: &Digest) -> io::Result<PathBuf> {
+        let part = partial.into_complete()?;
+        let path = self.object_path(digest);
+        let dir = path.parent().unwrap_or(&self.objects);
+        fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
+        fs::rename(&part, &path).map_err(|e| with_path(e, "publishing", &path))?;
+        sync_dir(dir)?;
+        Ok(path)
+    }
+
+    /// Remove dot-named temporaries (torn atomic writes) everywhere in the
+    /// cache, and partial downloads nobody has touched for [`ORPHAN_GRACE`].
+    fn remove_temporaries(&self) -> io::Result<()> {
+        let now = SystemTime::now();
+        for entry in walk(&self.root)? {
+            let name = entry
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stale_partial = entry.starts_with(&self.partials)
+                && fs::metadata(&entry)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > ORPHAN_GRACE);
+            if (name.starts_with('.') && name != ".") || stale_partial {
+                tracing::info!(path = %entry.display(), "removing leftover from an earlier run");
+                fs::remove_file(&entry).map_err(|e| with_path(e, "removing", &entry))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every regular file under `root` (the cache is chitd's own: no symlinks
+/// are expected, and none are followed).
+fn walk(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).map_err(|e| with_path(e, "reading", &dir))? {
+            let entry = entry.map_err(|e| with_path(e, "reading", &dir))?;
+            let kind = entry
+                .file_type()
+                .map_err(|e| with_path(e, "inspecting", &entry.path()))?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest as _, Sha256};
+
+    #[test]
+    fn publish_then_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = Digest::from_bytes(Sha256::digest(b"hello").into());
+        assert_eq!(store.lookup(&digest, 5).unwrap(), None);
+        let mut partial = store.partial(digest, 5).unwrap();
+        partial.append(b"hello").unwrap();
+        assert_eq!(partial.finished_digest(), Some(digest));
+        let path = store.publish(partial, &digest).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"hello");
+        assert_eq!(store.lookup(&digest, 5).unwrap(), Some(path));
+        // Wrong size: treated as a miss and removed.
+        assert_eq!(store.lookup(&digest, 6).unwrap(), None);
+    }
+
+    #[test]
+    fn second_open_is_refused_and_temporaries_are_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("another chitd"), "{err}");
+        drop(store);
+        let temp = dir.path().join("partial-v1/.x.progress.tmp.1.1");
+        fs::write(&temp, "torn").unwrap();
+        let _store = Store::open(dir.path()).unwrap();
+        assert!(!temp.exists());
+    }
+}

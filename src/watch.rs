@@ -1,0 +1,117 @@
+//! Filesystem events → hints for the scheduler.
+//!
+//! The directory is the truth; events are hints. An inotify watch on each
+//! consumer's `request/` turns a chit renamed in (which arrives as a
+//! name-to event, not a create) into [`Hint::Chit`] within a millisecond or
+//! so; anything the watcher cannot vouch for (queue overflow, an error)
+//! becomes [`Hint::Rescan`]. The daemon also rescans at start and on a
+//! timer, so a lost event costs latency, never a chit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use notify::event::{EventKind, ModifyKind, RenameMode};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc::UnboundedSender;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// A name appeared in consumer N's `request/`.
+    Chit(usize, String),
+    /// Consumer N's `request/` may have changed in ways we missed.
+    Rescan(usize),
+    /// Rescan every consumer.
+    RescanAll,
+}
+
+/// Keeps the watches alive; dropping it stops them.
+pub struct Watch {
+    _watcher: RecommendedWatcher,
+}
+
+/// Watch each of `request_dirs` (index = consumer number).
+pub fn watch(request_dirs: &[PathBuf], hints: UnboundedSender<Hint>) -> notify::Result<Watch> {
+    let consumers: HashMap<PathBuf, usize> = request_dirs
+        .iter()
+        .enumerate()
+        .map(|(index, dir)| (dir.clone(), index))
+        .collect();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!("filesystem watcher error, rescanning every spool: {error}");
+                let _ = hints.send(Hint::RescanAll);
+                return;
+            }
+        };
+        if event.need_rescan() {
+            tracing::warn!("filesystem watcher overflowed; rescanning every spool");
+            let _ = hints.send(Hint::RescanAll);
+            return;
+        }
+        let arrival = matches!(
+            event.kind,
+            EventKind::Create(_)
+                | EventKind::Modify(ModifyKind::Name(
+                    RenameMode::To | RenameMode::Both | RenameMode::Any
+                ))
+        );
+        if !arrival {
+            return;
+        }
+        // For a rename within the directory the last path is the new name.
+        if let Some(path) = event.paths.last() {
+            let consumer = path.parent().and_then(|dir| consumers.get(dir));
+            let name = path.file_name().and_then(|n| n.to_str());
+            match (consumer, name) {
+                (Some(&consumer), Some(name)) if !name.starts_with('.') => {
+                    let _ = hints.send(Hint::Chit(consumer, name.to_owned()));
+                }
+                (Some(&consumer), None) => {
+                    let _ = hints.send(Hint::Rescan(consumer));
+                }
+                _ => {}
+            }
+        }
+    })?;
+    for dir in request_dirs {
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|e| with_remedy(e, dir))?;
+    }
+    Ok(Watch { _watcher: watcher })
+}
+
+fn with_remedy(error: notify::Error, dir: &Path) -> notify::Error {
+    let remedy = match error.kind {
+        notify::ErrorKind::MaxFilesWatch => {
+            "; too many inotify watches: raise fs.inotify.max_user_watches (sysctl)"
+        }
+        _ => "",
+    };
+    notify::Error::generic(&format!("watching {}: {error}{remedy}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[tokio::test]
+    async fn a_chit_renamed_in_is_a_hint() {
+        let root = tempfile::tempdir().unwrap();
+        let request = root.path().join("request");
+        fs::create_dir(&request).unwrap();
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let _watch = watch(std::slice::from_ref(&request), sender).unwrap();
+        fs::write(root.path().join("x"), "chit").unwrap();
+        fs::write(request.join(".hidden"), "temp").unwrap();
+        fs::rename(root.path().join("x"), request.join("x")).unwrap();
+        let hint = tokio::time::timeout(std::time::Duration::from_secs(10), receiver.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(hint, Hint::Chit(0, "x".into()));
+    }
+}
