@@ -11,11 +11,13 @@ use std::path::PathBuf;
 
 use clap::builder::{ArgPredicate, RangedU64ValueParser};
 
-/// chitd: a download daemon for sandboxed builders. Consumers drop chits
-/// (sha256, size, path, URLs) into their spool; the daemon fetches each file
-/// once into a shared, verified cache and delivers it.
+/// A download daemon for sandboxed builders: chits in, verified files out.
+///
+/// Consumers drop chits (sha256, size, path, URLs) into request/ of their
+/// spool directory; the daemon fetches each file once into a shared, verified
+/// cache and delivers it, moving the chit to downloaded/ or fail/.
 #[derive(Debug, clap::Parser)]
-#[command(name = "chitd", version, about, long_about = None)]
+#[command(name = "chitd", version, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -23,15 +25,19 @@ pub struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Serve consumers' spools until SIGINT or SIGTERM (or until idle, with
-    /// --exit-when-idle). With no flags at all, serves the embedded default
-    /// layout in the current directory: ./cache, ./spool and ./distfiles.
+    /// Serve the consumers' spools until SIGINT or SIGTERM.
+    ///
+    /// With --exit-when-idle, exit once there is nothing left to do. With no
+    /// flags at all, serve the embedded default layout in the current
+    /// directory: ./cache, ./spool and ./distfiles.
     Run(RunArgs),
-    /// Write a chit into a spool's request/ directory atomically; no daemon
-    /// needs to be running. Exits 0 when written (or, with --wait, when
-    /// downloaded), 1 when the chit failed, 124 when --timeout ran out.
+    /// Ask for a file: write a chit into a spool's request/ atomically.
+    ///
+    /// No daemon needs to be running. Exits 0 once written (with --wait: once
+    /// downloaded), 1 when the chit failed (printing why), 124 when --timeout
+    /// ran out, 2 on a usage error.
     Request(RequestArgs),
-    /// Show the chits in each spool and, when a daemon runs, its downloads.
+    /// Show the chits in each spool, and the downloads of a running daemon.
     Status(StatusArgs),
 }
 
@@ -85,7 +91,7 @@ pub struct RequestArgs {
 
     /// Stop waiting after this many seconds (fractions allowed) and exit 124.
     /// Implies --wait.
-    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_negative_numbers = true)]
     pub timeout: Option<f64>,
 
     /// The file's SHA-256 digest: 64 hexadecimal digits, any case.

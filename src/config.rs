@@ -65,6 +65,18 @@ pub struct Consumer {
     pub deliver: PathBuf,
 }
 
+impl Consumer {
+    /// The consumer of `--spool`/`--deliver` and of the default layout.
+    fn default_named(spool: PathBuf, deliver: PathBuf) -> Consumer {
+        let name = DEFAULT_CONSUMER.to_string();
+        Consumer {
+            name,
+            spool,
+            deliver,
+        }
+    }
+}
+
 /// Where in the configuration text something went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -134,6 +146,19 @@ impl ConfigError {
             Self::Read { .. } | Self::Flag { .. } => {}
         }
         self
+    }
+}
+
+fn flag_error(
+    flag: &'static str,
+    value: impl fmt::Display,
+    message: impl Into<String>,
+) -> ConfigError {
+    let (value, message) = (value.to_string(), message.into());
+    ConfigError::Flag {
+        flag,
+        value,
+        message,
     }
 }
 
@@ -218,10 +243,8 @@ impl Config {
                     reader.error(table.span(), key, message)
                 })
             };
-            let (name, spool) = (
-                required(&consumer.name, "name")?,
-                required(&consumer.spool, "spool")?,
-            );
+            let name = required(&consumer.name, "name")?;
+            let spool = required(&consumer.spool, "spool")?;
             let deliver = required(&consumer.deliver, "deliver")?;
             let consumer = Consumer {
                 name: reader.check("name", &name, consumer_name)?,
@@ -229,12 +252,8 @@ impl Config {
                 deliver: reader.check("deliver", &deliver, path)?,
             };
             if let Some((key, message)) = clash(&config.consumers, &consumer) {
-                let span = if key == "name" {
-                    name.span()
-                } else {
-                    spool.span()
-                };
-                return Err(reader.error(span, key, message));
+                let at_fault = if key == "name" { &name } else { &spool };
+                return Err(reader.error(at_fault.span(), key, message));
             }
             config.consumers.push(consumer);
         }
@@ -263,20 +282,19 @@ impl Config {
             mirrors: Vec::new(),
             jobs: DEFAULT_JOBS,
             give_up_after: DEFAULT_GIVE_UP_AFTER,
-            consumers: vec![Consumer {
-                name: DEFAULT_CONSUMER.to_string(),
-                spool: dir.join("spool"),
-                deliver: dir.join("distfiles"),
-            }],
+            consumers: vec![Consumer::default_named(
+                dir.join("spool"),
+                dir.join("distfiles"),
+            )],
         }
     }
 
     /// What `chitd run` needs beyond a well-formed file: at least one consumer.
     pub fn validate_for_run(&self) -> Result<(), ConfigError> {
-        match self.consumers.is_empty() {
-            true => Err(ConfigError::NoConsumers { file: None }),
-            false => Ok(()),
+        if self.consumers.is_empty() {
+            return Err(ConfigError::NoConsumers { file: None });
         }
+        Ok(())
     }
 
     /// A multi-line description of the layout for a person, printed by
@@ -386,14 +404,12 @@ impl Reader<'_> {
         if let Some(rest) = message.strip_prefix("unknown field `") {
             let key = rest.split('`').next().unwrap_or_default();
             let expected = rest.split_once(", expected ").map_or("", |(_, list)| list);
-            let message = format!("unknown key `{key}`; the keys allowed here are {expected}");
+            let message = format!("unknown key `{key}` (expected {expected})");
             return self.error(span, key, message);
         }
-        let message = format!(
-            "`consumer` must be written as [[consumer]] sections, one per consumer with \
-             name, spool and deliver, but here it is not ({message})"
-        );
-        self.error(span, "consumer", message)
+        let message = "`consumer` must be written as [[consumer]] sections (with double \
+                       brackets), one per consumer, each with name, spool and deliver";
+        self.error(span, "consumer", message.to_string())
     }
 
     fn mirrors(&self, value: &Spanned<Value>) -> Result<Vec<Url>, ConfigError> {
@@ -485,9 +501,9 @@ fn give_up_after(value: &Value) -> Result<Duration, String> {
         // A bare number in a string is seconds too, as it is outside one.
         Value::String(text) => match text.trim().parse::<u64>() {
             Ok(seconds) => Duration::from_secs(seconds),
-            Err(_) => humantime::parse_duration(text).map_err(|error| {
+            Err(_) => humantime::parse_duration(text).map_err(|_| {
                 format!(
-                    "= {text:?} is not a duration ({error}); write it like \"60s\", \"5m\", \
+                    "= {text:?} is not a duration; write it like \"60s\", \"5m\", \
                      \"1h 30m\" or \"500ms\", or as a number of seconds"
                 )
             })?,
@@ -504,10 +520,10 @@ fn give_up_after(value: &Value) -> Result<Duration, String> {
             ));
         }
     };
-    match duration.is_zero() {
-        true => Err("must be longer than zero, or every chit would fail at its first pause".into()),
-        false => Ok(duration),
+    if duration.is_zero() {
+        return Err("must be longer than zero, or every chit would fail at its first pause".into());
     }
+    Ok(duration)
 }
 
 /// A TOML value as a person would name it in a sentence.
@@ -570,12 +586,7 @@ pub fn resolve_run(args: &RunArgs, cwd: &Path) -> Result<(Config, LayoutSource),
     match (&args.spool, &args.deliver) {
         (Some(spool), Some(deliver)) => {
             let (spool, deliver) = (resolve_path(cwd, spool), resolve_path(cwd, deliver));
-            let name = DEFAULT_CONSUMER.to_string();
-            config.consumers = vec![Consumer {
-                name,
-                spool,
-                deliver,
-            }];
+            config.consumers = vec![Consumer::default_named(spool, deliver)];
         }
         (None, None) => {}
         (Some(dir), None) | (None, Some(dir)) => {
@@ -584,13 +595,8 @@ pub fn resolve_run(args: &RunArgs, cwd: &Path) -> Result<(Config, LayoutSource),
             } else {
                 "--deliver"
             };
-            let message = "--spool and --deliver define a consumer together; give both".into();
-            let value = dir.display().to_string();
-            return Err(ConfigError::Flag {
-                flag,
-                value,
-                message,
-            });
+            let message = "--spool and --deliver define a consumer together; give both";
+            return Err(flag_error(flag, dir.display(), message));
         }
     }
     if let Some(cache) = &args.cache {
@@ -601,21 +607,15 @@ pub fn resolve_run(args: &RunArgs, cwd: &Path) -> Result<(Config, LayoutSource),
             .mirror
             .iter()
             .map(|text| {
-                parse_mirror(text).map_err(|reason| ConfigError::Flag {
-                    flag: "--mirror",
-                    value: text.clone(),
-                    message: format!("this mirror {reason}"),
-                })
+                parse_mirror(text)
+                    .map_err(|reason| flag_error("--mirror", text, format!("this mirror {reason}")))
             })
             .collect::<Result<_, _>>()?;
     }
     if let Some(jobs) = args.jobs {
         if jobs == 0 {
-            return Err(ConfigError::Flag {
-                flag: "--jobs",
-                value: jobs.to_string(),
-                message: "at least one download must be allowed at a time".into(),
-            });
+            let message = "at least one download must be allowed at a time";
+            return Err(flag_error("--jobs", jobs, message));
         }
         config.jobs = jobs;
     }
@@ -638,10 +638,8 @@ pub fn resolve_status_spools(
     let consumers = match (&args.config, &args.spool) {
         (Some(file), _) => Config::load(&resolve_path(cwd, file))?.consumers,
         (None, Some(spool)) => {
-            return Ok(vec![(
-                DEFAULT_CONSUMER.to_string(),
-                resolve_path(cwd, spool),
-            )]);
+            let name = DEFAULT_CONSUMER.to_string();
+            return Ok(vec![(name, resolve_path(cwd, spool))]);
         }
         (None, None) => Config::default_layout(cwd).consumers,
     };
@@ -893,6 +891,13 @@ deliver = "builders/01/distfiles"
             let message = key_error(&text, "mirrors", 3);
             assert!(message.contains(bad) && message.contains(why), "{message}");
         }
+    }
+
+    #[test]
+    fn crlf_and_bom_are_fine() {
+        let text = "\u{feff}jobs = 2\r\n\r\n[[consumer]]\r\nname = \"a\"\r\nspool = \"s\"\r\ndeliver = \"d\"\r\n";
+        assert_eq!(parse(text).expect("valid").jobs, 2);
+        key_error(&format!("{text}oops = 1\r\n"), "oops", 7);
     }
 
     #[test]
