@@ -51,6 +51,19 @@ fn run(args: &RunArgs) -> ExitCode {
         Ok(resolved) => resolved,
         Err(e) => return fatal(2, format!("{e}")),
     };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fatal(1, format!("cannot start the async runtime: {e}")),
+    };
+    // Handlers first: a SIGTERM that arrives while the layout is printed
+    // must still mean a clean exit 0.
+    let shutdown = {
+        let _context = runtime.enter();
+        match shutdown_signal() {
+            Ok(shutdown) => shutdown,
+            Err(e) => return fatal(1, format!("cannot install signal handlers: {e}")),
+        }
+    };
     match &source {
         LayoutSource::EmbeddedDefault => println!(
             "chitd: no flags given; using the default layout in {}",
@@ -64,11 +77,7 @@ fn run(args: &RunArgs) -> ExitCode {
         exit_when_idle: args.exit_when_idle,
         fetch: fetch_settings_from_env(),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => return fatal(1, format!("cannot start the async runtime: {e}")),
-    };
-    match runtime.block_on(daemon::run(config, options, shutdown_signal())) {
+    match runtime.block_on(daemon::run(config, options, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fatal(1, format!("{e}")),
     }
@@ -95,19 +104,18 @@ fn fetch_settings_from_env() -> FetchSettings {
     settings
 }
 
-async fn shutdown_signal() {
+/// Resolves at the first SIGTERM or SIGINT. The handlers are installed
+/// when this is called, not when the future is first polled.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
 
 fn request(args: &RequestArgs) -> ExitCode {

@@ -156,6 +156,9 @@ impl Attempt<'_> {
                 partial.reset().map_err(FetchError::Disk)?;
                 Ok(false)
             }
+            status if status.is_redirection() => {
+                Err(FetchError::Redirect(redirect_target(response)))
+            }
             status => Err(FetchError::Status(status)),
         }
     }
@@ -315,6 +318,28 @@ fn copy_local(source: &Url, partial: &mut Partial, cancel: &CancellationToken) -
             .into());
         }
         partial.append(&buffer[..n]).map_err(FetchError::Disk)?;
+    }
+}
+
+/// Why a redirect reached us instead of being followed (the client
+/// follows http(s) redirects itself).
+fn redirect_target(response: &reqwest::Response) -> String {
+    let location = response
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok());
+    match location.map(|l| response.url().join(l)) {
+        Some(Ok(target)) => format!(
+            "HTTP {} redirected to {}, which is not http or https",
+            response.status(),
+            crate::chit::redact_url(&target)
+        ),
+        Some(Err(_)) => format!(
+            "HTTP {} with an unusable Location {:?}",
+            response.status(),
+            location.unwrap_or("")
+        ),
+        None => format!("HTTP {} without a Location", response.status()),
     }
 }
 

@@ -1,1 +1,33 @@
+//! chitd's integration tests: one binary, one module per area.
+//!
+//! Tests drive the real `chitd` binary through its command line and spool
+//! directories only, against an in-process fault-injecting HTTP server
+//! (`server`), with shared fixtures in `util`.
+//!
+//! - `basic`: miss → download → deliver, mirrors, cache hits, start-up scan.
+//! - `dedup`: one upstream download per digest.
+//! - `failures`: permanent and transient failures, retries, resumption.
+//! - `chits`: bad and unusual chits.
+//! - `sources`: chit URLs, mirrors, `file://` mirrors, HTTP framings.
+//! - `cli`: `request` and usage errors.
+//! - `status`: `status --json`.
+//! - `config`: configuration files.
+//! - `restart`: SIGTERM, SIGINT, SIGKILL and the next start.
+//! - `confinement`: symlinks and hard links never lead writes outside.
 
+mod basic;
+mod chits;
+mod cli;
+mod config;
+mod confinement;
+mod dedup;
+mod failures;
+mod restart;
+mod sources;
+mod status;
+
+// Fixtures offer more than every test uses.
+#[allow(dead_code)]
+mod server;
+#[allow(dead_code)]
+mod util;

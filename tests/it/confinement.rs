@@ -1,0 +1,120 @@
+//! "The daemon never writes outside the consumer's spool and delivery
+//! directories and its own cache/state directories, whatever a chit or the
+//! consumer's directories contain (symlinks, hard links, `..`, races)."
+//!
+//! Each test plants something in a consumer's directories that points at a
+//! file or directory outside them, and checks that it is untouched.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+
+use crate::server::Server;
+use crate::util::{Content, Daemon, State, TIMEOUT, Terminal, TestDir, TestSpool};
+
+/// Run one daemon until idle over `spool`.
+fn run_until_idle(dir: &TestDir, spool: &TestSpool) {
+    Daemon::for_spool(dir, spool)
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+}
+
+/// A chit that is bound to fail (nothing serves its URL), so the daemon
+/// appends an error line to it.
+fn failing_chit(server: &Server) -> String {
+    Content::random(100).chit("f.bin", &[server.url("/missing")])
+}
+
+#[test]
+fn symlinked_directory_in_the_delivery_path_is_not_followed() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let outside = dir.join("outside");
+    fs::create_dir(&outside).unwrap();
+    symlink(&outside, spool.deliver.join("evil")).unwrap();
+    let server = Server::start();
+    let content = Content::random(1_000);
+    server.add("/f", content.bytes.clone());
+    spool.drop_chit("f", content.chit("evil/f.bin", &[server.url("/f")]));
+
+    run_until_idle(&dir, &spool);
+
+    let leaked: Vec<_> = fs::read_dir(&outside).unwrap().collect();
+    assert!(leaked.is_empty(), "wrote through the symlink: {leaked:?}");
+    let terminal = spool.wait_terminal("f", TIMEOUT);
+    if terminal == Terminal::Downloaded {
+        let delivered = spool.delivered_path("evil/f.bin");
+        assert_eq!(fs::read(delivered).unwrap(), content.bytes);
+    }
+}
+
+#[test]
+fn symlink_at_the_delivery_path_is_replaced_not_written_through() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let precious = dir.write("outside/precious", "do not touch\n");
+    symlink(&precious, spool.deliver.join("f.bin")).unwrap();
+    let server = Server::start();
+    let content = Content::random(1_000);
+    server.add("/f", content.bytes.clone());
+    spool.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
+
+    run_until_idle(&dir, &spool);
+
+    assert_eq!(fs::read_to_string(&precious).unwrap(), "do not touch\n");
+    if spool.wait_terminal("f", TIMEOUT) == Terminal::Downloaded {
+        let delivered = spool.delivered_path("f.bin");
+        let kind = fs::symlink_metadata(&delivered).unwrap().file_type();
+        assert!(kind.is_file(), "{} is still a symlink", delivered.display());
+        assert_eq!(fs::read(delivered).unwrap(), content.bytes);
+    }
+}
+
+#[test]
+fn symlinked_chit_does_not_get_its_target_written() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let text = failing_chit(&server);
+    let target = dir.write("outside/chit", &text);
+    symlink(&target, spool.state_dir(State::Request).join("evil")).unwrap();
+
+    run_until_idle(&dir, &spool);
+
+    assert_eq!(
+        fs::read_to_string(&target).unwrap(),
+        text,
+        "target modified"
+    );
+    assert!(
+        spool.states_of("evil").len() == 1,
+        "the chit must end in exactly one state: {}",
+        spool.describe()
+    );
+}
+
+#[test]
+fn hard_linked_chit_does_not_get_the_other_link_written() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let text = failing_chit(&server);
+    let other = dir.write("outside/chit", &text);
+    fs::hard_link(&other, spool.state_dir(State::Request).join("linked")).unwrap();
+
+    run_until_idle(&dir, &spool);
+
+    assert_eq!(
+        fs::read_to_string(&other).unwrap(),
+        text,
+        "other link modified"
+    );
+    assert_eq!(
+        spool.states_of("linked"),
+        [State::Fail],
+        "{}",
+        spool.describe()
+    );
+    let failed = spool.read_chit(State::Fail, "linked");
+    assert!(crate::util::error_reason(&failed).is_some(), "{failed:?}");
+}

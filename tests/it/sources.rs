@@ -1,0 +1,145 @@
+//! Where bytes come from: chit URLs in order, then each mirror as
+//! `<mirror>/<path>`; `file://` mirrors; HTTP framings other than
+//! `Content-Length`.
+
+use std::time::Duration;
+
+use crate::server::{Fault, Server};
+use crate::util::{ConfigFile, Content, Daemon, TIMEOUT, TestDir, TestSpool};
+
+/// Run one daemon over `spool` with `mirrors` until idle.
+fn run_with_mirrors(dir: &TestDir, spool: &TestSpool, mirrors: &[String]) {
+    let mut builder = Daemon::for_spool(dir, spool).exit_when_idle();
+    for mirror in mirrors {
+        builder = builder.mirror(mirror);
+    }
+    builder.start().expect_success(TIMEOUT);
+}
+
+#[test]
+fn chit_urls_are_tried_in_order_before_any_mirror() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(2_000);
+    for path in ["/second", "/third", "/m1/f.bin", "/m2/f.bin"] {
+        server.add(path, content.bytes.clone());
+    }
+    let urls = [
+        server.url("/first"),
+        server.url("/second"),
+        server.url("/third"),
+    ];
+    spool.drop_chit("f", content.chit("f.bin", &urls));
+
+    run_with_mirrors(&dir, &spool, &[server.url("/m1"), server.url("/m2")]);
+
+    spool.assert_delivered("f", "f.bin", &content);
+    let asked: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(asked, ["/first", "/second"]);
+}
+
+#[test]
+fn mirrors_are_tried_in_order_after_the_chit_urls() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(2_000);
+    server.add("/m2/sub/f.bin", content.bytes.clone());
+    server.add("/m3/sub/f.bin", content.bytes.clone());
+    spool.drop_chit("f", content.chit("sub/f.bin", &[server.url("/upstream")]));
+    let mirrors = ["/m1", "/m2", "/m3"].map(|m| server.url(m));
+
+    run_with_mirrors(&dir, &spool, &mirrors);
+
+    spool.assert_delivered("f", "sub/f.bin", &content);
+    let asked: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(asked, ["/upstream", "/m1/sub/f.bin", "/m2/sub/f.bin"]);
+}
+
+#[test]
+fn file_mirror_serves_local_files() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let content = Content::random(3_000);
+    let local = dir.join("local-mirror");
+    dir.write("local-mirror/gnu/make.tar.gz", &content.bytes);
+    spool.drop_chit("f", content.chit("gnu/make.tar.gz", &[]));
+    let mirror = format!("file://{}", local.display());
+
+    run_with_mirrors(&dir, &spool, &[mirror]);
+
+    spool.assert_delivered("f", "gnu/make.tar.gz", &content);
+}
+
+#[test]
+fn mirror_flags_override_the_mirrors_of_the_config_file() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(1_000);
+    server.add("/flag/f.bin", content.bytes.clone());
+    server.add("/file/f.bin", content.bytes.clone());
+    spool.drop_chit("f", content.chit("f.bin", &[]));
+    let config = ConfigFile {
+        mirrors: vec![server.url("/file")],
+        ..ConfigFile::default()
+    }
+    .write(&dir, "chitd.toml");
+
+    Daemon::for_spool(&dir, &spool)
+        .config(&config)
+        .mirror(&server.url("/flag"))
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+
+    spool.assert_delivered("f", "f.bin", &content);
+    assert_eq!(server.gets("/flag/f.bin"), 1);
+    assert_eq!(server.count("/file/f.bin"), 0, "the file's mirror was used");
+}
+
+#[test]
+fn chunked_and_close_delimited_bodies_are_delivered() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let chunked = Content::random(50_000);
+    let until_close = Content::random(50_000);
+    server.add("/chunked", chunked.bytes.clone());
+    server.set_fault("/chunked", Fault::Chunked);
+    server.add("/close", until_close.bytes.clone());
+    server.set_fault("/close", Fault::UntilClose);
+    spool.drop_chit("a", chunked.chit("a.bin", &[server.url("/chunked")]));
+    spool.drop_chit("b", until_close.chit("b.bin", &[server.url("/close")]));
+
+    run_with_mirrors(&dir, &spool, &[]);
+
+    spool.assert_delivered("a", "a.bin", &chunked);
+    spool.assert_delivered("b", "b.bin", &until_close);
+}
+
+#[test]
+fn body_without_length_longer_than_the_chit_fails_fast() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(5_000);
+    let mut longer = content.bytes.clone();
+    longer.extend_from_slice(&[0u8; 1_000]);
+    server.add("/f", longer);
+    server.set_fault("/f", Fault::UntilClose);
+    let _daemon = Daemon::for_spool(&dir, &spool).start();
+    let started = std::time::Instant::now();
+    spool.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
+
+    let reason = spool.expect_failed("f");
+
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(reason.contains(&server.url("/f")), "reason: {reason}");
+    assert!(!spool.delivered_path("f.bin").exists());
+}

@@ -1,0 +1,125 @@
+//! `chitd status --json`: per-consumer chit counts per state, from the
+//! spool directories, with or without a running daemon.
+//!
+//! The shape chitd promises:
+//! `{"consumers": [{"name": "..", "request": n, "fetch": n,
+//! "downloaded": n, "fail": n, ..}, ..]}`, consumers in configuration order;
+//! dot-files are not chits and are not counted.
+
+use std::ffi::OsString;
+
+use crate::server::Server;
+use crate::util::{ConfigFile, Content, Daemon, State, TIMEOUT, TestDir, run_cli};
+
+/// Name and `[request, fetch, downloaded, fail]` counts of consumer `index`.
+fn counts(status: &serde_json::Value, index: usize) -> (String, [u64; 4]) {
+    let consumer = &status["consumers"][index];
+    let count = |key: &str| {
+        consumer[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} missing: {status}"))
+    };
+    let name = consumer["name"].as_str().unwrap_or_default().to_string();
+    (
+        name,
+        [
+            count("request"),
+            count("fetch"),
+            count("downloaded"),
+            count("fail"),
+        ],
+    )
+}
+
+#[test]
+fn status_json_counts_chits_per_consumer_and_state() {
+    let dir = TestDir::new();
+    let alpha = dir.spool("alpha");
+    let beta = dir.spool("beta");
+    let text = Content::random(10).chit("x", &[]);
+    for name in ["r1", "r2"] {
+        alpha.put_chit(State::Request, name, &text);
+    }
+    alpha.put_chit(State::Request, ".being-written", &text);
+    for name in ["d1", "d2", "d3"] {
+        alpha.put_chit(State::Downloaded, name, &text);
+    }
+    alpha.put_chit(State::Fail, "x1", &text);
+    beta.put_chit(State::Fetch, "f1", &text);
+    let config = ConfigFile {
+        cache: Some(dir.cache()),
+        consumers: vec![alpha.clone(), beta.clone()],
+        ..ConfigFile::default()
+    }
+    .write(&dir, "chitd.toml");
+
+    let output = run_cli(
+        &dir,
+        [
+            "status".into(),
+            "--config".into(),
+            config.into_os_string(),
+            "--json".into(),
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(output.code, Some(0), "{output:?}");
+    let status: serde_json::Value =
+        serde_json::from_str(&output.stdout).expect("status --json prints JSON");
+    assert_eq!(
+        status["consumers"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    assert_eq!(
+        counts(&status, 0),
+        ("alpha".to_string(), [2, 0, 3, 1]),
+        "{status}"
+    );
+    assert_eq!(
+        counts(&status, 1),
+        ("beta".to_string(), [0, 1, 0, 0]),
+        "{status}"
+    );
+
+    let args: [OsString; 4] = [
+        "status".into(),
+        "--spool".into(),
+        alpha.spool.clone().into(),
+        "--json".into(),
+    ];
+    let output = run_cli(&dir, args, TIMEOUT);
+    assert_eq!(output.code, Some(0), "{output:?}");
+    let status: serde_json::Value =
+        serde_json::from_str(&output.stdout).expect("status --json prints JSON");
+    assert_eq!(
+        status["consumers"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    assert_eq!(counts(&status, 0).1, [2, 0, 3, 1], "{status}");
+}
+
+#[test]
+fn status_works_while_the_daemon_runs() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(1_000);
+    server.add("/f", content.bytes.clone());
+    let _daemon = Daemon::for_spool(&dir, &spool).start();
+    spool.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
+    spool.expect_downloaded("f");
+
+    let args: [OsString; 4] = [
+        "status".into(),
+        "--spool".into(),
+        spool.spool.clone().into(),
+        "--json".into(),
+    ];
+    let output = run_cli(&dir, args, TIMEOUT);
+    assert_eq!(output.code, Some(0), "{output:?}");
+    let status: serde_json::Value =
+        serde_json::from_str(&output.stdout).expect("status --json prints JSON");
+    assert_eq!(counts(&status, 0).1, [0, 0, 1, 0], "{status}");
+}
