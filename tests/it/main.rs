@@ -10,6 +10,7 @@
 //! - `chits`: bad and unusual chits.
 //! - `sources`: chit URLs, mirrors, `file://` mirrors, HTTP framings.
 //! - `cli`: `request` and usage errors.
+//! - `examples`: the shell and Python consumer examples in `scripts/examples/`.
 //! - `status`: `status --json`.
 //! - `config`: configuration files.
 //! - `restart`: SIGTERM, SIGINT, SIGKILL and the next start.
@@ -21,6 +22,7 @@ mod cli;
 mod config;
 mod confinement;
 mod dedup;
+mod examples;
 mod failures;
 mod restart;
 mod sources;
