@@ -546,7 +546,7 @@ pub fn redact_url(url: &Url) -> String {
 
 /// [`redact_url`] for a text that is not a valid URL: whatever precedes an `@`
 /// in the part that looks like the authority becomes `***`.
-fn redact_unparsed_url(text: &str) -> String {
+pub fn redact_unparsed_url(text: &str) -> String {
     let Some(scheme_end) = text.find("://") else {
         return text.to_owned();
     };

@@ -306,7 +306,7 @@ impl Config {
             mirrors => lines.extend(
                 mirrors
                     .iter()
-                    .map(|mirror| format!("mirror:        {mirror}")),
+                    .map(|mirror| format!("mirror:        {}", crate::chit::redact_url(mirror))),
             ),
         }
         lines.push(format!("jobs:          {}", self.jobs));

@@ -3,6 +3,8 @@
 //! beside the target, fsync'd, renamed over the target, and the directory
 //! is fsync'd. A consumer never sees a partial file under the final name, and
 //! the file is durably in place before its chit moves to `downloaded/`.
+//! At start-up, [`remove_temporaries`] removes the temporaries of
+//! deliveries a crash cut short.
 //!
 //! The copy uses the kernel's fastest safe path: a reflink (`FICLONE`) where
 //! the filesystem shares extents copy-on-write, else `copy_file_range`.
@@ -14,11 +16,19 @@ use std::io;
 use std::path::Path;
 
 use crate::chit::DeliveryPath;
-use crate::dir::Dir;
+use crate::dir::{Dir, Kind};
 use crate::durable::with_path;
 
 /// Deliver the cached `object` to `path` beneath `root`.
 pub fn deliver(root: &Dir, path: &DeliveryPath, object: &Path) -> io::Result<()> {
+    deliver_unsynced(root, path, object)?.sync()
+}
+
+/// [`deliver`] up to and including the rename, but without the final fsync
+/// of the directory, which it returns: the caller fsyncs it (once for a
+/// batch of deliveries into the same directory) before it reports the file
+/// as durably delivered.
+pub fn deliver_unsynced(root: &Dir, path: &DeliveryPath, object: &Path) -> io::Result<Dir> {
     let parent = root.create_dirs(path.parent_components())?;
     let name = path.file_name();
     let source = File::open(object).map_err(|e| with_path(e, "opening", object))?;
@@ -35,7 +45,49 @@ pub fn deliver(root: &Dir, path: &DeliveryPath, object: &Path) -> io::Result<()>
         let _ = parent.remove_file(&temp);
         return Err(e);
     }
-    parent.sync()
+    Ok(parent)
+}
+
+/// Remove the temporaries of deliveries a crash cut short: regular files
+/// named like [`Dir::create_temp`]'s (`.<name>.chitd-<pid>.<n>`) anywhere
+/// beneath `root`. The walk opens one directory at a time through the
+/// confined [`Dir`] API and never follows a symlink; the consumer's own
+/// dot-files, symlinks and directories are left alone. A subdirectory that
+/// cannot be read is skipped with a warning. Returns how many files were
+/// removed.
+pub fn remove_temporaries(root: &Dir) -> io::Result<usize> {
+    let mut pending = Vec::new();
+    let mut removed = sweep(root, ".", &mut pending)?;
+    while let Some(relative) = pending.pop() {
+        match root
+            .open_dir(&relative)
+            .and_then(|dir| sweep(&dir, &relative, &mut pending))
+        {
+            Ok(n) => removed += n,
+            Err(e) => tracing::warn!("not looking for leftover temporaries there: {e}"),
+        }
+    }
+    Ok(removed)
+}
+
+/// Remove the temporaries directly in `dir` (at `relative` beneath the
+/// root) and queue its subdirectories.
+fn sweep(dir: &Dir, relative: &str, pending: &mut Vec<String>) -> io::Result<usize> {
+    let mut removed = 0;
+    for name in dir.names()? {
+        match dir.kind(&name) {
+            Ok(Kind::Dir) if relative == "." => pending.push(name),
+            Ok(Kind::Dir) => pending.push(format!("{relative}/{name}")),
+            Ok(Kind::File) if Dir::is_temp_name(&name) => {
+                tracing::info!(path = %dir.path().join(&name).display(), "removing a delivery temporary left by an earlier run");
+                dir.remove_file(&name)?;
+                removed += 1;
+            }
+            // Gone meanwhile, or not ours.
+            _ => {}
+        }
+    }
+    Ok(removed)
 }
 
 /// Reflink, else `copy_file_range`, else read/write.
@@ -115,6 +167,41 @@ mod tests {
             1,
             "temporary left"
         );
+    }
+
+    #[test]
+    fn removes_only_its_own_temporaries_and_follows_no_symlink() {
+        let target = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let t = target.path();
+        fs::create_dir_all(t.join("a/b")).unwrap();
+        fs::create_dir_all(t.join(".d.chitd-1.2")).unwrap();
+        for ours in [".x.chitd-1.2", "a/b/.y.tar.gz.chitd-33.0"] {
+            fs::write(t.join(ours), "torn").unwrap();
+        }
+        for theirs in [".hidden", "a/.y.chitd-", "a/b/keep", ".z.chitd-1.2.bak"] {
+            fs::write(t.join(theirs), "mine").unwrap();
+        }
+        fs::write(outside.path().join(".o.chitd-1.1"), "outside").unwrap();
+        std::os::unix::fs::symlink(outside.path(), t.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join(".o.chitd-1.1"), t.join(".s.chitd-1.1"))
+            .unwrap();
+
+        let root = Dir::open_root(t).unwrap();
+        assert_eq!(remove_temporaries(&root).unwrap(), 2);
+        assert!(!t.join(".x.chitd-1.2").exists());
+        assert!(!t.join("a/b/.y.tar.gz.chitd-33.0").exists());
+        for kept in [
+            ".hidden",
+            "a/.y.chitd-",
+            "a/b/keep",
+            ".z.chitd-1.2.bak",
+            ".d.chitd-1.2",
+        ] {
+            assert!(t.join(kept).exists(), "{kept}");
+        }
+        assert!(fs::symlink_metadata(t.join(".s.chitd-1.1")).is_ok());
+        assert!(outside.path().join(".o.chitd-1.1").exists());
     }
 
     #[test]

@@ -76,7 +76,20 @@ impl Dir {
             Mode::empty(),
             RESOLVE,
         )
-        .map_err(|e| self.error(e.into(), "opening directory", name))?;
+        .map_err(|e| {
+            // O_NOFOLLOW makes a symlink itself ENOTDIR, RESOLVE_NO_SYMLINKS
+            // makes one on the way ELOOP: say which, for the `# error:` line.
+            let symlink = e == rustix::io::Errno::LOOP
+                || (e == rustix::io::Errno::NOTDIR && matches!(self.kind(name), Ok(Kind::Symlink)));
+            if symlink {
+                let why = "it (or a directory on the way to it) is a symbolic link, \
+                           which chitd never follows in a consumer's directories";
+                let error = io::Error::new(io::ErrorKind::InvalidInput, why);
+                self.error(error, "refusing to open directory", name)
+            } else {
+                self.error(e.into(), "opening directory", name)
+            }
+        })?;
         Ok(Dir {
             fd,
             path: self.path.join(name),
@@ -109,13 +122,20 @@ impl Dir {
     }
 
     /// Open the regular file `name` for reading, without following a
-    /// symlink and without blocking on a FIFO; anything but a regular file
-    /// is an error of kind `InvalidInput` that says what it is.
+    /// symlink; anything but a regular file is an error of kind
+    /// `InvalidInput` that says what it is.
+    ///
+    /// The name is first resolved to an `O_PATH` descriptor, which pins the
+    /// inode without opening the file itself: a FIFO, socket or device a
+    /// consumer planted is inspected and refused, never opened (no driver
+    /// `open()`, no FIFO rendezvous). Only a regular file is then opened for
+    /// reading, through that descriptor, so a name swapped meanwhile cannot
+    /// substitute another file.
     pub fn open_regular(&self, name: &str) -> io::Result<File> {
-        let fd = rustix::fs::openat2(
+        let pinned = rustix::fs::openat2(
             &self.fd,
             name,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
+            OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
             RESOLVE,
         )
@@ -130,7 +150,8 @@ impl Dir {
                 self.error(e.into(), "opening", name)
             }
         })?;
-        let stat = rustix::fs::fstat(&fd).map_err(|e| self.error(e.into(), "inspecting", name))?;
+        let stat =
+            rustix::fs::fstat(&pinned).map_err(|e| self.error(e.into(), "inspecting", name))?;
         let kind = FileType::from_raw_mode(stat.st_mode);
         if kind != FileType::RegularFile {
             return Err(self.error(
@@ -142,7 +163,45 @@ impl Dir {
                 name,
             ));
         }
+        let fd = self
+            .reopen_for_reading(&pinned, name, &stat)
+            .map_err(|e| self.error(e, "opening", name))?;
         Ok(File::from(fd))
+    }
+
+    /// Open the regular file behind the `O_PATH` descriptor `pinned` for
+    /// reading: through `/proc/self/fd` (the very inode, whatever the name
+    /// holds now); without `/proc`, by name again, refusing a different
+    /// inode (a device swapped in at that instant would then be opened
+    /// before it is refused: `/proc` closes that gap).
+    fn reopen_for_reading(
+        &self,
+        pinned: &OwnedFd,
+        name: &str,
+        expected: &rustix::fs::Stat,
+    ) -> io::Result<OwnedFd> {
+        use std::os::fd::AsRawFd;
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        let magic = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+        match rustix::fs::open(magic.as_str(), flags, Mode::empty()) {
+            Err(rustix::io::Errno::NOENT) => {}
+            opened => return opened.map_err(io::Error::from),
+        }
+        let fd = rustix::fs::openat2(
+            &self.fd,
+            name,
+            flags | OFlags::NOFOLLOW,
+            Mode::empty(),
+            RESOLVE,
+        )?;
+        let stat = rustix::fs::fstat(&fd)?;
+        if (stat.st_dev, stat.st_ino) != (expected.st_dev, expected.st_ino) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it was replaced while being opened",
+            ));
+        }
+        Ok(fd)
     }
 
     /// The kind of the entry `name`, without following symlinks.
@@ -170,6 +229,23 @@ impl Dir {
         )
         .map_err(|e| self.error(e.into(), "creating", &name))?;
         Ok((name, File::from(fd)))
+    }
+
+    /// Whether `name` has the shape of [`Dir::create_temp`]'s names,
+    /// `.<stem>.chitd-<pid>.<n>`. Consumers' own dot-files never match
+    /// unless they imitate chitd on purpose.
+    pub fn is_temp_name(name: &str) -> bool {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let Some((stem, suffix)) = name
+            .strip_prefix('.')
+            .and_then(|rest| rest.rsplit_once(".chitd-"))
+        else {
+            return false;
+        };
+        !stem.is_empty()
+            && suffix
+                .split_once('.')
+                .is_some_and(|(pid, n)| digits(pid) && digits(n))
     }
 
     /// `rename(2)` `from` in this directory to `to` in `target`, replacing
@@ -253,6 +329,26 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     #[test]
+    fn temp_names_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Dir::open_root(dir.path()).unwrap();
+        let (made, _file) = root.create_temp("make-4.4.tar.gz").unwrap();
+        assert!(Dir::is_temp_name(&made), "{made}");
+        for (name, temp) in [
+            (".a.chitd-12.0", true),
+            (".x.chitd-1.2.chitd-3.4", true),
+            ("a.chitd-12.0", false),
+            (".chitd-12.0", false),
+            (".a.chitd-12", false),
+            (".a.chitd-12.0.bak", false),
+            (".a.chitd-x.0", false),
+            (".hidden", false),
+        ] {
+            assert_eq!(Dir::is_temp_name(name), temp, "{name}");
+        }
+    }
+
+    #[test]
     fn create_dirs_refuses_a_symlinked_component() {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
@@ -284,6 +380,67 @@ mod tests {
         assert!(err.to_string().contains("FIFO"), "{err}");
         assert!(dir.open_regular("secret").is_ok());
         assert!(dir.open_regular("../etc/passwd").is_err());
+    }
+
+    /// Names in `dir` that were opened (inotify `IN_OPEN`) since `watch`.
+    fn opened_names(inotify: &OwnedFd) -> Vec<String> {
+        use rustix::fs::inotify::Reader;
+        let mut buffer = [std::mem::MaybeUninit::uninit(); 4096];
+        let mut reader = Reader::new(inotify, &mut buffer);
+        let mut names = Vec::new();
+        while let Ok(event) = reader.next() {
+            if let Some(name) = event.file_name() {
+                names.push(name.to_string_lossy().into_owned());
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn open_regular_never_opens_a_fifo_socket_or_device() {
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let root = tempfile::tempdir().unwrap();
+        let fifo = root.path().join("fifo");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, Mode::from_raw_mode(0o644)).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(root.path().join("socket")).unwrap();
+        // A device needs CAP_MKNOD; without it the FIFO and socket still count.
+        let device = rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.path().join("device"),
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o644),
+            rustix::fs::makedev(1, 3),
+        )
+        .is_ok();
+        std::fs::write(root.path().join("file"), "x").unwrap();
+        let inotify = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).unwrap();
+        inotify::add_watch(&inotify, root.path(), WatchFlags::OPEN).unwrap();
+
+        let dir = Dir::open_root(root.path()).unwrap();
+        let err = dir.open_regular("fifo").unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        let err = dir.open_regular("socket").unwrap_err();
+        assert!(err.to_string().contains("socket"), "{err}");
+        if device {
+            let err = dir.open_regular("device").unwrap_err();
+            assert!(err.to_string().contains("character device"), "{err}");
+        }
+        assert_eq!(opened_names(&inotify), Vec::<String>::new());
+        // A regular file is opened (once), and reads.
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut dir.open_regular("file").unwrap(), &mut text).unwrap();
+        assert_eq!(text, "x");
+        assert_eq!(opened_names(&inotify), ["file"]);
+    }
+
+    #[test]
+    fn open_dir_says_a_symlink_is_a_symlink() {
+        let root = tempfile::tempdir().unwrap();
+        symlink("/", root.path().join("evil")).unwrap();
+        let dir = Dir::open_root(root.path()).unwrap();
+        let err = dir.open_dir("evil").unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(err.to_string().contains("evil"), "{err}");
     }
 
     #[test]

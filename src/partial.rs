@@ -9,8 +9,16 @@
 //! checksum of itself. Only bytes covered by a valid record count as done:
 //! after a crash the `.part` is truncated to the recorded offset and hashing
 //! continues from the saved midstate, so resuming a 10 GiB partial does not
-//! re-read it. A torn, edited or foreign record is rejected and the download
-//! starts from 0.
+//! re-read it before continuing. A torn, edited or foreign record is
+//! rejected and the download starts from 0.
+//!
+//! The saved midstate vouches for the prefix only if the `.part` still holds
+//! the bytes it was computed from. So a resumed prefix is re-hashed on a
+//! background thread while the rest downloads (two cores: it costs no wall
+//! time), and the result must equal the recorded midstate before the file
+//! may be published ([`Partial::verify_prefix`]). A prefix damaged behind
+//! chitd's back is caught, and the download starts over instead of
+//! publishing wrong bytes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -154,6 +162,8 @@ pub struct Partial {
     /// True when the bytes before this run's first byte came from an
     /// earlier run (a record), so a digest mismatch may be the resume's fault.
     pub resumed: bool,
+    /// The background re-hash of a resumed prefix (see the module doc).
+    prefix_check: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
 impl Partial {
@@ -182,6 +192,7 @@ impl Partial {
             source: None,
             validator: Validator::default(),
             resumed: false,
+            prefix_check: None,
         };
         match partial.load_record() {
             Ok(Some(record)) => {
@@ -194,6 +205,11 @@ impl Partial {
                 partial.source = Some(record.source);
                 partial.validator = record.validator;
                 partial.resumed = record.offset > 0;
+                partial.prefix_check = Some(spawn_prefix_check(
+                    &partial.part_path,
+                    record.offset,
+                    record.midstate,
+                ));
                 tracing::info!(digest = %digest, offset = record.offset, total, "resuming partial download from its progress record");
             }
             Ok(None) => partial.reset()?,
@@ -252,6 +268,8 @@ impl Partial {
         self.source = None;
         self.validator = Validator::default();
         self.resumed = false;
+        // A running prefix check is moot now; let it finish on its own.
+        self.prefix_check = None;
         match fs::remove_file(&self.record_path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 Err(with_path(e, "removing", &self.record_path))
@@ -300,6 +318,16 @@ impl Partial {
         Ok(())
     }
 
+    /// For a resumed download: wait for the background re-hash of the
+    /// prefix and fail if it does not match the recorded midstate.
+    pub fn verify_prefix(&mut self) -> Result<(), String> {
+        match self.prefix_check.take().map(std::thread::JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+        }
+    }
+
     /// The digest of the bytes written, when all `total` are there.
     pub fn finished_digest(&self) -> Option<Digest> {
         (self.offset == self.total)
@@ -327,6 +355,41 @@ impl Partial {
         let _ = fs::remove_file(&self.part_path);
         let _ = fs::remove_file(&self.record_path);
     }
+}
+
+/// Re-hash `[0, offset)` of the `.part` and compare with `midstate`.
+fn spawn_prefix_check(
+    part: &Path,
+    offset: u64,
+    midstate: Vec<u8>,
+) -> std::thread::JoinHandle<Result<(), String>> {
+    let part = part.to_path_buf();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let file =
+            File::open(&part).map_err(|e| format!("cannot re-read {}: {e}", part.display()))?;
+        let mut reader = file.take(offset);
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut read = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buffer)
+                .map_err(|e| format!("cannot re-read {}: {e}", part.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            read += n as u64;
+        }
+        if read == offset && hasher.serialize().as_slice() == midstate.as_slice() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the first {offset} bytes of the partial download changed since they were checkpointed"
+            ))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -376,8 +439,29 @@ mod tests {
         assert!(resumed.resumed);
         resumed.append(&data[33_333..]).unwrap();
         assert_eq!(resumed.finished_digest(), Some(digest));
+        assert_eq!(resumed.verify_prefix(), Ok(()));
         let path = resumed.into_complete().unwrap();
         assert_eq!(fs::read(path).unwrap(), data);
+    }
+
+    #[test]
+    fn a_prefix_changed_behind_the_record_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 10_000];
+        let digest = digest_of(&data);
+        let mut partial = Partial::open(dir.path(), digest, data.len() as u64).unwrap();
+        partial.append(&data[..6_000]).unwrap();
+        partial.checkpoint().unwrap();
+        drop(partial);
+        let part = dir.path().join(format!("{digest}.part"));
+        let mut bytes = fs::read(&part).unwrap();
+        bytes[10] ^= 1;
+        fs::write(&part, bytes).unwrap();
+        let mut resumed = Partial::open(dir.path(), digest, data.len() as u64).unwrap();
+        resumed.append(&data[6_000..]).unwrap();
+        // The midstate still yields the right digest; only the re-hash knows.
+        assert_eq!(resumed.finished_digest(), Some(digest));
+        assert!(resumed.verify_prefix().unwrap_err().contains("changed"));
     }
 
     #[test]

@@ -11,6 +11,13 @@
 //!   may be a hard link to something else, is never written), then
 //!   `fetch/X → fail/X` and fsync `fail/`.
 //!
+//! chitd's own transitions never leave a chit in two directories. A consumer
+//! that re-uses a name while the old chit is still terminal does: then the
+//! newer request wins. Once `fetch/X` is read, [`Spool::clear_outcomes`]
+//! removes the old `downloaded/X` and `fail/X`, and `X` ends in whichever
+//! state the new request reaches. A crash in between is harmless: `fetch/X`
+//! is still there and the next start clears them again.
+//!
 //! All access is confined with [`Dir`]: a chit that is a symlink, FIFO,
 //! device or hard link is refused without being read through.
 
@@ -90,10 +97,19 @@ impl Spool {
             }
             Err(e) => return Err(ReadError::Refused(format!("cannot open the chit: {e}"))),
         };
-        let links = file.metadata().map(|m| m.nlink()).unwrap_or(0);
+        let (links, length) = file
+            .metadata()
+            .map(|m| (m.nlink(), m.len()))
+            .unwrap_or((0, 0));
         if links != 1 {
             return Err(ReadError::Refused(format!(
                 "the chit has {links} hard links; chitd neither reads nor rewrites a file linked elsewhere"
+            )));
+        }
+        if length > MAX_CHIT_BYTES as u64 {
+            // Not read at all (nor copied into fail/): it could be gigabytes.
+            return Err(ReadError::Refused(format!(
+                "the chit is {length} bytes; the limit is {MAX_CHIT_BYTES}"
             )));
         }
         let mut bytes = Vec::new();
@@ -105,8 +121,24 @@ impl Spool {
 
     /// `fetch/X → downloaded/X`, durably.
     pub fn complete(&self, chit: &str) -> io::Result<()> {
-        self.fetch.rename(chit, &self.downloaded, chit)?;
-        self.downloaded.sync()
+        self.complete_all(&[chit]).remove(0)
+    }
+
+    /// [`Spool::complete`] for a batch of chits (group commit): every
+    /// rename, then one fsync of `downloaded/` for all. One result per chit.
+    pub fn complete_all(&self, chits: &[&str]) -> Vec<io::Result<()>> {
+        let mut results: Vec<io::Result<()>> = chits
+            .iter()
+            .map(|chit| self.fetch.rename(chit, &self.downloaded, chit))
+            .collect();
+        if results.iter().any(Result::is_ok)
+            && let Err(e) = self.downloaded.sync()
+        {
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(io::Error::new(e.kind(), e.to_string()));
+            }
+        }
+        results
     }
 
     /// Append `# error: <reason>` to the chit's `original` bytes (none when
@@ -135,6 +167,24 @@ impl Spool {
         }
         self.fetch.rename(chit, &self.failed, chit)?;
         self.failed.sync()
+    }
+
+    /// Remove `downloaded/X` and `fail/X` left by an earlier request of the
+    /// same name: the chit in `fetch/` is newer and its outcome replaces
+    /// theirs. A directory there is left alone (and the new outcome's
+    /// rename will report it).
+    pub fn clear_outcomes(&self, chit: &str) {
+        for dir in [&self.downloaded, &self.failed] {
+            match dir.remove_file(chit) {
+                Ok(()) => {
+                    tracing::info!(consumer = %self.name, chit, "removed the outcome of an earlier request of this name from {}", dir.path().display())
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(consumer = %self.name, chit, "cannot remove an earlier outcome: {e}")
+                }
+            }
+        }
     }
 
     /// Chit names in a state directory (dot-files are not chits).
@@ -194,6 +244,38 @@ mod tests {
             fs::read_dir(root.join("fetch")).unwrap().count(),
             0,
             "no temporary left"
+        );
+    }
+
+    #[test]
+    fn clear_outcomes_removes_old_terminal_copies_only() {
+        let (dir, spool) = spool();
+        let root = dir.path();
+        fs::write(root.join("fetch/a"), "new").unwrap();
+        fs::write(root.join("downloaded/a"), "old").unwrap();
+        fs::write(root.join("fail/a"), "older").unwrap();
+        fs::create_dir(root.join("fail/d")).unwrap();
+        spool.clear_outcomes("a");
+        spool.clear_outcomes("d");
+        assert!(!root.join("downloaded/a").exists());
+        assert!(!root.join("fail/a").exists());
+        assert!(root.join("fetch/a").exists());
+        assert!(root.join("fail/d").is_dir());
+    }
+
+    #[test]
+    fn oversized_chit_is_refused_unread_with_its_size() {
+        let (dir, spool) = spool();
+        let file = fs::File::create(dir.path().join("fetch/big")).unwrap();
+        file.set_len(10 << 30).unwrap(); // sparse: 10 GiB of nothing
+        let ReadError::Refused(reason) = spool.read("big").unwrap_err() else {
+            panic!("not refused")
+        };
+        assert_eq!(reason, "the chit is 10737418240 bytes; the limit is 65536");
+        spool.fail("big", None, &reason).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("fail/big")).unwrap(),
+            format!("# error: {reason}\n")
         );
     }
 

@@ -107,6 +107,9 @@ pub async fn run(
             name: consumer.name.clone(),
             error,
         })?;
+        if let Err(e) = crate::deliver::remove_temporaries(&deliver) {
+            tracing::warn!(consumer = %consumer.name, "cannot look for leftover delivery temporaries: {e}");
+        }
         request_dirs.push(spool.request.path().to_path_buf());
         let status = StatusFile::new(&consumer.spool);
         consumers.push(Consumer {
@@ -132,6 +135,8 @@ pub async fn run(
         local: JoinSet::new(),
         downloads: JoinSet::new(),
         ready: Vec::new(),
+        commits: Vec::new(),
+        committing: false,
         tried: HashMap::new(),
         jobs: config.jobs.max(1),
         cancel: CancellationToken::new(),
@@ -152,6 +157,10 @@ struct Scheduler {
     inflight: InFlight<Waiter>,
     local: JoinSet<Step>,
     downloads: JoinSet<DownloadOutcome>,
+    /// Delivered chits waiting for the next group commit.
+    commits: Vec<work::Commit>,
+    /// Whether a group commit is running.
+    committing: bool,
     /// Waiters whose download ended, to be delivered or failed.
     ready: Vec<(Waiter, Arc<Result<PathBuf, String>>)>,
     /// Sources already tried in vain for a digest that is being retried
@@ -205,9 +214,18 @@ impl Scheduler {
         self.stop().await;
     }
 
-    /// Start what the slots allow: deliveries first (they finish chits),
-    /// then new chits round-robin across consumers, then downloads.
+    /// Start what the slots allow: a group commit of the delivered chits
+    /// (one at a time: chits delivered meanwhile wait for the next one),
+    /// deliveries (they finish chits), new chits round-robin across
+    /// consumers, then downloads.
     fn admit(&mut self) {
+        if !self.committing && !self.commits.is_empty() {
+            self.committing = true;
+            let batch = std::mem::take(&mut self.commits);
+            let shared = Arc::clone(&self.shared);
+            self.local
+                .spawn_blocking(move || work::commit(&shared, batch));
+        }
         while self.local.len() < LOCAL_SLOTS {
             let shared = Arc::clone(&self.shared);
             if let Some((waiter, outcome)) = self.ready.pop() {
@@ -217,11 +235,7 @@ impl Scheduler {
                         .as_ref()
                         .map(PathBuf::as_path)
                         .map_err(String::as_str);
-                    work::finish(&shared, &waiter, outcome);
-                    Step::Done {
-                        consumer: waiter.consumer,
-                        name: waiter.name,
-                    }
+                    work::finish(&shared, waiter, outcome)
                 });
             } else if let Some((consumer, name, origin)) = self.queues.next() {
                 self.local
@@ -253,6 +267,13 @@ impl Scheduler {
     fn step_done(&mut self, step: Step) {
         match step {
             Step::Done { consumer, name } => self.queues.finished(consumer, &name),
+            Step::Commit(commit) => self.commits.push(commit),
+            Step::Committed(names) => {
+                self.committing = false;
+                for (consumer, name) in names {
+                    self.queues.finished(consumer, &name);
+                }
+            }
             Step::Wait(waiter) => {
                 let (digest, size) = (waiter.chit.digest, waiter.chit.size);
                 self.inflight.add(digest, size, waiter);
@@ -338,6 +359,7 @@ impl Scheduler {
         self.local.is_empty()
             && self.downloads.is_empty()
             && self.ready.is_empty()
+            && self.commits.is_empty()
             && self.inflight.is_empty()
             && self.queues.is_empty()
     }

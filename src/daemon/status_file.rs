@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::dir::Dir;
 
 pub const STATUS_FILE: &str = ".chitd-status.json";
+/// A status file larger than this is not the daemon's and is ignored.
+pub const MAX_STATUS_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InFlightChit {
@@ -78,9 +80,22 @@ impl StatusFile {
     }
 
     /// Read what a running daemon published for the spool, if that daemon
-    /// is still alive.
+    /// is still alive. The consumer can write there, so the file is opened
+    /// like a chit (a symlink, FIFO or device planted there is refused, not
+    /// followed, opened or waited on) and read up to [`MAX_STATUS_BYTES`].
     pub fn read(spool: &Path) -> Option<Published> {
-        let text = std::fs::read(spool.join(STATUS_FILE)).ok()?;
+        use std::io::Read;
+        if !spool.is_dir() {
+            return None;
+        }
+        let file = Dir::open_root(spool).ok()?.open_regular(STATUS_FILE).ok()?;
+        let mut text = Vec::new();
+        file.take(MAX_STATUS_BYTES + 1)
+            .read_to_end(&mut text)
+            .ok()?;
+        if text.len() as u64 > MAX_STATUS_BYTES {
+            return None;
+        }
         let published: Published = serde_json::from_slice(&text).ok()?;
         let pid = rustix::process::Pid::from_raw(i32::try_from(published.pid).ok()?)?;
         rustix::process::test_kill_process(pid).ok()?;

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use crate::chit::{Chit, Digest};
-use crate::deliver::deliver;
+use crate::deliver::deliver_unsynced;
+use crate::dir::Dir;
 use crate::spool::{Claim, ReadError};
 
 use super::Shared;
@@ -33,6 +34,23 @@ pub enum Step {
     Done { consumer: usize, name: String },
     /// The chit needs its digest downloaded.
     Wait(Waiter),
+    /// The file is delivered (renamed into place); the chit waits for the
+    /// next group commit to make it durable and move it to `downloaded/`.
+    Commit(Commit),
+    /// A group commit ended: these chits are terminal.
+    Committed(Vec<(usize, String)>),
+}
+
+/// A delivered chit waiting for its group commit.
+#[derive(Debug)]
+pub struct Commit {
+    pub consumer: usize,
+    pub name: String,
+    pub digest: Digest,
+    pub path: String,
+    pub from: &'static str,
+    /// The delivery directory that holds the new file; fsync'd by the commit.
+    pub parent: Dir,
 }
 
 /// Claim (when in `request/`), read, parse, and try the cache.
@@ -55,7 +73,12 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
             }
         }
     }
-    let bytes = match spool.read(&name) {
+    let read = spool.read(&name);
+    if !matches!(read, Err(ReadError::Gone)) {
+        // This request supersedes any outcome of an earlier one of its name.
+        spool.clear_outcomes(&name);
+    }
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(ReadError::Gone) => return done(name),
         Err(ReadError::Refused(reason)) => {
@@ -78,10 +101,10 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         }
     };
     match shared.store.lookup(&chit.digest, chit.size) {
-        Ok(Some(object)) => {
-            complete(shared, consumer, &name, &chit, &object, "cache");
-            done(name)
-        }
+        Ok(Some(object)) => match deliver_chit(shared, consumer, name, &chit, &object, "cache") {
+            Ok(commit) => Step::Commit(commit),
+            Err(name) => done(name),
+        },
         Ok(None) => Step::Wait(Waiter {
             consumer,
             name,
@@ -102,58 +125,115 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
 }
 
 /// A download ended: deliver the object, or fail the chit with the reason.
-pub fn finish(shared: &Shared, waiter: &Waiter, outcome: Result<&Path, &str>) {
+pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<&Path, &str>) -> Step {
+    let Waiter {
+        consumer,
+        name,
+        chit,
+    } = waiter;
     match outcome {
-        Ok(object) => complete(
-            shared,
-            waiter.consumer,
-            &waiter.name,
-            &waiter.chit,
-            object,
-            "download",
-        ),
+        Ok(object) => match deliver_chit(shared, consumer, name, &chit, object, "download") {
+            Ok(commit) => Step::Commit(commit),
+            Err(name) => Step::Done { consumer, name },
+        },
         Err(reason) => {
-            let original = shared.consumers[waiter.consumer]
-                .spool
-                .read(&waiter.name)
-                .ok();
+            let original = shared.consumers[consumer].spool.read(&name).ok();
             fail(
                 shared,
-                waiter.consumer,
-                &waiter.name,
-                Some(&waiter.chit.digest),
+                consumer,
+                &name,
+                Some(&chit.digest),
                 original.as_deref(),
                 reason,
             );
+            Step::Done { consumer, name }
         }
     }
 }
 
-/// Deliver, then `fetch/ → downloaded/`.
-fn complete(shared: &Shared, consumer: usize, name: &str, chit: &Chit, object: &Path, from: &str) {
+/// Deliver the cached `object` for the chit; on failure, fail the chit
+/// (and hand its name back).
+fn deliver_chit(
+    shared: &Shared,
+    consumer: usize,
+    name: String,
+    chit: &Chit,
+    object: &Path,
+    from: &'static str,
+) -> Result<Commit, String> {
     let target = &shared.consumers[consumer];
-    if let Err(e) = deliver(&target.deliver, &chit.path, object) {
-        let reason = format!("cannot deliver {}: {e}", chit.path);
-        let original = target.spool.read(name).ok();
-        fail(
-            shared,
+    match deliver_unsynced(&target.deliver, &chit.path, object) {
+        Ok(parent) => Ok(Commit {
             consumer,
             name,
-            Some(&chit.digest),
-            original.as_deref(),
-            &reason,
-        );
-        return;
-    }
-    match target.spool.complete(name) {
-        Ok(()) => tracing::info!(
-            consumer = %target.spool.name, chit = %name, digest = %chit.digest, path = %chit.path, from,
-            "downloaded: fetch/ → downloaded/"
-        ),
+            digest: chit.digest,
+            path: chit.path.to_string(),
+            from,
+            parent,
+        }),
         Err(e) => {
-            tracing::error!(consumer = %target.spool.name, chit = %name, "cannot move the chit to downloaded/: {e}")
+            let reason = format!("cannot deliver {}: {e}", chit.path);
+            let original = target.spool.read(&name).ok();
+            fail(
+                shared,
+                consumer,
+                &name,
+                Some(&chit.digest),
+                original.as_deref(),
+                &reason,
+            );
+            Err(name)
         }
     }
+}
+
+/// Group commit: fsync each delivery directory of the batch once, then move
+/// every chit `fetch/ → downloaded/` with one fsync of each consumer's
+/// `downloaded/`. A chit whose directory cannot be synced is failed.
+pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
+    let mut synced: Vec<(&Path, std::io::Result<()>)> = Vec::new();
+    for entry in &batch {
+        if !synced.iter().any(|(path, _)| *path == entry.parent.path()) {
+            synced.push((entry.parent.path(), entry.parent.sync()));
+        }
+    }
+    let mut durable: Vec<Vec<&Commit>> = (0..shared.consumers.len()).map(|_| Vec::new()).collect();
+    for entry in &batch {
+        match synced.iter().find(|(path, _)| *path == entry.parent.path()) {
+            Some((_, Err(e))) => {
+                let reason = format!("cannot make the delivery of {} durable: {e}", entry.path);
+                let original = shared.consumers[entry.consumer]
+                    .spool
+                    .read(&entry.name)
+                    .ok();
+                fail(
+                    shared,
+                    entry.consumer,
+                    &entry.name,
+                    Some(&entry.digest),
+                    original.as_deref(),
+                    &reason,
+                );
+            }
+            _ => durable[entry.consumer].push(entry),
+        }
+    }
+    for (consumer, entries) in durable.iter().enumerate().filter(|(_, e)| !e.is_empty()) {
+        let spool = &shared.consumers[consumer].spool;
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        for (entry, result) in entries.iter().zip(spool.complete_all(&names)) {
+            match result {
+                Ok(()) => tracing::info!(
+                    consumer = %spool.name, chit = %entry.name, digest = %entry.digest, path = %entry.path,
+                    from = entry.from, "downloaded: fetch/ → downloaded/"
+                ),
+                Err(e) => {
+                    tracing::error!(consumer = %spool.name, chit = %entry.name, "cannot move the chit to downloaded/: {e}")
+                }
+            }
+        }
+    }
+    Step::Committed(batch.into_iter().map(|e| (e.consumer, e.name)).collect())
 }
 
 /// `fetch/ → fail/` with the reason; never loses the chit.

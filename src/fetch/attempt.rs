@@ -8,7 +8,7 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::error::FetchError;
+use super::pace::Pace;
 use crate::chit::Digest;
 use crate::partial::{Partial, Validator};
 
@@ -189,16 +190,25 @@ impl Attempt<'_> {
 
         let mut body = response.bytes_stream();
         let mut outcome: Result<(), Stop> = Ok(());
+        let mut pace = Pace::new(self.inactivity, total - offset);
         loop {
+            let waiting = Instant::now();
             let next = tokio::select! {
                 _ = self.cancel.cancelled() => { outcome = Err(Stop::Shutdown); break; }
-                next = tokio::time::timeout(self.inactivity, body.next()) => next,
+                next = tokio::time::timeout(pace.budget(), body.next()) => next,
             };
+            let bytes = match &next {
+                Ok(Some(Ok(chunk))) => chunk.len() as u64,
+                _ => 0,
+            };
+            if !matches!(next, Ok(None) | Ok(Some(Err(_))))
+                && let Err(e) = pace.waited(waiting.elapsed(), bytes)
+            {
+                outcome = Err(e.into());
+                break;
+            }
             match next {
-                Err(_) => {
-                    outcome = Err(FetchError::Stalled(self.inactivity).into());
-                    break;
-                }
+                Err(_) => continue, // the window or idle budget ran out; judged above
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
                     outcome = Err(FetchError::from_reqwest(e).into());
@@ -245,6 +255,10 @@ impl Attempt<'_> {
                 expected: partial.total(),
             }
             .into());
+        }
+        if let Err(reason) = partial.verify_prefix() {
+            partial.reset().map_err(FetchError::Disk)?;
+            return Err(FetchError::CorruptPartial(reason).into());
         }
         match partial.finished_digest() {
             Some(got) if got == self.digest => Ok(()),
@@ -337,7 +351,7 @@ fn redirect_target(response: &reqwest::Response) -> String {
         Some(Err(_)) => format!(
             "HTTP {} with an unusable Location {:?}",
             response.status(),
-            location.unwrap_or("")
+            crate::chit::redact_unparsed_url(location.unwrap_or(""))
         ),
         None => format!("HTTP {} without a Location", response.status()),
     }

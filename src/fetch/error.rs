@@ -16,6 +16,15 @@ pub enum FetchError {
     Redirect(String),
     #[error("no data for {0:?} (inactivity timeout)")]
     Stalled(Duration),
+    #[error(
+        "server too slow: {received} bytes in {window:?}, below the minimum of {minimum} \
+         bytes per {window:?} (a slow drip)"
+    )]
+    TooSlow {
+        received: u64,
+        window: Duration,
+        minimum: u64,
+    },
     #[error("server announced {announced} bytes, the chit says {expected}")]
     WrongLength { announced: u64, expected: u64 },
     #[error("server sent more than the {expected} bytes the chit says")]
@@ -24,6 +33,9 @@ pub enum FetchError {
     Truncated { received: u64, expected: u64 },
     #[error("sha256 mismatch: got {got}")]
     DigestMismatch { got: Digest, resumed: bool },
+    /// A resumed prefix no longer matches its checkpoint (changed on disk).
+    #[error("{0}")]
+    CorruptPartial(String),
     #[error("unusable Content-Range {0:?}")]
     BadRange(String),
     #[error("{0}")]
@@ -45,8 +57,10 @@ impl FetchError {
             }
             FetchError::Transport(_)
             | FetchError::Stalled(_)
+            | FetchError::TooSlow { .. }
             | FetchError::Truncated { .. }
             | FetchError::BadRange(_)
+            | FetchError::CorruptPartial(_)
             | FetchError::Disk(_) => true,
             FetchError::Redirect(_)
             | FetchError::WrongLength { .. }

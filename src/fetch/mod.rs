@@ -7,10 +7,12 @@
 //! round, after a backoff. A source that was making progress when it broke
 //! is asked again at once, for the rest only (`Range` + `If-Range`). The
 //! download fails when every source has answered permanently, or when
-//! `give_up_after` passes without any new byte.
+//! `give_up_after` passes without progress: new bytes, at no less than the
+//! minimum pace of [`pace`] (a slow drip is cut and is not progress).
 
 mod attempt;
 mod error;
+mod pace;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,7 +36,9 @@ pub struct FetchSettings {
     /// First backoff between rounds; doubles each round up to `max_retry_delay`.
     pub retry_delay: Duration,
     pub max_retry_delay: Duration,
-    /// No byte (or no response) for this long: the attempt is transient-failed.
+    /// No byte (or no response) for this long, or less than the minimum
+    /// progress of [`pace`] in a window this long: the attempt is
+    /// transient-failed.
     pub inactivity_timeout: Duration,
     pub connect_timeout: Duration,
     /// No progress from any source for this long: the download fails.
@@ -82,15 +86,19 @@ impl Fetcher {
         // reqwest is built without a default crypto provider; installing one
         // twice is harmless (the second attempt is refused and ignored).
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Each refusal names the target (without credentials): it becomes
+        // part of the chit's `# error:` line.
         let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let target = redact_url(attempt.url());
             let scheme = attempt.url().scheme();
             if scheme != "http" && scheme != "https" {
-                let scheme = scheme.to_owned();
-                attempt.error(format!("redirect to a {scheme}: URL"))
+                attempt.error(format!("redirect to {target}, which is not http or https"))
             } else if attempt.previous().iter().any(|seen| seen == attempt.url()) {
-                attempt.error("redirect loop")
+                attempt.error(format!("redirect loop: back to {target}"))
             } else if attempt.previous().len() > MAX_REDIRECTS {
-                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+                attempt.error(format!(
+                    "more than {MAX_REDIRECTS} redirects (the last to {target})"
+                ))
             } else {
                 attempt.follow()
             }
@@ -150,9 +158,15 @@ impl Fetcher {
                     tracing::debug!(digest = %digest, source = %redact_url(source), offset = partial.offset(), "requesting");
                     let (returned, result) = attempt.run(partial).await;
                     partial = returned;
-                    let progressed = partial.offset() > high_water;
-                    if progressed {
+                    // Bytes from a server cut for dripping them too slowly
+                    // are kept, but are not progress (see `pace`).
+                    let too_slow = matches!(result, Err(Stop::Failed(FetchError::TooSlow { .. })));
+                    let advanced = partial.offset() > high_water;
+                    if advanced {
                         high_water = partial.offset();
+                    }
+                    let progressed = advanced && !too_slow;
+                    if progressed {
                         last_progress = Instant::now();
                     }
                     let error = match result {
@@ -173,6 +187,7 @@ impl Fetcher {
                     answers[index] = Some(error.to_string());
                     match error {
                         FetchError::DigestMismatch { resumed: true, .. }
+                        | FetchError::CorruptPartial(_)
                             if !restarted_after_resume =>
                         {
                             // The resumed prefix may be the culprit: once more from 0.

@@ -14,7 +14,10 @@
 //! - `status`: `status --json`.
 //! - `config`: configuration files.
 //! - `restart`: SIGTERM, SIGINT, SIGKILL and the next start.
+//! - `resume`: resuming after breaks and crashes; progress records; start-up
+//!   recovery of delivery temporaries and re-used chit names.
 //! - `confinement`: symlinks and hard links never lead writes outside.
+//! - `hostile`: one test per attack by a consumer or a server (issue 4).
 
 mod basic;
 mod chits;
@@ -24,7 +27,9 @@ mod confinement;
 mod dedup;
 mod examples;
 mod failures;
+mod hostile;
 mod restart;
+mod resume;
 mod sources;
 mod status;
 

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# small.sh — many small distinct files, all cache misses, from a local nginx:
+# chitd against curl -K (one keep-alive connection), aria2c -i -j8, wget -i.
+#
+#   SMALL_COUNT=2000   number of files
+#   SMALL_SIZE=4K      size of each file (IEC suffixes)
+#   CHITD_JOBS=        passed as --jobs N when set (default: chitd's own)
+#   RUNS=5             timed runs per command
+#   BENCH_DIR, CHITD, CHITD_BUILT, KEEP, NO_INSTALL, NO_CHITD: see lib.sh
+#
+# chitd: all chits are in request/ before `chitd run --exit-when-idle` starts
+# (one --mirror, empty cache); timed until it exits, which includes verifying
+# and fsyncing every file. The peers write the files and fsync nothing;
+# aria2c checks each file's sha256 (given per file in its input list), curl
+# and wget check nothing.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+: "${SMALL_COUNT:=2000}"
+: "${SMALL_SIZE:=4K}"
+
+bench_init small
+need_tools nginx:nginx curl:curl wget:wget aria2c:aria2
+build_chitd
+
+size=$(size_bytes "$SMALL_SIZE")
+files=$DATA/small-$SMALL_COUNT-$size
+log "making $SMALL_COUNT files of $size bytes in $files (cached)"
+python3 "$BENCHTOOL" gen-files "$files" "$SMALL_COUNT" "$size" --prefix s
+mkdir -p "$WORK/www"
+ln -s "$files" "$WORK/www/small"
+nginx_start "$WORK/www"
+base=$NGINX_URL/small
+
+out=$WORK/out
+fresh() {
+    rm -rf "$out"
+    mkdir -p "$out/cache" "$out/deliver"
+}
+# all_ok: every file delivered with the right bytes (cmp against the source).
+all_ok() {
+    local n
+    n=$(count_files "$out/deliver")
+    [[ $n -eq $SMALL_COUNT ]] || die "$n of $SMALL_COUNT files delivered"
+    diff -rq "$files" "$out/deliver" -x manifest.tsv >/dev/null || die "delivered files differ from the source"
+}
+
+# Input lists for the peers.
+lists=$WORK/lists
+mkdir -p "$lists"
+awk -v base="$base" -v dir="$out/deliver" '!/^#/ {
+    printf "url = \"%s/%s\"\noutput = \"%s/%s\"\n", base, $3, dir, $3 > "'"$lists"'/curl.cfg"
+    printf "%s/%s\n  dir=%s\n  out=%s\n  checksum=sha-256=%s\n", base, $3, dir, $3, $1 > "'"$lists"'/aria2.txt"
+    printf "%s/%s\n", base, $3 > "'"$lists"'/wget.txt"
+}' "$files/manifest.tsv"
+
+if have_chitd; then
+    jobs=()
+    [[ -z ${CHITD_JOBS:-} ]] || jobs=(--jobs "$CHITD_JOBS")
+    python3 "$BENCHTOOL" chits "$files/manifest.tsv" "$WORK/chits" --name-prefix c
+    chitd_prepare() {
+        fresh
+        make_spool "$out/spool"
+        cp -r "$WORK/chits/." "$out/spool/request/"
+    }
+    chitd_run() {
+        "$CHITD" run --spool "$out/spool" --deliver "$out/deliver" --cache "$out/cache" \
+            --mirror "$base" "${jobs[@]}" --exit-when-idle </dev/null >"$WORK/chitd.log" 2>&1 ||
+            {
+                tail -n 20 "$WORK/chitd.log" >&2
+                return 1
+            }
+    }
+    chitd_check() {
+        local n
+        n=$(count_files "$out/spool/downloaded")
+        [[ $n -eq $SMALL_COUNT ]] || {
+            tail -n 20 "$WORK/chitd.log" >&2
+            die "chitd: $n of $SMALL_COUNT chits in downloaded/ ($(count_files "$out/spool/fail") failed)"
+        }
+        all_ok
+    }
+    measure chitd chitd_prepare chitd_run chitd_check
+fi
+
+curl_k() { curl -sS --fail -K "$lists/curl.cfg"; }
+measure "curl -K" fresh curl_k all_ok
+
+aria_i() {
+    aria2c -q --console-log-level=error --summary-interval=0 --allow-overwrite=true \
+        --auto-file-renaming=false -j8 -i "$lists/aria2.txt"
+}
+measure "aria2c -j8" fresh aria_i all_ok
+
+wget_i() { wget -q -P "$out/deliver" -i "$lists/wget.txt"; }
+measure "wget -i" fresh wget_i all_ok
+
+baselines=(--baseline "curl -K" --baseline "aria2c -j8")
+report "small: $SMALL_COUNT distinct files of $(human_bytes "$size"), all cache misses" \
+    --count "$SMALL_COUNT" --unit files "${baselines[@]}" \
+    --note "$(machine_note); chitd verifies and fsyncs every file, curl/wget verify nothing, aria2c verifies sha256; none of the peers fsyncs."

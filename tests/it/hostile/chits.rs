@@ -1,0 +1,247 @@
+//! Attacks through a chit's contents: paths that climb out, oversized and
+//! garbage chits, and credentials that must never be shown.
+
+use std::fs;
+use std::time::Duration;
+
+use super::{Setup, assert_reason, peak_rss_kib};
+use crate::server::Fault;
+use crate::util::{Content, Daemon, State, refused_url};
+
+/// Every way to name a place outside the delivery directory fails at line 3
+/// with a reason naming the rule, and creates nothing anywhere.
+#[test]
+fn dotdot_absolute_nul_and_backslash_paths_fail_and_create_nothing() {
+    let setup = Setup::new();
+    let outside = setup.outside.root.to_string_lossy().into_owned();
+    let content = Content::random(1_000);
+    setup.server.add("/f", content.bytes.clone());
+    let url = setup.server.url("/f");
+    let absolute = format!("{outside}/pwned");
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "dotdot",
+            "../../outside/pwned".into(),
+            &["line 3", "\"..\""],
+        ),
+        (
+            "dotdot-inner",
+            "a/../../../outside/pwned".into(),
+            &["line 3", "\"..\""],
+        ),
+        ("dotdot-last", "a/..".into(), &["line 3", "\"..\""]),
+        ("dot", "./pwned".into(), &["line 3", "\".\""]),
+        ("absolute", absolute.clone(), &["line 3", "absolute"]),
+        ("nul", "pwned\0/../../x".into(), &["line 3", "nul"]),
+        (
+            "backslash",
+            "..\\..\\outside\\pwned".into(),
+            &["line 3", "backslash"],
+        ),
+        (
+            "newline-in-path",
+            "a\rb".into(),
+            &["line 3", "control character"],
+        ),
+        (
+            "empty-component",
+            "a//pwned".into(),
+            &["line 3", "empty component"],
+        ),
+        (
+            "long",
+            format!("{}/x", "d/".repeat(600)),
+            &["line 3", "limit is 1024"],
+        ),
+    ];
+    for (name, path, _) in &cases {
+        let text = format!("{}\n{}\n{path}\n{url}\n", content.sha256, content.len());
+        setup.spool.drop_chit(name, text);
+    }
+    let _daemon = setup.start();
+
+    for (name, _, words) in &cases {
+        let reason = setup.spool.expect_failed(name);
+        assert_reason(&reason, &["bad chit"]);
+        assert_reason(&reason, words);
+    }
+    assert_eq!(setup.server.gets("/f"), 0, "a bad chit was fetched");
+    assert!(!std::path::Path::new(&absolute).exists());
+    for leaked in ["pwned", "outside/pwned", "c/pwned", "c/outside"] {
+        assert!(!setup.dir.join(leaked).exists(), "{leaked} created");
+    }
+    assert_eq!(
+        fs::read_dir(&setup.spool.deliver).unwrap().count(),
+        0,
+        "nothing may be delivered"
+    );
+    setup.still_serving();
+}
+
+/// A 10 GiB chit (sparse) is failed by its size without being read: the
+/// daemon's peak memory stays small and `fail/` gets no copy of it.
+#[test]
+fn oversized_chit_is_failed_without_being_read() {
+    let setup = Setup::new();
+    let request = setup.spool.state_dir(State::Request);
+    let huge = fs::File::create(request.join(".huge.tmp")).unwrap();
+    huge.set_len(10 << 30).unwrap();
+    fs::rename(request.join(".huge.tmp"), request.join("huge")).unwrap();
+    // Just past the limit, with real bytes: a valid head and a long comment.
+    let content = Content::random(100);
+    let mut big = content.chit("big.bin", &[]).into_bytes();
+    big.push(b'#');
+    big.resize(64 * 1024 + 1, b'x');
+    setup.spool.drop_chit("big", &big);
+    let mut daemon = Daemon::for_spool(&setup.dir, &setup.spool).start();
+
+    let reason = setup.spool.expect_failed("huge");
+    assert_reason(&reason, &["10737418240 bytes", "limit is 65536"]);
+    let reason = setup.spool.expect_failed("big");
+    assert_reason(&reason, &["65537 bytes", "limit is 65536"]);
+    let failed = setup.spool.state_dir(State::Fail).join("huge");
+    assert!(
+        fs::metadata(&failed).unwrap().len() < 4096,
+        "fail/huge was copied"
+    );
+    let peak = peak_rss_kib(daemon.pid());
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB: the chit was read");
+    setup.still_serving();
+}
+
+/// Random bytes, NULs, one endless line, and thousands of blank lines: each
+/// is failed with a reason, quickly, and the daemon goes on.
+#[test]
+fn binary_garbage_chits_are_failed_with_a_reason() {
+    let setup = Setup::new();
+    let random = Content::random(4096).bytes;
+    let mut utf8_noise: Vec<u8> = Content::random(8192)
+        .bytes
+        .iter()
+        .map(|b| b % 0x60 + 0x20)
+        .collect();
+    utf8_noise[100] = b'\n';
+    let garbage: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        ("random", random, &["bad chit"]),
+        ("nuls", vec![0; 10_000], &["bad chit", "line 1"]),
+        ("one-long-line", vec![b'f'; 60_000], &["bad chit", "line 1"]),
+        ("blank-lines", vec![b'\n'; 30_000], &["bad chit", "line 1"]),
+        ("printable-noise", utf8_noise, &["bad chit"]),
+        (
+            "escape-sequences",
+            b"\x1b[2J\x1b]0;pwned\x07\n1\nx\n".to_vec(),
+            &["bad chit", "line 1"],
+        ),
+        (
+            "utf16",
+            "\u{feff}abc"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect(),
+            &["bad chit"],
+        ),
+    ];
+    for (name, bytes, _) in &garbage {
+        setup.spool.drop_chit(name, bytes);
+    }
+    let _daemon = setup.start();
+
+    for (name, _, words) in &garbage {
+        let reason = setup.spool.expect_failed(name);
+        assert_reason(&reason, words);
+        assert!(
+            !reason.chars().any(char::is_control),
+            "{name}: the reason carries control characters: {reason:?}"
+        );
+        assert!(
+            reason.len() < 400,
+            "{name}: reason of {} bytes",
+            reason.len()
+        );
+    }
+    setup.still_serving();
+}
+
+/// User names and passwords in URLs (of chits, of mirrors, and of redirect
+/// targets) never appear in an `# error:` line, the daemon's log (at debug
+/// level) or its status file.
+#[test]
+fn credentials_in_urls_never_reach_reasons_or_logs() {
+    const SECRET: &str = "hunter2";
+    let setup = Setup::new();
+    let server = &setup.server;
+    let with_credentials =
+        |url: &str| url.replacen("http://", &format!("http://user:{SECRET}@"), 1);
+    let content = Content::random(3_000);
+    server.set_fault(
+        "/redirect",
+        Fault::RedirectTo(with_credentials(&server.url("/gone"))),
+    );
+    server.set_fault("/gone", Fault::Gone);
+    server.set_fault(
+        "/redirect-ftp",
+        Fault::RedirectTo(format!("ftp://user:{SECRET}@127.0.0.1/x")),
+    );
+    server.set_fault(
+        "/redirect-unusable",
+        Fault::RedirectTo(format!("http://user:{SECRET}@[::1/x")),
+    );
+    let urls = [
+        with_credentials(&server.url("/redirect-unusable")),
+        with_credentials(&server.url("/missing")),
+        with_credentials(&refused_url("/refused")),
+        with_credentials(&server.url("/redirect")),
+        with_credentials(&server.url("/redirect-ftp")),
+    ];
+    setup
+        .spool
+        .drop_chit("fetched", content.chit("f.bin", &urls));
+    let bad_urls = [
+        format!("http://user:{SECRET}@host:99999/x"),
+        format!("ftp://user:{SECRET}@host/x"),
+        format!("gopher://{SECRET}@host/x"),
+    ];
+    for (index, url) in bad_urls.iter().enumerate() {
+        let text = content.chit("f.bin", std::slice::from_ref(url));
+        setup.spool.drop_chit(&format!("bad{index}"), text);
+    }
+    let mirror = with_credentials(&server.url("/mirror"));
+    let daemon = Daemon::for_spool(&setup.dir, &setup.spool)
+        .mirror(&mirror)
+        .give_up_after("1s")
+        .start();
+
+    let reason = setup.spool.expect_failed("fetched");
+    assert_reason(&reason, &["***@", "410", "redirect"]);
+    for index in 0..bad_urls.len() {
+        let reason = setup.spool.expect_failed(&format!("bad{index}"));
+        assert_reason(&reason, &["***@"]);
+    }
+    setup.still_serving();
+    // Let a status round pass, then look everywhere.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let mut places = vec![("daemon log".to_string(), daemon.log())];
+    for state in State::ALL {
+        for name in setup.spool.chits_in(state) {
+            let text = String::from_utf8_lossy(
+                &fs::read(setup.spool.state_dir(state).join(&name)).unwrap(),
+            )
+            .into_owned();
+            let error_lines: String = text.lines().filter(|l| l.starts_with("# error:")).collect();
+            places.push((format!("{}/{name}", state.dir_name()), error_lines));
+        }
+    }
+    if let Ok(status) = fs::read_to_string(setup.spool.spool.join(".chitd-status.json")) {
+        places.push(("status file".into(), status));
+    }
+    for (place, text) in &places {
+        assert!(
+            !text.contains(SECRET),
+            "the password shows in the {place}:\n{text}"
+        );
+    }
+    assert!(
+        places[0].1.contains("***@"),
+        "the log should show the redacted URLs"
+    );
+}

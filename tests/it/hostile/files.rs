@@ -1,0 +1,327 @@
+//! Attacks through the file system: what a consumer plants in its spool and
+//! delivery directories (symlinks, hard links, FIFOs, sockets, devices,
+//! directories), including a symlink swapped in while chitd delivers.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, symlink};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+
+use super::{Setup, assert_reason};
+use crate::util::{Daemon, State, TIMEOUT, Terminal, run_cli, wait_until};
+
+#[test]
+fn symlinked_delivery_subdirectory_pointing_outside_fails_the_chit() {
+    let setup = Setup::new();
+    let spool = &setup.spool;
+    symlink(&setup.outside.root, spool.deliver.join("evil")).unwrap();
+    // Deeper too: a real directory, then a symlink to the outside subdir.
+    fs::create_dir(spool.deliver.join("real")).unwrap();
+    symlink(
+        setup.outside.root.join("subdir"),
+        spool.deliver.join("real/evil"),
+    )
+    .unwrap();
+    let (content, _) = setup.serve("/f", 1_000);
+    spool.drop_chit("top", content.chit("evil/f.bin", &[setup.server.url("/f")]));
+    spool.drop_chit(
+        "deep",
+        content.chit("real/evil/new/f.bin", &[setup.server.url("/f")]),
+    );
+    let _daemon = setup.start();
+
+    for (name, link) in [("top", "evil"), ("deep", "real/evil")] {
+        let reason = spool.expect_failed(name);
+        assert_reason(&reason, &["cannot deliver", "symbolic link", link]);
+    }
+    assert!(spool.delivery_temporaries().is_empty());
+    setup.still_serving();
+}
+
+/// A racer swaps `deliver/sub` between a real directory and a symlink to
+/// the outside directory (and to a file outside) as fast as it can, while
+/// chitd delivers chits into `sub/`. Whatever wins each race, no byte may
+/// land outside: each chit is delivered into a real directory beneath the
+/// delivery directory, or fails with a reason.
+#[test]
+fn symlink_swapped_in_during_delivery_never_redirects_a_write() {
+    const CHITS: usize = 300;
+    let setup = Setup::new();
+    let spool = &setup.spool;
+    let (content, chit) = setup.serve("/f", 4_000);
+    let _daemon = setup.start();
+    // Cache the object first, so the raced chits are fast cache hits.
+    spool.drop_chit("seed", chit);
+    spool.expect_downloaded("seed");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let racer = {
+        let stop = Arc::clone(&stop);
+        let deliver = spool.deliver.clone();
+        let targets = [setup.outside.root.clone(), setup.outside.file()];
+        std::thread::spawn(move || race(&deliver, &targets, &stop))
+    };
+    for i in 0..CHITS {
+        let text = content.chit(&format!("sub/f{i}.bin"), &[setup.server.url("/f")]);
+        spool.drop_chit(&format!("c{i}"), text);
+    }
+    let mut delivered = 0;
+    for i in 0..CHITS {
+        match spool.wait_terminal(&format!("c{i}"), TIMEOUT) {
+            Terminal::Downloaded => delivered += 1,
+            Terminal::Failed(reason) => assert_reason(&reason, &["cannot deliver", "sub"]),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = racer.join().unwrap();
+    eprintln!("{swaps} swaps; {delivered} of {CHITS} chits delivered, the rest failed");
+    assert!(swaps > 10, "the racer barely ran ({swaps} swaps)");
+
+    setup.outside.assert_untouched();
+    // Every delivered file is a whole, regular file in a real directory
+    // beneath the delivery directory (where the racer moved `sub` to).
+    let mut found = 0;
+    for entry in fs::read_dir(&spool.deliver).unwrap() {
+        let entry = entry.unwrap();
+        if !entry.file_type().unwrap().is_dir() {
+            continue;
+        }
+        for file in fs::read_dir(entry.path()).unwrap() {
+            let file = file.unwrap();
+            assert!(file.file_type().unwrap().is_file(), "{:?}", file.path());
+            assert_eq!(fs::read(file.path()).unwrap(), content.bytes);
+            found += 1;
+        }
+    }
+    assert!(
+        found >= delivered,
+        "{found} files for {delivered} deliveries"
+    );
+    assert!(spool.delivery_temporaries().is_empty());
+    setup.still_serving();
+}
+
+/// Swap `<deliver>/sub` until `stop`: real directory (moved aside when
+/// replaced, so deliveries into it stay inside), then a symlink to each
+/// target in turn. Returns the number of swaps.
+fn race(deliver: &Path, targets: &[std::path::PathBuf], stop: &AtomicBool) -> usize {
+    let sub = deliver.join("sub");
+    let mut swaps = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let _ = fs::create_dir(&sub);
+        std::thread::yield_now();
+        let _ = fs::rename(&sub, deliver.join(format!("moved-{swaps}")));
+        let _ = symlink(&targets[swaps % targets.len()], &sub);
+        std::thread::yield_now();
+        let _ = fs::remove_file(&sub);
+        swaps += 1;
+    }
+    // Leave `sub` as a real directory, as a consumer might.
+    let _ = fs::create_dir(&sub);
+    swaps
+}
+
+#[test]
+fn chit_that_is_a_symlink_to_an_outside_file_is_failed_unread() {
+    let mut setup = Setup::new();
+    // Outside sits a perfectly good chit: following the link would deliver.
+    let (_, chit) = setup.serve("/f", 1_000);
+    let target = setup.outside.add("chit", chit.as_bytes());
+    let request = setup.spool.state_dir(State::Request);
+    symlink(&target, request.join("evil")).unwrap();
+    symlink(setup.outside.file(), request.join("evil2")).unwrap();
+    let _daemon = setup.start();
+
+    for name in ["evil", "evil2"] {
+        let reason = setup.spool.expect_failed(name);
+        assert_reason(&reason, &["not a regular file", "symbolic link", name]);
+        let failed = setup.spool.state_dir(State::Fail).join(name);
+        let kind = fs::symlink_metadata(&failed).unwrap().file_type();
+        assert!(kind.is_file(), "fail/{name} must be chitd's own file");
+    }
+    assert_eq!(setup.server.gets("/f"), 0, "the link was followed");
+    setup.still_serving();
+}
+
+#[test]
+fn chit_that_is_a_hard_link_to_an_outside_file_is_failed_unwritten() {
+    let mut setup = Setup::new();
+    let (_, chit) = setup.serve("/f", 1_000);
+    let target = setup.outside.add("chit", chit.as_bytes());
+    fs::hard_link(
+        &target,
+        setup.spool.state_dir(State::Request).join("linked"),
+    )
+    .unwrap();
+    let _daemon = setup.start();
+
+    let reason = setup.spool.expect_failed("linked");
+    assert_reason(&reason, &["hard links"]);
+    let failed = setup.spool.state_dir(State::Fail).join("linked");
+    assert_ne!(
+        fs::metadata(&failed).unwrap().ino(),
+        fs::metadata(&target).unwrap().ino(),
+        "fail/linked must be a new file, not the outside file's inode"
+    );
+    assert_eq!(setup.server.gets("/f"), 0, "the linked chit was acted on");
+    // The snapshot includes the link count: back to 1.
+    setup.still_serving();
+}
+
+/// FIFOs, sockets and devices are refused with a reason naming what they
+/// are, and never opened (inotify sees no `IN_OPEN` on them): opening a
+/// device runs its driver, opening a FIFO can block.
+#[test]
+fn chit_that_is_a_fifo_socket_or_device_is_failed_and_never_opened() {
+    let setup = Setup::new();
+    let request = setup.spool.state_dir(State::Request);
+    let mut planted = vec![("fifo", "FIFO"), ("socket", "socket")];
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        request.join("fifo"),
+        rustix::fs::Mode::from_raw_mode(0o666),
+    )
+    .unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(request.join("socket")).unwrap();
+    let device = rustix::fs::mknodat(
+        rustix::fs::CWD,
+        request.join("device"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3), // /dev/null
+    );
+    match device {
+        Ok(()) => planted.push(("device", "character device")),
+        Err(e) => eprintln!("skipping the device chit: cannot mknod ({e}); needs CAP_MKNOD"),
+    }
+    let watch = Opens::watch(&[&request, &setup.spool.state_dir(State::Fetch)]);
+    let _daemon = setup.start();
+
+    for (name, kind) in &planted {
+        let reason = setup.spool.expect_failed(name);
+        assert_reason(&reason, &["not a regular file", kind, name]);
+    }
+    let opened = watch.opened();
+    for (name, _) in &planted {
+        assert!(!opened.contains(&name.to_string()), "{name} was opened");
+    }
+    setup.still_serving();
+}
+
+#[test]
+fn chit_that_is_a_directory_goes_to_fail_as_it_is() {
+    let setup = Setup::new();
+    let chit_dir = setup.spool.state_dir(State::Request).join("dir");
+    fs::create_dir(&chit_dir).unwrap();
+    fs::write(chit_dir.join("inner"), "a consumer's file\n").unwrap();
+    let _daemon = setup.start();
+
+    let failed = setup.spool.state_dir(State::Fail).join("dir");
+    wait_until(TIMEOUT, "the directory chit to reach fail/", || {
+        failed.is_dir().then_some(())
+    });
+    assert_eq!(setup.spool.states_of("dir"), [State::Fail]);
+    assert_eq!(
+        fs::read_to_string(failed.join("inner")).unwrap(),
+        "a consumer's file\n"
+    );
+    setup.still_serving();
+}
+
+/// A state directory replaced by a symlink (here `fail/` pointing outside):
+/// the daemon refuses to start, naming it, rather than write through it.
+#[test]
+fn state_directory_that_is_a_symlink_stops_the_start_with_a_reason() {
+    let setup = Setup::new();
+    let fail = setup.spool.state_dir(State::Fail);
+    fs::remove_dir(&fail).unwrap();
+    symlink(&setup.outside.root, &fail).unwrap();
+    setup.spool.drop_chit("bad", "not a chit\n");
+
+    let mut daemon = Daemon::for_spool(&setup.dir, &setup.spool).start();
+    let status = daemon.wait_exit(TIMEOUT);
+    assert!(!status.success());
+    let log = daemon.log();
+    assert!(
+        log.contains("symbolic link") && log.contains("fail"),
+        "the error should name the symlinked state directory: {log}"
+    );
+    setup.outside.assert_untouched();
+}
+
+/// The daemon's status file in the spool root: a symlink planted there is
+/// replaced, not written through; and `chitd status` does not hang on a
+/// FIFO planted there.
+#[test]
+fn status_file_planted_as_symlink_or_fifo_is_neither_followed_nor_read() {
+    let setup = Setup::new();
+    let status_file = setup.spool.spool.join(".chitd-status.json");
+    symlink(setup.outside.file(), &status_file).unwrap();
+    // A slow download, so that there is progress to publish.
+    let (content, chit) = setup.serve("/slow", 64 * 1024);
+    setup.server.set_fault(
+        "/slow",
+        crate::server::Fault::SlowDrip {
+            bytes_per_tick: 4 * 1024,
+            tick: Duration::from_millis(100),
+        },
+    );
+    let _daemon = setup.start();
+    setup.spool.drop_chit("slow", chit);
+    wait_until(TIMEOUT, "the status file to be published", || {
+        fs::symlink_metadata(&status_file)
+            .is_ok_and(|m| m.is_file())
+            .then_some(())
+    });
+    setup.outside.assert_untouched();
+    setup.spool.expect_downloaded("slow");
+    assert_eq!(
+        fs::read(setup.spool.delivered_path("good-slow.bin")).unwrap(),
+        content.bytes
+    );
+
+    let other = setup.dir.spool("other");
+    let planted = other.spool.join(".chitd-status.json");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &planted,
+        rustix::fs::Mode::from_raw_mode(0o666),
+    )
+    .unwrap();
+    let spool_arg = other.spool.to_string_lossy().into_owned();
+    let output = run_cli(&setup.dir, ["status", "--spool", &spool_arg], TIMEOUT);
+    assert_eq!(output.code, Some(0), "{}", output.all_output());
+    setup.still_serving();
+}
+
+/// Which names in some directories get opened (inotify `IN_OPEN`).
+struct Opens {
+    inotify: OwnedFd,
+}
+
+impl Opens {
+    fn watch(dirs: &[&Path]) -> Opens {
+        let inotify = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).unwrap();
+        for dir in dirs {
+            inotify::add_watch(&inotify, *dir, WatchFlags::OPEN).unwrap();
+        }
+        Opens { inotify }
+    }
+
+    fn opened(&self) -> Vec<String> {
+        let mut buffer = [std::mem::MaybeUninit::uninit(); 8192];
+        let mut reader = inotify::Reader::new(&self.inotify, &mut buffer);
+        let mut names = Vec::new();
+        while let Ok(event) = reader.next() {
+            if let Some(name) = event.file_name() {
+                names.push(name.to_string_lossy().into_owned());
+            }
+        }
+        names
+    }
+}

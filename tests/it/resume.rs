@@ -1,0 +1,514 @@
+//! Crash-safe, resumable downloads: resuming within a run after a truncated,
+//! reset or stalled body; servers that ignore `Range` or replace the object;
+//! progress records that a SIGKILL left valid, or that were torn or edited
+//! since; SIGTERM; orphaned partials; and what start-up recovers in delivery
+//! directories and spools (temporaries, a chit name re-used by a consumer).
+//!
+//! Progress records are crafted the honest way: run a download against a
+//! server that stalls (each stall ends in an inactivity timeout, which
+//! checkpoints) or drips (the 2 s checkpoint timer), wait for the record to
+//! appear, SIGKILL the daemon, then read or edit what it left.
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::server::{Fault, Request, Server};
+use crate::util::{Content, Daemon, State, TIMEOUT, TestDir, TestSpool, sha256_hex, wait_until};
+
+const MIB: usize = 1 << 20;
+/// A download that breaks is resumed, so the server sends little more than
+/// the object: at most this many times its size.
+const MAX_RATIO: f64 = 1.25;
+
+/// One consumer wanting `/f` as `f.bin` (chit `f`, already dropped).
+struct Case {
+    dir: TestDir,
+    spool: TestSpool,
+    server: Server,
+    content: Content,
+}
+
+impl Case {
+    fn new(size: usize) -> Case {
+        let dir = TestDir::new();
+        let spool = dir.spool("c");
+        let server = Server::start();
+        let content = Content::random(size);
+        server.add("/f", content.bytes.clone());
+        spool.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
+        Case {
+            dir,
+            spool,
+            server,
+            content,
+        }
+    }
+
+    fn partial(&self, extension: &str) -> PathBuf {
+        let name = format!("{}.{extension}", self.content.sha256);
+        self.dir.cache().join("partial-v1").join(name)
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.partial("progress")
+    }
+
+    /// Run a daemon until idle and expect `/f` delivered, its partial gone.
+    /// Returns the requests for `/f` that this run made.
+    fn run_to_delivery(&self, inactivity_ms: u64) -> Vec<Request> {
+        let before = self.server.count("/f");
+        Daemon::for_spool(&self.dir, &self.spool)
+            .inactivity_timeout_ms(inactivity_ms)
+            .exit_when_idle()
+            .start()
+            .expect_success(TIMEOUT);
+        self.spool.assert_delivered("f", "f.bin", &self.content);
+        for leftover in [self.record_path(), self.partial("part")] {
+            assert!(!leftover.exists(), "{} left", leftover.display());
+        }
+        self.server.requests_for("/f").split_off(before)
+    }
+
+    /// Body bytes served for `/f` over the object's size; at most
+    /// [`MAX_RATIO`].
+    fn assert_little_waste(&self) {
+        let served = self.server.bytes_served_for("/f");
+        let ratio = served as f64 / self.content.len() as f64;
+        eprintln!(
+            "bytes served / size = {served} / {} = {ratio:.3}",
+            self.content.len()
+        );
+        assert!(
+            ratio < MAX_RATIO,
+            "served {ratio:.3} × the size: {:#?}",
+            self.server.requests_for("/f")
+        );
+    }
+
+    /// Download under `fault` until a progress record with an offset > 0
+    /// exists, then SIGKILL the daemon. The fault is cleared and the chit
+    /// must still be in `fetch/`. Returns the record the crash left.
+    fn kill_after_checkpoint(&self, fault: Fault) -> String {
+        self.server.set_fault("/f", fault);
+        let mut daemon = Daemon::for_spool(&self.dir, &self.spool)
+            .inactivity_timeout_ms(STALL_MS)
+            .start();
+        let record = self.record_path();
+        wait_until(TIMEOUT, "a progress record past offset 0", || {
+            let text = fs::read_to_string(&record).ok()?;
+            (offset_of(&text) > 0).then_some(())
+        });
+        daemon.kill();
+        self.server.clear_fault("/f");
+        assert_eq!(self.spool.states_of("f"), [State::Fetch]);
+        fs::read_to_string(&record).expect("progress record after the kill")
+    }
+}
+
+/// The inactivity timeout that cuts a [`stall`] short.
+const STALL_MS: u64 = 500;
+
+/// 256 KiB per request, then silence (cut by the inactivity timeout).
+fn stall() -> Fault {
+    Fault::Stall { after: 256 << 10 }
+}
+
+/// The value of `key` in a progress record (`offset`, `etag`, ...).
+fn field(record: &str, key: &str) -> Option<String> {
+    record
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(' '))
+        .map(str::to_owned)
+}
+
+fn offset_of(record: &str) -> u64 {
+    field(record, "offset")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Set `key` to `value` and give the record a valid checksum again, as a
+/// forger (or a bug) would.
+fn forge(record: &str, key: &str, value: &str) -> String {
+    let mut body = String::new();
+    for line in record.lines().filter(|l| !l.starts_with("check ")) {
+        match line.strip_prefix(key).and_then(|r| r.strip_prefix(' ')) {
+            Some(_) => body += &format!("{key} {value}\n"),
+            None => body += &format!("{line}\n"),
+        }
+    }
+    format!("{body}check {}\n", sha256_hex(body.as_bytes()))
+}
+
+// ---- within one run ----
+
+#[test]
+fn truncated_body_is_resumed_with_range() {
+    let case = Case::new(MIB);
+    case.server
+        .set_fault_times("/f", Fault::Truncate { after: 200 << 10 }, 1);
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(requests[1].range.as_deref(), Some("bytes=204800-"));
+    assert_eq!(requests[1].status, 206);
+    case.assert_little_waste();
+}
+
+#[test]
+fn reset_body_is_resumed_with_range() {
+    let case = Case::new(MIB);
+    case.server
+        .set_fault_times("/f", Fault::Reset { after: 200 << 10 }, 1);
+    let requests = case.run_to_delivery(30_000);
+    assert!(
+        requests[1..]
+            .iter()
+            .any(|r| r.range_start().is_some_and(|s| s > 0) && r.status == 206),
+        "no ranged request after the reset: {requests:#?}"
+    );
+    case.assert_little_waste();
+}
+
+#[test]
+fn stalled_body_times_out_and_is_resumed_with_range() {
+    let case = Case::new(MIB);
+    case.server.set_fault_times("/f", stall(), 1);
+    let started = Instant::now();
+    let requests = case.run_to_delivery(STALL_MS);
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[1].range.as_deref(), Some("bytes=262144-"));
+    assert!(started.elapsed() < Duration::from_secs(15));
+    case.assert_little_waste();
+}
+
+#[test]
+fn server_ignoring_range_after_a_truncation_restarts_cleanly() {
+    let case = Case::new(MIB);
+    case.server
+        .set_fault_times("/f", Fault::Truncate { after: 200 << 10 }, 1);
+    case.server.then_fault("/f", Fault::IgnoreRange);
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert!(requests[1].range.is_some(), "{requests:#?}");
+    assert_eq!(requests[1].status, 200);
+    assert_eq!(
+        case.server.bytes_served_for("/f"),
+        (200 << 10) + MIB as u64,
+        "the prefix is fetched once more, nothing else"
+    );
+}
+
+/// Serve `old` at `/f` until 256 KiB of it went out and stalled, then
+/// replace it with `new` (same size): the resume's `If-Range` no longer
+/// matches and the server answers 200 with the new object. Returns the
+/// running daemon and the old object's ETag.
+fn replace_mid_download(case: &Case, old: &Content, new: &Content) -> (Daemon, String) {
+    case.server.add("/f", old.bytes.clone());
+    case.server.set_fault("/f", stall());
+    let daemon = Daemon::for_spool(&case.dir, &case.spool)
+        .inactivity_timeout_ms(STALL_MS)
+        .exit_when_idle()
+        .start();
+    wait_until(TIMEOUT, "256 KiB of the old object sent", || {
+        (case.server.bytes_served_for("/f") >= 256 << 10).then_some(())
+    });
+    let old_etag = case.server.etag("/f").expect("etag");
+    case.server.add("/f", new.bytes.clone());
+    case.server.clear_fault("/f");
+    (daemon, old_etag)
+}
+
+/// Assert that a request for `/f` carried `old_etag` as `If-Range` and was
+/// answered 200 (the whole new object, from 0).
+fn assert_restarted_on_new_etag(case: &Case, old_etag: &str) {
+    let requests = case.server.requests_for("/f");
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.if_range.as_deref() == Some(old_etag) && r.status == 200),
+        "no If-Range {old_etag} answered 200: {requests:#?}"
+    );
+}
+
+#[test]
+fn replaced_object_is_fetched_from_zero_and_delivered_when_it_matches() {
+    let case = Case::new(MIB);
+    let old = Content::random(MIB);
+    let (mut daemon, old_etag) = replace_mid_download(&case, &old, &case.content);
+    daemon.expect_success(TIMEOUT);
+    case.spool.assert_delivered("f", "f.bin", &case.content);
+    assert_restarted_on_new_etag(&case, &old_etag);
+}
+
+#[test]
+fn replaced_object_that_does_not_match_fails_naming_the_digest_mismatch() {
+    let case = Case::new(MIB);
+    let new = Content::random(MIB);
+    let started = Instant::now();
+    let (mut daemon, old_etag) = replace_mid_download(&case, &case.content, &new);
+    daemon.expect_success(TIMEOUT);
+    let reason = case.spool.expect_failed("f");
+    assert!(
+        reason.contains("sha256 mismatch") && reason.contains(&new.sha256),
+        "{reason}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15), "failed slowly");
+    assert_restarted_on_new_etag(&case, &old_etag);
+    assert!(!case.spool.delivered_path("f.bin").exists());
+}
+
+// ---- across a SIGKILL: the progress record ----
+
+#[test]
+fn valid_record_is_resumed_with_range_and_if_range() {
+    let case = Case::new(16 * MIB);
+    // 3.2 MiB/s: the 2 s checkpoint timer writes the first record (the
+    // inactivity timeout never fires: a byte comes every 20 ms).
+    let drip = Fault::SlowDrip {
+        bytes_per_tick: 64 << 10,
+        tick: Duration::from_millis(20),
+    };
+    let record = case.kill_after_checkpoint(drip);
+    let offset = offset_of(&record);
+    let etag = field(&record, "etag").expect("etag in the record");
+    assert_eq!(Some(etag.clone()), case.server.etag("/f"));
+
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    let expected_range = format!("bytes={offset}-");
+    assert_eq!(requests[0].range.as_deref(), Some(expected_range.as_str()));
+    assert_eq!(requests[0].if_range.as_deref(), Some(etag.as_str()));
+    assert_eq!(requests[0].status, 206);
+    case.assert_little_waste();
+}
+
+/// Kill after a checkpoint, damage the record with `edit`, restart: the
+/// download starts over from 0 and delivers the right bytes.
+fn damaged_record_restarts_from_zero(edit: impl FnOnce(&str) -> String) {
+    let case = Case::new(2 * MIB);
+    let record = case.kill_after_checkpoint(stall());
+    fs::write(case.record_path(), edit(&record)).expect("edit record");
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(
+        requests[0].range, None,
+        "expected a fresh start: {requests:#?}"
+    );
+}
+
+#[test]
+fn garbage_record_restarts_from_zero() {
+    damaged_record_restarts_from_zero(|_| "not a progress record\n".into());
+}
+
+#[test]
+fn empty_record_restarts_from_zero() {
+    damaged_record_restarts_from_zero(|_| String::new());
+}
+
+#[test]
+fn torn_record_restarts_from_zero() {
+    damaged_record_restarts_from_zero(|record| record[..record.len() / 2].to_string());
+}
+
+#[test]
+fn edited_record_restarts_from_zero() {
+    damaged_record_restarts_from_zero(|record| {
+        let offset = offset_of(record);
+        record.replace(
+            &format!("offset {offset}\n"),
+            &format!("offset {}\n", offset - 1),
+        )
+    });
+}
+
+#[test]
+fn record_claiming_more_than_the_part_file_holds_restarts_from_zero() {
+    damaged_record_restarts_from_zero(|record| {
+        let total = field(record, "total").expect("total");
+        forge(record, "offset", &total)
+    });
+}
+
+#[test]
+fn record_for_another_size_restarts_from_zero() {
+    damaged_record_restarts_from_zero(|record| forge(record, "total", &(3 * MIB).to_string()));
+}
+
+#[test]
+fn corrupt_part_file_behind_a_valid_record_is_fetched_once_more_from_zero() {
+    let case = Case::new(2 * MIB);
+    let record = case.kill_after_checkpoint(stall());
+    let offset = offset_of(&record);
+    let part = case.partial("part");
+    let mut bytes = fs::read(&part).expect("read part");
+    bytes[1000] ^= 0xff;
+    fs::write(&part, bytes).expect("corrupt part");
+
+    let requests = case.run_to_delivery(30_000);
+    let expected_range = format!("bytes={offset}-");
+    assert_eq!(requests[0].range.as_deref(), Some(expected_range.as_str()));
+    let last = requests.last().expect("requests");
+    assert_eq!(
+        (last.range.as_deref(), last.status),
+        (None, 200),
+        "the digest mismatch after the resume should lead to one more try from 0: {requests:#?}"
+    );
+}
+
+// ---- SIGTERM, orphans ----
+
+#[test]
+fn sigterm_checkpoints_and_the_restart_resumes_from_the_record() {
+    let case = Case::new(4 * MIB);
+    let drip = Fault::SlowDrip {
+        bytes_per_tick: 16 << 10,
+        tick: Duration::from_millis(20),
+    };
+    case.server.set_fault("/f", drip);
+    let mut daemon = Daemon::for_spool(&case.dir, &case.spool).start();
+    wait_until(TIMEOUT, "256 KiB sent", || {
+        (case.server.bytes_served_for("/f") >= 256 << 10).then_some(())
+    });
+    let signalled = Instant::now();
+    daemon.sigterm();
+    let status = daemon.wait_exit(TIMEOUT);
+    let stopping = signalled.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        stopping < Duration::from_secs(3),
+        "SIGTERM took {stopping:?}"
+    );
+    assert_eq!(case.spool.states_of("f"), [State::Fetch]);
+    let record = fs::read_to_string(case.record_path()).expect("progress record after SIGTERM");
+    let offset = offset_of(&record);
+    assert!(
+        offset >= 256 << 10 && offset <= case.server.bytes_served_for("/f"),
+        "record offset {offset}"
+    );
+
+    case.server.clear_fault("/f");
+    let requests = case.run_to_delivery(30_000);
+    let expected_range = format!("bytes={offset}-");
+    assert_eq!(requests[0].range.as_deref(), Some(expected_range.as_str()));
+    case.assert_little_waste();
+}
+
+#[test]
+fn orphaned_partial_is_kept_and_resumed_when_its_chit_returns() {
+    let case = Case::new(2 * MIB);
+    let record = case.kill_after_checkpoint(stall());
+    // The consumer takes the chit away while the daemon is down.
+    let chit = case.spool.state_dir(State::Fetch).join("f");
+    let saved = case.dir.join("f.saved");
+    fs::rename(&chit, &saved).expect("take the chit away");
+    Daemon::for_spool(&case.dir, &case.spool)
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+    assert_eq!(
+        fs::read_to_string(case.record_path()).ok(),
+        Some(record.clone())
+    );
+    let part = fs::metadata(case.partial("part")).expect("part kept");
+    assert!(part.len() >= offset_of(&record));
+
+    // Retrying later resumes where the orphan left off.
+    let text = fs::read(&saved).expect("saved chit");
+    case.spool.drop_chit("f", text);
+    let requests = case.run_to_delivery(30_000);
+    let expected_range = format!("bytes={}-", offset_of(&record));
+    assert_eq!(requests[0].range.as_deref(), Some(expected_range.as_str()));
+}
+
+// ---- start-up recovery in delivery directories and spools ----
+
+#[test]
+fn startup_removes_delivery_temporaries_and_nothing_else() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let outside = TestDir::new();
+    let deliver = &spool.deliver;
+    fs::create_dir_all(deliver.join("gnu")).unwrap();
+    let ours = [".f.bin.chitd-4242.7", "gnu/.make-4.4.tar.gz.chitd-1.0"];
+    let theirs = [
+        ".hidden",
+        "gnu/.notes.chitd-",
+        ".y.chitd-1.2.bak",
+        "gnu/keep",
+    ];
+    for name in ours.iter().chain(&theirs) {
+        fs::write(deliver.join(name), "x").unwrap();
+    }
+    outside.write(".o.chitd-1.1", "outside");
+    std::os::unix::fs::symlink(outside.path(), deliver.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(outside.join(".o.chitd-1.1"), deliver.join(".s.chitd-2.2")).unwrap();
+    // A delivery in the same run still works.
+    let server = Server::start();
+    let content = Content::random(10_000);
+    server.add("/f", content.bytes.clone());
+    spool.drop_chit("f", content.chit("gnu/f.bin", &[server.url("/f")]));
+
+    Daemon::for_spool(&dir, &spool)
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+
+    spool.assert_delivered("f", "gnu/f.bin", &content);
+    for name in ours {
+        assert!(!deliver.join(name).exists(), "{name} should be removed");
+    }
+    for name in theirs {
+        assert!(deliver.join(name).exists(), "{name} is the consumer's");
+    }
+    assert!(outside.join(".o.chitd-1.1").exists(), "followed a symlink");
+    assert!(fs::symlink_metadata(deliver.join(".s.chitd-2.2")).is_ok());
+}
+
+/// The "two copies" rule: a chit name found in `request/` or `fetch/` and
+/// also in `downloaded/` or `fail/` is a newer request under a re-used name.
+/// It is processed normally and its outcome replaces the old one: at the end
+/// the name is in exactly one directory, the one the new request reached.
+#[test]
+fn reused_chit_name_newer_request_wins() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let old = Content::random(1_000);
+    let new = Content::random(2_000);
+    let missing = Content::random(3_000);
+    server.add("/new", new.bytes.clone());
+    let new_chit = new.chit("new.bin", &[server.url("/new")]);
+    let missing_chit = missing.chit("missing.bin", &[server.url("/missing")]);
+    let old_chit = old.chit("old.bin", &[server.url("/old")]);
+    let old_failure = format!("{old_chit}# error: HTTP 404 Not Found\n");
+    // Terminal then re-requested (request/), or found in fetch/ at start.
+    spool.put_chit(State::Downloaded, "a", &old_chit);
+    spool.put_chit(State::Request, "a", &new_chit);
+    spool.put_chit(State::Fail, "b", &old_failure);
+    spool.put_chit(State::Request, "b", &new_chit);
+    spool.put_chit(State::Downloaded, "c", &old_chit);
+    spool.put_chit(State::Request, "c", &missing_chit);
+    spool.put_chit(State::Downloaded, "d", &old_chit);
+    spool.put_chit(State::Fail, "d", &old_failure);
+    spool.put_chit(State::Fetch, "d", &new_chit);
+
+    Daemon::for_spool(&dir, &spool)
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+
+    for name in ["a", "b", "d"] {
+        assert_eq!(
+            spool.states_of(name),
+            [State::Downloaded],
+            "{}",
+            spool.describe()
+        );
+        assert_eq!(spool.read_chit(State::Downloaded, name), new_chit);
+    }
+    spool.assert_delivered("a", "new.bin", &new);
+    assert_eq!(spool.states_of("c"), [State::Fail], "{}", spool.describe());
+    let failed = spool.read_chit(State::Fail, "c");
+    assert!(failed.starts_with(&missing_chit), "{failed}");
+    assert!(failed.contains("404"), "{failed}");
+}
