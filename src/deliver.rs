@@ -101,11 +101,14 @@ fn copy(source: &File, target: &mut File) -> io::Result<()> {
         let want = usize::try_from(length - done)
             .unwrap_or(usize::MAX)
             .min(1 << 30);
+        // Explicit offsets (the kernel advances these copies, not the
+        // files' positions); `done` moves by what was copied.
+        let (mut read_at, mut write_at) = (done, done);
         match rustix::fs::copy_file_range(
             source,
-            Some(&mut done.clone()),
+            Some(&mut read_at),
             &*target,
-            Some(&mut done.clone()),
+            Some(&mut write_at),
             want,
         ) {
             Ok(0) => break,

@@ -64,8 +64,13 @@ impl StatusFile {
             let root = Dir::open_root(&self.spool)?;
             let (temp, mut file) = root.create_temp("status")?;
             let json = serde_json::to_vec(&published).map_err(std::io::Error::other)?;
-            file.write_all(&json)?;
-            root.rename(&temp, &root, STATUS_FILE)
+            let written = file
+                .write_all(&json)
+                .and_then(|()| root.rename(&temp, &root, STATUS_FILE));
+            if written.is_err() {
+                let _ = root.remove_file(&temp);
+            }
+            written
         })();
         match result {
             Ok(()) => *last = Some(published.downloads),

@@ -204,18 +204,21 @@ impl Fetcher {
                     }
                 }
             }
-            if ruled_out.iter().all(|&out| out) {
-                return Err(DownloadError::Failed(summary(
-                    "every source failed",
-                    &job.sources,
-                    &answers,
-                )));
-            }
-            if last_progress.elapsed() >= self.settings.give_up_after {
-                let what = format!(
-                    "no progress for {}",
-                    humantime::format_duration(self.settings.give_up_after)
-                );
+            let what = if ruled_out.iter().all(|&out| out) {
+                Some("every source failed".to_owned())
+            } else if last_progress.elapsed() >= self.settings.give_up_after {
+                let after = humantime::format_duration(self.settings.give_up_after);
+                Some(format!("no progress for {after}"))
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                // Keep only what a later download can resume from: an empty
+                // `.part`, or bytes no record covers (a disk that filled up),
+                // would only take space.
+                if !partial.is_resumable() {
+                    blocking(move || partial.discard()).await;
+                }
                 return Err(DownloadError::Failed(summary(
                     &what,
                     &job.sources,
