@@ -1,25 +1,41 @@
 #!/usr/bin/env bash
-# Fuzz the chit parser (fuzz/fuzz_targets/chit_parse.rs) for a bounded time.
+# Fuzz chitd's parsers of untrusted text for a bounded time each:
 #
-#   scripts/fuzz.sh [extra libFuzzer flags...]     e.g. -max_len=70000
+#   chit_parse    Chit::parse (fuzz/fuzz_targets/chit_parse.rs): chits are
+#                 written by consumers.
+#   record_parse  partial::Record::parse (fuzz/fuzz_targets/record_parse.rs):
+#                 progress records survive crashes and may be torn.
 #
-# FUZZ_SECONDS (default 60) bounds the run. The corpus grows in
-# fuzz/corpus/chit_parse (not committed), seeded from fuzz/seeds/chit_parse
-# with the tokens of fuzz/chit_parse.dict;
-# a crash is saved under fuzz/artifacts/chit_parse/ and fails the script.
-# Only a stable toolchain is installed here, so RUSTC_BOOTSTRAP=1 lets
-# cargo-fuzz pass the nightly-only sanitizer and coverage flags.
+#   scripts/fuzz.sh [TARGET] [extra libFuzzer flags...]   e.g. chit_parse -max_len=70000
+#
+# With no TARGET (or "all"), every target runs in turn. FUZZ_SECONDS
+# (default 60) bounds each run. The corpus grows in fuzz/corpus/<target>
+# (not committed), seeded from fuzz/seeds/<target> with the tokens of
+# fuzz/<target>.dict; a crash is saved under fuzz/artifacts/<target>/ and
+# fails the script. Only a stable toolchain is installed here, so
+# RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass the nightly-only sanitizer and
+# coverage flags.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${FUZZ_SECONDS:-60}"
+targets=(chit_parse record_parse)
+case "${1:-all}" in
+    all) [[ $# -gt 0 ]] && shift ;;
+    chit_parse | record_parse) targets=("$1"); shift ;;
+    -*) ;;
+    *) echo "unknown fuzz target: $1 (one of: ${targets[*]}, all)" >&2; exit 2 ;;
+esac
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
 export RUSTC_BOOTSTRAP=1
-corpus=fuzz/corpus/chit_parse
-mkdir -p "$corpus"
-cargo fuzz run --fuzz-dir fuzz chit_parse "$corpus" fuzz/seeds/chit_parse -- \
-    -max_total_time="$seconds" -dict=fuzz/chit_parse.dict "$@"
+for target in "${targets[@]}"; do
+    corpus="fuzz/corpus/$target"
+    mkdir -p "$corpus"
+    echo "== fuzzing $target for ${seconds}s"
+    cargo fuzz run --fuzz-dir fuzz "$target" "$corpus" "fuzz/seeds/$target" -- \
+        -max_total_time="$seconds" -dict="fuzz/$target.dict" "$@"
+done

@@ -37,7 +37,7 @@ pub fn deliver_unsynced(root: &Dir, path: &DeliveryPath, object: &Path) -> io::R
         .map_err(|e| with_path(e, "copying into", &parent.path().join(&temp)))
         .and_then(|()| {
             target
-                .sync_all()
+                .sync_data()
                 .map_err(|e| with_path(e, "syncing", &parent.path().join(&temp)))
         })
         .and_then(|()| parent.rename(&temp, &parent, name));

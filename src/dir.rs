@@ -103,6 +103,7 @@ impl Dir {
         components: impl IntoIterator<Item = &'a str>,
     ) -> io::Result<Dir> {
         let mut current = self.open_dir(".")?;
+        current.path = self.path.clone(); // not "<path>/.", in messages
         for component in components {
             current = match current.open_dir(component) {
                 Ok(dir) => dir,

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! An object appears under its final name only by `rename(2)` of a complete,
-//! verified, fsync'd `.part`, followed by an fsync of its directory, so a
-//! name in `sha256-v1/` always holds exactly the bytes of its digest. The
+//! verified, fsync'd `.part` (its directory is fsync'd by the group commit
+//! of its first delivery), so a name in `sha256-v1/` always holds exactly
+//! the bytes of its digest. The
 //! layout is versioned in the directory names so a future layout can live
 //! beside this one.
 
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::chit::Digest;
-use crate::durable::{sync_dir, with_path};
+use crate::durable::with_path;
 use crate::partial::Partial;
 
 /// Orphaned partial downloads (no chit has asked for them since) are kept
@@ -101,15 +102,20 @@ impl Store {
         Partial::open(&self.partials, digest, size)
     }
 
-    /// Publish a complete, verified partial under its digest: rename, then
-    /// fsync the directory. Returns the object path.
+    /// Publish a complete, verified partial under its digest (fdatasync'd
+    /// by `into_complete`, then renamed). Returns the object path.
+    ///
+    /// The rename is made durable by the caller: the group commit that
+    /// first delivers the object fsyncs its directory together with the
+    /// delivery directories (one fsync for many small objects). Until then a
+    /// crash may lose the name, never the content under it: the worst case
+    /// is downloading the object again.
     pub fn publish(&self, partial: Partial, digest: &Digest) -> io::Result<PathBuf> {
         let part = partial.into_complete()?;
         let path = self.object_path(digest);
         let dir = path.parent().unwrap_or(&self.objects);
         fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
         fs::rename(&part, &path).map_err(|e| with_path(e, "publishing", &path))?;
-        sync_dir(dir)?;
         Ok(path)
     }
 

@@ -7,7 +7,8 @@
 #   RUNS=5             timed runs per command
 #   BENCH_DIR, CHITD, CHITD_BUILT, KEEP, NO_INSTALL, NO_CHITD: see lib.sh
 #
-# Every run starts from empty cache and delivery directories. The source file
+# Every run starts from empty cache and delivery directories, after a `sync`
+# (untimed) so no run pays for the previous one's writeback. The source file
 # stays in the page cache (it is not dropped between runs), so the numbers
 # measure the tools, not the disk's read speed; writes are made durable where
 # the tool promises durability (chitd fsyncs; the pipeline and the floor run
@@ -25,7 +26,9 @@
 #   aria2c-x1        aria2c --checksum=sha-256=HEX, one connection
 #   aria2c-x4        the same with -x4 -s4
 #   floor            cat the (page-cached) file into a new file, cp it, sync
-#                    both: what any verified cache+delivery must at least cost
+#                    both: the I/O a cache + delivery copy must do, done one
+#                    step after the other (a tool that overlaps writeback with
+#                    the transfer can beat it)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -44,9 +47,11 @@ nginx_start "$WORK/www"
 url=$NGINX_URL/big.bin
 
 out=$WORK/out
+# fresh: empty dirs, and no dirty pages left by the previous run (untimed).
 fresh() {
     rm -rf "$out"
     mkdir -p "$out/cache" "$out/deliver"
+    sync
 }
 same() { cmp -s "$src" "$1" || die "$1 differs from the source"; }
 delivered_ok() { same "$out/deliver/big.bin"; }

@@ -154,6 +154,7 @@ naive_start() {
     setsid bash -c "$naive_body" naive "$out/spool" "$out/deliver" "$WORK/naive-cache" "$1" "$WORK/naive.err" \
         </dev/null >>"$WORK/naive.log" 2>&1 &
     naive_pid=$!
+    # shellcheck disable=SC2016 # wait_for evals it
     wait_for 'grep -q "Watches established" "$WORK/naive.err"' 10 "the naive worker's inotify watch"
 }
 naive_stop() {

@@ -33,9 +33,11 @@ nginx_start "$WORK/www"
 base=$NGINX_URL/small
 
 out=$WORK/out
+# fresh: empty dirs, and no dirty pages left by the previous run (untimed).
 fresh() {
     rm -rf "$out"
     mkdir -p "$out/cache" "$out/deliver"
+    sync
 }
 # all_ok: every file delivered with the right bytes (cmp against the source).
 all_ok() {

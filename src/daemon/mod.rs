@@ -112,6 +112,7 @@ pub async fn run(
         }
         request_dirs.push(spool.request.path().to_path_buf());
         let status = StatusFile::new(&consumer.spool);
+        status.remove_temporaries();
         consumers.push(Consumer {
             spool,
             deliver,
@@ -138,6 +139,7 @@ pub async fn run(
         commits: Vec::new(),
         committing: false,
         tried: HashMap::new(),
+        earlier_failures: HashMap::new(),
         jobs: config.jobs.max(1),
         cancel: CancellationToken::new(),
     };
@@ -166,6 +168,9 @@ struct Scheduler {
     /// Sources already tried in vain for a digest that is being retried
     /// from sources that chits joining later named.
     tried: HashMap<Digest, Vec<url::Url>>,
+    /// The reasons of those earlier, failed downloads: the final reason
+    /// lists every source's answer, not only the last round's.
+    earlier_failures: HashMap<Digest, Vec<String>>,
     jobs: usize,
     cancel: CancellationToken,
 }
@@ -307,6 +312,12 @@ impl Scheduler {
                     .any(|source| !tried_before.contains(source))
             });
             if untried {
+                if let Err(reason) = outcome {
+                    self.earlier_failures
+                        .entry(digest)
+                        .or_default()
+                        .push(reason);
+                }
                 for waiter in waiters {
                     let size = waiter.chit.size;
                     self.inflight.add(digest, size, waiter);
@@ -315,6 +326,14 @@ impl Scheduler {
             }
         }
         self.tried.remove(&digest);
+        let earlier = self.earlier_failures.remove(&digest).unwrap_or_default();
+        let outcome = outcome.map_err(|last| {
+            earlier
+                .into_iter()
+                .chain(std::iter::once(last))
+                .collect::<Vec<_>>()
+                .join("; then ")
+        });
         let outcome = Arc::new(outcome);
         for waiter in waiters {
             self.ready.push((waiter, Arc::clone(&outcome)));

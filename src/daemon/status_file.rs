@@ -4,7 +4,8 @@
 //! (dot name: not a chit, not a state) every second with its pid and the
 //! consumer's chits being downloaded (bytes done / total). It is replaced by
 //! rename, never written in place (so a symlink planted there is replaced,
-//! not followed), and removed at a clean exit. `status` trusts it only while
+//! not followed), and removed at a clean exit; a temporary a crash left
+//! behind is removed at the next start. `status` trusts it only while
 //! the pid it names is alive.
 
 use std::io::Write;
@@ -13,7 +14,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dir::Dir;
+use crate::dir::{Dir, Kind};
 
 pub const STATUS_FILE: &str = ".chitd-status.json";
 /// A status file larger than this is not the daemon's and is ignored.
@@ -37,14 +38,22 @@ pub struct Published {
 #[derive(Debug)]
 pub struct StatusFile {
     spool: PathBuf,
+    /// The spool root, opened once at start like the state directories: a
+    /// consumer that can later replace its spool directory (with a symlink
+    /// to `/etc`, say) cannot redirect the status writes.
+    root: Option<Dir>,
     /// What was last written, to skip identical rewrites.
     last: Mutex<Option<Vec<InFlightChit>>>,
 }
 
 impl StatusFile {
     pub fn new(spool: &Path) -> StatusFile {
+        let root = Dir::open_root(spool)
+            .map_err(|e| tracing::warn!("cannot publish in-flight progress: {e}"))
+            .ok();
         StatusFile {
             spool: spool.to_path_buf(),
+            root,
             last: Mutex::new(None),
         }
     }
@@ -60,8 +69,10 @@ impl StatusFile {
             pid: std::process::id(),
             downloads,
         };
+        let Some(root) = &self.root else {
+            return;
+        };
         let result = (|| {
-            let root = Dir::open_root(&self.spool)?;
             let (temp, mut file) = root.create_temp("status")?;
             let json = serde_json::to_vec(&published).map_err(std::io::Error::other)?;
             let written = file
@@ -78,8 +89,25 @@ impl StatusFile {
         }
     }
 
+    /// Remove the temporaries of status writes a crash cut short
+    /// (`.status.chitd-<pid>.<n>` in the spool root). Best effort.
+    pub fn remove_temporaries(&self) {
+        let Some(root) = &self.root else {
+            return;
+        };
+        for name in root.names().unwrap_or_default() {
+            if name.starts_with(".status.chitd-")
+                && Dir::is_temp_name(&name)
+                && root.kind(&name).is_ok_and(|kind| kind == Kind::File)
+                && root.remove_file(&name).is_ok()
+            {
+                tracing::info!(spool = %self.spool.display(), name, "removed a status temporary left by an earlier run");
+            }
+        }
+    }
+
     pub fn remove(&self) {
-        if let Ok(root) = Dir::open_root(&self.spool) {
+        if let Some(root) = &self.root {
             let _ = root.remove_file(STATUS_FILE);
         }
     }

@@ -2,11 +2,12 @@
 //! it, deliver it from the cache or hand it to the scheduler to wait for a
 //! download; and, once a download ends, deliver or fail its waiters.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::chit::{Chit, Digest};
 use crate::deliver::deliver_unsynced;
 use crate::dir::Dir;
+use crate::durable::sync_dir;
 use crate::spool::{Claim, ReadError};
 
 use super::Shared;
@@ -51,6 +52,9 @@ pub struct Commit {
     pub from: &'static str,
     /// The delivery directory that holds the new file; fsync'd by the commit.
     pub parent: Dir,
+    /// The cache directory of a freshly downloaded object, whose rename
+    /// the commit makes durable too (see `Store::publish`).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Claim (when in `request/`), read, parse, and try the cache.
@@ -170,6 +174,9 @@ fn deliver_chit(
             path: chit.path.to_string(),
             from,
             parent,
+            cache_dir: (from == "download")
+                .then(|| object.parent().map(Path::to_path_buf))
+                .flatten(),
         }),
         Err(e) => {
             let reason = format!("cannot deliver {}: {e}", chit.path);
@@ -191,6 +198,18 @@ fn deliver_chit(
 /// every chit `fetch/ → downloaded/` with one fsync of each consumer's
 /// `downloaded/`. A chit whose directory cannot be synced is failed.
 pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
+    let mut cache_dirs: Vec<&Path> = batch
+        .iter()
+        .filter_map(|e| e.cache_dir.as_deref())
+        .collect();
+    cache_dirs.sort_unstable();
+    cache_dirs.dedup();
+    for dir in cache_dirs {
+        if let Err(e) = sync_dir(dir) {
+            // Only the cache's memory of the object is at stake, not a delivery.
+            tracing::warn!("cannot make a cache entry durable: {e}");
+        }
+    }
     let mut synced: Vec<(&Path, std::io::Result<()>)> = Vec::new();
     for entry in &batch {
         if !synced.iter().any(|(path, _)| *path == entry.parent.path()) {

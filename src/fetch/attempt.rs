@@ -365,9 +365,11 @@ fn validator(headers: &HeaderMap) -> Validator {
             .and_then(|v: &header::HeaderValue| v.to_str().ok())
             .map(str::to_owned)
     };
+    // "-" is how a progress record writes "none": a server's "-" could not
+    // survive a restart, so it is no validator.
     Validator {
-        etag: text(header::ETAG).filter(|etag| !etag.starts_with("W/")),
-        last_modified: text(header::LAST_MODIFIED),
+        etag: text(header::ETAG).filter(|etag| !etag.starts_with("W/") && etag != "-"),
+        last_modified: text(header::LAST_MODIFIED).filter(|value| value != "-"),
     }
 }
 

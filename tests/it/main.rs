@@ -14,6 +14,7 @@
 //! - `status`: `status --json`.
 //! - `config`: configuration files.
 //! - `restart`: SIGTERM, SIGINT, SIGKILL and the next start.
+//! - `crash`: the crash torture test (random SIGKILLs under a mixed load).
 //! - `resume`: resuming after breaks and crashes; progress records; start-up
 //!   recovery of delivery temporaries and re-used chit names.
 //! - `confinement`: symlinks and hard links never lead writes outside.
@@ -24,6 +25,7 @@ mod chits;
 mod cli;
 mod config;
 mod confinement;
+mod crash;
 mod dedup;
 mod examples;
 mod failures;

@@ -423,7 +423,7 @@ fn orphaned_partial_is_kept_and_resumed_when_its_chit_returns() {
 // ---- start-up recovery in delivery directories and spools ----
 
 #[test]
-fn startup_removes_delivery_temporaries_and_nothing_else() {
+fn startup_removes_delivery_and_status_temporaries_and_nothing_else() {
     let dir = TestDir::new();
     let spool = dir.spool("c");
     let outside = TestDir::new();
@@ -439,6 +439,9 @@ fn startup_removes_delivery_temporaries_and_nothing_else() {
     for name in ours.iter().chain(&theirs) {
         fs::write(deliver.join(name), "x").unwrap();
     }
+    // A status file write cut short leaves its temporary in the spool root.
+    let status_temp = spool.spool.join(".status.chitd-4242.3");
+    fs::write(&status_temp, "{").unwrap();
     outside.write(".o.chitd-1.1", "outside");
     std::os::unix::fs::symlink(outside.path(), deliver.join("elsewhere")).unwrap();
     std::os::unix::fs::symlink(outside.join(".o.chitd-1.1"), deliver.join(".s.chitd-2.2")).unwrap();
@@ -460,6 +463,7 @@ fn startup_removes_delivery_temporaries_and_nothing_else() {
     for name in theirs {
         assert!(deliver.join(name).exists(), "{name} is the consumer's");
     }
+    assert!(!status_temp.exists(), "status temporary left");
     assert!(outside.join(".o.chitd-1.1").exists(), "followed a symlink");
     assert!(fs::symlink_metadata(deliver.join(".s.chitd-2.2")).is_ok());
 }

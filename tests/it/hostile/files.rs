@@ -325,3 +325,47 @@ impl Opens {
         names
     }
 }
+
+/// A consumer that owns the directory above its roots swaps its spool and
+/// delivery directories for symlinks to the outside while the daemon runs.
+/// Every write chitd makes goes through descriptors opened at start, so it
+/// keeps landing in the original (moved) directories: the delivery, the
+/// chit's transitions, and the status file published during a download.
+#[test]
+fn roots_swapped_for_symlinks_while_running_redirect_nothing() {
+    let setup = Setup::new();
+    let spool = &setup.spool;
+    let (content, chit) = setup.serve("/slow", 32 * 1024);
+    setup.server.set_fault(
+        "/slow",
+        crate::server::Fault::SlowDrip {
+            bytes_per_tick: 4 * 1024,
+            tick: Duration::from_millis(100),
+        },
+    );
+    let _daemon = setup.start();
+    let status_file = spool.spool.join(".chitd-status.json");
+    wait_until(TIMEOUT, "the first status publication", || {
+        status_file.exists().then_some(())
+    });
+
+    let moved_spool = spool.spool.with_file_name("spool-moved");
+    let moved_deliver = spool.deliver.with_file_name("deliver-moved");
+    fs::rename(&spool.spool, &moved_spool).unwrap();
+    fs::rename(&spool.deliver, &moved_deliver).unwrap();
+    symlink(&setup.outside.root, &spool.spool).unwrap();
+    symlink(setup.outside.root.join("subdir"), &spool.deliver).unwrap();
+    let request = moved_spool.join("request");
+    fs::write(request.join(".slow.tmp"), chit).unwrap();
+    fs::rename(request.join(".slow.tmp"), request.join("slow")).unwrap();
+
+    let downloaded = moved_spool.join("downloaded/slow");
+    wait_until(TIMEOUT, "the chit to be downloaded in the moved spool", || {
+        downloaded.exists().then_some(())
+    });
+    assert_eq!(
+        fs::read(moved_deliver.join("good-slow.bin")).unwrap(),
+        content.bytes
+    );
+    setup.outside.assert_untouched();
+}

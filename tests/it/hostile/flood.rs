@@ -1,1 +1,132 @@
-//! TODO
+//! A flood: 100,000 chits in one consumer's spool. chitd must work through
+//! them in bounded memory, and another consumer must still be served within
+//! seconds while the flood is in progress (the scheduler takes one chit
+//! from each consumer in turn).
+//!
+//! The flood is what a hostile or broken consumer produces most cheaply:
+//! junk. Bad chits are also the dearest for chitd per chit, with no
+//! download to amortise: each is claimed, read, parsed, rebuilt with its
+//! `# error:` line, fsync'd and moved to `fail/`. A few malformed forms
+//! are mixed, so that every chit is read and parsed.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use super::{Outside, peak_rss_kib};
+use crate::server::Server;
+use crate::util::{ConfigFile, Content, Daemon, State, TestDir, TestSpool};
+
+const FLOOD: usize = 100_000;
+/// The daemon's peak memory (VmHWM) must stay below this.
+const MAX_PEAK_RSS_KIB: u64 = 256 * 1024;
+/// The other consumer's chit, dropped mid-flood, is delivered within this.
+const PROMPTLY: Duration = Duration::from_secs(5);
+/// The whole flood must be through within this (about 25 s here).
+const FLOOD_DEADLINE: Duration = Duration::from_secs(120);
+
+#[test]
+fn flood_of_100000_chits_in_bounded_memory_does_not_starve_another_consumer() {
+    let dir = TestDir::new();
+    let outside = Outside::create(&dir);
+    let flood = dir.spool("flood");
+    let other = dir.spool("other");
+    let request = flood.state_dir(State::Request);
+    let started = Instant::now();
+    for i in 0..FLOOD {
+        // Straight into request/: the daemon is not running yet.
+        fs::write(request.join(format!("junk{i:06}")), junk(i)).unwrap();
+    }
+    eprintln!("wrote {FLOOD} chits in {:?}", started.elapsed());
+    let config = ConfigFile {
+        cache: Some(dir.cache()),
+        consumers: vec![flood.clone(), other.clone()],
+        ..ConfigFile::default()
+    }
+    .write(&dir, "chitd.toml");
+    let mut daemon = Daemon::builder(&dir).config(&config).start();
+    let started = Instant::now();
+
+    poll(FLOOD_DEADLINE, "the flood to be under way", || {
+        count(&flood, State::Fail) >= 1_000
+    });
+    let server = Server::start();
+    let content = Content::random(10_000);
+    server.add("/other", content.bytes.clone());
+    let dropped = Instant::now();
+    other.drop_chit("other", content.chit("other.bin", &[server.url("/other")]));
+    other.expect_downloaded("other");
+    let latency = dropped.elapsed();
+    let pending = count(&flood, State::Request) + count(&flood, State::Fetch);
+    eprintln!("the other consumer was served in {latency:?}, with {pending} flood chits pending");
+    other.assert_delivered("other", "other.bin", &content);
+    assert!(
+        pending > 0,
+        "the flood was over before the other chit was served: this proves nothing"
+    );
+    assert!(
+        latency < PROMPTLY,
+        "the other consumer waited {latency:?} behind the flood"
+    );
+
+    poll(FLOOD_DEADLINE, "every flood chit to fail", || {
+        count(&flood, State::Fail) == FLOOD
+    });
+    let elapsed = started.elapsed();
+    let peak = peak_rss_kib(daemon.pid());
+    eprintln!(
+        "{FLOOD} chits failed in {elapsed:?} ({:.0}/s); peak RSS {} MiB",
+        FLOOD as f64 / elapsed.as_secs_f64(),
+        peak / 1024
+    );
+    assert!(
+        peak < MAX_PEAK_RSS_KIB,
+        "peak RSS {peak} KiB over {MAX_PEAK_RSS_KIB} KiB"
+    );
+    assert_eq!(
+        count(&flood, State::Request) + count(&flood, State::Fetch),
+        0
+    );
+    assert!(daemon.try_exit().is_none(), "the daemon died");
+    // Spot checks: each junk chit got its reason.
+    for i in [0, 1, 2, 3, FLOOD / 2, FLOOD - 1] {
+        let failed = flood.read_chit(State::Fail, &format!("junk{i:06}"));
+        let reason = crate::util::error_reason(&failed).unwrap_or_default();
+        assert!(reason.starts_with("bad chit: "), "junk{i:06}: {failed:?}");
+    }
+    outside.assert_untouched();
+}
+
+/// Junk chit number `i`: one of a few malformed forms.
+fn junk(i: usize) -> String {
+    const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    match i % 4 {
+        0 => format!("junk {i}\n"),
+        1 => format!("{DIGEST}\n{i}\n../../escape/{i}\n"),
+        2 => format!("{DIGEST}\n{i}\nf{i}\nftp://127.0.0.1/{i}\n"),
+        _ => format!("{DIGEST}\n-{i}\nf\n"),
+    }
+}
+
+/// The chits in a state directory (counting a 100,000-entry directory is
+/// not free: look every 100 ms).
+fn count(spool: &TestSpool, state: State) -> usize {
+    fs::read_dir(spool.state_dir(state))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn poll(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
