@@ -77,7 +77,7 @@ impl StatusFile {
             let json = serde_json::to_vec(&published).map_err(std::io::Error::other)?;
             let written = file
                 .write_all(&json)
-                .and_then(|()| root.rename(&temp, &root, STATUS_FILE));
+                .and_then(|()| root.rename(&temp, root, STATUS_FILE));
             if written.is_err() {
                 let _ = root.remove_file(&temp);
             }
