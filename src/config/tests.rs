@@ -1,0 +1,484 @@
+//! Unit tests of `config`.
+use super::*;
+
+const EXAMPLE: &str = r#"cache   = "cache"                          # content-addressed store
+mirrors = ["https://mirror.example/distfiles"]
+jobs    = 4                                # concurrent downloads
+give_up_after = "60s"                      # no progress for this long: fail
+
+[[consumer]]
+name    = "builder01"
+spool   = "builders/01/spool"
+deliver = "builders/01/distfiles"
+"#;
+
+const CONSUMER: &str = "[[consumer]]\nname = \"a\"\nspool = \"s\"\ndeliver = \"d\"\n";
+
+fn base() -> PathBuf {
+    PathBuf::from("/etc/chitd")
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, &base())
+}
+
+/// Parses `text`, expecting an error about `key` at `line`; returns its message.
+fn key_error(text: &str, key: &str, line: usize) -> String {
+    match parse(text) {
+        Err(error @ ConfigError::Key { .. }) => {
+            let message = error.to_string();
+            let ConfigError::Key {
+                location,
+                key: found,
+                ..
+            } = error
+            else {
+                unreachable!()
+            };
+            assert_eq!((found.as_str(), location.line), (key, line), "{message}");
+            assert!(message.contains(&format!("line {line},")), "{message}");
+            assert!(message.contains(&format!("`{key}`")), "{message}");
+            message
+        }
+        other => panic!("expected an error about `{key}` at line {line}, got {other:?}"),
+    }
+}
+
+#[test]
+fn contract_example() {
+    let config = parse(EXAMPLE).expect("the contract's example parses");
+    let expected = Config {
+        cache: "/etc/chitd/cache".into(),
+        mirrors: vec![Url::parse("https://mirror.example/distfiles").expect("url")],
+        jobs: 4,
+        give_up_after: Duration::from_secs(60),
+        consumers: vec![Consumer {
+            name: "builder01".into(),
+            spool: "/etc/chitd/builders/01/spool".into(),
+            deliver: "/etc/chitd/builders/01/distfiles".into(),
+        }],
+    };
+    assert_eq!(config, expected);
+    assert_eq!(
+        config.mirrors[0].as_str(),
+        "https://mirror.example/distfiles"
+    );
+    config
+        .validate_for_run()
+        .expect("one consumer is enough to run");
+}
+
+#[test]
+fn empty_text_gives_defaults_and_no_consumers() {
+    let config = parse("").expect("empty is valid");
+    assert_eq!(config.cache, PathBuf::from("/etc/chitd/cache"));
+    assert!(config.mirrors.is_empty());
+    assert_eq!(config.jobs, DEFAULT_JOBS);
+    assert_eq!(config.give_up_after, DEFAULT_GIVE_UP_AFTER);
+    assert!(config.consumers.is_empty());
+    let message = config
+        .validate_for_run()
+        .expect_err("nothing to serve")
+        .to_string();
+    assert!(message.contains("no [[consumer]] defined"), "{message}");
+}
+
+#[test]
+fn paths_are_resolved_against_the_base_dir() {
+    let text = "cache = \"/var/cache/chitd\"\n[[consumer]]\nname = \"x\"\n\
+                spool = \"./sp/ool/\"\ndeliver = \"../dist\"\n";
+    let config = parse(text).expect("valid");
+    assert_eq!(config.cache, PathBuf::from("/var/cache/chitd"));
+    assert_eq!(
+        config.consumers[0].spool,
+        PathBuf::from("/etc/chitd/sp/ool")
+    );
+    assert_eq!(
+        config.consumers[0].deliver,
+        PathBuf::from("/etc/chitd/../dist")
+    );
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_line() {
+    let message = key_error("jobs = 2\n\ncolour = \"blue\"\n", "colour", 3);
+    assert!(message.contains("unknown key"), "{message}");
+    let in_consumer = format!("{CONSUMER}spoool = \"x\"\n");
+    let message = key_error(&in_consumer, "spoool", 5);
+    assert!(
+        message.contains("`deliver`"),
+        "lists the allowed keys: {message}"
+    );
+    let inline =
+        "jobs = 1\nconsumer = [\n  { name = \"a\", spool = \"s\", deliver = \"d\", x = 1 },\n]\n";
+    key_error(inline, "x", 3);
+    key_error("[mirror]\nurl = \"x\"\n", "mirror", 1);
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    for (text, key, line) in [
+        ("cache = 3\n", "cache", 1),
+        ("\nmirrors = \"https://a.example\"\n", "mirrors", 2),
+        ("mirrors = [1]\n", "mirrors", 1),
+        ("jobs = \"four\"\n", "jobs", 1),
+        ("jobs = 2.5\n", "jobs", 1),
+        ("give_up_after = true\n", "give_up_after", 1),
+        (
+            "[[consumer]]\nname = 3\nspool = \"s\"\ndeliver = \"d\"\n",
+            "name",
+            2,
+        ),
+        (
+            "[[consumer]]\nname = \"a\"\nspool = [\"s\"]\ndeliver = \"d\"\n",
+            "spool",
+            3,
+        ),
+        (
+            "[[consumer]]\nname = \"a\"\nspool = \"s\"\ndeliver = {}\n",
+            "deliver",
+            4,
+        ),
+        ("jobs = 1\n[consumer]\nname = \"a\"\n", "consumer", 2),
+        ("consumer = 5\n", "consumer", 1),
+    ] {
+        key_error(text, key, line);
+    }
+}
+
+#[test]
+fn jobs_must_be_at_least_one() {
+    key_error("jobs = 0\n", "jobs", 1);
+    key_error("jobs = -3\n", "jobs", 1);
+    assert_eq!(parse("jobs = 16\n").expect("valid").jobs, 16);
+}
+
+#[test]
+fn durations() {
+    for (text, expected) in [
+        ("\"60s\"", Duration::from_secs(60)),
+        ("\"5m\"", Duration::from_secs(300)),
+        ("\"1h 30m\"", Duration::from_secs(5400)),
+        ("\"500ms\"", Duration::from_millis(500)),
+        ("\"90\"", Duration::from_secs(90)),
+        ("90", Duration::from_secs(90)),
+        ("1.5", Duration::from_millis(1500)),
+    ] {
+        let config = parse(&format!("give_up_after = {text}\n")).expect(text);
+        assert_eq!(config.give_up_after, expected, "{text}");
+    }
+    for text in [
+        "\"soon\"", "\"0s\"", "0", "-1", "\"\"", "\"-5s\"", "0.0", "-0.5", "nan",
+    ] {
+        let message = key_error(&format!("\ngive_up_after = {text}\n"), "give_up_after", 2);
+        assert!(message.contains("give_up_after"), "{message}");
+    }
+}
+
+#[test]
+fn consumers_need_every_field_and_a_name() {
+    let message = key_error(
+        "jobs = 1\n[[consumer]]\nname = \"a\"\nspool = \"s\"\n",
+        "deliver",
+        2,
+    );
+    assert!(message.contains("[[consumer]]"), "{message}");
+    key_error("[[consumer]]\nspool = \"s\"\ndeliver = \"d\"\n", "name", 1);
+    key_error(
+        "[[consumer]]\nname = \"\"\nspool = \"s\"\ndeliver = \"d\"\n",
+        "name",
+        2,
+    );
+    key_error(
+        "[[consumer]]\nname = \"a\"\nspool = \"\"\ndeliver = \"d\"\n",
+        "spool",
+        3,
+    );
+}
+
+#[test]
+fn consumer_names_and_spools_are_unique() {
+    let two = |second: &str| format!("{CONSUMER}{second}");
+    let same_name = two("[[consumer]]\nname = \"a\"\nspool = \"t\"\ndeliver = \"e\"\n");
+    let message = key_error(&same_name, "name", 6);
+    assert!(message.contains("\"a\""), "{message}");
+    for spool in ["s", "./s/", "/etc/chitd/s", "x/../s"] {
+        let text = two(&format!(
+            "[[consumer]]\nname = \"b\"\nspool = \"{spool}\"\ndeliver = \"d2\"\n"
+        ));
+        let message = key_error(&text, "spool", 7);
+        assert!(
+            message.contains("\"a\"") && message.contains("\"b\""),
+            "{message}"
+        );
+    }
+    let text = two("[[consumer]]\nname = \"b\"\nspool = \"s2\"\ndeliver = \"d\"\n");
+    assert_eq!(parse(&text).expect("distinct").consumers.len(), 2);
+}
+
+#[test]
+fn mirrors_are_checked_and_kept_as_written() {
+    let text = "mirrors = [\n  \"https://a.example/distfiles/\",\n  \"http://b.example\",\n  \
+                \"file:///srv/mirror\",\n]\n";
+    let mirrors = parse(text).expect("valid").mirrors;
+    let written: Vec<&str> = mirrors.iter().map(Url::as_str).collect();
+    assert_eq!(
+        written,
+        [
+            "https://a.example/distfiles/",
+            "http://b.example/",
+            "file:///srv/mirror"
+        ]
+    );
+    for (bad, why) in [
+        ("ftp://c.example/pub", "scheme"),
+        ("not a url", "not a valid URL"),
+        ("https://c.example/?x=1", "query"),
+        ("https://c.example/#top", "fragment"),
+    ] {
+        let text = format!("mirrors = [\n  \"https://a.example\",\n  \"{bad}\",\n]\n");
+        let message = key_error(&text, "mirrors", 3);
+        assert!(message.contains(bad) && message.contains(why), "{message}");
+    }
+}
+
+#[test]
+fn crlf_and_bom_are_fine() {
+    let text = "\u{feff}jobs = 2\r\n\r\n[[consumer]]\r\nname = \"a\"\r\nspool = \"s\"\r\ndeliver = \"d\"\r\n";
+    assert_eq!(parse(text).expect("valid").jobs, 2);
+    key_error(&format!("{text}oops = 1\r\n"), "oops", 7);
+}
+
+#[test]
+fn syntax_errors_have_a_line() {
+    for (text, line) in [
+        ("jobs = 1\ncache = \n", 2),
+        ("jobs = 1\njobs = 2\n", 2),
+        ("[[consumer]\n", 1),
+    ] {
+        match parse(text) {
+            Err(error @ ConfigError::Syntax { .. }) => {
+                let message = error.to_string();
+                assert!(message.contains(&format!("line {line},")), "{message}");
+            }
+            other => panic!("expected a syntax error for {text:?}, got {other:?}"),
+        }
+    }
+    let message = parse("jobs = 1\njobs = 2\n")
+        .expect_err("duplicate")
+        .to_string();
+    assert!(message.contains("jobs"), "{message}");
+}
+
+#[test]
+fn load_resolves_against_the_file_and_names_it_in_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join(DEFAULT_CONFIG_NAME);
+    std::fs::write(&file, EXAMPLE).expect("write");
+    let config = Config::load(&file).expect("loads");
+    assert_eq!(config.cache, dir.path().join("cache"));
+    assert_eq!(
+        config.consumers[0].spool,
+        dir.path().join("builders/01/spool")
+    );
+
+    std::fs::write(&file, format!("{CONSUMER}bogus = 1\n")).expect("write");
+    let message = Config::load(&file).expect_err("unknown key").to_string();
+    assert!(
+        message.starts_with(&file.display().to_string()),
+        "{message}"
+    );
+    assert!(
+        message.contains("line 5") && message.contains("`bogus`"),
+        "{message}"
+    );
+
+    let missing = dir.path().join("missing.toml");
+    let error = Config::load(&missing).expect_err("missing");
+    assert!(matches!(error, ConfigError::Read { .. }));
+    assert!(error.to_string().contains("missing.toml"), "{error}");
+}
+
+#[test]
+fn default_layout_and_describe() {
+    let config = Config::default_layout(Path::new("/srv/chitd"));
+    assert_eq!(config.cache, PathBuf::from("/srv/chitd/cache"));
+    let expected = Consumer {
+        name: DEFAULT_CONSUMER.into(),
+        spool: "/srv/chitd/spool".into(),
+        deliver: "/srv/chitd/distfiles".into(),
+    };
+    assert_eq!(config.consumers, [expected]);
+    assert!(config.mirrors.is_empty());
+    let text = config.describe();
+    for part in [
+        "/srv/chitd/cache",
+        "mirrors:       none",
+        "jobs:          4",
+        "1m",
+        "consumer \"default\"",
+        "/srv/chitd/spool",
+        "request/",
+        "fetch/",
+        "downloaded/",
+        "fail/",
+        "/srv/chitd/distfiles",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from:\n{text}");
+    }
+    let with_mirrors = parse(EXAMPLE).expect("valid").describe();
+    assert!(
+        with_mirrors.contains("https://mirror.example/distfiles"),
+        "{with_mirrors}"
+    );
+}
+
+fn cwd() -> PathBuf {
+    PathBuf::from("/home/me/work")
+}
+
+#[test]
+fn run_without_flags_uses_the_embedded_default() {
+    let (config, source) = resolve_run(&RunArgs::default(), &cwd()).expect("default");
+    assert_eq!(source, LayoutSource::EmbeddedDefault);
+    assert_eq!(config, Config::default_layout(&cwd()));
+    let args = RunArgs {
+        jobs: Some(9),
+        ..RunArgs::default()
+    };
+    let (config, source) = resolve_run(&args, &cwd()).expect("default");
+    assert_eq!((config.jobs, source), (9, LayoutSource::EmbeddedDefault));
+}
+
+#[test]
+fn run_with_spool_flags_only() {
+    let args = RunArgs {
+        spool: Some("sp".into()),
+        deliver: Some("/abs/dist".into()),
+        mirror: vec!["https://m.example/d/".into()],
+        ..RunArgs::default()
+    };
+    let (config, source) = resolve_run(&args, &cwd()).expect("flags");
+    assert_eq!(source, LayoutSource::Flags);
+    assert_eq!(config.cache, cwd().join("cache"));
+    let expected = Consumer {
+        name: "default".into(),
+        spool: cwd().join("sp"),
+        deliver: "/abs/dist".into(),
+    };
+    assert_eq!(config.consumers, [expected]);
+    assert_eq!(config.mirrors[0].as_str(), "https://m.example/d/");
+    let lone = RunArgs {
+        spool: Some("sp".into()),
+        ..RunArgs::default()
+    };
+    assert!(matches!(
+        resolve_run(&lone, &cwd()),
+        Err(ConfigError::Flag {
+            flag: "--spool",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn flags_override_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("c.toml"), EXAMPLE).expect("write");
+    let args = RunArgs {
+        config: Some("c.toml".into()),
+        ..RunArgs::default()
+    };
+    let (config, source) = resolve_run(&args, dir.path()).expect("file");
+    assert_eq!(source, LayoutSource::ConfigFile(dir.path().join("c.toml")));
+    assert_eq!(
+        config,
+        Config::load(&dir.path().join("c.toml")).expect("load")
+    );
+
+    let args = RunArgs {
+        config: Some(dir.path().join("c.toml")),
+        spool: Some("s".into()),
+        deliver: Some("d".into()),
+        cache: Some("/var/cache/x".into()),
+        mirror: vec!["file:///srv/m".into(), "http://n.example".into()],
+        jobs: Some(2),
+        exit_when_idle: true,
+    };
+    let (config, _) = resolve_run(&args, &cwd()).expect("overrides");
+    assert_eq!(config.cache, PathBuf::from("/var/cache/x"));
+    assert_eq!(config.jobs, 2);
+    assert_eq!(config.give_up_after, Duration::from_secs(60));
+    assert_eq!(config.mirrors.len(), 2);
+    assert_eq!(config.consumers.len(), 1);
+    assert_eq!(config.consumers[0].spool, cwd().join("s"));
+    assert_eq!(config.consumers[0].deliver, cwd().join("d"));
+}
+
+#[test]
+fn run_refuses_a_file_without_consumers_and_bad_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("empty.toml");
+    std::fs::write(&file, "jobs = 2\n").expect("write");
+    let args = RunArgs {
+        config: Some(file.clone()),
+        ..RunArgs::default()
+    };
+    let message = resolve_run(&args, &cwd())
+        .expect_err("no consumers")
+        .to_string();
+    assert!(
+        message.contains("empty.toml") && message.contains("no [[consumer]]"),
+        "{message}"
+    );
+    let rescued = RunArgs {
+        spool: Some("s".into()),
+        deliver: Some("d".into()),
+        ..args
+    };
+    resolve_run(&rescued, &cwd()).expect("--spool supplies the consumer");
+
+    let ftp = RunArgs {
+        mirror: vec!["ftp://x.example".into()],
+        ..RunArgs::default()
+    };
+    let message = resolve_run(&ftp, &cwd()).expect_err("ftp").to_string();
+    assert!(
+        message.contains("--mirror") && message.contains("ftp://x.example"),
+        "{message}"
+    );
+    let zero = RunArgs {
+        jobs: Some(0),
+        ..RunArgs::default()
+    };
+    assert!(matches!(
+        resolve_run(&zero, &cwd()),
+        Err(ConfigError::Flag { flag: "--jobs", .. })
+    ));
+}
+
+#[test]
+fn status_spools() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("c.toml"), EXAMPLE).expect("write");
+    let args = StatusArgs {
+        config: Some("c.toml".into()),
+        ..StatusArgs::default()
+    };
+    let spools = resolve_status_spools(&args, dir.path()).expect("file");
+    assert_eq!(
+        spools,
+        [(
+            "builder01".to_string(),
+            dir.path().join("builders/01/spool")
+        )]
+    );
+    let args = StatusArgs {
+        spool: Some("sp".into()),
+        ..StatusArgs::default()
+    };
+    let spools = resolve_status_spools(&args, &cwd()).expect("flag");
+    assert_eq!(spools, [("default".to_string(), cwd().join("sp"))]);
+    let spools = resolve_status_spools(&StatusArgs::default(), &cwd()).expect("default");
+    assert_eq!(spools, [("default".to_string(), cwd().join("spool"))]);
+}
