@@ -18,7 +18,7 @@ use crate::util::{Content, Daemon, State, TIMEOUT, TestDir, TestSpool, sha256_he
 
 const MIB: usize = 1 << 20;
 /// A download that breaks is resumed, so the server sends little more than
-/// the object: at most this many times its size.
+/// the object: less than this many times its size.
 const MAX_RATIO: f64 = 1.25;
 
 /// One consumer wanting `/f` as `f.bin` (chit `f`, already dropped).
@@ -70,7 +70,7 @@ impl Case {
         self.server.requests_for("/f").split_off(before)
     }
 
-    /// Body bytes served for `/f` over the object's size; at most
+    /// Body bytes served for `/f` over the object's size: below
     /// [`MAX_RATIO`].
     fn assert_little_waste(&self) {
         let served = self.server.bytes_served_for("/f");

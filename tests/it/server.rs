@@ -104,13 +104,23 @@ impl Request {
 #[derive(Clone)]
 struct Object {
     body: Arc<Vec<u8>>,
+    /// Hex prefix of the body's sha256, computed once when added.
+    tag: Arc<str>,
     generation: u32,
 }
 
 impl Object {
+    fn new(body: Vec<u8>) -> Object {
+        let tag = hex::encode(Sha256::digest(&body))[..16].into();
+        Object {
+            body: Arc::new(body),
+            tag,
+            generation: 0,
+        }
+    }
+
     fn etag(&self) -> String {
-        let digest = hex::encode(Sha256::digest(self.body.as_slice()));
-        format!("\"{}-{}\"", &digest[..16], self.generation)
+        format!("\"{}-{}\"", self.tag, self.generation)
     }
 
     fn last_modified(&self) -> String {
@@ -216,10 +226,7 @@ impl Server {
 
     /// Serve `body` at `path` (the decoded path, starting with `/`).
     pub fn add(&self, path: &str, body: impl Into<Vec<u8>>) {
-        let object = Object {
-            body: Arc::new(body.into()),
-            generation: 0,
-        };
+        let object = Object::new(body.into());
         self.shared.lock().objects.insert(path.to_string(), object);
     }
 
