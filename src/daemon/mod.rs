@@ -58,6 +58,8 @@ pub enum DaemonError {
     Spool { name: String, error: std::io::Error },
     #[error("cannot open the delivery directory of consumer {name}: {error}")]
     Deliver { name: String, error: std::io::Error },
+    #[error("no consumer's directories could be opened")]
+    NoConsumer,
     #[error("cannot watch the spools: {0}")]
     Watch(notify::Error),
     #[error("cannot build the HTTP client: {0}")]
@@ -81,6 +83,36 @@ pub struct Shared {
     pub mirrors: Vec<url::Url>,
 }
 
+/// Open a consumer's directories and remove the temporaries a crash left.
+fn open_consumer(consumer: &crate::config::Consumer) -> Result<Consumer, DaemonError> {
+    let name = || consumer.name.clone();
+    let spool =
+        Spool::open(&consumer.name, &consumer.spool).map_err(|error| DaemonError::Spool {
+            name: name(),
+            error,
+        })?;
+    spool
+        .remove_temporaries()
+        .map_err(|error| DaemonError::Spool {
+            name: name(),
+            error,
+        })?;
+    let deliver = Dir::open_root(&consumer.deliver).map_err(|error| DaemonError::Deliver {
+        name: name(),
+        error,
+    })?;
+    if let Err(e) = crate::deliver::remove_temporaries(&deliver) {
+        tracing::warn!(consumer = %consumer.name, "cannot look for leftover delivery temporaries: {e}");
+    }
+    let status = StatusFile::new(&consumer.spool);
+    status.remove_temporaries();
+    Ok(Consumer {
+        spool,
+        deliver,
+        status,
+    })
+}
+
 /// Serve until `shutdown` resolves (or, with `exit_when_idle`, until no
 /// chit is left in any `request/` or `fetch/`).
 pub async fn run(
@@ -92,32 +124,21 @@ pub async fn run(
     let mut consumers = Vec::new();
     let mut request_dirs: Vec<PathBuf> = Vec::new();
     for consumer in &config.consumers {
-        let spool =
-            Spool::open(&consumer.name, &consumer.spool).map_err(|error| DaemonError::Spool {
-                name: consumer.name.clone(),
-                error,
-            })?;
-        spool
-            .remove_temporaries()
-            .map_err(|error| DaemonError::Spool {
-                name: consumer.name.clone(),
-                error,
-            })?;
-        let deliver = Dir::open_root(&consumer.deliver).map_err(|error| DaemonError::Deliver {
-            name: consumer.name.clone(),
-            error,
-        })?;
-        if let Err(e) = crate::deliver::remove_temporaries(&deliver) {
-            tracing::warn!(consumer = %consumer.name, "cannot look for leftover delivery temporaries: {e}");
+        // A consumer can make its own spool unusable (a symlink where a
+        // state directory should be); that must not stop everyone else's.
+        match open_consumer(consumer) {
+            Ok(opened) => {
+                request_dirs.push(opened.spool.request.path().to_path_buf());
+                consumers.push(opened);
+            }
+            Err(e) if config.consumers.len() > 1 => {
+                tracing::error!(consumer = %consumer.name, "not serving this consumer: {e}");
+            }
+            Err(e) => return Err(e),
         }
-        request_dirs.push(spool.request.path().to_path_buf());
-        let status = StatusFile::new(&consumer.spool);
-        status.remove_temporaries();
-        consumers.push(Consumer {
-            spool,
-            deliver,
-            status,
-        });
+    }
+    if consumers.is_empty() {
+        return Err(DaemonError::NoConsumer);
     }
     let mut fetch = options.fetch.clone();
     fetch.give_up_after = config.give_up_after;

@@ -118,3 +118,32 @@ fn hard_linked_chit_does_not_get_the_other_link_written() {
     let failed = spool.read_chit(State::Fail, "linked");
     assert!(crate::util::error_reason(&failed).is_some(), "{failed:?}");
 }
+
+#[test]
+fn a_consumer_that_breaks_its_own_spool_does_not_stop_the_others() {
+    let dir = TestDir::new();
+    let good = dir.spool("good");
+    let evil = dir.spool("evil");
+    // The evil consumer swaps its request/ for a symlink to somewhere else.
+    let elsewhere = dir.join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::remove_dir(evil.state_dir(State::Request)).unwrap();
+    symlink(&elsewhere, evil.state_dir(State::Request)).unwrap();
+    let server = Server::start();
+    let content = Content::random(1_000);
+    server.add("/f", content.bytes.clone());
+    good.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
+    let config = crate::util::ConfigFile {
+        cache: Some(dir.cache()),
+        consumers: vec![good.clone(), evil.clone()],
+        ..Default::default()
+    }
+    .write(&dir, "chitd.toml");
+
+    let mut daemon = Daemon::builder(&dir).config(&config).exit_when_idle().start();
+    daemon.expect_success(TIMEOUT);
+
+    good.assert_delivered("f", "f.bin", &content);
+    assert!(daemon.log().contains("not serving this consumer"), "{}", daemon.log());
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
