@@ -28,6 +28,11 @@ use std::time::{Duration, Instant};
 use sha2::digest::common::hazmat::SerializableState;
 use sha2::{Digest as _, Sha256};
 
+mod hasher;
+
+use bytes::Bytes;
+
+use self::hasher::Hasher;
 use crate::chit::Digest;
 use crate::durable::{with_path, write_atomic};
 
@@ -43,6 +48,10 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 /// Writeback of received bytes is started every this many bytes, so the
 /// disk writes while the network receives (see `Partial::start_writeback`).
 const WRITEBACK_BYTES: u64 = 8 << 20;
+
+/// Downloads at least this big hash on a thread of their own (see
+/// `hasher`); below it, a thread costs more than it saves.
+const OFFLOAD_HASH_BYTES: u64 = 4 << 20;
 
 const MAGIC: &str = "chitd-progress v1";
 
@@ -159,7 +168,7 @@ pub struct Partial {
     part_path: PathBuf,
     record_path: PathBuf,
     file: File,
-    hasher: Sha256,
+    hasher: Hasher,
     offset: u64,
     durable_offset: u64,
     last_checkpoint: Instant,
@@ -194,7 +203,7 @@ impl Partial {
             part_path,
             record_path,
             file,
-            hasher: Sha256::new(),
+            hasher: Hasher::new(),
             offset: 0,
             durable_offset: 0,
             last_checkpoint: Instant::now(),
@@ -249,13 +258,7 @@ impl Partial {
                 record.offset
             ));
         }
-        let state = record
-            .midstate
-            .as_slice()
-            .try_into()
-            .map_err(|_| "record midstate has the wrong length".to_string())?;
-        self.hasher =
-            Sha256::deserialize(state).map_err(|_| "record midstate is invalid".to_string())?;
+        self.hasher = Hasher::resume(&record.midstate)?;
         Ok(Some(record))
     }
 
@@ -273,7 +276,7 @@ impl Partial {
         self.file
             .set_len(0)
             .map_err(|e| with_path(e, "truncating", &self.part_path))?;
-        self.hasher = Sha256::new();
+        self.hasher = Hasher::new();
         self.offset = 0;
         self.durable_offset = 0;
         self.writeback_offset = 0;
@@ -292,13 +295,16 @@ impl Partial {
 
     /// Append bytes at the current offset, hash them, and checkpoint when
     /// due. The caller guarantees `offset + bytes.len() <= total`.
-    pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub fn append(&mut self, bytes: Bytes) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         self.file
-            .write_all_at(bytes, self.offset)
+            .write_all_at(&bytes, self.offset)
             .map_err(|e| with_path(e, "writing", &self.part_path))?;
-        self.hasher.update(bytes);
         self.offset += bytes.len() as u64;
+        if self.total >= OFFLOAD_HASH_BYTES {
+            self.hasher.offload();
+        }
+        self.hasher.update(bytes);
         if self.offset - self.writeback_offset >= WRITEBACK_BYTES {
             self.start_writeback();
         }
@@ -349,7 +355,7 @@ impl Partial {
             validator: self.validator.clone(),
             total: self.total,
             offset: self.offset,
-            midstate: self.hasher.serialize().to_vec(),
+            midstate: self.hasher.state(),
         };
         write_atomic(&self.record_path, record.render().as_bytes())?;
         self.durable_offset = self.offset;
@@ -367,9 +373,8 @@ impl Partial {
     }
 
     /// The digest of the bytes written, when all `total` are there.
-    pub fn finished_digest(&self) -> Option<Digest> {
-        (self.offset == self.total)
-            .then(|| Digest::from_bytes(self.hasher.clone().finalize().into()))
+    pub fn finished_digest(&mut self) -> Option<Digest> {
+        (self.offset == self.total).then(|| self.hasher.digest())
     }
 
     /// Make the complete file durable and hand it over: returns the `.part`
@@ -505,16 +510,22 @@ mod tests {
         let digest = digest_of(&data);
         let mut partial = Partial::open(dir.path(), digest, data.len() as u64).unwrap();
         partial.source = Some("http://h/x".into());
-        partial.append(&data[..33_333]).unwrap();
+        partial
+            .append(Bytes::copy_from_slice(&data[..33_333]))
+            .unwrap();
         partial.checkpoint().unwrap();
         // Bytes after the checkpoint are not durable and must be dropped.
-        partial.append(&data[33_333..50_000]).unwrap();
+        partial
+            .append(Bytes::copy_from_slice(&data[33_333..50_000]))
+            .unwrap();
         drop(partial);
 
         let mut resumed = Partial::open(dir.path(), digest, data.len() as u64).unwrap();
         assert_eq!(resumed.offset(), 33_333);
         assert!(resumed.resumed);
-        resumed.append(&data[33_333..]).unwrap();
+        resumed
+            .append(Bytes::copy_from_slice(&data[33_333..]))
+            .unwrap();
         assert_eq!(resumed.finished_digest(), Some(digest));
         assert_eq!(resumed.verify_prefix(), Ok(()));
         let path = resumed.into_complete().unwrap();
@@ -527,7 +538,9 @@ mod tests {
         let data = vec![7u8; 10_000];
         let digest = digest_of(&data);
         let mut partial = Partial::open(dir.path(), digest, data.len() as u64).unwrap();
-        partial.append(&data[..6_000]).unwrap();
+        partial
+            .append(Bytes::copy_from_slice(&data[..6_000]))
+            .unwrap();
         partial.checkpoint().unwrap();
         drop(partial);
         let part = dir.path().join(format!("{digest}.part"));
@@ -535,7 +548,9 @@ mod tests {
         bytes[10] ^= 1;
         fs::write(&part, bytes).unwrap();
         let mut resumed = Partial::open(dir.path(), digest, data.len() as u64).unwrap();
-        resumed.append(&data[6_000..]).unwrap();
+        resumed
+            .append(Bytes::copy_from_slice(&data[6_000..]))
+            .unwrap();
         // The midstate still yields the right digest; only the re-hash knows.
         assert_eq!(resumed.finished_digest(), Some(digest));
         assert!(resumed.verify_prefix().unwrap_err().contains("changed"));
@@ -546,7 +561,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let digest = digest_of(b"abcdef");
         let mut partial = Partial::open(dir.path(), digest, 6).unwrap();
-        partial.append(b"abc").unwrap();
+        partial.append(Bytes::copy_from_slice(b"abc")).unwrap();
         partial.checkpoint().unwrap();
         drop(partial);
         let record = dir.path().join(format!("{digest}.progress"));

@@ -174,7 +174,7 @@ mod tests {
         let digest = Digest::from_bytes(Sha256::digest(b"hello").into());
         assert_eq!(store.lookup(&digest, 5).unwrap(), None);
         let mut partial = store.partial(digest, 5).unwrap();
-        partial.append(b"hello").unwrap();
+        partial.append(bytes::Bytes::from_static(b"hello")).unwrap();
         assert_eq!(partial.finished_digest(), Some(digest));
         let path = store.publish(partial, &digest).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"hello");

@@ -177,7 +177,7 @@ impl Attempt<'_> {
             let mut partial = partial;
             let mut result = Ok(());
             while let Some(chunk) = receiver.blocking_recv() {
-                if let Err(e) = partial.append(&chunk) {
+                if let Err(e) = partial.append(chunk) {
                     result = Err(e);
                     break;
                 }
@@ -331,7 +331,9 @@ fn copy_local(source: &Url, partial: &mut Partial, cancel: &CancellationToken) -
             }
             .into());
         }
-        partial.append(&buffer[..n]).map_err(FetchError::Disk)?;
+        partial
+            .append(Bytes::copy_from_slice(&buffer[..n]))
+            .map_err(FetchError::Disk)?;
     }
 }
 
