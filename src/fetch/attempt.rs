@@ -23,7 +23,7 @@ use crate::chit::Digest;
 use crate::partial::{Partial, Validator};
 
 /// Chunks in flight between the receiver and the writer.
-const CHANNEL_CHUNKS: usize = 32;
+const CHANNEL_CHUNKS: usize = 16;
 /// Read size for `file://` mirrors.
 const FILE_CHUNK: usize = 1 << 20;
 

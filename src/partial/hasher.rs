@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 use crate::chit::Digest;
 
 /// Chunks queued for the hashing thread.
-const QUEUED_CHUNKS: usize = 64;
+const QUEUED_CHUNKS: usize = 16;
 
 enum Job {
     Data(Bytes),
