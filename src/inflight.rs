@@ -7,6 +7,11 @@
 //! scheduler starts queued downloads with [`InFlight::start_next`] (as job
 //! slots allow), and when one ends, [`InFlight::finish`] hands back every
 //! waiter. Call `finish` for every started download, or its waiters hang.
+//!
+//! Queued downloads wait in one *lane* per consumer (the consumer of the
+//! chit that queued it) and start round-robin across lanes, so a consumer
+//! that queues thousands of downloads delays another consumer's download
+//! by at most one download per lane, not by its whole queue.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -26,7 +31,10 @@ struct Entry<W> {
 #[derive(Debug)]
 pub struct InFlight<W> {
     entries: HashMap<Digest, Entry<W>>,
-    queue: VecDeque<Digest>,
+    /// Queued (not yet started) digests, one queue per lane.
+    lanes: Vec<VecDeque<Digest>>,
+    /// The lane served next.
+    cursor: usize,
     running: usize,
 }
 
@@ -34,15 +42,17 @@ impl<W> Default for InFlight<W> {
     fn default() -> Self {
         InFlight {
             entries: HashMap::new(),
-            queue: VecDeque::new(),
+            lanes: Vec::new(),
+            cursor: 0,
             running: 0,
         }
     }
 }
 
 impl<W> InFlight<W> {
-    /// Wait for `digest`. Returns true when this queued a new download.
-    pub fn add(&mut self, digest: Digest, size: u64, waiter: W) -> bool {
+    /// Wait for `digest`. Returns true when this queued a new download (in
+    /// `lane`, the waiter's consumer).
+    pub fn add(&mut self, lane: usize, digest: Digest, size: u64, waiter: W) -> bool {
         match self.entries.get_mut(&digest) {
             Some(entry) => {
                 entry.waiters.push(waiter);
@@ -58,7 +68,10 @@ impl<W> InFlight<W> {
                         started: false,
                     },
                 );
-                self.queue.push_back(digest);
+                if self.lanes.len() <= lane {
+                    self.lanes.resize_with(lane + 1, VecDeque::new);
+                }
+                self.lanes[lane].push_back(digest);
                 true
             }
         }
@@ -71,7 +84,11 @@ impl<W> InFlight<W> {
         if self.running >= jobs {
             return None;
         }
-        let digest = self.queue.pop_front()?;
+        let lanes = self.lanes.len();
+        let (lane, digest) = (0..lanes)
+            .map(|offset| (self.cursor + offset) % lanes)
+            .find_map(|lane| Some((lane, self.lanes[lane].pop_front()?)))?;
+        self.cursor = (lane + 1) % lanes;
         let entry = self.entries.get_mut(&digest)?;
         entry.started = true;
         self.running += 1;
@@ -127,14 +144,14 @@ mod tests {
     #[test]
     fn one_download_per_digest_and_all_waiters_return() {
         let mut inflight = InFlight::default();
-        assert!(inflight.add(digest(1), 10, "a"));
-        assert!(!inflight.add(digest(1), 10, "b"));
-        assert!(inflight.add(digest(2), 10, "c"));
+        assert!(inflight.add(0, digest(1), 10, "a"));
+        assert!(!inflight.add(1, digest(1), 10, "b"));
+        assert!(inflight.add(0, digest(2), 10, "c"));
         let (first, waiters, _) = inflight.start_next(1).unwrap();
         assert_eq!((first, waiters), (digest(1), &["a", "b"][..]));
         assert!(inflight.start_next(1).is_none(), "jobs limit");
         // A waiter joining a running download does not queue another.
-        assert!(!inflight.add(digest(1), 10, "d"));
+        assert!(!inflight.add(0, digest(1), 10, "d"));
         assert_eq!(inflight.running().count(), 1);
         assert_eq!(inflight.finish(&digest(1)), ["a", "b", "d"]);
         let (second, _, _) = inflight.start_next(1).unwrap();
@@ -142,5 +159,26 @@ mod tests {
         assert_eq!(inflight.finish(&digest(2)), ["c"]);
         assert!(inflight.is_empty());
         assert!(inflight.finish(&digest(3)).is_empty());
+    }
+
+    #[test]
+    fn lanes_take_turns() {
+        let mut inflight = InFlight::default();
+        for n in 0..100 {
+            inflight.add(0, digest(n), 10, "flood");
+        }
+        inflight.add(2, digest(200), 10, "other");
+        inflight.add(2, digest(201), 10, "other");
+        let mut order = Vec::new();
+        while let Some((next, _, _)) = inflight.start_next(1) {
+            order.push(next);
+            inflight.finish(&next);
+        }
+        assert_eq!(order.len(), 102);
+        assert_eq!(
+            &order[..4],
+            [digest(0), digest(200), digest(1), digest(201)]
+        );
+        assert!(inflight.is_empty());
     }
 }

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("chitd=info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| OneLine(std::io::stderr()))
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
@@ -80,6 +80,38 @@ fn run(args: &RunArgs) -> ExitCode {
     match runtime.block_on(daemon::run(config, options, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fatal(1, format!("{e}")),
+    }
+}
+
+/// Writes each log event as one line, whatever it quotes: a chit's name
+/// (the consumer's choice) or a server's answer could otherwise carry line
+/// breaks that forge log lines. The formatter hands over one whole event
+/// per write; its inner `\n` and `\r` are written as `\n` and `\r`.
+/// (ANSI escapes are already escaped by the formatter.)
+struct OneLine<W>(W);
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, event: &[u8]) -> std::io::Result<usize> {
+        let body = event.strip_suffix(b"\n").unwrap_or(event);
+        if !body.iter().any(|&b| b == b'\n' || b == b'\r') {
+            return self.0.write_all(event).map(|()| event.len());
+        }
+        let mut line = Vec::with_capacity(event.len() + 16);
+        for &byte in body {
+            match byte {
+                b'\n' => line.extend_from_slice(b"\\n"),
+                b'\r' => line.extend_from_slice(b"\\r"),
+                _ => line.push(byte),
+            }
+        }
+        if body.len() < event.len() {
+            line.push(b'\n');
+        }
+        self.0.write_all(&line).map(|()| event.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 

@@ -302,7 +302,7 @@ impl Scheduler {
             }
             Step::Wait(waiter) => {
                 let (digest, size) = (waiter.chit.digest, waiter.chit.size);
-                self.inflight.add(digest, size, waiter);
+                self.inflight.add(waiter.consumer, digest, size, waiter);
             }
         }
     }
@@ -341,7 +341,7 @@ impl Scheduler {
                 }
                 for waiter in waiters {
                     let size = waiter.chit.size;
-                    self.inflight.add(digest, size, waiter);
+                    self.inflight.add(waiter.consumer, digest, size, waiter);
                 }
                 return;
             }

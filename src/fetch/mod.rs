@@ -29,6 +29,12 @@ use crate::store::Store;
 
 /// Redirects followed per request; more is a redirect loop for our purposes.
 pub const MAX_REDIRECTS: usize = 10;
+/// Header fields accepted in an HTTP/1 response (hyper's default, made
+/// explicit); more fails the attempt.
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+/// Bytes of header list accepted in an HTTP/2 response (hyper's default,
+/// made explicit).
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Timing knobs. Values, not globals, so tests can shrink them.
 #[derive(Debug, Clone)]
@@ -106,6 +112,11 @@ impl Fetcher {
         let client = reqwest::Client::builder()
             .user_agent(concat!("chitd/", env!("CARGO_PKG_VERSION")))
             .redirect(redirects)
+            // Response heads are bounded: hyper keeps at most about 400 KiB
+            // of an HTTP/1 head (not configurable through reqwest) and
+            // these many fields; HTTP/2 header lists are capped in bytes.
+            .http1_max_headers(MAX_RESPONSE_HEADERS)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .connect_timeout(settings.connect_timeout)
             .pool_max_idle_per_host(16)
             .build()?;
@@ -140,6 +151,7 @@ impl Fetcher {
         let mut high_water = partial.offset();
         let mut last_progress = Instant::now();
         let mut restarted_after_resume = false;
+        let mut disk_full = false;
         let mut delay = self.settings.retry_delay;
         loop {
             for (index, source) in job.sources.iter().enumerate() {
@@ -185,6 +197,10 @@ impl Fetcher {
                     };
                     tracing::warn!(digest = %digest, source = %redact_url(source), "attempt failed: {error}");
                     answers[index] = Some(error.to_string());
+                    disk_full |= matches!(&error, FetchError::Disk(e) if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                    ));
                     match error {
                         FetchError::DigestMismatch { resumed: true, .. }
                         | FetchError::CorruptPartial(_)
@@ -214,9 +230,9 @@ impl Fetcher {
             };
             if let Some(what) = what {
                 // Keep only what a later download can resume from: an empty
-                // `.part`, or bytes no record covers (a disk that filled up),
-                // would only take space.
-                if !partial.is_resumable() {
+                // `.part`, or bytes no record covers, would only take space;
+                // and on a full disk, the space matters more than a resume.
+                if !partial.is_resumable() || disk_full {
                     blocking(move || partial.discard()).await;
                 }
                 return Err(DownloadError::Failed(summary(

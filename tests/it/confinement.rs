@@ -140,10 +140,17 @@ fn a_consumer_that_breaks_its_own_spool_does_not_stop_the_others() {
     }
     .write(&dir, "chitd.toml");
 
-    let mut daemon = Daemon::builder(&dir).config(&config).exit_when_idle().start();
+    let mut daemon = Daemon::builder(&dir)
+        .config(&config)
+        .exit_when_idle()
+        .start();
     daemon.expect_success(TIMEOUT);
 
     good.assert_delivered("f", "f.bin", &content);
-    assert!(daemon.log().contains("not serving this consumer"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("not serving this consumer"),
+        "{}",
+        daemon.log()
+    );
     assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
 }

@@ -10,8 +10,8 @@
 //!   delivery.
 //! - `chits`: hostile chit contents (paths, size, garbage, credentials).
 //! - `upstream`: hostile servers (encodings, redirects, wrong or extra bytes,
-//!   slow drip, oversized headers), with a raw-TCP server for what the
-//!   fault server cannot say.
+//!   slow drip, oversized headers), with a raw-TCP server (`evil`) for
+//!   what the fault server cannot say.
 //! - `flood`: 100,000 chits in one spool; another consumer is still served.
 //! - `disk_full`: ENOSPC while downloading and while delivering.
 //!
@@ -20,6 +20,7 @@
 
 mod chits;
 mod disk_full;
+mod evil;
 mod files;
 mod flood;
 mod upstream;

@@ -245,3 +245,27 @@ fn credentials_in_urls_never_reach_reasons_or_logs() {
         "the log should show the redacted URLs"
     );
 }
+
+/// A chit's name is the consumer's choice and may hold line breaks: they
+/// must not let it forge lines in the daemon's log.
+#[test]
+fn chit_names_with_line_breaks_cannot_forge_log_lines() {
+    let setup = Setup::new();
+    let name = "evil\n2026-01-01T00:00:00.000000Z  INFO chitd: FORGED\r\nline";
+    setup.spool.drop_chit(name, "junk\n");
+    let daemon = setup.start();
+    let reason = setup.spool.expect_failed(name);
+    assert_reason(&reason, &["bad chit"]);
+    setup.still_serving();
+    let log = daemon.log();
+    assert!(
+        log.contains("FORGED"),
+        "the name should be logged (escaped)"
+    );
+    for line in log.lines() {
+        assert!(
+            !line.starts_with("2026-01-01T00:00:00.000000Z"),
+            "forged log line: {line:?}"
+        );
+    }
+}

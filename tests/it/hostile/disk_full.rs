@@ -23,7 +23,7 @@ impl SmallFs {
     fn mount(dir: &Path) -> Option<SmallFs> {
         std::fs::create_dir_all(dir).unwrap();
         let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2m,mode=0755", "chitd-test", ])
+            .args(["-t", "tmpfs", "-o", "size=2m,mode=0755", "chitd-test"])
             .arg(dir)
             .output();
         match output {
@@ -32,7 +32,10 @@ impl SmallFs {
             }),
             Ok(output) => {
                 let why = String::from_utf8_lossy(&output.stderr);
-                eprintln!("SKIPPED: cannot mount a small tmpfs on {}: {why}", dir.display());
+                eprintln!(
+                    "SKIPPED: cannot mount a small tmpfs on {}: {why}",
+                    dir.display()
+                );
                 None
             }
             Err(e) => {
@@ -113,11 +116,52 @@ fn disk_full_while_delivering_fails_the_chit_and_leaves_no_temporary() {
     let _daemon = setup.start();
 
     let reason = setup.spool.expect_failed("big");
-    assert_reason(&reason, &["cannot deliver sub/big.bin", "no space left on device"]);
+    assert_reason(
+        &reason,
+        &["cannot deliver sub/big.bin", "no space left on device"],
+    );
     assert!(
         files_in(&setup.spool.deliver).is_empty(),
         "left in the delivery directory: {:?}",
         files_in(&setup.spool.deliver)
     );
+    setup.still_serving();
+}
+
+/// The disk fills up after a checkpoint made part of the download
+/// resumable: the partial is discarded all the same when the chit fails,
+/// since the space matters more (a kept partial would keep the cache full
+/// for every consumer).
+#[test]
+fn disk_full_after_a_checkpoint_still_frees_the_space() {
+    let setup = Setup::new();
+    let cache = setup.dir.cache();
+    let Some(_small) = SmallFs::mount(&cache) else {
+        return;
+    };
+    let (content, chit) = setup.serve("/big", 3 << 20);
+    // 640 KiB/s: the 2 s checkpoint comes before the 2 MiB are full.
+    let drip = crate::server::Fault::SlowDrip {
+        bytes_per_tick: 64 * 1024,
+        tick: std::time::Duration::from_millis(100),
+    };
+    setup.server.set_fault("/big", drip);
+    setup.spool.drop_chit("big", chit);
+    let _daemon = Daemon::for_spool(&setup.dir, &setup.spool)
+        .give_up_after("2s")
+        .start();
+    let record = cache.join(format!("partial-v1/{}.progress", content.sha256));
+    crate::util::wait_until(crate::util::TIMEOUT, "a progress record", || {
+        record.exists().then_some(())
+    });
+
+    let reason = setup.spool.expect_failed("big");
+    assert_reason(&reason, &["no space left on device"]);
+    let left: Vec<PathBuf> = files_in(&cache)
+        .into_iter()
+        .filter(|path| path.file_name().is_some_and(|n| n != "lock"))
+        .collect();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
+    setup.server.clear_fault("/big");
     setup.still_serving();
 }

@@ -360,9 +360,11 @@ fn roots_swapped_for_symlinks_while_running_redirect_nothing() {
     fs::rename(request.join(".slow.tmp"), request.join("slow")).unwrap();
 
     let downloaded = moved_spool.join("downloaded/slow");
-    wait_until(TIMEOUT, "the chit to be downloaded in the moved spool", || {
-        downloaded.exists().then_some(())
-    });
+    wait_until(
+        TIMEOUT,
+        "the chit to be downloaded in the moved spool",
+        || downloaded.exists().then_some(()),
+    );
     assert_eq!(
         fs::read(moved_deliver.join("good-slow.bin")).unwrap(),
         content.bytes

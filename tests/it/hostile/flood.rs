@@ -96,6 +96,64 @@ fn flood_of_100000_chits_in_bounded_memory_does_not_starve_another_consumer() {
     outside.assert_untouched();
 }
 
+/// A flood of *downloads*: one consumer queues 300 downloads from a server
+/// that stalls every one of them (each holds a download slot until
+/// `give_up_after`). Another consumer's download must not wait behind that
+/// queue: downloads start round-robin across consumers, so it gets the
+/// next free slot (without lanes it would wait some 7 minutes).
+#[test]
+fn download_flood_from_one_consumer_does_not_starve_another_consumers_download() {
+    const DOWNLOADS: usize = 300;
+    let dir = TestDir::new();
+    let flood = dir.spool("flood");
+    let other = dir.spool("other");
+    let server = Server::start();
+    server.add("/stall", vec![0u8; 100]);
+    server.set_fault("/stall", crate::server::Fault::Stall { after: 0 });
+    for i in 0..DOWNLOADS {
+        // Distinct digests (so distinct downloads), all served by /stall.
+        let content = Content::random(100);
+        flood.drop_chit(
+            &format!("stalled{i}"),
+            content.chit("f", &[server.url("/stall")]),
+        );
+    }
+    let config = ConfigFile {
+        cache: Some(dir.cache()),
+        jobs: Some(2),
+        give_up_after: Some("2s".into()),
+        consumers: vec![flood.clone(), other.clone()],
+        ..ConfigFile::default()
+    }
+    .write(&dir, "chitd.toml");
+    let _daemon = Daemon::builder(&dir)
+        .config(&config)
+        .inactivity_timeout_ms(500)
+        .start();
+    poll(FLOOD_DEADLINE, "the stalled downloads to start", || {
+        server.count("/stall") >= 2
+    });
+
+    let content = Content::random(10_000);
+    server.add("/other", content.bytes.clone());
+    let dropped = Instant::now();
+    other.drop_chit("other", content.chit("other.bin", &[server.url("/other")]));
+    other.expect_downloaded("other");
+    let latency = dropped.elapsed();
+    let failed = count(&flood, State::Fail);
+    eprintln!(
+        "the other download was served in {latency:?}; {failed} of {DOWNLOADS} stalled ones had failed"
+    );
+    assert!(
+        latency < Duration::from_secs(10),
+        "the other consumer's download waited {latency:?} behind the flood"
+    );
+    assert!(
+        failed < DOWNLOADS / 2,
+        "the flood was mostly over: this proves nothing"
+    );
+}
+
 /// Junk chit number `i`: one of a few malformed forms.
 fn junk(i: usize) -> String {
     const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";

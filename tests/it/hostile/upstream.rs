@@ -1,15 +1,13 @@
 //! Attacks by upstream servers: encodings, redirects out of http(s), loops,
 //! wrong or extra bytes, slow drips and stalls, and response heads too big
 //! to hold. The fault server covers what HTTP can say; [`Evil`], a raw TCP
-//! server, covers what it cannot.
+//! server (`evil.rs`), covers what it cannot.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
+use super::evil::{Evil, drain, read_head};
 use super::{Setup, assert_reason};
 use crate::server::Fault;
 use crate::util::{Content, Daemon};
@@ -329,63 +327,6 @@ fn oversized_response_heads_and_absurd_lengths_are_refused() {
     let peak = super::peak_rss_kib(daemon.pid());
     assert!(peak < 128 * 1024, "peak RSS {peak} KiB");
     setup.still_serving();
-}
-
-/// A raw TCP server on 127.0.0.1 running `handler` on each connection in
-/// its own thread, for answers no well-formed HTTP server gives. Dropping
-/// it stops accepting; handlers end when the client hangs up.
-struct Evil {
-    addr: std::net::SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl Evil {
-    fn start(handler: fn(TcpStream)) -> Evil {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopped.load(Ordering::Relaxed) {
-                    return;
-                }
-                if let Ok(stream) = stream {
-                    std::thread::spawn(move || handler(stream));
-                }
-            }
-        });
-        Evil { addr, stop }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/file", self.addr)
-    }
-}
-
-impl Drop for Evil {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr); // wake the accept loop
-    }
-}
-
-/// Read up to the end of a request head.
-fn read_head(stream: &mut TcpStream) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-}
-
-/// Hold the connection until the client closes it.
-fn drain(stream: &mut TcpStream) {
-    let mut sink = [0u8; 1024];
-    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
 }
 
 /// A gzip member holding `data` in stored (uncompressed) deflate blocks:
