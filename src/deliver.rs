@@ -17,7 +17,7 @@ use std::path::Path;
 
 use crate::chit::DeliveryPath;
 use crate::dir::{Dir, Kind};
-use crate::durable::with_path;
+use crate::durable::{start_writeback, with_path};
 
 /// Deliver the cached `object` to `path` beneath `root`.
 pub fn deliver(root: &Dir, path: &DeliveryPath, object: &Path) -> io::Result<()> {
@@ -90,6 +90,10 @@ fn sweep(dir: &Dir, relative: &str, pending: &mut Vec<String>) -> io::Result<usi
     Ok(removed)
 }
 
+/// Copies go in chunks of this size, each one's writeback started at once,
+/// so the final fsync overlaps the copy instead of following it.
+const COPY_CHUNK: usize = 64 << 20;
+
 /// Reflink, else `copy_file_range`, else read/write.
 fn copy(source: &File, target: &mut File) -> io::Result<()> {
     if rustix::fs::ioctl_ficlone(&*target, source).is_ok() {
@@ -100,7 +104,7 @@ fn copy(source: &File, target: &mut File) -> io::Result<()> {
     while done < length {
         let want = usize::try_from(length - done)
             .unwrap_or(usize::MAX)
-            .min(1 << 30);
+            .min(COPY_CHUNK);
         // Explicit offsets (the kernel advances these copies, not the
         // files' positions); `done` moves by what was copied.
         let (mut read_at, mut write_at) = (done, done);
@@ -112,7 +116,10 @@ fn copy(source: &File, target: &mut File) -> io::Result<()> {
             want,
         ) {
             Ok(0) => break,
-            Ok(n) => done += n as u64,
+            Ok(n) => {
+                start_writeback(target, done, n as u64);
+                done += n as u64;
+            }
             Err(
                 rustix::io::Errno::XDEV
                 | rustix::io::Errno::INVAL

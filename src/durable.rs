@@ -48,6 +48,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Ask the kernel to start writing `[start, start + length)` of `file` to
+/// disk now, without waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so
+/// the disk works while we go on and a later fsync finds little left to do.
+/// Only a hint: durability still comes from that fsync, so a failure here
+/// is ignored.
+pub fn start_writeback(file: &File, start: u64, length: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(start), Ok(length)) = (
+        libc::off64_t::try_from(start),
+        libc::off64_t::try_from(length),
+    ) else {
+        return;
+    };
+    // SAFETY: a plain syscall on an open descriptor; no memory is passed.
+    let result = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), start, length, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if result != 0 {
+        tracing::debug!("sync_file_range: {}", io::Error::last_os_error());
+    }
+}
+
 /// Attach what was being done and to which path to an I/O error, keeping
 /// its kind so callers can still match on it.
 pub fn with_path(error: io::Error, doing: &str, path: &Path) -> io::Error {

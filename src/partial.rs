@@ -34,7 +34,7 @@ use bytes::Bytes;
 
 use self::hasher::Hasher;
 use crate::chit::Digest;
-use crate::durable::{with_path, write_atomic};
+use crate::durable::{start_writeback, with_path, write_atomic};
 
 /// A crash loses at most this many bytes of transfer (plus
 /// [`CHECKPOINT_INTERVAL`] worth on a slow link). 64 MiB is ~0.1 s on
@@ -316,26 +316,14 @@ impl Partial {
         Ok(())
     }
 
-    /// Ask the kernel to start writing the bytes since the last call to
-    /// disk now, without waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`),
-    /// so that the disk works while the network does and the fdatasync of
-    /// the next checkpoint (and of the end) finds little left to do. Only a
-    /// hint: durability still comes from the fdatasync.
+    /// Start writeback of the bytes since the last call (see
+    /// [`start_writeback`]), so the disk writes while the network receives.
     fn start_writeback(&mut self) {
-        use std::os::fd::AsRawFd;
-        let (start, length) = (self.writeback_offset, self.offset - self.writeback_offset);
-        // SAFETY: a plain syscall on a descriptor we own; no memory is passed.
-        let result = unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                start as libc::off64_t,
-                length as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
-        if result != 0 {
-            tracing::debug!(path = %self.part_path.display(), "sync_file_range: {}", io::Error::last_os_error());
-        }
+        start_writeback(
+            &self.file,
+            self.writeback_offset,
+            self.offset - self.writeback_offset,
+        );
         self.writeback_offset = self.offset;
     }
 
