@@ -99,6 +99,18 @@ impl<W> InFlight<W> {
         ))
     }
 
+    /// The transfer of `digest` is over and its result is being published:
+    /// its job slot is free. Its waiters stay (and more may join) until
+    /// [`InFlight::finish`].
+    pub fn release(&mut self, digest: &Digest) {
+        if let Some(entry) = self.entries.get_mut(digest)
+            && entry.started
+        {
+            entry.started = false;
+            self.running -= 1;
+        }
+    }
+
     /// The download of `digest` ended: every waiter, to be told the outcome.
     pub fn finish(&mut self, digest: &Digest) -> Vec<W> {
         match self.entries.remove(digest) {
@@ -139,6 +151,26 @@ mod tests {
 
     fn digest(n: u8) -> Digest {
         Digest::from_bytes([n; 32])
+    }
+
+    #[test]
+    fn a_released_slot_starts_the_next_download_while_waiters_stay() {
+        let mut inflight = InFlight::default();
+        inflight.add(0, digest(1), 10, "a");
+        inflight.add(0, digest(2), 10, "b");
+        assert!(inflight.start_next(1).is_some());
+        assert!(inflight.start_next(1).is_none());
+        inflight.release(&digest(1));
+        inflight.release(&digest(1)); // twice is harmless
+        let (second, _, _) = inflight.start_next(1).unwrap();
+        assert_eq!(second, digest(2));
+        // A chit joining while digest 1 is being published shares it.
+        assert!(!inflight.add(0, digest(1), 10, "c"));
+        assert_eq!(inflight.finish(&digest(1)), ["a", "c"]);
+        assert!(
+            inflight.start_next(1).is_none(),
+            "digest 2 still holds the slot"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::dir::Dir;
 use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job};
 use crate::inflight::InFlight;
+use crate::partial::Partial;
 use crate::spool::Spool;
 use crate::store::Store;
 use crate::watch::{Hint, watch};
@@ -172,7 +173,7 @@ pub async fn run(
 }
 
 /// A finished download: its digest, the sources it tried, its result.
-type DownloadOutcome = (Digest, Vec<url::Url>, Result<PathBuf, DownloadError>);
+type DownloadOutcome = (Digest, Vec<url::Url>, Result<Partial, DownloadError>);
 
 struct Scheduler {
     shared: Arc<Shared>,
@@ -300,6 +301,12 @@ impl Scheduler {
                     self.queues.finished(consumer, &name);
                 }
             }
+            Step::Published(digest, published) => {
+                if published.is_ok() {
+                    tracing::info!(digest = %digest, "download finished, verified and cached");
+                }
+                self.settle(digest, None, published);
+            }
             Step::Wait(waiter) => {
                 let (digest, size) = (waiter.chit.digest, waiter.chit.size);
                 self.inflight.add(waiter.consumer, digest, size, waiter);
@@ -308,19 +315,40 @@ impl Scheduler {
     }
 
     fn download_done(&mut self, (digest, tried, result): DownloadOutcome) {
-        let outcome = match result {
-            Ok(path) => {
-                tracing::info!(digest = %digest, "download finished and verified");
-                Ok(path)
+        match result {
+            Ok(partial) => {
+                // The transfer is over: its slot is free for the next one,
+                // while the local pool publishes (fdatasync and rename: for
+                // many small files, this is where the time goes).
+                self.inflight.release(&digest);
+                let shared = Arc::clone(&self.shared);
+                self.local.spawn_blocking(move || {
+                    let published = shared
+                        .store
+                        .publish(partial, &digest)
+                        .map_err(|e| format!("cannot publish into the cache: {e}"));
+                    Step::Published(digest, published)
+                });
             }
-            Err(DownloadError::Shutdown) => return,
+            Err(DownloadError::Shutdown) => {}
             Err(DownloadError::Failed(reason)) => {
                 tracing::warn!(digest = %digest, "download failed: {reason}");
-                Err(reason)
+                self.settle(digest, Some(tried), Err(reason));
             }
-        };
+        }
+    }
+
+    /// A download is over: hand its outcome to every waiter, or, when it
+    /// failed (`tried`: the sources it tried) and a waiter names sources
+    /// nobody tried yet, queue another download for them all.
+    fn settle(
+        &mut self,
+        digest: Digest,
+        tried: Option<Vec<url::Url>>,
+        outcome: Result<PathBuf, String>,
+    ) {
         let waiters = self.inflight.finish(&digest);
-        if outcome.is_err() {
+        if let (Err(_), Some(tried)) = (&outcome, tried) {
             // A chit that joined after the download started may name sources
             // nobody tried yet: then all waiters get another download, from
             // those sources only.

@@ -40,6 +40,8 @@ pub enum Step {
     Commit(Commit),
     /// A group commit ended: these chits are terminal.
     Committed(Vec<(usize, String)>),
+    /// A verified download was published into the cache (or could not be).
+    Published(Digest, Result<std::path::PathBuf, String>),
 }
 
 /// A delivered chit waiting for its group commit.

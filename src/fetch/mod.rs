@@ -14,7 +14,6 @@ mod attempt;
 mod error;
 mod pace;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -25,6 +24,7 @@ use url::Url;
 use self::attempt::{Attempt, Stop};
 pub use self::error::FetchError;
 use crate::chit::{Digest, redact_url};
+use crate::partial::Partial;
 use crate::store::Store;
 
 /// Redirects followed per request; more is a redirect loop for our purposes.
@@ -127,7 +127,9 @@ impl Fetcher {
         &self.settings
     }
 
-    /// Download `job` into the store and return the cached object's path.
+    /// Download `job` into a partial download and verify its size and
+    /// sha256. The caller publishes it (`Store::publish`: fdatasync and
+    /// rename, disk work that need not hold a download slot).
     /// `progress` follows the byte offset for `status`.
     pub async fn download(
         &self,
@@ -135,7 +137,7 @@ impl Fetcher {
         job: &Job,
         progress: &AtomicU64,
         cancel: &CancellationToken,
-    ) -> Result<PathBuf, DownloadError> {
+    ) -> Result<Partial, DownloadError> {
         if job.sources.is_empty() {
             return Err(DownloadError::Failed(
                 "no source to try: the chit has no URL and no mirror is configured".into(),
@@ -182,16 +184,7 @@ impl Fetcher {
                         last_progress = Instant::now();
                     }
                     let error = match result {
-                        Ok(()) => {
-                            let publisher = Arc::clone(&store);
-                            return blocking(move || publisher.publish(partial, &digest))
-                                .await
-                                .map_err(|e| {
-                                    DownloadError::Failed(format!(
-                                        "cannot publish into the cache: {e}"
-                                    ))
-                                });
-                        }
+                        Ok(()) => return Ok(partial),
                         Err(Stop::Shutdown) => return Err(DownloadError::Shutdown),
                         Err(Stop::Failed(error)) => error,
                     };
