@@ -21,7 +21,7 @@
 //! publishing wrong bytes.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -368,11 +368,10 @@ impl Partial {
 
     /// Make the complete file durable and hand it over: returns the `.part`
     /// path (the caller renames it into the cache) after removing the record.
-    pub fn into_complete(mut self) -> io::Result<PathBuf> {
+    pub fn into_complete(self) -> io::Result<PathBuf> {
         self.file
             .sync_data()
             .map_err(|e| with_path(e, "syncing", &self.part_path))?;
-        drop(self.file.flush());
         match fs::remove_file(&self.record_path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(with_path(e, "removing", &self.record_path));

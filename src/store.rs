@@ -111,12 +111,18 @@ impl Store {
     /// crash may lose the name, never the content under it: the worst case
     /// is downloading the object again.
     pub fn publish(&self, partial: Partial, digest: &Digest) -> io::Result<PathBuf> {
-        let part = partial.into_complete()?;
         let path = self.object_path(digest);
         let dir = path.parent().unwrap_or(&self.objects);
-        fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
-        fs::rename(&part, &path).map_err(|e| with_path(e, "publishing", &path))?;
-        Ok(path)
+        let part = partial.into_complete()?;
+        let published = fs::create_dir_all(dir)
+            .map_err(|e| with_path(e, "creating", dir))
+            .and_then(|()| fs::rename(&part, &path).map_err(|e| with_path(e, "publishing", &path)));
+        if published.is_err() {
+            // Its record is gone: the bytes could not be resumed anyway,
+            // and on a full disk they are in everyone's way.
+            let _ = fs::remove_file(&part);
+        }
+        published.map(|()| path)
     }
 
     /// Remove dot-named temporaries (torn atomic writes) everywhere in the
