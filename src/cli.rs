@@ -63,7 +63,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
 
-    /// A mirror tried after a chit's own URLs, as <URL>/<path>; http, https
+    /// A mirror tried after a chit's own URLs, as URL/PATH (PATH: the chit's path); http, https
     /// or file. Repeat for several; replaces the mirrors of --config.
     #[arg(long, value_name = "URL")]
     pub mirror: Vec<String>,

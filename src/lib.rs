@@ -22,16 +22,21 @@
 //!   transitions (`claim`, `complete`, `fail`), each one `rename(2)`.
 //! - [`store`]: the content-addressed cache (`sha256-v1/ab/<hex>`).
 //! - [`partial`]: partial downloads (`partial-v1/<hex>.part`) and their
-//!   durable progress records, with the sha256 midstate for instant resume.
+//!   durable progress records, with the sha256 midstate for instant resume;
+//!   `partial/hasher.rs` hashes big downloads on a thread of their own.
 //! - [`fetch`]: one download of one digest from its ordered sources: Range /
-//!   If-Range resume, validators, retry and failover, hashing while streaming.
+//!   If-Range resume, validators, retry and failover, hashing while
+//!   streaming (`attempt.rs`: one request; `error.rs`: what each answer
+//!   means; `pace.rs`: the minimum-progress rule against slow drips).
 //! - [`inflight`]: at most one download per digest; waiting chits share the
 //!   outcome.
-//! - [`deliver`]: cache → `<deliver>/<path>`: temp name, copy, fsync, rename,
-//!   fsync dir.
+//! - [`deliver`]: cache → `<deliver>/<path>`: temp name, copy, fsync, rename;
+//!   the directory fsync comes with the group commit.
 //! - [`watch`]: inotify events → "look at this chit" / "rescan this spool" hints.
 //! - [`daemon`]: `run(config, options, shutdown)`: recover, watch, schedule,
-//!   exit when idle.
+//!   exit when idle (`queue.rs`: per-consumer round-robin; `work.rs`: a
+//!   chit's blocking steps and the group commit; `status_file.rs`: progress
+//!   published for `chitd status`).
 //! - [`request`], [`status`]: the other two subcommands.
 
 pub mod chit;

@@ -39,7 +39,7 @@ use crate::durable::{start_writeback, with_path, write_atomic};
 /// A crash loses at most this many bytes of transfer (plus
 /// [`CHECKPOINT_INTERVAL`] worth on a slow link). 32 MiB is ~0.05 s on
 /// loopback and a second or two on a fast WAN. Smaller means more fsyncs;
-/// since writeback is started every [`WRITEBACK_BYTES`], each one finds
+/// since writeback is started every `WRITEBACK_BYTES`, each one finds
 /// little left to write, so 32 per GiB cost no measurable throughput.
 pub const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// On slow links, checkpoint at least this often so a crash costs at most

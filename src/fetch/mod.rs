@@ -8,7 +8,7 @@
 //! is asked again at once, for the rest only (`Range` + `If-Range`). The
 //! download fails when every source has answered permanently, or when
 //! `give_up_after` passes without progress: new bytes, at no less than the
-//! minimum pace of [`pace`] (a slow drip is cut and is not progress).
+//! minimum pace of `pace` (a slow drip is cut and is not progress).
 
 mod attempt;
 mod error;
@@ -43,7 +43,7 @@ pub struct FetchSettings {
     pub retry_delay: Duration,
     pub max_retry_delay: Duration,
     /// No byte (or no response) for this long, or less than the minimum
-    /// progress of [`pace`] in a window this long: the attempt is
+    /// progress of `pace` in a window this long: the attempt is
     /// transient-failed.
     pub inactivity_timeout: Duration,
     pub connect_timeout: Duration,
