@@ -230,17 +230,8 @@ impl TestSpool {
 
     /// Names of the chits in a state dir (dot-files excluded), sorted.
     pub fn chits_in(&self, state: State) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.state_dir(state))
-            .expect("read state dir")
-            .map(|e| {
-                e.expect("dir entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .filter(|n| !n.starts_with('.'))
-            .collect();
-        names.sort();
+        let mut names = self.entries_in(state);
+        names.retain(|n| !n.starts_with('.'));
         names
     }
 
