@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::chit::{Chit, ChitError, error_line};
+use crate::chit::{Chit, ChitError, ERROR_LINE_PREFIX};
 use crate::cli::RequestArgs;
 use crate::spool::Spool;
 
@@ -110,11 +110,9 @@ fn terminal(spool: &Spool, name: &str) -> Option<Outcome> {
 
 /// The reason in the last `# error:` line of a failed chit.
 pub fn last_error(text: &str) -> String {
-    let prefix = error_line("");
-    let prefix = prefix.trim_end();
     text.lines()
         .rev()
-        .find_map(|line| line.strip_prefix(prefix))
+        .find_map(|line| line.strip_prefix(ERROR_LINE_PREFIX))
         .map(|reason| reason.trim().to_owned())
         .unwrap_or_else(|| "(no reason recorded)".into())
 }

@@ -25,7 +25,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::chit::{MAX_CHIT_BYTES, error_line};
+use crate::chit::{MAX_CHIT_BYTES, with_error_line};
 use crate::dir::{Dir, Kind};
 
 /// The state directories, in the order a chit visits them.
@@ -150,16 +150,8 @@ impl Spool {
             tracing::warn!(consumer = %self.name, chit, "chit is a directory; moving it to fail/ without a reason line: {reason}");
         } else {
             let (temp, mut file) = self.fetch.create_temp(chit)?;
-            let written = (|| {
-                if let Some(original) = original {
-                    file.write_all(original)?;
-                    if !original.is_empty() && !original.ends_with(b"\n") {
-                        file.write_all(b"\n")?;
-                    }
-                }
-                file.write_all(error_line(reason).as_bytes())?;
-                file.sync_all()
-            })();
+            let failed = with_error_line(original.unwrap_or_default(), reason);
+            let written = file.write_all(&failed).and_then(|()| file.sync_all());
             if let Err(e) = written.and_then(|()| self.fetch.rename(&temp, &self.fetch, chit)) {
                 let _ = self.fetch.remove_file(&temp);
                 return Err(e);
