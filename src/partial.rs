@@ -183,6 +183,10 @@ pub struct Partial {
     pub resumed: bool,
     /// The background re-hash of a resumed prefix (see the module doc).
     prefix_check: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// Whether a record file may exist: false once none was found or it was
+    /// removed, so a small download costs no `unlink` of a missing name
+    /// (each takes the directory's lock that every download shares).
+    record_may_exist: bool,
 }
 
 impl Partial {
@@ -213,6 +217,7 @@ impl Partial {
             validator: Validator::default(),
             resumed: false,
             prefix_check: None,
+            record_may_exist: true,
         };
         match partial.load_record() {
             Ok(Some(record)) => {
@@ -245,7 +250,10 @@ impl Partial {
     fn load_record(&mut self) -> Result<Option<Record>, String> {
         let text = match fs::read_to_string(&self.record_path) {
             Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.record_may_exist = false;
+                return Ok(None);
+            }
             Err(e) => return Err(e.to_string()),
         };
         let record = Record::parse(&text)?;
@@ -286,11 +294,21 @@ impl Partial {
         self.resumed = false;
         // A running prefix check is moot now; let it finish on its own.
         self.prefix_check = None;
+        self.remove_record()
+    }
+
+    fn remove_record(&mut self) -> io::Result<()> {
+        if !self.record_may_exist {
+            return Ok(());
+        }
         match fs::remove_file(&self.record_path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 Err(with_path(e, "removing", &self.record_path))
             }
-            _ => Ok(()),
+            _ => {
+                self.record_may_exist = false;
+                Ok(())
+            }
         }
     }
 
@@ -346,6 +364,7 @@ impl Partial {
             offset: self.offset,
             midstate: self.hasher.state(),
         };
+        self.record_may_exist = true;
         write_atomic(&self.record_path, record.render().as_bytes())?;
         self.durable_offset = self.offset;
         Ok(())
@@ -368,16 +387,11 @@ impl Partial {
 
     /// Make the complete file durable and hand it over: returns the `.part`
     /// path (the caller renames it into the cache) after removing the record.
-    pub fn into_complete(self) -> io::Result<PathBuf> {
+    pub fn into_complete(mut self) -> io::Result<PathBuf> {
         self.file
             .sync_data()
             .map_err(|e| with_path(e, "syncing", &self.part_path))?;
-        match fs::remove_file(&self.record_path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(with_path(e, "removing", &self.record_path));
-            }
-            _ => {}
-        }
+        self.remove_record()?;
         Ok(self.part_path)
     }
 
@@ -388,9 +402,9 @@ impl Partial {
     }
 
     /// Drop the partial entirely (both files).
-    pub fn discard(self) {
+    pub fn discard(mut self) {
         let _ = fs::remove_file(&self.part_path);
-        let _ = fs::remove_file(&self.record_path);
+        let _ = self.remove_record();
     }
 }
 

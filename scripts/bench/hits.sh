@@ -48,10 +48,11 @@ python3 "$BENCHTOOL" chits "$manifest" "$WORK/chits-serial" --name-prefix s \
 python3 "$BENCHTOOL" chits "$manifest" "$WORK/chits-warm" --name-prefix w \
     --count 3 --path-format 'warm/{i}.bin'
 
-out=$WORK/out
-# stage KIND: fresh spool + delivery dir; the KIND chits ready in $out/staging.
+out= # set by next_run_dir
+# stage KIND: fresh spool + delivery dir; the KIND chits ready in
+# $out/staging (a new directory each time: see settle_deletes in lib.sh).
 stage() {
-    rm -rf "$out"
+    next_run_dir
     make_spool "$out/spool"
     mkdir -p "$out/deliver" "$out/staging" "$out/warm"
     cp -r "$WORK/chits-$1/." "$out/staging/"
@@ -109,11 +110,11 @@ if have_chitd; then
     }
     n=$(count_files "$WORK/fill/spool/downloaded")
     [[ $n -eq $HITS_COUNT ]] || die "cache fill: $n of $HITS_COUNT chits downloaded"
-    rm -rf "$WORK/fill"
     nginx_stop
     log "nginx stopped: from now on chitd can only serve from its cache"
 
     chitd_up() { chitd_start "$WORK/chitd.log" --spool "$out/spool" --deliver "$out/deliver" --cache "$WORK/cache"; }
+    settle_deletes
     run_worker chitd chitd_up chitd_stop
 fi
 

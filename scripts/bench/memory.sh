@@ -87,7 +87,7 @@ big_ok aria2c
 
 if have_chitd; then
     log "filling chitd's cache with $BACKLOG_DISTINCT files"
-    rm -rf "$out"
+    trash "$out"
     mkdir -p "$out/deliver" "$WORK/fill-deliver"
     make_spool "$WORK/fill"
     python3 "$BENCHTOOL" chits "$files/manifest.tsv" "$WORK/fill/request" --name-prefix f
@@ -95,7 +95,7 @@ if have_chitd; then
         --mirror "$NGINX_URL/backlog" --exit-when-idle </dev/null >>"$WORK/cmd.log" 2>&1 ||
         die "chitd: filling the cache failed"
     [[ $(count_files "$WORK/fill/downloaded") -eq $BACKLOG_DISTINCT ]] || die "chitd: cache fill incomplete"
-    rm -rf "$WORK/fill" "$WORK/fill-deliver"
+    trash "$WORK/fill" "$WORK/fill-deliver"
     log "writing $BACKLOG_COUNT chits"
     make_spool "$out/spool"
     python3 "$BENCHTOOL" chits "$files/manifest.tsv" "$out/spool/request" --name-prefix b \

@@ -8,7 +8,8 @@
 # Builds chitd once (cargo build --release) and passes CHITD_BUILT=1 on. Every
 # benchmark prints a plain table and a markdown table for BENCHMARKS.md; the
 # environment knobs are at the top of each script and of lib.sh. Goes on after
-# a failing benchmark and exits 1 at the end if any failed.
+# a failing benchmark and exits 1 at the end if any failed. Work dirs go to
+# $BENCH_DIR/trash, emptied at the end (see settle_deletes in lib.sh).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 all=(hash big small hits resume memory)
@@ -46,6 +47,10 @@ for name in "${names[@]}"; do
     fi
     echo "== $name took $((SECONDS - start)) s" >&2
 done
+# Deleting the benchmarks' many small files waits until none is timed (see
+# settle_deletes in lib.sh).
+source "$here/lib.sh"
+empty_trash
 if ((${#failed[@]})); then
     echo "failed: ${failed[*]}" >&2
     exit 1

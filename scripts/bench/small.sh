@@ -12,7 +12,7 @@
 # (one --mirror, empty cache); timed until it exits, which includes verifying
 # and fsyncing every file. The peers write the files and fsync nothing;
 # aria2c checks each file's sha256 (given per file in its input list), curl
-# and wget check nothing.
+# and wget check nothing. "durable floor" is the disk work alone (see below).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -32,10 +32,11 @@ ln -s "$files" "$WORK/www/small"
 nginx_start "$WORK/www"
 base=$NGINX_URL/small
 
-out=$WORK/out
-# fresh: empty dirs, and no dirty pages left by the previous run (untimed).
+out= # set by next_run_dir
+# fresh: new empty dirs (nothing deleted: see settle_deletes in lib.sh),
+# and no dirty pages left by the previous run (untimed).
 fresh() {
-    rm -rf "$out"
+    next_run_dir
     mkdir -p "$out/cache" "$out/deliver"
     sync
 }
@@ -50,12 +51,14 @@ all_ok() {
 # Input lists for the peers.
 lists=$WORK/lists
 mkdir -p "$lists"
-awk -v base="$base" -v dir="$out/deliver" '!/^#/ {
-    printf "url = \"%s/%s\"\noutput = \"%s/%s\"\n", base, $3, dir, $3 > "'"$lists"'/curl.cfg"
-    printf "%s/%s\n  dir=%s\n  out=%s\n  checksum=sha-256=%s\n", base, $3, dir, $3, $1 > "'"$lists"'/aria2.txt"
+# Output names are relative to the run's delivery dir (see fresh).
+awk -v base="$base" '!/^#/ {
+    printf "url = \"%s/%s\"\noutput = \"%s\"\n", base, $3, $3 > "'"$lists"'/curl.cfg"
+    printf "%s/%s\n  out=%s\n  checksum=sha-256=%s\n", base, $3, $3, $1 > "'"$lists"'/aria2.txt"
     printf "%s/%s\n", base, $3 > "'"$lists"'/wget.txt"
 }' "$files/manifest.tsv"
 
+settle_deletes
 if have_chitd; then
     jobs=()
     [[ -z ${CHITD_JOBS:-} ]] || jobs=(--jobs "$CHITD_JOBS")
@@ -85,19 +88,33 @@ if have_chitd; then
     measure chitd chitd_prepare chitd_run chitd_check
 fi
 
-curl_k() { curl -sS --fail -K "$lists/curl.cfg"; }
+curl_k() { (cd "$out/deliver" && curl -sS --fail -K "$lists/curl.cfg"); }
 measure "curl -K" fresh curl_k all_ok
 
 aria_i() {
     aria2c -q --console-log-level=error --summary-interval=0 --allow-overwrite=true \
-        --auto-file-renaming=false -j8 -i "$lists/aria2.txt"
+        --auto-file-renaming=false -j8 -d "$out/deliver" -i "$lists/aria2.txt"
 }
 measure "aria2c -j8" fresh aria_i all_ok
 
 wget_i() { wget -q -P "$out/deliver" -i "$lists/wget.txt"; }
 measure "wget -i" fresh wget_i all_ok
 
-baselines=(--baseline "curl -K" --baseline "aria2c -j8")
+# The floor: only the disk work chitd's promises require (each file written
+# twice, cache object and delivered copy, each fdatasync'd and renamed, on
+# 32 threads like chitd's local pool; both directories fsync'd at the end),
+# no network, no hashing, no spool: examples/durablefloor.rs.
+floor=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/examples/durablefloor
+log "cargo build --release --example durablefloor"
+(cd "$REPO_ROOT" && cargo build --release --locked --example durablefloor) >&2
+floor_run() { "$floor" "$files" "$out/cache" "$out/deliver" 32 >/dev/null; }
+floor_ok() {
+    rm -f "$out/deliver/manifest.tsv"
+    all_ok
+}
+measure "durable floor" fresh floor_run floor_ok
+
+baselines=(--baseline "curl -K" --baseline "durable floor")
 report "small: $SMALL_COUNT distinct files of $(human_bytes "$size"), all cache misses" \
     --count "$SMALL_COUNT" --unit files "${baselines[@]}" \
     --note "$(machine_note); chitd verifies and fsyncs every file, curl/wget verify nothing, aria2c verifies sha256; none of the peers fsyncs."

@@ -12,7 +12,7 @@ mod queue;
 pub mod status_file;
 mod work;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +42,17 @@ pub const LOCAL_SLOTS: usize = 32;
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the in-flight progress file is refreshed.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// A delivered chit waits at most this long for others to share its group
+/// commit (two directory fsyncs per commit) while more deliveries are under
+/// way; a lone chit is committed at once.
+pub const COMMIT_LINGER: Duration = Duration::from_millis(2);
+/// A group commit starts at once when this many chits wait for it.
+pub const COMMIT_BATCH: usize = 256;
+/// Cache directories that received new objects are fsync'd at most this
+/// often while the daemon is busy (at once when it is idle or stopping):
+/// nobody waits for them, and new objects are spread over 256 directories,
+/// so syncing them as they come would cost about one fsync per object.
+pub const CACHE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// After SIGTERM, how long downloads get to checkpoint.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -160,6 +171,10 @@ pub async fn run(
         ready: Vec::new(),
         commits: Vec::new(),
         committing: false,
+        unsynced_cache_dirs: BTreeSet::new(),
+        syncing_cache_dirs: false,
+        last_cache_sync: None,
+        commits_since: None,
         tried: HashMap::new(),
         earlier_failures: HashMap::new(),
         jobs: config.jobs.max(1),
@@ -185,6 +200,13 @@ struct Scheduler {
     commits: Vec<work::Commit>,
     /// Whether a group commit is running.
     committing: bool,
+    /// Cache directories that received new objects since the last round of
+    /// their fsyncs, and whether a round is running.
+    unsynced_cache_dirs: BTreeSet<PathBuf>,
+    syncing_cache_dirs: bool,
+    last_cache_sync: Option<tokio::time::Instant>,
+    /// When the oldest chit in `commits` was delivered.
+    commits_since: Option<tokio::time::Instant>,
     /// Waiters whose download ended, to be delivered or failed.
     ready: Vec<(Waiter, Arc<Result<PathBuf, String>>)>,
     /// Sources already tried in vain for a digest that is being retried
@@ -210,6 +232,7 @@ impl Scheduler {
         let mut status = tokio::time::interval(STATUS_INTERVAL);
         loop {
             self.admit();
+            let linger = self.commit_deadline();
             if self.is_idle() && exit_when_idle {
                 // The directories are the truth: look once more, including
                 // fetch/ (anything there now is nobody's work).
@@ -236,6 +259,7 @@ impl Scheduler {
                 },
                 _ = rescan.tick() => self.scan(false),
                 _ = status.tick() => self.write_status(),
+                _ = sleep_until(linger) => {}
             }
         }
         self.stop().await;
@@ -246,12 +270,32 @@ impl Scheduler {
     /// deliveries (they finish chits), new chits round-robin across
     /// consumers, then downloads.
     fn admit(&mut self) {
-        if !self.committing && !self.commits.is_empty() {
+        let now = tokio::time::Instant::now();
+        if !self.committing
+            && !self.commits.is_empty()
+            && self
+                .commit_deadline()
+                .is_none_or(|deadline| deadline <= now)
+        {
             self.committing = true;
+            self.commits_since = None;
             let batch = std::mem::take(&mut self.commits);
             let shared = Arc::clone(&self.shared);
             self.local
                 .spawn_blocking(move || work::commit(&shared, batch));
+        }
+        if !self.syncing_cache_dirs
+            && !self.unsynced_cache_dirs.is_empty()
+            && (self.is_quiet()
+                || self
+                    .last_cache_sync
+                    .is_none_or(|last| now - last >= CACHE_SYNC_INTERVAL))
+        {
+            self.syncing_cache_dirs = true;
+            self.last_cache_sync = Some(now);
+            let dirs = std::mem::take(&mut self.unsynced_cache_dirs);
+            self.local
+                .spawn_blocking(move || work::sync_cache_dirs(dirs.into_iter().collect()));
         }
         while self.local.len() < LOCAL_SLOTS {
             let shared = Arc::clone(&self.shared);
@@ -294,16 +338,24 @@ impl Scheduler {
     fn step_done(&mut self, step: Step) {
         match step {
             Step::Done { consumer, name } => self.queues.finished(consumer, &name),
-            Step::Commit(commit) => self.commits.push(commit),
+            Step::Commit(commit) => {
+                self.commits_since
+                    .get_or_insert_with(tokio::time::Instant::now);
+                self.commits.push(commit);
+            }
             Step::Committed(names) => {
                 self.committing = false;
                 for (consumer, name) in names {
                     self.queues.finished(consumer, &name);
                 }
             }
+            Step::CacheDirsSynced => self.syncing_cache_dirs = false,
             Step::Published(digest, published) => {
-                if published.is_ok() {
+                if let Ok(object) = &published {
                     tracing::info!(digest = %digest, "download finished, verified and cached");
+                    if let Some(dir) = object.parent() {
+                        self.unsynced_cache_dirs.insert(dir.to_path_buf());
+                    }
                 }
                 self.settle(digest, None, published);
             }
@@ -424,12 +476,32 @@ impl Scheduler {
     }
 
     fn is_idle(&self) -> bool {
-        self.local.is_empty()
+        self.is_quiet() && self.unsynced_cache_dirs.is_empty()
+    }
+
+    /// No chit is being worked on (cache directory fsyncs aside).
+    fn is_quiet(&self) -> bool {
+        self.local.len() == usize::from(self.syncing_cache_dirs)
             && self.downloads.is_empty()
             && self.ready.is_empty()
             && self.commits.is_empty()
             && self.inflight.is_empty()
             && self.queues.is_empty()
+    }
+
+    /// When the waiting chits' group commit is due: at once for a full
+    /// batch or when no other delivery is under way (nothing to wait for),
+    /// else [`COMMIT_LINGER`] after the oldest was delivered. `None` when
+    /// no commit is waiting or one is running.
+    fn commit_deadline(&self) -> Option<tokio::time::Instant> {
+        let since = self.commits_since.filter(|_| !self.committing)?;
+        let deliveries_under_way =
+            self.local.len() > usize::from(self.syncing_cache_dirs) || !self.ready.is_empty();
+        if self.commits.len() >= COMMIT_BATCH || !deliveries_under_way {
+            Some(since)
+        } else {
+            Some(since + COMMIT_LINGER)
+        }
     }
 
     fn write_status(&self) {
@@ -459,6 +531,12 @@ impl Scheduler {
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while self.downloads.join_next().await.is_some() {}
             while self.local.join_next().await.is_some() {}
+            let dirs: Vec<PathBuf> = std::mem::take(&mut self.unsynced_cache_dirs)
+                .into_iter()
+                .collect();
+            if !dirs.is_empty() {
+                let _ = tokio::task::spawn_blocking(move || work::sync_cache_dirs(dirs)).await;
+            }
         })
         .await;
         if drained.is_err() {
@@ -469,6 +547,14 @@ impl Scheduler {
         for consumer in &self.shared.consumers {
             consumer.status.remove();
         }
+    }
+}
+
+/// Sleep until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -40,6 +40,8 @@ pub enum Step {
     Commit(Commit),
     /// A group commit ended: these chits are terminal.
     Committed(Vec<(usize, String)>),
+    /// A round of cache directory fsyncs ended (see [`sync_cache_dirs`]).
+    CacheDirsSynced,
     /// A verified download was published into the cache (or could not be).
     Published(Digest, Result<std::path::PathBuf, String>),
 }
@@ -54,9 +56,6 @@ pub struct Commit {
     pub from: &'static str,
     /// The delivery directory that holds the new file; fsync'd by the commit.
     pub parent: Dir,
-    /// The cache directory of a freshly downloaded object, whose rename
-    /// the commit makes durable too (see `Store::publish`).
-    pub cache_dir: Option<PathBuf>,
 }
 
 /// Claim (when in `request/`), read, parse, and try the cache.
@@ -176,9 +175,6 @@ fn deliver_chit(
             path: chit.path.to_string(),
             from,
             parent,
-            cache_dir: (from == "download")
-                .then(|| object.parent().map(Path::to_path_buf))
-                .flatten(),
         }),
         Err(e) => {
             let reason = format!("cannot deliver {}: {e}", chit.path);
@@ -200,18 +196,7 @@ fn deliver_chit(
 /// every chit `fetch/ → downloaded/` with one fsync of each consumer's
 /// `downloaded/`. A chit whose directory cannot be synced is failed.
 pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
-    let mut cache_dirs: Vec<&Path> = batch
-        .iter()
-        .filter_map(|e| e.cache_dir.as_deref())
-        .collect();
-    cache_dirs.sort_unstable();
-    cache_dirs.dedup();
-    for dir in cache_dirs {
-        if let Err(e) = sync_dir(dir) {
-            // Only the cache's memory of the object is at stake, not a delivery.
-            tracing::warn!("cannot make a cache entry durable: {e}");
-        }
-    }
+    tracing::debug!(chits = batch.len(), "group commit");
     let mut synced: Vec<(&Path, std::io::Result<()>)> = Vec::new();
     for entry in &batch {
         if !synced.iter().any(|(path, _)| *path == entry.parent.path()) {
@@ -255,6 +240,31 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
         }
     }
     Step::Committed(batch.into_iter().map(|e| (e.consumer, e.name)).collect())
+}
+
+/// Make the renames that published new cache objects durable: one fsync
+/// of each cache directory that received objects since the last round.
+/// No delivery waits for this (a delivered file is durable on its own): a
+/// crash before it may lose a cache name, never the bytes under one, and
+/// the object is then downloaded again.
+/// The fsyncs run on a few threads at once, so the disk can serve their
+/// flushes together.
+pub fn sync_cache_dirs(dirs: Vec<PathBuf>) -> Step {
+    const THREADS: usize = 8;
+    tracing::debug!(dirs = dirs.len(), "syncing cache directories");
+    let chunk = dirs.len().div_ceil(THREADS).max(1);
+    std::thread::scope(|scope| {
+        for part in dirs.chunks(chunk) {
+            scope.spawn(move || {
+                for dir in part {
+                    if let Err(e) = sync_dir(dir) {
+                        tracing::warn!("cannot make a cache entry durable: {e}");
+                    }
+                }
+            });
+        }
+    });
+    Step::CacheDirsSynced
 }
 
 /// `fetch/ → fail/` with the reason; never loses the chit.
