@@ -15,12 +15,14 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
         .map_err(|e| with_path(e, "syncing directory", path))
 }
 
-/// A process-unique suffix for temporary names.
+/// A process-unique suffix for temporary names: `<pid>.<n>`.
 pub fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // The pid, asked once (each `getpid` is a system call).
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     format!(
         "{}.{}",
-        std::process::id(),
+        PID.get_or_init(std::process::id),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }

@@ -19,6 +19,13 @@
 //! may be published ([`Partial::verify_prefix`]). A prefix damaged behind
 //! chitd's back is caught, and the download starts over instead of
 //! publishing wrong bytes.
+//!
+//! Downloads of at most [`IN_MEMORY_MAX`] bytes are held in memory instead
+//! ([`Partial::in_memory`]): no `.part`, no record, no checkpoint, no disk
+//! work until the bytes are verified and published (then written once,
+//! beside their final cache name). Within a run they resume like the others
+//! (the bytes are still there); a crash costs at most that many bytes of
+//! transfer, and many small files cost no partial file each.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -53,6 +60,10 @@ const WRITEBACK_BYTES: u64 = 8 << 20;
 /// Downloads at least this big hash on a thread of their own (see
 /// `hasher`); below it, a thread costs more than it saves.
 const OFFLOAD_HASH_BYTES: u64 = 4 << 20;
+
+/// Downloads of at most this many bytes are held in memory until verified
+/// (see the module doc): at most `jobs` times this much memory.
+pub const IN_MEMORY_MAX: u64 = 64 << 10;
 
 const MAGIC: &str = "chitd-progress v1";
 
@@ -159,16 +170,34 @@ impl Record {
     }
 }
 
-/// A partial download being written: the `.part` file, the running hash,
-/// and where it came from. Owned by one thread at a time (it moves into the
-/// blocking writer while a body streams).
+/// Where a partial download's bytes are.
+#[derive(Debug)]
+enum Backing {
+    /// The `.part` file.
+    Disk(File),
+    /// In memory (at most [`IN_MEMORY_MAX`] bytes).
+    Memory(Vec<u8>),
+}
+
+/// A complete, verified download, ready to be published into the cache.
+#[derive(Debug)]
+pub enum Complete {
+    /// The fdatasync'd `.part` file, to be renamed into place.
+    File(PathBuf),
+    /// The bytes, to be written to their final place.
+    Memory(Vec<u8>),
+}
+
+/// A partial download being written: the `.part` file (or the bytes in
+/// memory), the running hash, and where it came from. Owned by one thread
+/// at a time (it moves into the blocking writer while a body streams).
 #[derive(Debug)]
 pub struct Partial {
     digest: Digest,
     total: u64,
     part_path: PathBuf,
     record_path: PathBuf,
-    file: File,
+    backing: Backing,
     hasher: Hasher,
     offset: u64,
     durable_offset: u64,
@@ -190,24 +219,27 @@ pub struct Partial {
 }
 
 impl Partial {
-    /// Open the partial for `digest`, resuming from its record when the
-    /// record is valid and agrees with the `.part` file, else from 0.
-    pub fn open(dir: &Path, digest: Digest, total: u64) -> io::Result<Partial> {
-        let part_path = dir.join(format!("{digest}.part"));
-        let record_path = dir.join(format!("{digest}.progress"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&part_path)
-            .map_err(|e| with_path(e, "opening", &part_path))?;
-        let mut partial = Partial {
+    /// Whether a download of `total` bytes is held in memory.
+    pub fn fits_in_memory(total: u64) -> bool {
+        total <= IN_MEMORY_MAX
+    }
+
+    /// A fresh partial held in memory, for a download that
+    /// [`fits_in_memory`](Partial::fits_in_memory): no file is touched.
+    pub fn in_memory(dir: &Path, digest: Digest, total: u64) -> Partial {
+        debug_assert!(Partial::fits_in_memory(total));
+        let mut partial = Partial::new(dir, digest, total, Backing::Memory(Vec::new()));
+        partial.record_may_exist = false;
+        partial
+    }
+
+    fn new(dir: &Path, digest: Digest, total: u64, backing: Backing) -> Partial {
+        Partial {
             digest,
             total,
-            part_path,
-            record_path,
-            file,
+            part_path: dir.join(format!("{digest}.part")),
+            record_path: dir.join(format!("{digest}.progress")),
+            backing,
             hasher: Hasher::new(),
             offset: 0,
             durable_offset: 0,
@@ -218,13 +250,34 @@ impl Partial {
             resumed: false,
             prefix_check: None,
             record_may_exist: true,
-        };
+        }
+    }
+
+    /// The partial for `digest`: in memory when it
+    /// [`fits_in_memory`](Partial::fits_in_memory), else [`Partial::open`].
+    pub fn open_or_hold(dir: &Path, digest: Digest, total: u64) -> io::Result<Partial> {
+        if Partial::fits_in_memory(total) {
+            Ok(Partial::in_memory(dir, digest, total))
+        } else {
+            Partial::open(dir, digest, total)
+        }
+    }
+
+    /// Open the partial for `digest` on disk, resuming from its record when
+    /// the record is valid and agrees with the `.part` file, else from 0.
+    pub fn open(dir: &Path, digest: Digest, total: u64) -> io::Result<Partial> {
+        let part_path = dir.join(format!("{digest}.part"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part_path)
+            .map_err(|e| with_path(e, "opening", &part_path))?;
+        let mut partial = Partial::new(dir, digest, total, Backing::Disk(file));
         match partial.load_record() {
             Ok(Some(record)) => {
-                partial
-                    .file
-                    .set_len(record.offset)
-                    .map_err(|e| with_path(e, "truncating", &partial.part_path))?;
+                partial.truncate(record.offset)?;
                 partial.offset = record.offset;
                 partial.durable_offset = record.offset;
                 partial.writeback_offset = record.offset;
@@ -260,7 +313,10 @@ impl Partial {
         if record.digest != self.digest || record.total != self.total {
             return Err("record is for another digest or size".into());
         }
-        let on_disk = self.file.metadata().map_err(|e| e.to_string())?.len();
+        let on_disk = match &self.backing {
+            Backing::Disk(file) => file.metadata().map_err(|e| e.to_string())?.len(),
+            Backing::Memory(bytes) => bytes.len() as u64,
+        };
         if on_disk < record.offset {
             return Err(format!(
                 "part file has {on_disk} bytes, record claims {}",
@@ -280,11 +336,26 @@ impl Partial {
         self.total
     }
 
+    /// Whether the bytes are held in memory (see [`Partial::in_memory`]).
+    pub fn is_in_memory(&self) -> bool {
+        matches!(self.backing, Backing::Memory(_))
+    }
+
+    fn truncate(&mut self, length: u64) -> io::Result<()> {
+        match &mut self.backing {
+            Backing::Disk(file) => file
+                .set_len(length)
+                .map_err(|e| with_path(e, "truncating", &self.part_path)),
+            Backing::Memory(bytes) => {
+                bytes.truncate(usize::try_from(length).unwrap_or(usize::MAX));
+                Ok(())
+            }
+        }
+    }
+
     /// Forget every byte: truncate to 0, fresh hash, no record.
     pub fn reset(&mut self) -> io::Result<()> {
-        self.file
-            .set_len(0)
-            .map_err(|e| with_path(e, "truncating", &self.part_path))?;
+        self.truncate(0)?;
         self.hasher = Hasher::new();
         self.offset = 0;
         self.durable_offset = 0;
@@ -316,9 +387,12 @@ impl Partial {
     /// due. The caller guarantees `offset + bytes.len() <= total`.
     pub fn append(&mut self, bytes: Bytes) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        self.file
-            .write_all_at(&bytes, self.offset)
-            .map_err(|e| with_path(e, "writing", &self.part_path))?;
+        match &mut self.backing {
+            Backing::Disk(file) => file
+                .write_all_at(&bytes, self.offset)
+                .map_err(|e| with_path(e, "writing", &self.part_path))?,
+            Backing::Memory(held) => held.extend_from_slice(&bytes),
+        }
         self.offset += bytes.len() as u64;
         if self.total >= OFFLOAD_HASH_BYTES {
             self.hasher.offload();
@@ -338,23 +412,24 @@ impl Partial {
     /// Start writeback of the bytes since the last call (see
     /// [`start_writeback`]), so the disk writes while the network receives.
     fn start_writeback(&mut self) {
-        start_writeback(
-            &self.file,
-            self.writeback_offset,
-            self.offset - self.writeback_offset,
-        );
+        if let Backing::Disk(file) = &self.backing {
+            start_writeback(file, self.writeback_offset, self.offset - self.writeback_offset);
+        }
         self.writeback_offset = self.offset;
     }
 
     /// Make the bytes so far durable and record them: fdatasync the `.part`,
     /// then replace the record atomically and durably.
+    /// Bytes held in memory are never checkpointed.
     pub fn checkpoint(&mut self) -> io::Result<()> {
         self.last_checkpoint = Instant::now();
+        let Backing::Disk(file) = &self.backing else {
+            return Ok(());
+        };
         if self.offset == self.durable_offset {
             return Ok(());
         }
-        self.file
-            .sync_data()
+        file.sync_data()
             .map_err(|e| with_path(e, "syncing", &self.part_path))?;
         let record = Record {
             digest: self.digest,
@@ -385,14 +460,19 @@ impl Partial {
         (self.offset == self.total).then(|| self.hasher.digest())
     }
 
-    /// Make the complete file durable and hand it over: returns the `.part`
-    /// path (the caller renames it into the cache) after removing the record.
-    pub fn into_complete(mut self) -> io::Result<PathBuf> {
-        self.file
-            .sync_data()
-            .map_err(|e| with_path(e, "syncing", &self.part_path))?;
-        self.remove_record()?;
-        Ok(self.part_path)
+    /// Hand the complete download over: the `.part` path, made durable
+    /// (the caller renames it into the cache) after removing the record; or
+    /// the bytes held in memory.
+    pub fn into_complete(mut self) -> io::Result<Complete> {
+        match std::mem::replace(&mut self.backing, Backing::Memory(Vec::new())) {
+            Backing::Disk(file) => {
+                file.sync_data()
+                    .map_err(|e| with_path(e, "syncing", &self.part_path))?;
+                self.remove_record()?;
+                Ok(Complete::File(self.part_path))
+            }
+            Backing::Memory(bytes) => Ok(Complete::Memory(bytes)),
+        }
     }
 
     /// Whether a progress record covers some bytes, so that a later
@@ -403,7 +483,9 @@ impl Partial {
 
     /// Drop the partial entirely (both files).
     pub fn discard(mut self) {
-        let _ = fs::remove_file(&self.part_path);
+        if !self.is_in_memory() {
+            let _ = fs::remove_file(&self.part_path);
+        }
         let _ = self.remove_record();
     }
 }
@@ -530,8 +612,37 @@ mod tests {
             .unwrap();
         assert_eq!(resumed.finished_digest(), Some(digest));
         assert_eq!(resumed.verify_prefix(), Ok(()));
-        let path = resumed.into_complete().unwrap();
+        let Complete::File(path) = resumed.into_complete().unwrap() else {
+            panic!("a partial opened on disk stays on disk");
+        };
         assert_eq!(fs::read(path).unwrap(), data);
+    }
+
+    #[test]
+    fn small_downloads_are_held_in_memory_and_touch_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![3u8; IN_MEMORY_MAX as usize];
+        let digest = digest_of(&data);
+        let mut partial = Partial::open_or_hold(dir.path(), digest, data.len() as u64).unwrap();
+        assert!(partial.is_in_memory());
+        partial.append(Bytes::copy_from_slice(&data[..1000])).unwrap();
+        // Checkpoints are no-ops: nothing to resume from after a crash.
+        partial.checkpoint().unwrap();
+        assert!(!partial.is_resumable());
+        // Within the run, the bytes stay (a ranged request continues them).
+        assert_eq!(partial.offset(), 1000);
+        partial.reset().unwrap();
+        assert_eq!(partial.offset(), 0);
+        partial.append(Bytes::copy_from_slice(&data)).unwrap();
+        assert_eq!(partial.finished_digest(), Some(digest));
+        let Complete::Memory(bytes) = partial.into_complete().unwrap() else {
+            panic!("a small partial is held in memory");
+        };
+        assert_eq!(bytes, data);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "a file was created");
+        // One byte more: on disk.
+        let bigger = Partial::open_or_hold(dir.path(), digest, IN_MEMORY_MAX + 1).unwrap();
+        assert!(!bigger.is_in_memory());
     }
 
     #[test]

@@ -16,13 +16,13 @@
 //! beside this one.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::chit::Digest;
-use crate::durable::with_path;
-use crate::partial::Partial;
+use crate::durable::{unique_suffix, with_path};
+use crate::partial::{Complete, Partial};
 
 /// Orphaned partial downloads (no chit has asked for them since) are kept
 /// this long, in case the chit comes back (e.g. `mv fail/X request/X`).
@@ -97,13 +97,16 @@ impl Store {
         }
     }
 
-    /// Open the partial download of `digest` (resuming from its record).
+    /// The partial download of `digest`: held in memory when small, else
+    /// opened on disk, resuming from its record (see `partial`).
     pub fn partial(&self, digest: Digest, size: u64) -> io::Result<Partial> {
-        Partial::open(&self.partials, digest, size)
+        Partial::open_or_hold(&self.partials, digest, size)
     }
 
-    /// Publish a complete, verified partial under its digest (fdatasync'd
-    /// by `into_complete`, then renamed). Returns the object path.
+    /// Publish a complete, verified partial under its digest: a `.part` is
+    /// fdatasync'd by `into_complete`, then renamed; bytes held in memory
+    /// are written to a dot-named temporary beside the final name,
+    /// fdatasync'd, then renamed. Returns the object path.
     ///
     /// The rename is made durable by the caller: the group commit that
     /// first delivers the object fsyncs its directory together with the
@@ -113,14 +116,31 @@ impl Store {
     pub fn publish(&self, partial: Partial, digest: &Digest) -> io::Result<PathBuf> {
         let path = self.object_path(digest);
         let dir = path.parent().unwrap_or(&self.objects);
-        let part = partial.into_complete()?;
-        let published = fs::create_dir_all(dir)
-            .map_err(|e| with_path(e, "creating", dir))
-            .and_then(|()| fs::rename(&part, &path).map_err(|e| with_path(e, "publishing", &path)));
+        let complete = partial.into_complete()?;
+        fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
+        let temp = match complete {
+            Complete::File(part) => part,
+            Complete::Memory(bytes) => {
+                let name = format!(".{}.{}", digest.to_hex(), unique_suffix());
+                let temp = dir.join(name);
+                let written = File::create_new(&temp)
+                    .and_then(|mut file| {
+                        file.write_all(&bytes)?;
+                        file.sync_data()
+                    })
+                    .map_err(|e| with_path(e, "writing", &temp));
+                if let Err(e) = written {
+                    let _ = fs::remove_file(&temp);
+                    return Err(e);
+                }
+                temp
+            }
+        };
+        let published = fs::rename(&temp, &path).map_err(|e| with_path(e, "publishing", &path));
         if published.is_err() {
-            // Its record is gone: the bytes could not be resumed anyway,
-            // and on a full disk they are in everyone's way.
-            let _ = fs::remove_file(&part);
+            // A `.part`'s record is gone: its bytes could not be resumed
+            // anyway, and on a full disk they are in everyone's way.
+            let _ = fs::remove_file(&temp);
         }
         published.map(|()| path)
     }
@@ -187,6 +207,31 @@ mod tests {
         assert_eq!(store.lookup(&digest, 5).unwrap(), Some(path));
         // Wrong size: treated as a miss and removed.
         assert_eq!(store.lookup(&digest, 6).unwrap(), None);
+    }
+
+    #[test]
+    fn publish_from_disk_and_from_memory_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for size in [crate::partial::IN_MEMORY_MAX, crate::partial::IN_MEMORY_MAX + 1] {
+            let data = vec![size as u8; size as usize];
+            let digest = Digest::from_bytes(Sha256::digest(&data).into());
+            let mut partial = store.partial(digest, size).unwrap();
+            partial.append(bytes::Bytes::from(data.clone())).unwrap();
+            assert_eq!(partial.finished_digest(), Some(digest));
+            let path = store.publish(partial, &digest).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), data);
+            let siblings: Vec<_> = fs::read_dir(path.parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(siblings, [path.file_name().unwrap()], "temporary left");
+        }
+        assert_eq!(
+            fs::read_dir(store.partials_dir()).unwrap().count(),
+            0,
+            "a partial file was left"
+        );
     }
 
     #[test]

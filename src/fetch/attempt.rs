@@ -172,21 +172,7 @@ impl Attempt<'_> {
         let total = partial.total();
         let mut offset = partial.offset();
         self.progress.store(offset, Ordering::Relaxed);
-        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
-        let writer = tokio::task::spawn_blocking(move || {
-            let mut partial = partial;
-            let mut result = Ok(());
-            while let Some(chunk) = receiver.blocking_recv() {
-                if let Err(e) = partial.append(chunk) {
-                    result = Err(e);
-                    break;
-                }
-            }
-            if result.is_ok() && partial.offset() < partial.total() {
-                result = partial.checkpoint();
-            }
-            (partial, result)
-        });
+        let mut sink = Sink::new(partial);
 
         let mut body = response.bytes_stream();
         let mut outcome: Result<(), Stop> = Ok(());
@@ -220,18 +206,14 @@ impl Attempt<'_> {
                         break;
                     }
                     offset += chunk.len() as u64;
-                    if sender.send(chunk).await.is_err() {
+                    if !sink.push(chunk).await {
                         break; // the writer failed; its error is reported below
                     }
                     self.progress.store(offset, Ordering::Relaxed);
                 }
             }
         }
-        drop(sender);
-        let (mut partial, written) = match writer.await {
-            Ok(done) => done,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
+        let (mut partial, written) = sink.finish().await;
         if let Err(e) = written {
             return (partial, Err(FetchError::Disk(e).into()));
         }
@@ -291,6 +273,70 @@ impl Attempt<'_> {
         };
         let result = result.and_then(|()| self.verify(&mut partial));
         (partial, result)
+    }
+}
+
+/// Where the received chunks of a body go: through a bounded channel to a
+/// blocking writer that appends and hashes them (receiving and writing
+/// overlap), or, for a partial held in memory, straight into it (a few KiB:
+/// no thread, no hand-offs).
+enum Sink {
+    Writer {
+        sender: tokio::sync::mpsc::Sender<Bytes>,
+        writer: tokio::task::JoinHandle<(Partial, std::io::Result<()>)>,
+    },
+    Inline(Partial, std::io::Result<()>),
+}
+
+impl Sink {
+    fn new(partial: Partial) -> Sink {
+        if partial.is_in_memory() {
+            return Sink::Inline(partial, Ok(()));
+        }
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut partial = partial;
+            let mut result = Ok(());
+            while let Some(chunk) = receiver.blocking_recv() {
+                if let Err(e) = partial.append(chunk) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            if result.is_ok() && partial.offset() < partial.total() {
+                result = partial.checkpoint();
+            }
+            (partial, result)
+        });
+        Sink::Writer { sender, writer }
+    }
+
+    /// Hand over a chunk; false once writing has failed.
+    async fn push(&mut self, chunk: Bytes) -> bool {
+        match self {
+            Sink::Writer { sender, .. } => sender.send(chunk).await.is_ok(),
+            Sink::Inline(partial, result) => {
+                if result.is_ok() {
+                    *result = partial.append(chunk);
+                }
+                result.is_ok()
+            }
+        }
+    }
+
+    /// The partial back, with the first write error; an incomplete one on
+    /// disk is checkpointed.
+    async fn finish(self) -> (Partial, std::io::Result<()>) {
+        match self {
+            Sink::Writer { sender, writer } => {
+                drop(sender);
+                match writer.await {
+                    Ok(done) => done,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                }
+            }
+            Sink::Inline(partial, result) => (partial, result),
+        }
     }
 }
 

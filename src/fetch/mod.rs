@@ -144,9 +144,14 @@ impl Fetcher {
             ));
         }
         let (digest, size) = (job.digest, job.size);
-        let opener = Arc::clone(&store);
-        let mut partial = blocking(move || opener.partial(digest, size))
-            .await
+        let opened = if Partial::fits_in_memory(size) {
+            // No file is touched: no need for the blocking pool.
+            store.partial(digest, size)
+        } else {
+            let opener = Arc::clone(&store);
+            blocking(move || opener.partial(digest, size)).await
+        };
+        let mut partial = opened
             .map_err(|e| DownloadError::Failed(format!("cannot open the partial download: {e}")))?;
         let mut answers: Vec<Option<String>> = vec![None; job.sources.len()];
         let mut ruled_out = vec![false; job.sources.len()];

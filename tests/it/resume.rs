@@ -154,6 +154,25 @@ fn truncated_body_is_resumed_with_range() {
     case.assert_little_waste();
 }
 
+/// Small downloads are held in memory, not in a `.part`: a break still
+/// resumes from the bytes received, and no partial file ever appears.
+#[test]
+fn small_truncated_body_is_resumed_with_range_from_memory() {
+    let case = Case::new(60 << 10);
+    case.server
+        .set_fault_times("/f", Fault::Truncate { after: 20 << 10 }, 1);
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(requests[1].range.as_deref(), Some("bytes=20480-"));
+    assert_eq!(requests[1].status, 206);
+    case.assert_little_waste();
+    assert_eq!(
+        fs::read_dir(case.dir.cache().join("partial-v1"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
 #[test]
 fn reset_body_is_resumed_with_range() {
     let case = Case::new(MIB);
