@@ -4,14 +4,16 @@
 //! <cache>/
 //!   lock                     flock'd by the running daemon (one per cache)
 //!   sha256-v1/ab/<hex>       complete, verified objects, named by digest
-//!   partial-v1/<hex>.part    downloads in progress (see `partial`)
-//!   partial-v1/<hex>.progress
+//!   partial-v1/<hex>.part    downloads in progress (see `partial`; small
+//!   partial-v1/<hex>.progress  ones are held in memory instead)
 //! ```
 //!
 //! An object appears under its final name only by `rename(2)` of a complete,
-//! verified, fsync'd `.part` (its directory is fsync'd by the group commit
-//! of its first delivery), so a name in `sha256-v1/` always holds exactly
-//! the bytes of its digest. The
+//! verified, fdatasync'd file (a `.part`, or a temporary beside the final
+//! name for a download held in memory), so a name in `sha256-v1/` always
+//! holds exactly the bytes of its digest. The directory is fsync'd later, in
+//! a background round (`daemon::CACHE_SYNC_INTERVAL`): a crash before it can
+//! lose a name, never the content under one. The
 //! layout is versioned in the directory names so a future layout can live
 //! beside this one.
 
@@ -108,11 +110,10 @@ impl Store {
     /// are written to a dot-named temporary beside the final name,
     /// fdatasync'd, then renamed. Returns the object path.
     ///
-    /// The rename is made durable by the caller: the group commit that
-    /// first delivers the object fsyncs its directory together with the
-    /// delivery directories (one fsync for many small objects). Until then a
-    /// crash may lose the name, never the content under it: the worst case
-    /// is downloading the object again.
+    /// The rename is made durable by the caller, with the other cache
+    /// directories of a round (one fsync per directory for many objects).
+    /// Until then a crash may lose the name, never the content under it:
+    /// the worst case is downloading the object again.
     pub fn publish(&self, partial: Partial, digest: &Digest) -> io::Result<PathBuf> {
         let path = self.object_path(digest);
         let dir = path.parent().unwrap_or(&self.objects);
