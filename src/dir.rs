@@ -220,7 +220,7 @@ impl Dir {
     /// Create a new, exclusive, dot-named temporary file in this directory.
     /// Returns its name and the open file.
     pub fn create_temp(&self, stem: &str) -> io::Result<(String, File)> {
-        let name = format!(".{stem}.chitd-{}", unique_suffix());
+        let name = temp_name(stem, &unique_suffix());
         let fd = rustix::fs::openat2(
             &self.fd,
             name.as_str(),
@@ -324,10 +324,37 @@ fn describe(kind: FileType) -> &'static str {
     }
 }
 
+/// `.<stem>.chitd-<suffix>`, with the stem cut short (at a character
+/// boundary) so the name fits in a file name of 255 bytes: a chit or a path
+/// component may use all 255 itself.
+fn temp_name(stem: &str, suffix: &str) -> String {
+    const NAME_MAX: usize = 255;
+    let room = NAME_MAX.saturating_sub(".".len() + ".chitd-".len() + suffix.len());
+    let mut end = stem.len().min(room);
+    while !stem.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(".{}.chitd-{suffix}", &stem[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn temp_names_fit_in_255_bytes() {
+        for stem in [
+            "a".repeat(255),
+            "é".repeat(127),
+            "make-4.4.tar.gz".to_owned(),
+        ] {
+            let name = temp_name(&stem, "4294967295.18446744073709551615");
+            assert!(name.len() <= 255, "{} bytes", name.len());
+            assert!(Dir::is_temp_name(&name), "{name}");
+            assert!(stem.starts_with(&name[1..name.rfind(".chitd-").unwrap()]));
+        }
+    }
 
     #[test]
     fn temp_names_are_recognised() {

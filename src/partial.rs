@@ -413,7 +413,11 @@ impl Partial {
     /// [`start_writeback`]), so the disk writes while the network receives.
     fn start_writeback(&mut self) {
         if let Backing::Disk(file) = &self.backing {
-            start_writeback(file, self.writeback_offset, self.offset - self.writeback_offset);
+            start_writeback(
+                file,
+                self.writeback_offset,
+                self.offset - self.writeback_offset,
+            );
         }
         self.writeback_offset = self.offset;
     }
@@ -625,7 +629,9 @@ mod tests {
         let digest = digest_of(&data);
         let mut partial = Partial::open_or_hold(dir.path(), digest, data.len() as u64).unwrap();
         assert!(partial.is_in_memory());
-        partial.append(Bytes::copy_from_slice(&data[..1000])).unwrap();
+        partial
+            .append(Bytes::copy_from_slice(&data[..1000]))
+            .unwrap();
         // Checkpoints are no-ops: nothing to resume from after a crash.
         partial.checkpoint().unwrap();
         assert!(!partial.is_resumable());
@@ -639,7 +645,11 @@ mod tests {
             panic!("a small partial is held in memory");
         };
         assert_eq!(bytes, data);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "a file was created");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "a file was created"
+        );
         // One byte more: on disk.
         let bigger = Partial::open_or_hold(dir.path(), digest, IN_MEMORY_MAX + 1).unwrap();
         assert!(!bigger.is_in_memory());

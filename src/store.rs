@@ -214,7 +214,10 @@ mod tests {
     fn publish_from_disk_and_from_memory_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        for size in [crate::partial::IN_MEMORY_MAX, crate::partial::IN_MEMORY_MAX + 1] {
+        for size in [
+            crate::partial::IN_MEMORY_MAX,
+            crate::partial::IN_MEMORY_MAX + 1,
+        ] {
             let data = vec![size as u8; size as usize];
             let digest = Digest::from_bytes(Sha256::digest(&data).into());
             let mut partial = store.partial(digest, size).unwrap();

@@ -285,13 +285,13 @@ enum Sink {
         sender: tokio::sync::mpsc::Sender<Bytes>,
         writer: tokio::task::JoinHandle<(Partial, std::io::Result<()>)>,
     },
-    Inline(Partial, std::io::Result<()>),
+    Inline(Box<Partial>, std::io::Result<()>),
 }
 
 impl Sink {
     fn new(partial: Partial) -> Sink {
         if partial.is_in_memory() {
-            return Sink::Inline(partial, Ok(()));
+            return Sink::Inline(Box::new(partial), Ok(()));
         }
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
         let writer = tokio::task::spawn_blocking(move || {
@@ -335,7 +335,7 @@ impl Sink {
                     Err(e) => std::panic::resume_unwind(e.into_panic()),
                 }
             }
-            Sink::Inline(partial, result) => (partial, result),
+            Sink::Inline(partial, result) => (*partial, result),
         }
     }
 }

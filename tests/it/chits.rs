@@ -214,3 +214,37 @@ fn digest_with_a_size_of_zero_is_delivered_as_an_empty_file() {
 
     spool.assert_delivered("empty", "empty.bin", &empty);
 }
+
+/// Names may use all 255 bytes a file name can have: a chit name, and each
+/// component of the delivery path. chitd's temporaries beside them (the
+/// delivered file's, the failed chit's) must still fit.
+#[test]
+fn names_of_255_bytes_are_delivered_and_failed() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(100);
+    server.add("/long", content.bytes.clone());
+    let good_name = "g".repeat(255);
+    let path = format!("sub/{}", "é".repeat(127)); // 254 bytes, 2 per char
+    // (No room for a `.name.tmp` beside these: written in place, before
+    // the daemon starts.)
+    spool.put_chit(
+        State::Request,
+        &good_name,
+        content.chit(&path, &[server.url("/long")]),
+    );
+    let bad_name = "b".repeat(255);
+    spool.put_chit(State::Request, &bad_name, "not a digest\n1\nx.bin\n");
+
+    Daemon::for_spool(&dir, &spool)
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+
+    spool.assert_delivered(&good_name, &path, &content);
+    assert_eq!(spool.states_of(&bad_name), [State::Fail]);
+    let failed = spool.read_chit(State::Fail, &bad_name);
+    let reason = crate::util::error_reason(&failed).unwrap_or_default();
+    assert!(reason.contains("line 1"), "{failed}");
+}
