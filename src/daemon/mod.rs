@@ -12,7 +12,7 @@ mod queue;
 pub mod status_file;
 mod work;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,6 +76,11 @@ pub enum DaemonError {
     Watch(notify::Error),
     #[error("cannot build the HTTP client: {0}")]
     Http(reqwest::Error),
+    #[error(
+        "not idle, but stuck: {0} cannot leave request/ or fetch/ (see the errors above); \
+         exiting instead of retrying forever"
+    )]
+    Stuck(String),
 }
 
 /// One consumer's directories, opened once.
@@ -179,12 +184,12 @@ pub async fn run(
         earlier_failures: HashMap::new(),
         jobs: config.jobs.max(1),
         cancel: CancellationToken::new(),
+        stuck: HashSet::new(),
     };
     scheduler.scan(true);
     scheduler
         .serve(options.exit_when_idle, hints, shutdown)
-        .await;
-    Ok(())
+        .await
 }
 
 /// A finished download: its digest, the sources it tried, its result.
@@ -217,6 +222,9 @@ struct Scheduler {
     earlier_failures: HashMap<Digest, Vec<String>>,
     jobs: usize,
     cancel: CancellationToken,
+    /// Chits whose last attempt could not claim them or move them to
+    /// `fail/` (see [`Step::Stuck`]).
+    stuck: HashSet<(usize, String)>,
 }
 
 impl Scheduler {
@@ -225,7 +233,7 @@ impl Scheduler {
         exit_when_idle: bool,
         mut hints: tokio::sync::mpsc::UnboundedReceiver<Hint>,
         shutdown: impl Future<Output = ()>,
-    ) {
+    ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
         rescan.tick().await;
@@ -240,6 +248,27 @@ impl Scheduler {
                 if self.queues.is_empty() {
                     tracing::info!("idle: no chit in any request/ or fetch/; exiting");
                     break;
+                }
+                // What is left was tried and could not move: retrying it
+                // at once, forever, would only spin.
+                let left: Vec<(usize, &str)> = self.queues.known().collect();
+                if left
+                    .iter()
+                    .all(|(consumer, name)| self.stuck.contains(&(*consumer, (*name).to_owned())))
+                {
+                    let names: Vec<String> = left
+                        .iter()
+                        .map(|(consumer, name)| {
+                            format!("{}/{name}", self.shared.consumers[*consumer].spool.name)
+                        })
+                        .collect();
+                    let error = DaemonError::Stuck(format!(
+                        "{} chit(s) ({})",
+                        names.len(),
+                        names.join(", ")
+                    ));
+                    self.stop().await;
+                    return Err(error);
                 }
                 continue;
             }
@@ -263,6 +292,7 @@ impl Scheduler {
             }
         }
         self.stop().await;
+        Ok(())
     }
 
     /// Start what the slots allow: a group commit of the delivered chits
@@ -337,7 +367,14 @@ impl Scheduler {
 
     fn step_done(&mut self, step: Step) {
         match step {
-            Step::Done { consumer, name } => self.queues.finished(consumer, &name),
+            Step::Done { consumer, name } => {
+                self.queues.finished(consumer, &name);
+                self.stuck.remove(&(consumer, name));
+            }
+            Step::Stuck { consumer, name } => {
+                self.queues.finished(consumer, &name);
+                self.stuck.insert((consumer, name));
+            }
             Step::Commit(commit) => {
                 self.commits_since
                     .get_or_insert_with(tokio::time::Instant::now);
@@ -347,6 +384,7 @@ impl Scheduler {
                 self.committing = false;
                 for (consumer, name) in names {
                     self.queues.finished(consumer, &name);
+                    self.stuck.remove(&(consumer, name));
                 }
             }
             Step::CacheDirsSynced => self.syncing_cache_dirs = false,

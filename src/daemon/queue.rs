@@ -61,6 +61,14 @@ impl Queues {
         self.queues[consumer].known.remove(name);
     }
 
+    /// Every chit queued or being worked on, as (consumer, name).
+    pub fn known(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.queues
+            .iter()
+            .enumerate()
+            .flat_map(|(consumer, q)| q.known.iter().map(move |name| (consumer, name.as_str())))
+    }
+
     /// Nothing queued and nothing being worked on.
     pub fn is_empty(&self) -> bool {
         self.queues.iter().all(|q| q.known.is_empty())

@@ -33,6 +33,9 @@ pub struct Waiter {
 pub enum Step {
     /// The chit is terminal, gone, or must wait for a later scan.
     Done { consumer: usize, name: String },
+    /// The chit could not be claimed, or not moved to `fail/` (the error is
+    /// logged): it stays where it is, and only a later scan retries it.
+    Stuck { consumer: usize, name: String },
     /// The chit needs its digest downloaded.
     Wait(Waiter),
     /// The file is delivered (renamed into place); the chit waits for the
@@ -62,6 +65,14 @@ pub struct Commit {
 pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> Step {
     let spool = &shared.consumers[consumer].spool;
     let done = |name| Step::Done { consumer, name };
+    // After `fail`: done, or stuck when the chit could not reach `fail/`.
+    let failed = |name, moved: bool| {
+        if moved {
+            Step::Done { consumer, name }
+        } else {
+            Step::Stuck { consumer, name }
+        }
+    };
     if origin == Origin::Request {
         match spool.claim(&name) {
             Ok(Claim::Claimed) => {
@@ -74,7 +85,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
             }
             Err(e) => {
                 tracing::error!(consumer = %spool.name, chit = %name, "cannot claim the chit: {e}");
-                return done(name);
+                return Step::Stuck { consumer, name };
             }
         }
     }
@@ -87,14 +98,14 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         Ok(bytes) => bytes,
         Err(ReadError::Gone) => return done(name),
         Err(ReadError::Refused(reason)) => {
-            fail(shared, consumer, &name, None, None, &reason);
-            return done(name);
+            let moved = fail(shared, consumer, &name, None, None, &reason);
+            return failed(name, moved);
         }
     };
     let chit = match Chit::parse(&bytes) {
         Ok(chit) => chit,
         Err(e) => {
-            fail(
+            let moved = fail(
                 shared,
                 consumer,
                 &name,
@@ -102,21 +113,18 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
                 Some(&bytes),
                 &format!("bad chit: {e}"),
             );
-            return done(name);
+            return failed(name, moved);
         }
     };
     match shared.store.lookup(&chit.digest, chit.size) {
-        Ok(Some(object)) => match deliver_chit(shared, consumer, name, &chit, &object, "cache") {
-            Ok(commit) => Step::Commit(commit),
-            Err(name) => done(name),
-        },
+        Ok(Some(object)) => deliver_chit(shared, consumer, name, &chit, &object, "cache"),
         Ok(None) => Step::Wait(Waiter {
             consumer,
             name,
             chit,
         }),
         Err(e) => {
-            fail(
+            let moved = fail(
                 shared,
                 consumer,
                 &name,
@@ -124,7 +132,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
                 Some(&bytes),
                 &format!("cannot read the cache: {e}"),
             );
-            done(name)
+            failed(name, moved)
         }
     }
 }
@@ -137,13 +145,10 @@ pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<&Path, &str>) -> 
         chit,
     } = waiter;
     match outcome {
-        Ok(object) => match deliver_chit(shared, consumer, name, &chit, object, "download") {
-            Ok(commit) => Step::Commit(commit),
-            Err(name) => Step::Done { consumer, name },
-        },
+        Ok(object) => deliver_chit(shared, consumer, name, &chit, object, "download"),
         Err(reason) => {
             let original = shared.consumers[consumer].spool.read(&name).ok();
-            fail(
+            let moved = fail(
                 shared,
                 consumer,
                 &name,
@@ -151,13 +156,17 @@ pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<&Path, &str>) -> 
                 original.as_deref(),
                 reason,
             );
-            Step::Done { consumer, name }
+            if moved {
+                Step::Done { consumer, name }
+            } else {
+                Step::Stuck { consumer, name }
+            }
         }
     }
 }
 
-/// Deliver the cached `object` for the chit; on failure, fail the chit
-/// (and hand its name back).
+/// Deliver the cached `object` for the chit (it then waits for a group
+/// commit); on failure, fail the chit.
 fn deliver_chit(
     shared: &Shared,
     consumer: usize,
@@ -165,10 +174,10 @@ fn deliver_chit(
     chit: &Chit,
     object: &Path,
     from: &'static str,
-) -> Result<Commit, String> {
+) -> Step {
     let target = &shared.consumers[consumer];
     match deliver_unsynced(&target.deliver, &chit.path, object) {
-        Ok(parent) => Ok(Commit {
+        Ok(parent) => Step::Commit(Commit {
             consumer,
             name,
             digest: chit.digest,
@@ -179,15 +188,18 @@ fn deliver_chit(
         Err(e) => {
             let reason = format!("cannot deliver {}: {e}", chit.path);
             let original = target.spool.read(&name).ok();
-            fail(
+            if fail(
                 shared,
                 consumer,
                 &name,
                 Some(&chit.digest),
                 original.as_deref(),
                 &reason,
-            );
-            Err(name)
+            ) {
+                Step::Done { consumer, name }
+            } else {
+                Step::Stuck { consumer, name }
+            }
         }
     }
 }
@@ -267,7 +279,8 @@ pub fn sync_cache_dirs(dirs: Vec<PathBuf>) -> Step {
     Step::CacheDirsSynced
 }
 
-/// `fetch/ → fail/` with the reason; never loses the chit.
+/// `fetch/ → fail/` with the reason; never loses the chit. Whether it
+/// moved (when not, it stays in `fetch/` and the error is logged).
 fn fail(
     shared: &Shared,
     consumer: usize,
@@ -275,15 +288,17 @@ fn fail(
     digest: Option<&Digest>,
     original: Option<&[u8]>,
     reason: &str,
-) {
+) -> bool {
     let spool = &shared.consumers[consumer].spool;
     let digest = digest.map(ToString::to_string).unwrap_or_default();
     match spool.fail(name, original, reason) {
         Ok(()) => {
-            tracing::info!(consumer = %spool.name, chit = %name, digest, reason, "failed: fetch/ → fail/")
+            tracing::info!(consumer = %spool.name, chit = %name, digest, reason, "failed: fetch/ → fail/");
+            true
         }
         Err(e) => {
-            tracing::error!(consumer = %spool.name, chit = %name, digest, reason, "cannot move the chit to fail/: {e}")
+            tracing::error!(consumer = %spool.name, chit = %name, digest, reason, "cannot move the chit to fail/: {e}");
+            false
         }
     }
 }

@@ -233,6 +233,54 @@ fn chit_that_is_a_directory_goes_to_fail_as_it_is() {
     setup.still_serving();
 }
 
+/// A consumer can make a chit impossible to fail: a non-empty directory of
+/// its name planted in `fail/` (the rename onto it is refused, even to
+/// root). The chit stays in `fetch/`, never lost; the running daemon keeps
+/// serving; and `--exit-when-idle` exits 1 naming it instead of retrying
+/// it forever.
+#[test]
+fn chit_that_cannot_reach_fail_is_kept_and_exit_when_idle_says_so() {
+    let setup = Setup::new();
+    let blocker = setup.spool.state_dir(State::Fail).join("stuck");
+    fs::create_dir(&blocker).unwrap();
+    fs::write(blocker.join("inner"), "a consumer's file\n").unwrap();
+    setup.spool.drop_chit("stuck", "not a chit\n");
+
+    let kept = setup.spool.state_dir(State::Fetch).join("stuck");
+    let daemon = setup.start();
+    wait_until(TIMEOUT, "the failure to fail the chit", || {
+        daemon
+            .log()
+            .contains("cannot move the chit to fail/")
+            .then_some(())
+    });
+    assert!(kept.is_file());
+    setup.still_serving();
+    drop(daemon);
+
+    let mut daemon = Daemon::for_spool(&setup.dir, &setup.spool)
+        .exit_when_idle()
+        .start();
+    let status = daemon.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(
+        log.contains("stuck: 1 chit(s) (default/stuck)")
+            && log.contains("cannot move the chit to fail/"),
+        "{log}"
+    );
+    // Kept, with the reason it could not take along.
+    let text = fs::read_to_string(&kept).unwrap();
+    assert!(
+        text.starts_with("not a chit\n# error: bad chit: line 1"),
+        "{text}"
+    );
+    assert_eq!(
+        fs::read_to_string(blocker.join("inner")).unwrap(),
+        "a consumer's file\n"
+    );
+}
+
 /// A state directory replaced by a symlink (here `fail/` pointing outside):
 /// the daemon refuses to start, naming it, rather than write through it.
 #[test]
