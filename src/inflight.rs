@@ -111,6 +111,18 @@ impl<W> InFlight<W> {
         }
     }
 
+    /// Take the waiter of `digest` if it is the only one (the common case:
+    /// it can be delivered by the task that publishes the download). The
+    /// entry stays: chits that join later wait for [`InFlight::finish`].
+    pub fn take_lone_waiter(&mut self, digest: &Digest) -> Option<W> {
+        let entry = self.entries.get_mut(digest)?;
+        if entry.waiters.len() == 1 {
+            entry.waiters.pop()
+        } else {
+            None
+        }
+    }
+
     /// The download of `digest` ended: every waiter, to be told the outcome.
     pub fn finish(&mut self, digest: &Digest) -> Vec<W> {
         match self.entries.remove(digest) {

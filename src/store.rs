@@ -35,6 +35,9 @@ pub struct Store {
     root: PathBuf,
     objects: PathBuf,
     partials: PathBuf,
+    /// Which of the 256 `sha256-v1/ab/` directories this run has made sure
+    /// exist (saves a `mkdir` and a `stat` per object).
+    fanout_made: [std::sync::atomic::AtomicBool; 256],
     _lock: File,
 }
 
@@ -64,6 +67,7 @@ impl Store {
             root: root.to_path_buf(),
             objects,
             partials,
+            fanout_made: std::array::from_fn(|_| std::sync::atomic::AtomicBool::new(false)),
             _lock: lock,
         };
         store.remove_temporaries()?;
@@ -118,13 +122,12 @@ impl Store {
         let path = self.object_path(digest);
         let dir = path.parent().unwrap_or(&self.objects);
         let complete = partial.into_complete()?;
-        fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
         let temp = match complete {
             Complete::File(part) => part,
             Complete::Memory(bytes) => {
-                let name = format!(".{}.{}", digest.to_hex(), unique_suffix());
-                let temp = dir.join(name);
-                let written = File::create_new(&temp)
+                let temp = dir.join(format!(".{}.{}", digest.to_hex(), unique_suffix()));
+                let written = self
+                    .in_fanout_dir(digest, dir, || File::create_new(&temp))
                     .and_then(|mut file| {
                         file.write_all(&bytes)?;
                         file.sync_data()
@@ -137,13 +140,43 @@ impl Store {
                 temp
             }
         };
-        let published = fs::rename(&temp, &path).map_err(|e| with_path(e, "publishing", &path));
+        let published = self
+            .in_fanout_dir(digest, dir, || fs::rename(&temp, &path))
+            .map_err(|e| with_path(e, "publishing", &path));
         if published.is_err() {
             // A `.part`'s record is gone: its bytes could not be resumed
             // anyway, and on a full disk they are in everyone's way.
             let _ = fs::remove_file(&temp);
         }
         published.map(|()| path)
+    }
+
+    /// Run `op`, which creates a name in `dir`, the digest's directory of
+    /// the 256-way fan-out: made (`mkdir -p`) the first time this run needs
+    /// it, and again if `op` finds it gone (removed behind chitd's back).
+    fn in_fanout_dir<T>(
+        &self,
+        digest: &Digest,
+        dir: &Path,
+        op: impl Fn() -> io::Result<T>,
+    ) -> io::Result<T> {
+        use std::sync::atomic::Ordering;
+        let made = &self.fanout_made[usize::from(digest.as_bytes()[0])];
+        let make = || -> io::Result<()> {
+            fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
+            made.store(true, Ordering::Relaxed);
+            Ok(())
+        };
+        if !made.load(Ordering::Relaxed) {
+            make()?;
+        }
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.is_dir() => {
+                make()?;
+                op()
+            }
+            result => result,
+        }
     }
 
     /// Remove dot-named temporaries (torn atomic writes) everywhere in the
@@ -236,6 +269,26 @@ mod tests {
             0,
             "a partial file was left"
         );
+    }
+
+    #[test]
+    fn a_fanout_directory_removed_behind_its_back_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // In memory, and on disk.
+        for size in [5, crate::partial::IN_MEMORY_MAX + 1] {
+            let data = vec![b'x'; size as usize];
+            let digest = Digest::from_bytes(Sha256::digest(&data).into());
+            let publish = || {
+                let mut partial = store.partial(digest, size).unwrap();
+                partial.append(bytes::Bytes::from(data.clone())).unwrap();
+                assert_eq!(partial.finished_digest(), Some(digest));
+                store.publish(partial, &digest).unwrap()
+            };
+            let path = publish();
+            fs::remove_dir_all(path.parent().unwrap()).unwrap();
+            assert_eq!(fs::read(publish()).unwrap(), data, "size {size}");
+        }
     }
 
     #[test]

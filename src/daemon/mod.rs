@@ -388,7 +388,14 @@ impl Scheduler {
                 }
             }
             Step::CacheDirsSynced => self.syncing_cache_dirs = false,
-            Step::Published(digest, published) => {
+            Step::Published {
+                digest,
+                published,
+                delivered,
+            } => {
+                if let Some(step) = delivered {
+                    self.step_done(*step);
+                }
                 if let Ok(object) = &published {
                     tracing::info!(digest = %digest, "download finished, verified and cached");
                     if let Some(dir) = object.parent() {
@@ -411,14 +418,10 @@ impl Scheduler {
                 // while the local pool publishes (fdatasync and rename: for
                 // many small files, this is where the time goes).
                 self.inflight.release(&digest);
+                let lone = self.inflight.take_lone_waiter(&digest);
                 let shared = Arc::clone(&self.shared);
-                self.local.spawn_blocking(move || {
-                    let published = shared
-                        .store
-                        .publish(partial, &digest)
-                        .map_err(|e| format!("cannot publish into the cache: {e}"));
-                    Step::Published(digest, published)
-                });
+                self.local
+                    .spawn_blocking(move || work::publish(&shared, partial, digest, lone));
             }
             Err(DownloadError::Shutdown) => {}
             Err(DownloadError::Failed(reason)) => {

@@ -45,8 +45,13 @@ pub enum Step {
     Committed(Vec<(usize, String)>),
     /// A round of cache directory fsyncs ended (see [`sync_cache_dirs`]).
     CacheDirsSynced,
-    /// A verified download was published into the cache (or could not be).
-    Published(Digest, Result<std::path::PathBuf, String>),
+    /// A verified download was published into the cache (or could not be),
+    /// and its lone waiter delivered (or failed) by the same task.
+    Published {
+        digest: Digest,
+        published: Result<PathBuf, String>,
+        delivered: Option<Box<Step>>,
+    },
 }
 
 /// A delivered chit waiting for its group commit.
@@ -162,6 +167,33 @@ pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<&Path, &str>) -> 
                 Step::Stuck { consumer, name }
             }
         }
+    }
+}
+
+/// Publish a verified download into the cache, then deliver it to `lone`,
+/// its only waiter so far, if any (one blocking task for both: a download
+/// of a small file costs one hand-off less).
+pub fn publish(
+    shared: &Shared,
+    partial: crate::partial::Partial,
+    digest: Digest,
+    lone: Option<Waiter>,
+) -> Step {
+    let published = shared
+        .store
+        .publish(partial, &digest)
+        .map_err(|e| format!("cannot publish into the cache: {e}"));
+    let delivered = lone.map(|waiter| {
+        let outcome = published
+            .as_ref()
+            .map(PathBuf::as_path)
+            .map_err(String::as_str);
+        Box::new(finish(shared, waiter, outcome))
+    });
+    Step::Published {
+        digest,
+        published,
+        delivered,
     }
 }
 
