@@ -58,6 +58,11 @@ awk -v base="$base" '!/^#/ {
     printf "%s/%s\n", base, $3 > "'"$lists"'/wget.txt"
 }' "$files/manifest.tsv"
 
+# The floor's program (see below), built before anything is timed.
+floor=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/examples/durablefloor
+log "cargo build --release --example durablefloor"
+(cd "$REPO_ROOT" && cargo build --release --locked --example durablefloor) >&2
+
 settle_deletes
 if have_chitd; then
     jobs=()
@@ -104,9 +109,6 @@ measure "wget -i" fresh wget_i all_ok
 # twice, cache object and delivered copy, each fdatasync'd and renamed, on
 # 32 threads like chitd's local pool; both directories fsync'd at the end),
 # no network, no hashing, no spool: examples/durablefloor.rs.
-floor=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/examples/durablefloor
-log "cargo build --release --example durablefloor"
-(cd "$REPO_ROOT" && cargo build --release --locked --example durablefloor) >&2
 floor_run() { "$floor" "$files" "$out/cache" "$out/deliver" 32 >/dev/null; }
 floor_ok() {
     rm -f "$out/deliver/manifest.tsv"

@@ -286,7 +286,8 @@ impl Scheduler {
                     Ok(outcome) => self.download_done(outcome),
                     Err(e) => std::panic::resume_unwind(e.into_panic()),
                 },
-                _ = rescan.tick() => self.scan(false),
+                // When idle, fetch/ too: anything there then is nobody's work.
+                _ = rescan.tick() => self.scan(self.is_idle()),
                 _ = status.tick() => self.write_status(),
                 _ = sleep_until(linger) => {}
             }

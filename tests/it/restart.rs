@@ -218,3 +218,28 @@ fn stale_copies_left_by_a_crash_are_resolved_to_one_state() {
     );
     spool.assert_delivered("y", "done.bin", &done);
 }
+
+/// A chit that lands in `fetch/` while the daemon runs, not through
+/// `request/` (put back by hand, restored from a backup): nobody is working
+/// on it, and the idle daemon's next rescan picks it up.
+#[test]
+fn chit_put_into_fetch_while_running_is_finished_by_the_idle_rescan() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(3_000);
+    server.add("/f", content.bytes.clone());
+    let _daemon = Daemon::for_spool(&dir, &spool).start();
+    let warm = Content::random(10);
+    server.add("/warm", warm.bytes.clone());
+    spool.drop_chit("warm", warm.chit("warm.bin", &[server.url("/warm")]));
+    spool.expect_downloaded("warm");
+
+    spool.put_chit(
+        State::Fetch,
+        "f",
+        content.chit("f.bin", &[server.url("/f")]),
+    );
+    spool.expect_downloaded("f");
+    spool.assert_delivered("f", "f.bin", &content);
+}
