@@ -3,7 +3,9 @@
 //! A download of digest D writes `partial-v1/D.part` in the cache directory
 //! (never a consumer's directory, never the final cache name). Every
 //! [`CHECKPOINT_BYTES`] or [`CHECKPOINT_INTERVAL`] the `.part` is fdatasync'd
-//! and then `partial-v1/D.progress` is replaced atomically and durably. The
+//! and then `partial-v1/D.progress` is replaced atomically and durably, on a
+//! thread of its own (one at a time), so a slow fdatasync never stalls the
+//! transfer; the record names the offset reached when it started. The
 //! record names the source, its validator, the total length, the durable
 //! byte offset and the sha256 *midstate* at that offset, and ends with a
 //! checksum of itself. Only bytes covered by a valid record count as done:
@@ -212,6 +214,11 @@ pub struct Partial {
     pub resumed: bool,
     /// The background re-hash of a resumed prefix (see the module doc).
     prefix_check: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// A checkpoint under way on a thread of its own (see `append`); it
+    /// returns the offset it made durable.
+    checkpointing: Option<std::thread::JoinHandle<io::Result<u64>>>,
+    /// The offset the last checkpoint started covers.
+    checkpoint_offset: u64,
     /// Whether a record file may exist: false once none was found or it was
     /// removed, so a small download costs no `unlink` of a missing name
     /// (each takes the directory's lock that every download shares).
@@ -249,6 +256,8 @@ impl Partial {
             validator: Validator::default(),
             resumed: false,
             prefix_check: None,
+            checkpointing: None,
+            checkpoint_offset: 0,
             record_may_exist: true,
         }
     }
@@ -280,6 +289,7 @@ impl Partial {
                 partial.truncate(record.offset)?;
                 partial.offset = record.offset;
                 partial.durable_offset = record.offset;
+                partial.checkpoint_offset = record.offset;
                 partial.writeback_offset = record.offset;
                 partial.source = Some(record.source);
                 partial.validator = record.validator;
@@ -355,10 +365,14 @@ impl Partial {
 
     /// Forget every byte: truncate to 0, fresh hash, no record.
     pub fn reset(&mut self) -> io::Result<()> {
+        // A checkpoint under way must not write its record after this; its
+        // error, if any, no longer matters.
+        let _ = self.finish_checkpoint();
         self.truncate(0)?;
         self.hasher = Hasher::new();
         self.offset = 0;
         self.durable_offset = 0;
+        self.checkpoint_offset = 0;
         self.writeback_offset = 0;
         self.source = None;
         self.validator = Validator::default();
@@ -401,12 +415,74 @@ impl Partial {
         if self.offset - self.writeback_offset >= WRITEBACK_BYTES {
             self.start_writeback();
         }
-        if self.offset - self.durable_offset >= CHECKPOINT_BYTES
+        if self.offset - self.checkpoint_offset >= CHECKPOINT_BYTES
             || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
         {
-            self.checkpoint()?;
+            self.start_checkpoint()?;
         }
         Ok(())
+    }
+
+    /// Start a checkpoint of the bytes so far on a thread of its own, so
+    /// that a slow fdatasync never stalls the writer (and through it the
+    /// network): fdatasync through a second descriptor of the `.part`, then
+    /// replace the record, as [`Partial::checkpoint`] does. One at a time:
+    /// while one is under way, the next is only tried at the next append.
+    /// Reports the error of the previous one.
+    fn start_checkpoint(&mut self) -> io::Result<()> {
+        self.last_checkpoint = Instant::now();
+        if self
+            .checkpointing
+            .as_ref()
+            .is_some_and(|running| !running.is_finished())
+        {
+            return Ok(());
+        }
+        self.finish_checkpoint()?;
+        let Backing::Disk(file) = &self.backing else {
+            return Ok(());
+        };
+        if self.offset == self.durable_offset {
+            return Ok(());
+        }
+        let file = file
+            .try_clone()
+            .map_err(|e| with_path(e, "reopening", &self.part_path))?;
+        let record = self.record();
+        let (part_path, record_path) = (self.part_path.clone(), self.record_path.clone());
+        self.record_may_exist = true;
+        self.checkpoint_offset = self.offset;
+        self.checkpointing = Some(std::thread::spawn(move || {
+            file.sync_data()
+                .map_err(|e| with_path(e, "syncing", &part_path))?;
+            write_atomic(&record_path, record.render().as_bytes())?;
+            Ok(record.offset)
+        }));
+        Ok(())
+    }
+
+    /// Wait for the checkpoint under way, if any; its error, if it failed.
+    fn finish_checkpoint(&mut self) -> io::Result<()> {
+        match self.checkpointing.take().map(std::thread::JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(done)) => {
+                self.durable_offset = done?;
+                Ok(())
+            }
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// The progress record of the bytes so far.
+    fn record(&mut self) -> Record {
+        Record {
+            digest: self.digest,
+            source: self.source.clone().unwrap_or_default(),
+            validator: self.validator.clone(),
+            total: self.total,
+            offset: self.offset,
+            midstate: self.hasher.state(),
+        }
     }
 
     /// Start writeback of the bytes since the last call (see
@@ -425,8 +501,10 @@ impl Partial {
     /// Make the bytes so far durable and record them: fdatasync the `.part`,
     /// then replace the record atomically and durably.
     /// Bytes held in memory are never checkpointed.
+    /// Waits for a checkpoint under way first (see `start_checkpoint`).
     pub fn checkpoint(&mut self) -> io::Result<()> {
         self.last_checkpoint = Instant::now();
+        self.finish_checkpoint()?;
         let Backing::Disk(file) = &self.backing else {
             return Ok(());
         };
@@ -435,15 +513,9 @@ impl Partial {
         }
         file.sync_data()
             .map_err(|e| with_path(e, "syncing", &self.part_path))?;
-        let record = Record {
-            digest: self.digest,
-            source: self.source.clone().unwrap_or_default(),
-            validator: self.validator.clone(),
-            total: self.total,
-            offset: self.offset,
-            midstate: self.hasher.state(),
-        };
+        let record = self.record();
         self.record_may_exist = true;
+        self.checkpoint_offset = self.offset;
         write_atomic(&self.record_path, record.render().as_bytes())?;
         self.durable_offset = self.offset;
         Ok(())
@@ -468,6 +540,9 @@ impl Partial {
     /// (the caller renames it into the cache) after removing the record; or
     /// the bytes held in memory.
     pub fn into_complete(mut self) -> io::Result<Complete> {
+        // Its record must not appear after the removal below; the final
+        // fdatasync reports what matters.
+        let _ = self.finish_checkpoint();
         match std::mem::replace(&mut self.backing, Backing::Memory(Vec::new())) {
             Backing::Disk(file) => {
                 file.sync_data()
@@ -487,6 +562,7 @@ impl Partial {
 
     /// Drop the partial entirely (both files).
     pub fn discard(mut self) {
+        let _ = self.finish_checkpoint();
         if !self.is_in_memory() {
             let _ = fs::remove_file(&self.part_path);
         }
@@ -653,6 +729,36 @@ mod tests {
         // One byte more: on disk.
         let bigger = Partial::open_or_hold(dir.path(), digest, IN_MEMORY_MAX + 1).unwrap();
         assert!(!bigger.is_in_memory());
+    }
+
+    #[test]
+    fn background_checkpoint_records_the_offset_it_started_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = 1 << 20;
+        let data: Vec<u8> = (0..CHECKPOINT_BYTES as usize + chunk)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let digest = digest_of(&data);
+        let total = data.len() as u64;
+        let mut partial = Partial::open(dir.path(), digest, total).unwrap();
+        for piece in data[..CHECKPOINT_BYTES as usize].chunks(chunk) {
+            partial.append(Bytes::copy_from_slice(piece)).unwrap();
+        }
+        // The last append started a checkpoint of everything so far.
+        assert!(partial.checkpointing.is_some());
+        partial.finish_checkpoint().unwrap();
+        assert_eq!(partial.durable_offset, CHECKPOINT_BYTES);
+        drop(partial);
+
+        let mut resumed = Partial::open(dir.path(), digest, total).unwrap();
+        assert_eq!(resumed.offset(), CHECKPOINT_BYTES);
+        resumed
+            .append(Bytes::copy_from_slice(&data[CHECKPOINT_BYTES as usize..]))
+            .unwrap();
+        assert_eq!(resumed.finished_digest(), Some(digest));
+        assert_eq!(resumed.verify_prefix(), Ok(()));
+        resumed.into_complete().unwrap();
+        assert!(!dir.path().join(format!("{digest}.progress")).exists());
     }
 
     #[test]
