@@ -256,15 +256,20 @@ impl Scheduler {
                     .iter()
                     .all(|(consumer, name)| self.stuck.contains(&(*consumer, (*name).to_owned())))
                 {
-                    let names: Vec<String> = left
+                    const NAMED: usize = 10;
+                    let mut names: Vec<String> = left
                         .iter()
+                        .take(NAMED)
                         .map(|(consumer, name)| {
                             format!("{}/{name}", self.shared.consumers[*consumer].spool.name)
                         })
                         .collect();
+                    if left.len() > NAMED {
+                        names.push(format!("and {} more", left.len() - NAMED));
+                    }
                     let error = DaemonError::Stuck(format!(
                         "{} chit(s) ({})",
-                        names.len(),
+                        left.len(),
                         names.join(", ")
                     ));
                     self.stop().await;
