@@ -70,14 +70,6 @@ pub struct Commit {
 pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> Step {
     let spool = &shared.consumers[consumer].spool;
     let done = |name| Step::Done { consumer, name };
-    // After `fail`: done, or stuck when the chit could not reach `fail/`.
-    let failed = |name, moved: bool| {
-        if moved {
-            Step::Done { consumer, name }
-        } else {
-            Step::Stuck { consumer, name }
-        }
-    };
     if origin == Origin::Request {
         match spool.claim(&name) {
             Ok(Claim::Claimed) => {
@@ -103,22 +95,20 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         Ok(bytes) => bytes,
         Err(ReadError::Gone) => return done(name),
         Err(ReadError::Refused(reason)) => {
-            let moved = fail(shared, consumer, &name, None, None, &reason);
-            return failed(name, moved);
+            return fail_step(shared, consumer, name, None, None, &reason);
         }
     };
     let chit = match Chit::parse(&bytes) {
         Ok(chit) => chit,
         Err(e) => {
-            let moved = fail(
+            return fail_step(
                 shared,
                 consumer,
-                &name,
+                name,
                 None,
                 Some(&bytes),
                 &format!("bad chit: {e}"),
             );
-            return failed(name, moved);
         }
     };
     match shared.store.lookup(&chit.digest, chit.size) {
@@ -129,15 +119,15 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
             chit,
         }),
         Err(e) => {
-            let moved = fail(
+            let reason = format!("cannot read the cache: {e}");
+            fail_step(
                 shared,
                 consumer,
-                &name,
+                name,
                 Some(&chit.digest),
                 Some(&bytes),
-                &format!("cannot read the cache: {e}"),
-            );
-            failed(name, moved)
+                &reason,
+            )
         }
     }
 }
@@ -153,19 +143,14 @@ pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<&Path, &str>) -> 
         Ok(object) => deliver_chit(shared, consumer, name, &chit, object, "download"),
         Err(reason) => {
             let original = shared.consumers[consumer].spool.read(&name).ok();
-            let moved = fail(
+            fail_step(
                 shared,
                 consumer,
-                &name,
+                name,
                 Some(&chit.digest),
                 original.as_deref(),
                 reason,
-            );
-            if moved {
-                Step::Done { consumer, name }
-            } else {
-                Step::Stuck { consumer, name }
-            }
+            )
         }
     }
 }
@@ -220,18 +205,14 @@ fn deliver_chit(
         Err(e) => {
             let reason = format!("cannot deliver {}: {e}", chit.path);
             let original = target.spool.read(&name).ok();
-            if fail(
+            fail_step(
                 shared,
                 consumer,
-                &name,
+                name,
                 Some(&chit.digest),
                 original.as_deref(),
                 &reason,
-            ) {
-                Step::Done { consumer, name }
-            } else {
-                Step::Stuck { consumer, name }
-            }
+            )
         }
     }
 }
@@ -309,6 +290,22 @@ pub fn sync_cache_dirs(dirs: Vec<PathBuf>) -> Step {
         }
     });
     Step::CacheDirsSynced
+}
+
+/// [`fail`], then the chit's step: done, or stuck when it could not move.
+fn fail_step(
+    shared: &Shared,
+    consumer: usize,
+    name: String,
+    digest: Option<&Digest>,
+    original: Option<&[u8]>,
+    reason: &str,
+) -> Step {
+    if fail(shared, consumer, &name, digest, original, reason) {
+        Step::Done { consumer, name }
+    } else {
+        Step::Stuck { consumer, name }
+    }
 }
 
 /// `fetch/ → fail/` with the reason; never loses the chit. Whether it
