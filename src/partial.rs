@@ -452,13 +452,22 @@ impl Partial {
         let (part_path, record_path) = (self.part_path.clone(), self.record_path.clone());
         self.record_may_exist = true;
         self.checkpoint_offset = self.offset;
-        self.checkpointing = Some(std::thread::spawn(move || {
-            file.sync_data()
-                .map_err(|e| with_path(e, "syncing", &part_path))?;
-            write_atomic(&record_path, record.render().as_bytes())?;
-            Ok(record.offset)
-        }));
-        Ok(())
+        let spawned = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                file.sync_data()
+                    .map_err(|e| with_path(e, "syncing", &part_path))?;
+                write_atomic(&record_path, record.render().as_bytes())?;
+                Ok(record.offset)
+            });
+        match spawned {
+            Ok(running) => {
+                self.checkpointing = Some(running);
+                Ok(())
+            }
+            // No thread to be had: checkpoint here and now instead.
+            Err(_) => self.checkpoint(),
+        }
     }
 
     /// Wait for the checkpoint under way, if any; its error, if it failed.
