@@ -31,6 +31,14 @@ pub fn unique_suffix() -> String {
 /// sees either the old content or the new, never a torn file: write a
 /// dot-named temporary beside it, fsync, rename over, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_then_rename(path, bytes)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// [`write_atomic`] without the directory fsync: the content under `path`
+/// is durable once it appears, the name itself only after the caller (or
+/// the kernel) writes the directory back.
+pub fn write_then_rename(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -47,7 +55,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&temp);
         return Err(with_path(e, "writing", path));
     }
-    sync_dir(dir)
+    Ok(())
 }
 
 /// Ask the kernel to start writing `[start, start + length)` of `file` to

@@ -18,12 +18,12 @@
 //! beside this one.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::chit::Digest;
-use crate::durable::{unique_suffix, with_path};
+use crate::durable::{with_path, write_then_rename};
 use crate::partial::{Complete, Partial};
 
 /// Orphaned partial downloads (no chit has asked for them since) are kept
@@ -111,8 +111,8 @@ impl Store {
 
     /// Publish a complete, verified partial under its digest: a `.part` is
     /// fdatasync'd by `into_complete`, then renamed; bytes held in memory
-    /// are written to a dot-named temporary beside the final name,
-    /// fdatasync'd, then renamed. Returns the object path.
+    /// are written to a dot-named temporary beside the final name, fsync'd,
+    /// then renamed (`write_then_rename`). Returns the object path.
     ///
     /// The rename is made durable by the caller, with the other cache
     /// directories of a round (one fsync per directory for many objects).
@@ -121,34 +121,23 @@ impl Store {
     pub fn publish(&self, partial: Partial, digest: &Digest) -> io::Result<PathBuf> {
         let path = self.object_path(digest);
         let dir = path.parent().unwrap_or(&self.objects);
-        let complete = partial.into_complete()?;
-        let temp = match complete {
-            Complete::File(part) => part,
-            Complete::Memory(bytes) => {
-                let temp = dir.join(format!(".{}.{}", digest.to_hex(), unique_suffix()));
-                let written = self
-                    .in_fanout_dir(digest, dir, || File::create_new(&temp))
-                    .and_then(|mut file| {
-                        file.write_all(&bytes)?;
-                        file.sync_data()
-                    })
-                    .map_err(|e| with_path(e, "writing", &temp));
-                if let Err(e) = written {
-                    let _ = fs::remove_file(&temp);
-                    return Err(e);
+        match partial.into_complete()? {
+            Complete::File(part) => {
+                let published = self
+                    .in_fanout_dir(digest, dir, || fs::rename(&part, &path))
+                    .map_err(|e| with_path(e, "publishing", &path));
+                if published.is_err() {
+                    // Its record is gone: the bytes could not be resumed
+                    // anyway, and on a full disk they are in everyone's way.
+                    let _ = fs::remove_file(&part);
                 }
-                temp
+                published?;
             }
-        };
-        let published = self
-            .in_fanout_dir(digest, dir, || fs::rename(&temp, &path))
-            .map_err(|e| with_path(e, "publishing", &path));
-        if published.is_err() {
-            // A `.part`'s record is gone: its bytes could not be resumed
-            // anyway, and on a full disk they are in everyone's way.
-            let _ = fs::remove_file(&temp);
+            Complete::Memory(bytes) => {
+                self.in_fanout_dir(digest, dir, || write_then_rename(&path, &bytes))?;
+            }
         }
-        published.map(|()| path)
+        Ok(path)
     }
 
     /// Run `op`, which creates a name in `dir`, the digest's directory of

@@ -526,9 +526,17 @@ impl Scheduler {
         self.is_quiet() && self.unsynced_cache_dirs.is_empty()
     }
 
+    /// Blocking steps running that work on chits: all but a round of cache
+    /// directory fsyncs.
+    fn chit_steps_running(&self) -> usize {
+        self.local
+            .len()
+            .saturating_sub(usize::from(self.syncing_cache_dirs))
+    }
+
     /// No chit is being worked on (cache directory fsyncs aside).
     fn is_quiet(&self) -> bool {
-        self.local.len() == usize::from(self.syncing_cache_dirs)
+        self.chit_steps_running() == 0
             && self.downloads.is_empty()
             && self.ready.is_empty()
             && self.commits.is_empty()
@@ -542,8 +550,7 @@ impl Scheduler {
     /// no commit is waiting or one is running.
     fn commit_deadline(&self) -> Option<tokio::time::Instant> {
         let since = self.commits_since.filter(|_| !self.committing)?;
-        let deliveries_under_way =
-            self.local.len() > usize::from(self.syncing_cache_dirs) || !self.ready.is_empty();
+        let deliveries_under_way = self.chit_steps_running() > 0 || !self.ready.is_empty();
         if self.commits.len() >= COMMIT_BATCH || !deliveries_under_way {
             Some(since)
         } else {

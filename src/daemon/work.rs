@@ -141,17 +141,7 @@ pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<&Path, &str>) -> 
     } = waiter;
     match outcome {
         Ok(object) => deliver_chit(shared, consumer, name, &chit, object, "download"),
-        Err(reason) => {
-            let original = shared.consumers[consumer].spool.read(&name).ok();
-            fail_step(
-                shared,
-                consumer,
-                name,
-                Some(&chit.digest),
-                original.as_deref(),
-                reason,
-            )
-        }
+        Err(reason) => fail_read_again(shared, consumer, name, &chit.digest, reason),
     }
 }
 
@@ -204,15 +194,7 @@ fn deliver_chit(
         }),
         Err(e) => {
             let reason = format!("cannot deliver {}: {e}", chit.path);
-            let original = target.spool.read(&name).ok();
-            fail_step(
-                shared,
-                consumer,
-                name,
-                Some(&chit.digest),
-                original.as_deref(),
-                &reason,
-            )
+            fail_read_again(shared, consumer, name, &chit.digest, &reason)
         }
     }
 }
@@ -233,16 +215,11 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
         match synced.iter().find(|(path, _)| *path == entry.parent.path()) {
             Some((_, Err(e))) => {
                 let reason = format!("cannot make the delivery of {} durable: {e}", entry.path);
-                let original = shared.consumers[entry.consumer]
-                    .spool
-                    .read(&entry.name)
-                    .ok();
-                fail(
+                fail_read_again(
                     shared,
                     entry.consumer,
-                    &entry.name,
-                    Some(&entry.digest),
-                    original.as_deref(),
+                    entry.name.clone(),
+                    &entry.digest,
                     &reason,
                 );
             }
@@ -292,7 +269,28 @@ pub fn sync_cache_dirs(dirs: Vec<PathBuf>) -> Step {
     Step::CacheDirsSynced
 }
 
-/// [`fail`], then the chit's step: done, or stuck when it could not move.
+/// [`fail_step`] for a chit whose bytes were not kept after its parse:
+/// they are read again, so `fail/` gets them with the reason.
+fn fail_read_again(
+    shared: &Shared,
+    consumer: usize,
+    name: String,
+    digest: &Digest,
+    reason: &str,
+) -> Step {
+    let original = shared.consumers[consumer].spool.read(&name).ok();
+    fail_step(
+        shared,
+        consumer,
+        name,
+        Some(digest),
+        original.as_deref(),
+        reason,
+    )
+}
+
+/// `fetch/ → fail/` with the reason; never loses the chit. Done, or stuck
+/// when it could not move (it stays in `fetch/` and the error is logged).
 fn fail_step(
     shared: &Shared,
     consumer: usize,
@@ -301,33 +299,16 @@ fn fail_step(
     original: Option<&[u8]>,
     reason: &str,
 ) -> Step {
-    if fail(shared, consumer, &name, digest, original, reason) {
-        Step::Done { consumer, name }
-    } else {
-        Step::Stuck { consumer, name }
-    }
-}
-
-/// `fetch/ → fail/` with the reason; never loses the chit. Whether it
-/// moved (when not, it stays in `fetch/` and the error is logged).
-fn fail(
-    shared: &Shared,
-    consumer: usize,
-    name: &str,
-    digest: Option<&Digest>,
-    original: Option<&[u8]>,
-    reason: &str,
-) -> bool {
     let spool = &shared.consumers[consumer].spool;
     let digest = digest.map(ToString::to_string).unwrap_or_default();
-    match spool.fail(name, original, reason) {
+    match spool.fail(&name, original, reason) {
         Ok(()) => {
             tracing::info!(consumer = %spool.name, chit = %name, digest, reason, "failed: fetch/ → fail/");
-            true
+            Step::Done { consumer, name }
         }
         Err(e) => {
             tracing::error!(consumer = %spool.name, chit = %name, digest, reason, "cannot move the chit to fail/: {e}");
-            false
+            Step::Stuck { consumer, name }
         }
     }
 }

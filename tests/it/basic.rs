@@ -103,19 +103,13 @@ fn cache_hit_is_delivered_without_any_request() {
 
     let first = dir.spool("first");
     first.drop_chit("f", &chit);
-    Daemon::for_spool(&dir, &first)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &first);
     first.assert_delivered("f", "f.bin", &content);
     let requests_after_first = server.total_requests();
 
     let second = dir.spool("second");
     second.drop_chit("f", &chit);
-    Daemon::for_spool(&dir, &second)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &second);
     second.assert_delivered("f", "f.bin", &content);
     assert_eq!(
         server.total_requests(),
@@ -136,10 +130,7 @@ fn existing_different_file_at_delivery_path_is_replaced() {
     fs::write(spool.deliver.join("sub/f.bin"), b"stale contents").unwrap();
     spool.drop_chit("f", content.chit("sub/f.bin", &[server.url("/f")]));
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 
     spool.assert_delivered("f", "sub/f.bin", &content);
 }
@@ -194,10 +185,7 @@ fn chits_present_at_start_in_request_and_fetch_are_processed() {
         claimed.chit("c.bin", &[server.url("/c")]),
     );
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 
     spool.assert_delivered("q", "q.bin", &queued);
     spool.assert_delivered("c", "c.bin", &claimed);
@@ -214,10 +202,7 @@ fn dot_files_in_request_are_left_alone() {
     spool.put_chit(State::Request, ".half-written", &chit);
     spool.drop_chit("f", &chit);
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 
     spool.assert_delivered("f", "f.bin", &content);
     assert_eq!(spool.states_of(".half-written"), [State::Request]);
@@ -228,10 +213,7 @@ fn dot_files_in_request_are_left_alone() {
 fn exit_when_idle_with_nothing_to_do_exits_zero() {
     let dir = TestDir::new();
     let spool = dir.spool("c");
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! spelling of a good chit is accepted.
 
 use crate::server::Server;
-use crate::util::{Content, Daemon, State, TIMEOUT, TestDir};
+use crate::util::{Content, Daemon, State, TestDir};
 
 const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
@@ -112,10 +112,7 @@ fn bad_chits_fail_with_a_reason_and_do_not_stop_the_daemon() {
     }
     spool.drop_chit("good", good.chit("good.bin", &[server.url("/good")]));
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 
     spool.assert_delivered("good", "good.bin", &good);
     let mut problems = Vec::new();
@@ -185,10 +182,7 @@ fn every_valid_spelling_of_a_chit_is_accepted() {
         expected.push((name, path, content));
     }
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 
     for (name, path, content) in &expected {
         if let [State::Fail] = spool.states_of(name)[..] {
@@ -207,10 +201,7 @@ fn digest_with_a_size_of_zero_is_delivered_as_an_empty_file() {
     server.add("/empty", Vec::new());
     spool.drop_chit("empty", empty.chit("empty.bin", &[server.url("/empty")]));
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 
     spool.assert_delivered("empty", "empty.bin", &empty);
 }
@@ -237,10 +228,7 @@ fn names_of_255_bytes_are_delivered_and_failed() {
     let bad_name = "b".repeat(255);
     spool.put_chit(State::Request, &bad_name, "not a digest\n1\nx.bin\n");
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 
     spool.assert_delivered(&good_name, &path, &content);
     assert_eq!(spool.states_of(&bad_name), [State::Fail]);

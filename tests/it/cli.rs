@@ -207,9 +207,6 @@ fn request_without_wait_drops_a_chit_that_the_daemon_picks_up() {
     );
     assert!(lines.contains(&server.url("/f").as_str()), "{text}");
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
     spool.assert_delivered(&name, "f.bin", &content);
 }

@@ -9,15 +9,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 
 use crate::server::Server;
-use crate::util::{Content, Daemon, State, TIMEOUT, Terminal, TestDir, TestSpool};
-
-/// Run one daemon until idle over `spool`.
-fn run_until_idle(dir: &TestDir, spool: &TestSpool) {
-    Daemon::for_spool(dir, spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
-}
+use crate::util::{Content, Daemon, State, TIMEOUT, Terminal, TestDir};
 
 /// A chit that is bound to fail (nothing serves its URL), so the daemon
 /// appends an error line to it.
@@ -37,7 +29,7 @@ fn symlinked_directory_in_the_delivery_path_is_not_followed() {
     server.add("/f", content.bytes.clone());
     spool.drop_chit("f", content.chit("evil/f.bin", &[server.url("/f")]));
 
-    run_until_idle(&dir, &spool);
+    Daemon::run_until_idle(&dir, &spool);
 
     let leaked: Vec<_> = fs::read_dir(&outside).unwrap().collect();
     assert!(leaked.is_empty(), "wrote through the symlink: {leaked:?}");
@@ -59,7 +51,7 @@ fn symlink_at_the_delivery_path_is_replaced_not_written_through() {
     server.add("/f", content.bytes.clone());
     spool.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
 
-    run_until_idle(&dir, &spool);
+    Daemon::run_until_idle(&dir, &spool);
 
     assert_eq!(fs::read_to_string(&precious).unwrap(), "do not touch\n");
     if spool.wait_terminal("f", TIMEOUT) == Terminal::Downloaded {
@@ -79,7 +71,7 @@ fn symlinked_chit_does_not_get_its_target_written() {
     let target = dir.write("outside/chit", &text);
     symlink(&target, spool.state_dir(State::Request).join("evil")).unwrap();
 
-    run_until_idle(&dir, &spool);
+    Daemon::run_until_idle(&dir, &spool);
 
     assert_eq!(
         fs::read_to_string(&target).unwrap(),
@@ -102,7 +94,7 @@ fn hard_linked_chit_does_not_get_the_other_link_written() {
     let other = dir.write("outside/chit", &text);
     fs::hard_link(&other, spool.state_dir(State::Request).join("linked")).unwrap();
 
-    run_until_idle(&dir, &spool);
+    Daemon::run_until_idle(&dir, &spool);
 
     assert_eq!(
         fs::read_to_string(&other).unwrap(),

@@ -66,10 +66,7 @@ fn same_digest_under_different_urls_is_fetched_once() {
     spool.drop_chit("a", content.chit("a.bin", &[server.url("/one")]));
     spool.drop_chit("b", content.chit("b.bin", &[server.url("/two")]));
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 
     spool.assert_delivered("a", "a.bin", &content);
     spool.assert_delivered("b", "b.bin", &content);

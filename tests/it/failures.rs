@@ -352,10 +352,7 @@ fn failed_chit_keeps_its_lines_and_gets_one_error_line_last() {
     chit.push_str("# a consumer's comment\n\n");
     spool.drop_chit("f", &chit);
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 
     let failed = spool.read_chit(State::Fail, "f");
     let lines: Vec<&str> = failed.lines().collect();

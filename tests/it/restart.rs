@@ -137,10 +137,7 @@ fn object_changed_while_stopped_is_fetched_from_scratch() {
 
     // New validators on every request from now on: no partial can be trusted.
     server.set_fault("/f", Fault::ChangeEtag);
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
     spool.assert_delivered("f", "f.bin", &content);
 }
 
@@ -197,10 +194,7 @@ fn stale_copies_left_by_a_crash_are_resolved_to_one_state() {
     spool.put_chit(State::Downloaded, "y", &done_chit);
     std::fs::write(spool.delivered_path("done.bin"), &done.bytes).unwrap();
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 
     for name in ["x", "y"] {
         let states = spool.states_of(name);

@@ -420,10 +420,7 @@ fn orphaned_partial_is_kept_and_resumed_when_its_chit_returns() {
     let chit = case.spool.state_dir(State::Fetch).join("f");
     let saved = case.dir.join("f.saved");
     fs::rename(&chit, &saved).expect("take the chit away");
-    Daemon::for_spool(&case.dir, &case.spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&case.dir, &case.spool);
     assert_eq!(
         fs::read_to_string(case.record_path()).ok(),
         Some(record.clone())
@@ -470,10 +467,7 @@ fn startup_removes_delivery_and_status_temporaries_and_nothing_else() {
     server.add("/f", content.bytes.clone());
     spool.drop_chit("f", content.chit("gnu/f.bin", &[server.url("/f")]));
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 
     spool.assert_delivered("f", "gnu/f.bin", &content);
     for name in ours {
@@ -515,10 +509,7 @@ fn reused_chit_name_newer_request_wins() {
     spool.put_chit(State::Fail, "d", &old_failure);
     spool.put_chit(State::Fetch, "d", &new_chit);
 
-    Daemon::for_spool(&dir, &spool)
-        .exit_when_idle()
-        .start()
-        .expect_success(TIMEOUT);
+    Daemon::run_until_idle(&dir, &spool);
 
     for name in ["a", "b", "d"] {
         assert_eq!(

@@ -50,12 +50,7 @@ fn flood_of_100000_chits_in_bounded_memory_does_not_starve_another_consumer() {
         count(&flood, State::Fail) >= 1_000
     });
     let server = Server::start();
-    let content = Content::random(10_000);
-    server.add("/other", content.bytes.clone());
-    let dropped = Instant::now();
-    other.drop_chit("other", content.chit("other.bin", &[server.url("/other")]));
-    other.expect_downloaded("other");
-    let latency = dropped.elapsed();
+    let (content, latency) = serve_the_other(&server, &other);
     let pending = count(&flood, State::Request) + count(&flood, State::Fetch);
     eprintln!("the other consumer was served in {latency:?}, with {pending} flood chits pending");
     other.assert_delivered("other", "other.bin", &content);
@@ -134,12 +129,7 @@ fn download_flood_from_one_consumer_does_not_starve_another_consumers_download()
         server.count("/stall") >= 2
     });
 
-    let content = Content::random(10_000);
-    server.add("/other", content.bytes.clone());
-    let dropped = Instant::now();
-    other.drop_chit("other", content.chit("other.bin", &[server.url("/other")]));
-    other.expect_downloaded("other");
-    let latency = dropped.elapsed();
+    let (_, latency) = serve_the_other(&server, &other);
     let failed = count(&flood, State::Fail);
     eprintln!(
         "the other download was served in {latency:?}; {failed} of {DOWNLOADS} stalled ones had failed"
@@ -187,4 +177,15 @@ fn poll(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Drop a chit for a fresh file into `other` and wait for it: the file, and
+/// how long it took.
+fn serve_the_other(server: &Server, other: &TestSpool) -> (Content, Duration) {
+    let content = Content::random(10_000);
+    server.add("/other", content.bytes.clone());
+    let dropped = Instant::now();
+    other.drop_chit("other", content.chit("other.bin", &[server.url("/other")]));
+    other.expect_downloaded("other");
+    (content, dropped.elapsed())
 }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{TestDir, TestSpool};
+use super::{TIMEOUT, TestDir, TestSpool};
 
 /// The environment every chitd child gets.
 const TEST_ENV: [(&str, &str); 2] = [("RUST_LOG", "chitd=debug"), ("CHITD_RETRY_DELAY_MS", "10")];
@@ -202,6 +202,15 @@ impl Daemon {
     /// The common case: one consumer, a cache, waiting for chits.
     pub fn for_spool(dir: &TestDir, spool: &TestSpool) -> DaemonBuilder {
         Daemon::builder(dir).spool(spool).cache(&dir.cache())
+    }
+
+    /// Run a daemon for `spool` until idle (`--exit-when-idle`) and expect
+    /// exit 0.
+    pub fn run_until_idle(dir: &TestDir, spool: &TestSpool) {
+        Daemon::for_spool(dir, spool)
+            .exit_when_idle()
+            .start()
+            .expect_success(TIMEOUT);
     }
 
     pub fn log(&self) -> String {
