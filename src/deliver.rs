@@ -12,33 +12,52 @@
 //! consumer could then corrupt the shared cache through its link.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
 
 use crate::chit::DeliveryPath;
 use crate::dir::{Dir, Kind};
 use crate::durable::{start_writeback, with_path};
 
-/// Deliver the cached `object` to `path` beneath `root`.
-pub fn deliver(root: &Dir, path: &DeliveryPath, object: &Path) -> io::Result<()> {
-    deliver_unsynced(root, path, object)?.sync()
+/// What a delivery copies.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// A cache object, copied by the kernel (reflink or `copy_file_range`).
+    Object(&'a Path),
+    /// The bytes of an object just published from memory (a small
+    /// download), written without reading the object back.
+    Bytes(&'a [u8]),
+}
+
+/// Deliver `source` to `path` beneath `root`.
+pub fn deliver(root: &Dir, path: &DeliveryPath, source: Source<'_>) -> io::Result<()> {
+    deliver_unsynced(root, path, source)?.sync()
 }
 
 /// [`deliver`] up to and including the rename, but without the final fsync
 /// of the directory, which it returns: the caller fsyncs it (once for a
 /// batch of deliveries into the same directory) before it reports the file
 /// as durably delivered.
-pub fn deliver_unsynced(root: &Dir, path: &DeliveryPath, object: &Path) -> io::Result<Dir> {
+pub fn deliver_unsynced(root: &Dir, path: &DeliveryPath, source: Source<'_>) -> io::Result<Dir> {
     let parent = root.create_dirs(path.parent_components())?;
     let name = path.file_name();
-    let source = File::open(object).map_err(|e| with_path(e, "opening", object))?;
     let (temp, mut target) = parent.create_temp(name)?;
-    let result = copy(&source, &mut target)
-        .map_err(|e| with_path(e, "copying into", &parent.path().join(&temp)))
+    let temp_path = || parent.path().join(&temp);
+    let result = match source {
+        Source::Object(object) => File::open(object)
+            .map_err(|e| with_path(e, "opening", object))
+            .and_then(|object| {
+                copy(&object, &mut target).map_err(|e| with_path(e, "copying into", &temp_path()))
+            }),
+        Source::Bytes(bytes) => target
+            .write_all(bytes)
+            .map_err(|e| with_path(e, "writing", &temp_path())),
+    };
+    let result = result
         .and_then(|()| {
             target
                 .sync_data()
-                .map_err(|e| with_path(e, "syncing", &parent.path().join(&temp)))
+                .map_err(|e| with_path(e, "syncing", &temp_path()))
         })
         .and_then(|()| parent.rename(&temp, &parent, name));
     if let Err(e) = result {
@@ -117,8 +136,13 @@ fn copy(source: &File, target: &mut File) -> io::Result<()> {
         ) {
             Ok(0) => break,
             Ok(n) => {
-                start_writeback(target, done, n as u64);
-                done += n as u64;
+                let n = n as u64;
+                // The fsync right after the copy writes the last chunk back
+                // (a small file is one chunk: no writeback call at all).
+                if done + n < length {
+                    start_writeback(target, done, n);
+                }
+                done += n;
             }
             Err(
                 rustix::io::Errno::XDEV
@@ -165,7 +189,7 @@ mod tests {
         let path = DeliveryPath::parse("gnu/make/make-4.4.tar.gz").unwrap();
         fs::create_dir_all(target.path().join("gnu/make")).unwrap();
         fs::write(target.path().join("gnu/make/make-4.4.tar.gz"), "old").unwrap();
-        deliver(&root, &path, &object).unwrap();
+        deliver(&root, &path, Source::Object(&object)).unwrap();
         assert_eq!(
             fs::read(target.path().join("gnu/make/make-4.4.tar.gz")).unwrap(),
             bytes
@@ -177,6 +201,29 @@ mod tests {
             1,
             "temporary left"
         );
+    }
+
+    #[test]
+    fn delivers_bytes_held_in_memory_and_cleans_up_a_failed_copy() {
+        let target = tempfile::tempdir().unwrap();
+        let root = Dir::open_root(target.path()).unwrap();
+        let path = DeliveryPath::parse("x/small.tar").unwrap();
+        deliver(
+            &root,
+            &path,
+            Source::Object(Path::new("/nonexistent/object")),
+        )
+        .unwrap_err();
+        deliver(&root, &path, Source::Bytes(b"held in memory")).unwrap();
+        assert_eq!(
+            fs::read(target.path().join("x/small.tar")).unwrap(),
+            b"held in memory"
+        );
+        let names: Vec<_> = fs::read_dir(target.path().join("x"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["small.tar"], "temporary left");
     }
 
     #[test]
@@ -223,7 +270,12 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), target.path().join("gnu")).unwrap();
         let root = Dir::open_root(target.path()).unwrap();
-        let err = deliver(&root, &DeliveryPath::parse("gnu/x").unwrap(), &object).unwrap_err();
+        let err = deliver(
+            &root,
+            &DeliveryPath::parse("gnu/x").unwrap(),
+            Source::Object(&object),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("gnu"), "{err}");
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     }

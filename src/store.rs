@@ -112,16 +112,16 @@ impl Store {
     /// Publish a complete, verified partial under its digest: a `.part` is
     /// fdatasync'd by `into_complete`, then renamed; bytes held in memory
     /// are written to a dot-named temporary beside the final name, fsync'd,
-    /// then renamed (`write_then_rename`). Returns the object path.
+    /// then renamed (`write_then_rename`), and handed back for delivery.
     ///
     /// The rename is made durable by the caller, with the other cache
     /// directories of a round (one fsync per directory for many objects).
     /// Until then a crash may lose the name, never the content under it:
     /// the worst case is downloading the object again.
-    pub fn publish(&self, partial: Partial, digest: &Digest) -> io::Result<PathBuf> {
+    pub fn publish(&self, partial: Partial, digest: &Digest) -> io::Result<Published> {
         let path = self.object_path(digest);
         let dir = path.parent().unwrap_or(&self.objects);
-        match partial.into_complete()? {
+        let bytes = match partial.into_complete()? {
             Complete::File(part) => {
                 let published = self
                     .in_fanout_dir(digest, dir, || fs::rename(&part, &path))
@@ -132,12 +132,14 @@ impl Store {
                     let _ = fs::remove_file(&part);
                 }
                 published?;
+                None
             }
             Complete::Memory(bytes) => {
                 self.in_fanout_dir(digest, dir, || write_then_rename(&path, &bytes))?;
+                Some(bytes)
             }
-        }
-        Ok(path)
+        };
+        Ok(Published { path, bytes })
     }
 
     /// Run `op`, which creates a name in `dir`, the digest's directory of
@@ -190,6 +192,15 @@ impl Store {
     }
 }
 
+/// A cache object just published.
+#[derive(Debug)]
+pub struct Published {
+    pub path: PathBuf,
+    /// Its bytes, when the download was held in memory: its first waiter
+    /// is delivered from them instead of reading the object back.
+    pub bytes: Option<Vec<u8>>,
+}
+
 /// Every regular file under `root` (the cache is chitd's own: no symlinks
 /// are expected, and none are followed).
 fn walk(root: &Path) -> io::Result<Vec<PathBuf>> {
@@ -225,7 +236,7 @@ mod tests {
         let mut partial = store.partial(digest, 5).unwrap();
         partial.append(bytes::Bytes::from_static(b"hello")).unwrap();
         assert_eq!(partial.finished_digest(), Some(digest));
-        let path = store.publish(partial, &digest).unwrap();
+        let path = store.publish(partial, &digest).unwrap().path;
         assert_eq!(fs::read(&path).unwrap(), b"hello");
         assert_eq!(store.lookup(&digest, 5).unwrap(), Some(path));
         // Wrong size: treated as a miss and removed.
@@ -245,7 +256,11 @@ mod tests {
             let mut partial = store.partial(digest, size).unwrap();
             partial.append(bytes::Bytes::from(data.clone())).unwrap();
             assert_eq!(partial.finished_digest(), Some(digest));
-            let path = store.publish(partial, &digest).unwrap();
+            let published = store.publish(partial, &digest).unwrap();
+            // Held in memory: the bytes come back for the first delivery.
+            let in_memory = size <= crate::partial::IN_MEMORY_MAX;
+            assert_eq!(published.bytes.as_ref(), in_memory.then_some(&data));
+            let path = published.path;
             assert_eq!(fs::read(&path).unwrap(), data);
             let siblings: Vec<_> = fs::read_dir(path.parent().unwrap())
                 .unwrap()
@@ -272,7 +287,7 @@ mod tests {
                 let mut partial = store.partial(digest, size).unwrap();
                 partial.append(bytes::Bytes::from(data.clone())).unwrap();
                 assert_eq!(partial.finished_digest(), Some(digest));
-                store.publish(partial, &digest).unwrap()
+                store.publish(partial, &digest).unwrap().path
             };
             let path = publish();
             fs::remove_dir_all(path.parent().unwrap()).unwrap();

@@ -340,7 +340,7 @@ impl Scheduler {
                     let outcome = outcome
                         .as_ref()
                         .as_ref()
-                        .map(PathBuf::as_path)
+                        .map(|object| crate::deliver::Source::Object(object))
                         .map_err(String::as_str);
                     work::finish(&shared, waiter, outcome)
                 });

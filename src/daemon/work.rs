@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::chit::{Chit, Digest};
-use crate::deliver::deliver_unsynced;
+use crate::deliver::{Source, deliver_unsynced};
 use crate::dir::Dir;
 use crate::durable::sync_dir;
 use crate::spool::{Claim, ReadError};
@@ -112,7 +112,14 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         }
     };
     match shared.store.lookup(&chit.digest, chit.size) {
-        Ok(Some(object)) => deliver_chit(shared, consumer, name, &chit, &object, "cache"),
+        Ok(Some(object)) => deliver_chit(
+            shared,
+            consumer,
+            name,
+            &chit,
+            Source::Object(&object),
+            "cache",
+        ),
         Ok(None) => Step::Wait(Waiter {
             consumer,
             name,
@@ -133,7 +140,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
 }
 
 /// A download ended: deliver the object, or fail the chit with the reason.
-pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<&Path, &str>) -> Step {
+pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Source<'_>, &str>) -> Step {
     let Waiter {
         consumer,
         name,
@@ -161,13 +168,18 @@ pub fn publish(
     let delivered = lone.map(|waiter| {
         let outcome = published
             .as_ref()
-            .map(PathBuf::as_path)
+            .map(|object| {
+                object
+                    .bytes
+                    .as_deref()
+                    .map_or(Source::Object(&object.path), Source::Bytes)
+            })
             .map_err(String::as_str);
         Box::new(finish(shared, waiter, outcome))
     });
     Step::Published {
         digest,
-        published,
+        published: published.map(|object| object.path),
         delivered,
     }
 }
@@ -179,11 +191,11 @@ fn deliver_chit(
     consumer: usize,
     name: String,
     chit: &Chit,
-    object: &Path,
+    source: Source<'_>,
     from: &'static str,
 ) -> Step {
     let target = &shared.consumers[consumer];
-    match deliver_unsynced(&target.deliver, &chit.path, object) {
+    match deliver_unsynced(&target.deliver, &chit.path, source) {
         Ok(parent) => Step::Commit(Commit {
             consumer,
             name,
