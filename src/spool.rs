@@ -40,6 +40,16 @@ pub struct Spool {
     pub failed: Dir,
 }
 
+/// How a batch of `fetch/ → downloaded/` renames went.
+#[derive(Debug)]
+pub struct Completed {
+    /// One result per chit: an error leaves the chit in `fetch/`.
+    pub renamed: Vec<io::Result<()>>,
+    /// The fsync of `downloaded/` that made the renames durable: on error
+    /// they are visible, but a power cut may undo them.
+    pub synced: io::Result<()>,
+}
+
 /// How a claim went.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -121,24 +131,24 @@ impl Spool {
 
     /// `fetch/X → downloaded/X`, durably.
     pub fn complete(&self, chit: &str) -> io::Result<()> {
-        self.complete_all(&[chit]).remove(0)
+        let completed = self.complete_all(&[chit]);
+        completed.renamed.into_iter().next().unwrap_or(Ok(()))?;
+        completed.synced
     }
 
     /// [`Spool::complete`] for a batch of chits (group commit): every
-    /// rename, then one fsync of `downloaded/` for all. One result per chit.
-    pub fn complete_all(&self, chits: &[&str]) -> Vec<io::Result<()>> {
-        let mut results: Vec<io::Result<()>> = chits
+    /// rename, then one fsync of `downloaded/` for all.
+    pub fn complete_all(&self, chits: &[&str]) -> Completed {
+        let renamed: Vec<io::Result<()>> = chits
             .iter()
             .map(|chit| self.fetch.rename(chit, &self.downloaded, chit))
             .collect();
-        if results.iter().any(Result::is_ok)
-            && let Err(e) = self.downloaded.sync()
-        {
-            for result in results.iter_mut().filter(|r| r.is_ok()) {
-                *result = Err(io::Error::new(e.kind(), e.to_string()));
-            }
-        }
-        results
+        let synced = if renamed.iter().any(Result::is_ok) {
+            self.downloaded.sync()
+        } else {
+            Ok(())
+        };
+        Completed { renamed, synced }
     }
 
     /// Append `# error: <reason>` to the chit's `original` bytes (none when

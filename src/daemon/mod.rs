@@ -386,11 +386,14 @@ impl Scheduler {
                     .get_or_insert_with(tokio::time::Instant::now);
                 self.commits.push(commit);
             }
-            Step::Committed(names) => {
+            Step::Committed { done, stuck } => {
                 self.committing = false;
-                for (consumer, name) in names {
+                for (consumer, name) in done {
                     self.queues.finished(consumer, &name);
                     self.stuck.remove(&(consumer, name));
+                }
+                for (consumer, name) in stuck {
+                    self.step_done(Step::Stuck { consumer, name });
                 }
             }
             Step::CacheDirsSynced => self.syncing_cache_dirs = false,

@@ -41,8 +41,12 @@ pub enum Step {
     /// The file is delivered (renamed into place); the chit waits for the
     /// next group commit to make it durable and move it to `downloaded/`.
     Commit(Commit),
-    /// A group commit ended: these chits are terminal.
-    Committed(Vec<(usize, String)>),
+    /// A group commit ended: these chits are terminal, or stuck (see
+    /// [`Step::Stuck`]).
+    Committed {
+        done: Vec<(usize, String)>,
+        stuck: Vec<(usize, String)>,
+    },
     /// A round of cache directory fsyncs ended (see [`sync_cache_dirs`]).
     CacheDirsSynced,
     /// A verified download was published into the cache (or could not be),
@@ -213,7 +217,9 @@ fn deliver_chit(
 
 /// Group commit: fsync each delivery directory of the batch once, then move
 /// every chit `fetch/ → downloaded/` with one fsync of each consumer's
-/// `downloaded/`. A chit whose directory cannot be synced is failed.
+/// `downloaded/`. A chit whose delivery cannot be made durable, or that
+/// cannot move to `downloaded/`, is failed with the reason (stuck if it
+/// cannot move to `fail/` either).
 pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
     tracing::debug!(chits = batch.len(), "group commit");
     let mut synced: Vec<(&Path, std::io::Result<()>)> = Vec::new();
@@ -222,17 +228,22 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
             synced.push((entry.parent.path(), entry.parent.sync()));
         }
     }
+    let mut stuck = Vec::new();
+    let mut fail = |entry: &Commit, reason: String| {
+        let name = entry.name.clone();
+        if let Step::Stuck { consumer, name } =
+            fail_read_again(shared, entry.consumer, name, &entry.digest, &reason)
+        {
+            stuck.push((consumer, name));
+        }
+    };
     let mut durable: Vec<Vec<&Commit>> = (0..shared.consumers.len()).map(|_| Vec::new()).collect();
     for entry in &batch {
         match synced.iter().find(|(path, _)| *path == entry.parent.path()) {
             Some((_, Err(e))) => {
-                let reason = format!("cannot make the delivery of {} durable: {e}", entry.path);
-                fail_read_again(
-                    shared,
-                    entry.consumer,
-                    entry.name.clone(),
-                    &entry.digest,
-                    &reason,
+                fail(
+                    entry,
+                    format!("cannot make the delivery of {} durable: {e}", entry.path),
                 );
             }
             _ => durable[entry.consumer].push(entry),
@@ -241,19 +252,32 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
     for (consumer, entries) in durable.iter().enumerate().filter(|(_, e)| !e.is_empty()) {
         let spool = &shared.consumers[consumer].spool;
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-        for (entry, result) in entries.iter().zip(spool.complete_all(&names)) {
-            match result {
+        let completed = spool.complete_all(&names);
+        for (entry, renamed) in entries.iter().zip(completed.renamed) {
+            match renamed {
                 Ok(()) => tracing::info!(
                     consumer = %spool.name, chit = %entry.name, digest = %entry.digest, path = %entry.path,
                     from = entry.from, "downloaded: fetch/ → downloaded/"
                 ),
-                Err(e) => {
-                    tracing::error!(consumer = %spool.name, chit = %entry.name, "cannot move the chit to downloaded/: {e}")
-                }
+                Err(e) => fail(
+                    entry,
+                    format!(
+                        "{} was delivered, but the chit cannot move to downloaded/: {e}",
+                        entry.path
+                    ),
+                ),
             }
         }
+        if let Err(e) = completed.synced {
+            tracing::error!(consumer = %spool.name, chits = names.len(), "moved to downloaded/, but a power cut may undo it: {e}");
+        }
     }
-    Step::Committed(batch.into_iter().map(|e| (e.consumer, e.name)).collect())
+    let done = batch
+        .into_iter()
+        .map(|e| (e.consumer, e.name))
+        .filter(|chit| !stuck.contains(chit))
+        .collect();
+    Step::Committed { done, stuck }
 }
 
 /// Make the renames that published new cache objects durable: one fsync

@@ -281,6 +281,44 @@ fn chit_that_cannot_reach_fail_is_kept_and_exit_when_idle_says_so() {
     );
 }
 
+/// A consumer can also keep a delivered chit out of `downloaded/`: a
+/// non-empty directory of its name planted there. The file is delivered,
+/// but the chit goes to `fail/` saying why, instead of staying in `fetch/`
+/// to be delivered again at every scan (and `--exit-when-idle` exits 0).
+#[test]
+fn chit_that_cannot_reach_downloaded_is_failed_with_the_reason() {
+    let setup = Setup::new();
+    let blocker = setup.spool.state_dir(State::Downloaded).join("blocked");
+    fs::create_dir(&blocker).unwrap();
+    fs::write(blocker.join("inner"), "a consumer's file\n").unwrap();
+    let (content, chit) = setup.serve("/blocked", 3_000);
+    setup.spool.drop_chit("blocked", chit);
+
+    let mut daemon = Daemon::for_spool(&setup.dir, &setup.spool)
+        .exit_when_idle()
+        .start();
+    let status = daemon.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    let failed = fs::read_to_string(setup.spool.state_dir(State::Fail).join("blocked")).unwrap();
+    let reason = failed.lines().last().unwrap();
+    assert_reason(
+        reason,
+        &[
+            "# error: good-blocked.bin was delivered",
+            "the chit cannot move to downloaded/",
+        ],
+    );
+    assert!(!setup.spool.state_dir(State::Fetch).join("blocked").exists());
+    assert_eq!(
+        fs::read(setup.spool.delivered_path("good-blocked.bin")).unwrap(),
+        content.bytes
+    );
+    assert_eq!(
+        fs::read_to_string(blocker.join("inner")).unwrap(),
+        "a consumer's file\n"
+    );
+}
+
 /// A state directory replaced by a symlink (here `fail/` pointing outside):
 /// the daemon refuses to start, naming it, rather than write through it.
 #[test]
