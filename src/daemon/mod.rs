@@ -12,7 +12,7 @@ mod queue;
 pub mod status_file;
 mod work;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +53,13 @@ pub const COMMIT_BATCH: usize = 256;
 /// nobody waits for them, and new objects are spread over 256 directories,
 /// so syncing them as they come would cost about one fsync per object.
 pub const CACHE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// A stuck chit (one that cannot be claimed, or moved to `fail/`) is tried
+/// again after this long, then twice as long each time it is still stuck,
+/// up to [`STUCK_RETRY_MAX`]: a chit the consumer made immovable costs a
+/// log line now and then, not one per rescan. (With `--exit-when-idle`
+/// the daemon exits 1 instead, naming it.)
+pub const STUCK_RETRY_FIRST: Duration = RESCAN_INTERVAL;
+pub const STUCK_RETRY_MAX: Duration = Duration::from_secs(300);
 /// After SIGTERM, how long downloads get to checkpoint.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -184,7 +191,8 @@ pub async fn run(
         earlier_failures: HashMap::new(),
         jobs: config.jobs.max(1),
         cancel: CancellationToken::new(),
-        stuck: HashSet::new(),
+        stuck: HashMap::new(),
+        hold_stuck: false,
     };
     scheduler.scan(true);
     scheduler
@@ -223,8 +231,19 @@ struct Scheduler {
     jobs: usize,
     cancel: CancellationToken,
     /// Chits whose last attempt could not claim them or move them to
-    /// `fail/` (see [`Step::Stuck`]).
-    stuck: HashSet<(usize, String)>,
+    /// `fail/` (see [`Step::Stuck`]), and when scans may queue them again.
+    stuck: HashMap<(usize, String), StuckRetry>,
+    /// Whether scans leave stuck chits alone until their retry is due
+    /// (serving), or queue them at once (`--exit-when-idle`, which exits
+    /// when nothing but stuck chits is left).
+    hold_stuck: bool,
+}
+
+/// When a stuck chit is tried again, and the delay that led there.
+#[derive(Debug, Clone, Copy)]
+struct StuckRetry {
+    at: tokio::time::Instant,
+    delay: Duration,
 }
 
 impl Scheduler {
@@ -235,6 +254,7 @@ impl Scheduler {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
+        self.hold_stuck = !exit_when_idle;
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
         rescan.tick().await;
         let mut status = tokio::time::interval(STATUS_INTERVAL);
@@ -252,10 +272,9 @@ impl Scheduler {
                 // What is left was tried and could not move: retrying it
                 // at once, forever, would only spin.
                 let left: Vec<(usize, &str)> = self.queues.known().collect();
-                if left
-                    .iter()
-                    .all(|(consumer, name)| self.stuck.contains(&(*consumer, (*name).to_owned())))
-                {
+                if left.iter().all(|(consumer, name)| {
+                    self.stuck.contains_key(&(*consumer, (*name).to_owned()))
+                }) {
                     const NAMED: usize = 10;
                     let mut names: Vec<String> = left
                         .iter()
@@ -379,7 +398,21 @@ impl Scheduler {
             }
             Step::Stuck { consumer, name } => {
                 self.queues.finished(consumer, &name);
-                self.stuck.insert((consumer, name));
+                let key = (consumer, name);
+                let delay = self
+                    .stuck
+                    .get(&key)
+                    .map_or(STUCK_RETRY_FIRST, |retry| retry.delay * 2)
+                    .min(STUCK_RETRY_MAX);
+                if self.hold_stuck {
+                    tracing::warn!(
+                        consumer = %self.shared.consumers[consumer].spool.name, chit = %key.1,
+                        "stuck (see the error above); trying again in {}",
+                        humantime::format_duration(delay)
+                    );
+                }
+                let at = tokio::time::Instant::now() + delay;
+                self.stuck.insert(key, StuckRetry { at, delay });
             }
             Step::Commit(commit) => {
                 self.commits_since
@@ -515,9 +548,20 @@ impl Scheduler {
         }
         for (dir, origin) in dirs {
             match spool.chits(dir) {
-                Ok(names) => names
-                    .into_iter()
-                    .for_each(|name| self.queues.push(consumer, name, origin)),
+                Ok(names) => {
+                    let now = tokio::time::Instant::now();
+                    for name in names {
+                        let held = self.hold_stuck
+                            && !self.stuck.is_empty()
+                            && self
+                                .stuck
+                                .get(&(consumer, name.clone()))
+                                .is_some_and(|retry| retry.at > now);
+                        if !held {
+                            self.queues.push(consumer, name, origin);
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::error!(consumer = %spool.name, "cannot scan {}: {e}", dir.path().display())
                 }

@@ -236,8 +236,8 @@ fn chit_that_is_a_directory_goes_to_fail_as_it_is() {
 /// A consumer can make a chit impossible to fail: a non-empty directory of
 /// its name planted in `fail/` (the rename onto it is refused, even to
 /// root). The chit stays in `fetch/`, never lost; the running daemon keeps
-/// serving; and `--exit-when-idle` exits 1 naming it instead of retrying
-/// it forever.
+/// serving and tries it again less and less often; and `--exit-when-idle`
+/// exits 1 naming it instead of retrying it forever.
 #[test]
 fn chit_that_cannot_reach_fail_is_kept_and_exit_when_idle_says_so() {
     let setup = Setup::new();
@@ -256,6 +256,15 @@ fn chit_that_cannot_reach_fail_is_kept_and_exit_when_idle_says_so() {
     });
     assert!(kept.is_file());
     setup.still_serving();
+    // Tried again later, and later still: not at every rescan.
+    wait_until(TIMEOUT, "the second retry to be put off longer", || {
+        daemon.log().contains("trying again in 4s").then_some(())
+    });
+    let log = daemon.log();
+    assert!(
+        log.contains("stuck (see the error above); trying again in 2s"),
+        "{log}"
+    );
     drop(daemon);
 
     let mut daemon = Daemon::for_spool(&setup.dir, &setup.spool)
@@ -266,7 +275,8 @@ fn chit_that_cannot_reach_fail_is_kept_and_exit_when_idle_says_so() {
     let log = daemon.log();
     assert!(
         log.contains("stuck: 1 chit(s) (default/stuck)")
-            && log.contains("cannot move the chit to fail/"),
+            && log.contains("cannot move the chit to fail/")
+            && !log.contains("trying again"),
         "{log}"
     );
     // Kept, with the reason it could not take along.
