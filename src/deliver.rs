@@ -142,6 +142,9 @@ fn copy(source: &File, target: &mut File) -> io::Result<()> {
                 if done + n < length {
                     start_writeback(target, done, n);
                 }
+                if length > COPY_CHUNK as u64 {
+                    drop_behind(source, done, n);
+                }
                 done += n;
             }
             Err(
@@ -162,6 +165,23 @@ fn copy(source: &File, target: &mut File) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Drop a big object's pages behind the copy (objects of more than one
+/// [`COPY_CHUNK`]; small ones stay cached for the next hit): a cache object is durable
+/// (fdatasync'd before it was published) and read again only by a later
+/// cache hit, while the consumer reads its delivered copy next. Keeping both
+/// would push every big file through the page cache twice, evicting what
+/// the builders work on, and the copy's new pages reuse the ones dropped
+/// (on a VM whose free memory goes back to the host, fresh pages are slow
+/// to fault in: see BENCHMARKS.md). A hint: failure is ignored.
+fn drop_behind(source: &File, start: u64, length: u64) {
+    let _ = rustix::fs::fadvise(
+        source,
+        start,
+        std::num::NonZeroU64::new(length),
+        rustix::fs::Advice::DontNeed,
+    );
 }
 
 fn copy_plain(source: &File, target: &mut File, from: u64) -> io::Result<()> {
@@ -201,6 +221,21 @@ mod tests {
             1,
             "temporary left"
         );
+    }
+
+    #[test]
+    fn copies_an_object_of_several_chunks() {
+        let cache = tempfile::tempdir().unwrap();
+        let object = cache.path().join("object");
+        let bytes: Vec<u8> = (0..COPY_CHUNK + 4099).map(|i| (i % 251) as u8).collect();
+        fs::write(&object, &bytes).unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let root = Dir::open_root(target.path()).unwrap();
+        let path = DeliveryPath::parse("big.iso").unwrap();
+        deliver(&root, &path, Source::Object(&object)).unwrap();
+        assert!(fs::read(target.path().join("big.iso")).unwrap() == bytes);
+        // Its pages may be gone from memory, never its bytes.
+        assert!(fs::read(&object).unwrap() == bytes);
     }
 
     #[test]
