@@ -7,7 +7,9 @@
 //! deliveries a crash cut short.
 //!
 //! The copy uses the kernel's fastest safe path: a reflink (`FICLONE`) where
-//! the filesystem shares extents copy-on-write, else `copy_file_range`.
+//! the filesystem shares extents copy-on-write, else `copy_file_range`, and
+//! drops a big object's pages behind it. A small download's first delivery
+//! is written from the bytes still in memory.
 //! Cache files are never hard-linked into a consumer's directory: the
 //! consumer could then corrupt the shared cache through its link.
 
@@ -168,13 +170,14 @@ fn copy(source: &File, target: &mut File) -> io::Result<()> {
 }
 
 /// Drop a big object's pages behind the copy (objects of more than one
-/// [`COPY_CHUNK`]; small ones stay cached for the next hit): a cache object is durable
-/// (fdatasync'd before it was published) and read again only by a later
-/// cache hit, while the consumer reads its delivered copy next. Keeping both
-/// would push every big file through the page cache twice, evicting what
-/// the builders work on, and the copy's new pages reuse the ones dropped
-/// (on a VM whose free memory goes back to the host, fresh pages are slow
-/// to fault in: see BENCHMARKS.md). A hint: failure is ignored.
+/// [`COPY_CHUNK`]; small ones stay cached for the next hit). A cache object
+/// is durable (fdatasync'd before it was published) and read again only by
+/// a later cache hit, while the consumer reads its delivered copy next.
+/// Keeping both would push every big file through the page cache twice,
+/// evicting what the builders work on; and the copy's new pages reuse the
+/// ones dropped (on a VM whose free memory goes back to the host, fresh
+/// pages are slow to fault in: see BENCHMARKS.md). A hint: failure is
+/// ignored.
 fn drop_behind(source: &File, start: u64, length: u64) {
     let _ = rustix::fs::fadvise(
         source,
