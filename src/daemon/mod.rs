@@ -12,7 +12,7 @@ mod queue;
 pub mod status_file;
 mod work;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -546,26 +546,43 @@ impl Scheduler {
         if with_fetch {
             dirs.insert(0, (&spool.fetch, Origin::Fetch));
         }
+        // With both directories listed, a stuck chit found in neither was
+        // removed by its consumer: forget it.
+        let mut prune = with_fetch && !self.stuck.is_empty();
+        let mut seen = HashSet::new();
         for (dir, origin) in dirs {
             match spool.chits(dir) {
                 Ok(names) => {
                     let now = tokio::time::Instant::now();
                     for name in names {
-                        let held = self.hold_stuck
-                            && !self.stuck.is_empty()
-                            && self
-                                .stuck
-                                .get(&(consumer, name.clone()))
-                                .is_some_and(|retry| retry.at > now);
+                        let stuck = if self.stuck.is_empty() {
+                            None
+                        } else {
+                            if prune {
+                                seen.insert(name.clone());
+                            }
+                            self.stuck.get(&(consumer, name.clone()))
+                        };
+                        let held = self.hold_stuck && stuck.is_some_and(|retry| retry.at > now);
                         if !held {
                             self.queues.push(consumer, name, origin);
                         }
                     }
                 }
                 Err(e) => {
+                    prune = false;
                     tracing::error!(consumer = %spool.name, "cannot scan {}: {e}", dir.path().display())
                 }
             }
+        }
+        if prune {
+            self.stuck.retain(|(of, name), _| {
+                let kept = *of != consumer || seen.contains(name);
+                if !kept {
+                    tracing::info!(consumer = %spool.name, chit = %name, "the stuck chit is gone from request/ and fetch/; forgotten");
+                }
+                kept
+            });
         }
     }
 

@@ -265,7 +265,17 @@ fn chit_that_cannot_reach_fail_is_kept_and_exit_when_idle_says_so() {
         log.contains("stuck (see the error above); trying again in 2s"),
         "{log}"
     );
+    // Removed by its consumer: forgotten (and the test puts it back).
+    let text = fs::read(&kept).unwrap();
+    fs::remove_file(&kept).unwrap();
+    wait_until(TIMEOUT, "the removed stuck chit to be forgotten", || {
+        daemon
+            .log()
+            .contains("the stuck chit is gone from request/ and fetch/; forgotten")
+            .then_some(())
+    });
     drop(daemon);
+    fs::write(&kept, text).unwrap();
 
     let mut daemon = Daemon::for_spool(&setup.dir, &setup.spool)
         .exit_when_idle()
