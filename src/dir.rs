@@ -217,6 +217,14 @@ impl Dir {
         })
     }
 
+    /// Whether the entry `name` (not followed if a symlink) is `file`.
+    pub fn holds(&self, name: &str, file: &File) -> io::Result<bool> {
+        let entry = rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.error(e.into(), "inspecting", name))?;
+        let open = rustix::fs::fstat(file).map_err(io::Error::from)?;
+        Ok((entry.st_dev, entry.st_ino) == (open.st_dev, open.st_ino))
+    }
+
     /// Create a new, exclusive, dot-named temporary file in this directory.
     /// Returns its name and the open file.
     pub fn create_temp(&self, stem: &str) -> io::Result<(String, File)> {

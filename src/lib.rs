@@ -32,6 +32,8 @@
 //!   outcome.
 //! - [`deliver`]: cache → `<deliver>/<path>`: temp name, copy, fsync, rename;
 //!   the directory fsync comes with the group commit.
+//! - [`chase`]: early delivery: a big download's `.part` copied beside its
+//!   first waiter's target while it downloads, renamed once verified.
 //! - [`watch`]: inotify events → "look at this chit" / "rescan this spool" hints.
 //! - [`daemon`]: `run(config, options, shutdown)`: recover, watch, schedule,
 //!   exit when idle (`queue.rs`: per-consumer round-robin; `work.rs`: a
@@ -39,6 +41,7 @@
 //!   published for `chitd status`).
 //! - [`request`], [`status`]: the other two subcommands.
 
+pub mod chase;
 pub mod chit;
 pub mod cli;
 pub mod config;

@@ -32,6 +32,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::digest::common::hazmat::SerializableState;
@@ -223,6 +225,33 @@ pub struct Partial {
     /// removed, so a small download costs no `unlink` of a missing name
     /// (each takes the directory's lock that every download shares).
     record_may_exist: bool,
+    /// Shared with a reader that follows the `.part` while it is written
+    /// (`chase`), if any.
+    frontier: Option<Arc<Frontier>>,
+}
+
+/// How far a `.part` is written, for a reader that follows it while the
+/// download runs (`chase`). Within one generation the file only grows and
+/// bytes below `written` never change; every truncation (a restart from 0,
+/// or back to a durable offset) starts a new generation *before* it touches
+/// the file. A reader that saw the same generation before and after
+/// copying a range copied bytes that are still there.
+#[derive(Debug, Default)]
+pub struct Frontier {
+    generation: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Frontier {
+    /// (generation, bytes written in it). Generation 0: not followed yet.
+    pub fn now(&self) -> (u64, u64) {
+        let generation = self.generation.load(Ordering::Acquire);
+        (generation, self.written.load(Ordering::Acquire))
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
 }
 
 impl Partial {
@@ -244,7 +273,7 @@ impl Partial {
         Partial {
             digest,
             total,
-            part_path: dir.join(format!("{digest}.part")),
+            part_path: Partial::part_path(dir, &digest),
             record_path: dir.join(format!("{digest}.progress")),
             backing,
             hasher: Hasher::new(),
@@ -259,6 +288,29 @@ impl Partial {
             checkpointing: None,
             checkpoint_offset: 0,
             record_may_exist: true,
+            frontier: None,
+        }
+    }
+
+    /// Where the partial download of `digest` is written, in `dir`.
+    pub fn part_path(dir: &Path, digest: &Digest) -> PathBuf {
+        dir.join(format!("{digest}.part"))
+    }
+
+    /// The generation of the frontier a reader follows (see
+    /// [`Partial::follow`]), if one does.
+    pub fn followed_generation(&self) -> Option<u64> {
+        self.frontier.as_ref().map(|frontier| frontier.generation())
+    }
+
+    /// Let a reader follow the `.part` through `frontier`, from now on (a
+    /// new generation, at the current offset). Bytes held in memory cannot
+    /// be followed: the frontier stays at generation 0.
+    pub fn follow(&mut self, frontier: Arc<Frontier>) {
+        if let Backing::Disk(_) = self.backing {
+            frontier.generation.fetch_add(1, Ordering::AcqRel);
+            frontier.written.store(self.offset, Ordering::Release);
+            self.frontier = Some(frontier);
         }
     }
 
@@ -352,6 +404,18 @@ impl Partial {
     }
 
     fn truncate(&mut self, length: u64) -> io::Result<()> {
+        if let Some(frontier) = &self.frontier {
+            frontier.generation.fetch_add(1, Ordering::AcqRel);
+            frontier.written.store(0, Ordering::Release);
+        }
+        let truncated = self.truncate_backing(length);
+        if let (Some(frontier), Ok(())) = (&self.frontier, &truncated) {
+            frontier.written.store(length, Ordering::Release);
+        }
+        truncated
+    }
+
+    fn truncate_backing(&mut self, length: u64) -> io::Result<()> {
         match &mut self.backing {
             Backing::Disk(file) => file
                 .set_len(length)
@@ -408,6 +472,9 @@ impl Partial {
             Backing::Memory(held) => held.extend_from_slice(&bytes),
         }
         self.offset += bytes.len() as u64;
+        if let Some(frontier) = &self.frontier {
+            frontier.written.store(self.offset, Ordering::Release);
+        }
         if self.total >= OFFLOAD_HASH_BYTES {
             self.hasher.offload();
         }

@@ -23,12 +23,13 @@ use tokio_util::sync::CancellationToken;
 
 use self::queue::Queues;
 use self::work::{Origin, Step, Waiter};
+use crate::chase::{CHASE_MIN, Chase, Target};
 use crate::chit::Digest;
 use crate::config::Config;
 use crate::dir::Dir;
 use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job};
 use crate::inflight::InFlight;
-use crate::partial::Partial;
+use crate::partial::{Frontier, Partial};
 use crate::spool::Spool;
 use crate::store::Store;
 use crate::watch::{Hint, watch};
@@ -193,6 +194,7 @@ pub async fn run(
         cancel: CancellationToken::new(),
         stuck: HashMap::new(),
         hold_stuck: false,
+        chases: HashMap::new(),
     };
     scheduler.scan(true);
     scheduler
@@ -237,6 +239,8 @@ struct Scheduler {
     /// (serving), or queue them at once (`--exit-when-idle`, which exits
     /// when nothing but stuck chits is left).
     hold_stuck: bool,
+    /// Early deliveries of the downloads under way (see [`crate::chase`]).
+    chases: HashMap<Digest, Chase>,
 }
 
 /// When a stuck chit is tried again, and the delay that led there.
@@ -379,15 +383,65 @@ impl Scheduler {
                 digest = %digest, size = job.size, waiters = waiters.len(),
                 sources = job.sources.len(), "download started"
             );
+            let first = waiters
+                .first()
+                .map(|w| (w.consumer, w.name.clone(), w.chit.path.clone()));
+            let frontier = self.start_chase(digest, job.size, first);
             let shared = Arc::clone(&self.shared);
             let cancel = self.cancel.clone();
             self.downloads.spawn(async move {
                 let store = Arc::clone(&shared.store);
-                let result =
-                    Box::pin(shared.fetcher.download(store, &job, &progress, &cancel)).await;
+                let download = shared
+                    .fetcher
+                    .download(store, &job, &progress, frontier, &cancel);
+                let result = Box::pin(download).await;
                 (digest, job.sources, result)
             });
         }
+    }
+
+    /// For a big download, start delivering it to its first waiter while
+    /// it downloads (see [`crate::chase`]); returns the frontier the
+    /// download must publish.
+    fn start_chase(
+        &mut self,
+        digest: Digest,
+        size: u64,
+        first: Option<(usize, String, crate::chit::DeliveryPath)>,
+    ) -> Option<Arc<Frontier>> {
+        let (consumer, name, path) = first?;
+        if size < CHASE_MIN || Partial::fits_in_memory(size) {
+            return None;
+        }
+        let frontier = Arc::new(Frontier::default());
+        let part = Partial::part_path(self.shared.store.partials_dir(), &digest);
+        let shared = Arc::clone(&self.shared);
+        let prepare = move || {
+            let root = &shared.consumers[consumer].deliver;
+            let parent = root.create_dirs(path.parent_components())?;
+            let name = path.file_name().to_owned();
+            let (temp, file) = parent.create_temp(&name)?;
+            Ok(Target {
+                parent,
+                temp,
+                file,
+                name,
+            })
+        };
+        let chase = Chase::start(consumer, name, part, size, Arc::clone(&frontier), prepare)?;
+        if let Some(earlier) = self.chases.insert(digest, chase) {
+            self.abort_chase(earlier);
+        }
+        Some(frontier)
+    }
+
+    /// Stop an early delivery and remove its temporary, on the local pool
+    /// (the daemon is not idle until that is done).
+    fn abort_chase(&mut self, chase: Chase) {
+        self.local.spawn_blocking(move || {
+            chase.abort();
+            Step::ChaseAborted
+        });
     }
 
     fn step_done(&mut self, step: Step) {
@@ -430,6 +484,7 @@ impl Scheduler {
                 }
             }
             Step::CacheDirsSynced => self.syncing_cache_dirs = false,
+            Step::ChaseAborted => {}
             Step::Published {
                 digest,
                 published,
@@ -461,14 +516,19 @@ impl Scheduler {
                 // many small files, this is where the time goes).
                 self.inflight.release(&digest);
                 let lone = self.inflight.take_lone_waiter(&digest);
+                let chase = self.chases.remove(&digest);
                 let shared = Arc::clone(&self.shared);
                 self.local
-                    .spawn_blocking(move || work::publish(&shared, partial, digest, lone));
+                    .spawn_blocking(move || work::publish(&shared, partial, digest, lone, chase));
             }
-            Err(DownloadError::Shutdown) => {}
-            Err(DownloadError::Failed(reason)) => {
-                tracing::warn!(digest = %digest, "download failed: {reason}");
-                self.settle(digest, Some(tried), Err(reason));
+            Err(error) => {
+                if let Some(chase) = self.chases.remove(&digest) {
+                    self.abort_chase(chase);
+                }
+                if let DownloadError::Failed(reason) = error {
+                    tracing::warn!(digest = %digest, "download failed: {reason}");
+                    self.settle(digest, Some(tried), Err(reason));
+                }
             }
         }
     }
@@ -654,6 +714,13 @@ impl Scheduler {
                 .collect();
             if !dirs.is_empty() {
                 let _ = tokio::task::spawn_blocking(move || work::sync_cache_dirs(dirs)).await;
+            }
+            // Downloads that stopped leave their early deliveries behind.
+            let chases: Vec<Chase> = self.chases.drain().map(|(_, chase)| chase).collect();
+            if !chases.is_empty() {
+                let _ =
+                    tokio::task::spawn_blocking(move || chases.into_iter().for_each(Chase::abort))
+                        .await;
             }
         })
         .await;

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::chase::{Chase, Chased};
 use crate::chit::{Chit, Digest};
 use crate::deliver::{Source, deliver_unsynced};
 use crate::dir::Dir;
@@ -49,6 +50,8 @@ pub enum Step {
     },
     /// A round of cache directory fsyncs ended (see [`sync_cache_dirs`]).
     CacheDirsSynced,
+    /// An early delivery was stopped and its temporary removed.
+    ChaseAborted,
     /// A verified download was published into the cache (or could not be),
     /// and its lone waiter delivered (or failed) by the same task.
     Published {
@@ -158,17 +161,37 @@ pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Source<'_>, &str>
 
 /// Publish a verified download into the cache, then deliver it to `lone`,
 /// its only waiter so far, if any (one blocking task for both: a download
-/// of a small file costs one hand-off less).
+/// of a small file costs one hand-off less). A big download's `chase`
+/// (started for its first waiter) becomes that delivery when the waiter is
+/// `lone`, and is discarded otherwise.
 pub fn publish(
     shared: &Shared,
     partial: crate::partial::Partial,
     digest: Digest,
     lone: Option<Waiter>,
+    chase: Option<Chase>,
 ) -> Step {
+    let (generation, total) = (partial.followed_generation(), partial.total());
+    if let Some(chase) = &chase {
+        // The chaser copies the tail while the `.part` is synced.
+        chase.wrap_up();
+    }
     let published = shared
         .store
         .publish(partial, &digest)
         .map_err(|e| format!("cannot publish into the cache: {e}"));
+    let chased = chase.and_then(|chase| {
+        let for_lone = lone
+            .as_ref()
+            .is_some_and(|w| (w.consumer, &w.name) == (chase.consumer, &chase.name));
+        match (generation, &published) {
+            (Some(generation), Ok(_)) if for_lone => chase.finish(generation, total),
+            _ => {
+                chase.abort();
+                None
+            }
+        }
+    });
     let delivered = lone.map(|waiter| {
         let outcome = published
             .as_ref()
@@ -179,12 +202,42 @@ pub fn publish(
                     .map_or(Source::Object(&object.path), Source::Bytes)
             })
             .map_err(String::as_str);
-        Box::new(finish(shared, waiter, outcome))
+        Box::new(match chased {
+            Some(chased) => deliver_chased(shared, waiter, chased, outcome),
+            None => finish(shared, waiter, outcome),
+        })
     });
     Step::Published {
         digest,
         published: published.map(|object| object.path),
         delivered,
+    }
+}
+
+/// Deliver a chit whose file was copied while it downloaded: rename the
+/// copy into place. Should that fail, deliver from `outcome` (the cache).
+fn deliver_chased(
+    shared: &Shared,
+    waiter: Waiter,
+    chased: Chased,
+    outcome: Result<Source<'_>, &str>,
+) -> Step {
+    match chased.rename_into_place() {
+        Ok(()) => {
+            tracing::debug!(digest = %waiter.chit.digest, path = %waiter.chit.path, "delivered the copy made while it downloaded");
+            Step::Commit(Commit {
+                consumer: waiter.consumer,
+                name: waiter.name,
+                digest: waiter.chit.digest,
+                path: waiter.chit.path.to_string(),
+                from: "download",
+                parent: chased.parent,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(digest = %waiter.chit.digest, path = %waiter.chit.path, "delivering from the cache instead of the copy made while it downloaded: {e}");
+            finish(shared, waiter, outcome)
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use url::Url;
 use self::attempt::{Attempt, Stop};
 pub use self::error::FetchError;
 use crate::chit::{Digest, redact_url};
-use crate::partial::Partial;
+use crate::partial::{Frontier, Partial};
 use crate::store::Store;
 
 /// Redirects followed per request; more is a redirect loop for our purposes.
@@ -130,12 +130,14 @@ impl Fetcher {
     /// Download `job` into a partial download and verify its size and
     /// sha256. The caller publishes it (`Store::publish`: fdatasync and
     /// rename, disk work that need not hold a download slot).
-    /// `progress` follows the byte offset for `status`.
+    /// `progress` follows the byte offset for `status`; `frontier`, when
+    /// given, lets a reader follow the `.part` (see `chase`).
     pub async fn download(
         &self,
         store: Arc<Store>,
         job: &Job,
         progress: &AtomicU64,
+        frontier: Option<Arc<Frontier>>,
         cancel: &CancellationToken,
     ) -> Result<Partial, DownloadError> {
         if job.sources.is_empty() {
@@ -153,6 +155,9 @@ impl Fetcher {
         };
         let mut partial = opened
             .map_err(|e| DownloadError::Failed(format!("cannot open the partial download: {e}")))?;
+        if let Some(frontier) = frontier {
+            partial.follow(frontier);
+        }
         let mut answers: Vec<Option<String>> = vec![None; job.sources.len()];
         let mut ruled_out = vec![false; job.sources.len()];
         let mut high_water = partial.offset();

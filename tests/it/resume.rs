@@ -257,6 +257,12 @@ fn replaced_object_is_fetched_from_zero_and_delivered_when_it_matches() {
     daemon.expect_success(TIMEOUT);
     case.spool.assert_delivered("f", "f.bin", &case.content);
     assert_restarted_on_new_etag(&case, &old_etag);
+    // The copy made while it downloaded followed the restart (see `chase`).
+    let log = daemon.log();
+    assert!(
+        log.contains("delivered the copy made while it downloaded"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -274,6 +280,7 @@ fn replaced_object_that_does_not_match_fails_naming_the_digest_mismatch() {
     assert!(started.elapsed() < Duration::from_secs(15), "failed slowly");
     assert_restarted_on_new_etag(&case, &old_etag);
     assert!(!case.spool.delivered_path("f.bin").exists());
+    assert_eq!(case.spool.delivery_temporaries(), Vec::<PathBuf>::new());
 }
 
 // ---- across a SIGKILL: the progress record ----

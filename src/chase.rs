@@ -1,0 +1,423 @@
+//! Early delivery: while a big file downloads, a thread copies its `.part`
+//! into a dot-named temporary beside its first waiter's target, following
+//! the writer through the partial's [`Frontier`]. Once the download is
+//! verified, the chaser copies what is left and fdatasyncs the temporary,
+//! and the waiter's delivery is a rename: the delivery copy overlaps the
+//! transfer instead of following it (on two cores, most of its cost
+//! disappears; see BENCHMARKS.md).
+//!
+//! The copied bytes sit under a dot name, which consumers ignore, until
+//! the download is verified. A truncation of the `.part` (a restart from
+//! 0) starts a new generation of the frontier, and the chaser starts over.
+//! Any doubt (the generation changed, fewer bytes than the total, an
+//! error) discards the temporary, and the waiter is delivered the usual
+//! way, from the cache. A crash leaves the temporary to the start-up sweep
+//! of delivery temporaries.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::dir::Dir;
+use crate::durable::start_writeback;
+use crate::partial::Frontier;
+
+/// Downloads at least this big are chased; below it the copy after the
+/// download takes well under a millisecond, less than starting a thread.
+pub const CHASE_MIN: u64 = 1 << 20;
+
+/// How long the chaser sleeps when it has caught up with the writer.
+const CAUGHT_UP_WAIT: Duration = Duration::from_millis(2);
+
+/// Each copy moves at most this much, so a truncation is noticed soon.
+const CHUNK: usize = 16 << 20;
+
+const RUNNING: u8 = 0;
+const FINISH: u8 = 1;
+const ABORT: u8 = 2;
+
+/// Where the chased copy goes: the target's directory, the temporary's
+/// name in it (created by the chaser), and the target's name.
+#[derive(Debug)]
+pub struct Target {
+    pub parent: Dir,
+    pub temp: String,
+    pub file: File,
+    pub name: String,
+}
+
+/// A chase under way, for the chit `name` of `consumer`.
+#[derive(Debug)]
+pub struct Chase {
+    pub consumer: usize,
+    pub name: String,
+    state: Arc<AtomicU8>,
+    thread: JoinHandle<Option<Chased>>,
+}
+
+/// A complete copy, fdatasync'd under its temporary name.
+#[derive(Debug)]
+pub struct Chased {
+    pub parent: Dir,
+    temp: String,
+    name: String,
+    file: File,
+    generation: u64,
+    copied: u64,
+}
+
+impl Chase {
+    /// Follow `part` (the `.part` of a download of `total` bytes, once its
+    /// partial follows `frontier`) into the temporary `prepare` creates.
+    /// `None` when no thread can be had.
+    pub fn start(
+        consumer: usize,
+        name: String,
+        part: PathBuf,
+        total: u64,
+        frontier: Arc<Frontier>,
+        prepare: impl FnOnce() -> std::io::Result<Target> + Send + 'static,
+    ) -> Option<Chase> {
+        let state = Arc::new(AtomicU8::new(RUNNING));
+        let control = Arc::clone(&state);
+        let thread = std::thread::Builder::new()
+            .name("chase".into())
+            .spawn(move || chase(&part, total, &frontier, &control, prepare))
+            .ok()?;
+        Some(Chase {
+            consumer,
+            name,
+            state,
+            thread,
+        })
+    }
+
+    /// The download is complete: copy what is left, without waiting.
+    pub fn wrap_up(&self) {
+        let _ = self
+            .state
+            .compare_exchange(RUNNING, FINISH, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The download is complete and verified, in generation `generation`
+    /// of its frontier, with `total` bytes: wait for the copy to finish.
+    /// `None` (the temporary removed) unless the copy is of exactly those
+    /// bytes.
+    pub fn finish(self, generation: u64, total: u64) -> Option<Chased> {
+        self.wrap_up();
+        let chased = self.thread.join().ok().flatten()?;
+        if chased.generation == generation && chased.copied == total {
+            Some(chased)
+        } else {
+            tracing::debug!(
+                chased.generation,
+                generation,
+                chased.copied,
+                total,
+                "early delivery does not match the download; delivering from the cache"
+            );
+            chased.discard();
+            None
+        }
+    }
+
+    /// The download failed or stops: remove the temporary and wait for
+    /// the thread (a few milliseconds).
+    pub fn abort(self) {
+        self.state.store(ABORT, Ordering::Release);
+        // Told to finish before, it may have completed the copy.
+        if let Ok(Some(chased)) = self.thread.join() {
+            chased.discard();
+        }
+    }
+}
+
+impl Chased {
+    /// Rename the copy over the target, if its temporary name still holds
+    /// the file chitd wrote (the consumer owns the directory: it could
+    /// have put something else there during the download). Else, or on
+    /// error, remove the temporary.
+    pub fn rename_into_place(&self) -> std::io::Result<()> {
+        let result = match self.parent.holds(&self.temp, &self.file) {
+            Ok(true) => self.parent.rename(&self.temp, &self.parent, &self.name),
+            Ok(false) => Err(std::io::Error::other(format!(
+                "{} was replaced during the download",
+                self.parent.path().join(&self.temp).display()
+            ))),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let _ = self.parent.remove_file(&self.temp);
+        }
+        result
+    }
+
+    /// Remove the temporary.
+    pub fn discard(self) {
+        let _ = self.parent.remove_file(&self.temp);
+    }
+}
+
+/// The chaser: wait for the partial to be followed, open the `.part`,
+/// copy what the writer has written, again and again, until told to
+/// finish (then copy the rest) or to stop.
+fn chase(
+    part: &std::path::Path,
+    total: u64,
+    frontier: &Frontier,
+    state: &AtomicU8,
+    prepare: impl FnOnce() -> std::io::Result<Target>,
+) -> Option<Chased> {
+    // Until the download opens (and follows) its partial, there is
+    // nothing to read.
+    while frontier.generation() == 0 {
+        if state.load(Ordering::Acquire) != RUNNING {
+            return None;
+        }
+        std::thread::sleep(CAUGHT_UP_WAIT);
+    }
+    let source = File::open(part).ok()?;
+    let target = match prepare() {
+        Ok(target) => target,
+        Err(e) => {
+            tracing::debug!("no early delivery: {e}");
+            return None;
+        }
+    };
+    let Target {
+        parent,
+        temp,
+        file,
+        name,
+    } = target;
+    let discard = |parent: Dir, temp: String| {
+        let _ = parent.remove_file(&temp);
+        None
+    };
+    let (mut generation, mut copied) = (frontier.generation(), 0u64);
+    loop {
+        let finishing = match state.load(Ordering::Acquire) {
+            ABORT => return discard(parent, temp),
+            FINISH => true,
+            _ => false,
+        };
+        let (now, written) = frontier.now();
+        if now != generation {
+            // The `.part` was truncated: start over.
+            if file.set_len(0).is_err() {
+                return discard(parent, temp);
+            }
+            (generation, copied) = (now, 0);
+            continue;
+        }
+        let want = written.min(total).saturating_sub(copied);
+        if want == 0 {
+            // Told to finish, the writer is done: this is all there is.
+            if finishing {
+                break;
+            }
+            std::thread::sleep(CAUGHT_UP_WAIT);
+            continue;
+        }
+        let want = usize::try_from(want).unwrap_or(CHUNK).min(CHUNK);
+        let (mut read_at, mut write_at) = (copied, copied);
+        match rustix::fs::copy_file_range(
+            &source,
+            Some(&mut read_at),
+            &file,
+            Some(&mut write_at),
+            want,
+        ) {
+            // A truncation raced the copy: the next round sees it.
+            Ok(0) => std::thread::sleep(CAUGHT_UP_WAIT),
+            Ok(n) => {
+                if frontier.generation() == generation {
+                    start_writeback(&file, copied, n as u64);
+                    copied += n as u64;
+                }
+                // Else the bytes may be stale: the next round starts over.
+            }
+            Err(e) => {
+                tracing::debug!("early delivery stopped: {e}");
+                return discard(parent, temp);
+            }
+        }
+    }
+    if file.sync_data().is_err() {
+        return discard(parent, temp);
+    }
+    Some(Chased {
+        parent,
+        temp,
+        name,
+        file,
+        generation,
+        copied,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chit::Digest;
+    use crate::partial::Partial;
+    use sha2::{Digest as _, Sha256};
+    use std::fs;
+
+    fn target(root: &Dir, name: &str) -> std::io::Result<Target> {
+        let (temp, file) = root.create_temp(name)?;
+        Ok(Target {
+            parent: root.open_dir(".")?,
+            temp,
+            file,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Wait until the files in `dir` (the chaser's temporary) hold at least
+    /// `bytes` bytes.
+    fn wait_for_copy(dir: &std::path::Path, bytes: u64) {
+        let copied = || {
+            fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum::<u64>()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while copied() < bytes {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the chaser copies nothing"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Bytes written before a restart from 0 (here: what a changed object
+    /// sent first) never end up in the copy.
+    #[test]
+    fn follows_the_writer_and_starts_over_after_a_truncation() {
+        let cache = tempfile::tempdir().unwrap();
+        let deliver = tempfile::tempdir().unwrap();
+        let total = 3 * CHUNK as u64 + 123;
+        let old: Vec<u8> = (0..total).map(|i| (i % 7) as u8).collect();
+        let new: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::from_bytes(Sha256::digest(&new).into());
+        let mut partial = Partial::open(cache.path(), digest, total).unwrap();
+        let frontier = Arc::new(Frontier::default());
+        let root = Dir::open_root(deliver.path()).unwrap();
+        let chase = Chase::start(
+            0,
+            "chit".into(),
+            Partial::part_path(cache.path(), &digest),
+            total,
+            Arc::clone(&frontier),
+            move || target(&root, "file.bin"),
+        )
+        .unwrap();
+        partial.follow(frontier);
+        for piece in old[..2 * CHUNK].chunks(1 << 20) {
+            partial
+                .append(bytes::Bytes::copy_from_slice(piece))
+                .unwrap();
+        }
+        // The chaser has copied some of the old bytes...
+        wait_for_copy(deliver.path(), CHUNK as u64);
+        // ...when the download starts over.
+        partial.reset().unwrap();
+        for piece in new.chunks(1 << 20) {
+            partial
+                .append(bytes::Bytes::copy_from_slice(piece))
+                .unwrap();
+        }
+        assert_eq!(partial.finished_digest(), Some(digest));
+        let generation = partial.followed_generation().unwrap();
+        let chased = chase.finish(generation, total).expect("a complete copy");
+        assert!(fs::read(deliver.path().join(&chased.temp)).unwrap() == new);
+        chased.rename_into_place().unwrap();
+        assert!(fs::read(deliver.path().join("file.bin")).unwrap() == new);
+    }
+
+    /// The consumer owns the directory: a file it puts under the
+    /// temporary's name during the download is never renamed into place.
+    #[test]
+    fn a_temporary_replaced_during_the_download_is_not_delivered() {
+        let cache = tempfile::tempdir().unwrap();
+        let deliver = tempfile::tempdir().unwrap();
+        let total = 2 << 20;
+        let bytes = vec![9u8; total as usize];
+        let digest = Digest::from_bytes(Sha256::digest(&bytes).into());
+        let mut partial = Partial::open(cache.path(), digest, total).unwrap();
+        let frontier = Arc::new(Frontier::default());
+        let root = Dir::open_root(deliver.path()).unwrap();
+        let chase = Chase::start(
+            0,
+            "chit".into(),
+            Partial::part_path(cache.path(), &digest),
+            total,
+            Arc::clone(&frontier),
+            move || target(&root, "file.bin"),
+        )
+        .unwrap();
+        partial.follow(frontier);
+        partial.append(bytes::Bytes::from(bytes)).unwrap();
+        let generation = partial.followed_generation().unwrap();
+        let chased = chase.finish(generation, total).unwrap();
+        let temp = deliver.path().join(&chased.temp);
+        fs::remove_file(&temp).unwrap();
+        fs::write(&temp, "the consumer's").unwrap();
+        let err = chased.rename_into_place().unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+        assert!(!deliver.path().join("file.bin").exists());
+        assert_eq!(fs::read_dir(deliver.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_stale_generation_or_an_abort_leaves_no_temporary() {
+        let cache = tempfile::tempdir().unwrap();
+        let deliver = tempfile::tempdir().unwrap();
+        let total = 2 << 20;
+        let bytes = vec![7u8; total as usize];
+        let digest = Digest::from_bytes(Sha256::digest(&bytes).into());
+        for mode in ["stale generation", "abort", "finished, then abort"] {
+            let mut partial = Partial::open(cache.path(), digest, total).unwrap();
+            let frontier = Arc::new(Frontier::default());
+            let root = Dir::open_root(deliver.path()).unwrap();
+            let chase = Chase::start(
+                0,
+                "chit".into(),
+                Partial::part_path(cache.path(), &digest),
+                total,
+                Arc::clone(&frontier),
+                move || target(&root, "file.bin"),
+            )
+            .unwrap();
+            partial.follow(frontier);
+            partial.append(bytes::Bytes::from(bytes.clone())).unwrap();
+            match mode {
+                "stale generation" => {
+                    // Told of a later generation than the one it copied.
+                    let generation = partial.followed_generation().unwrap();
+                    assert!(chase.finish(generation + 1, total).is_none());
+                }
+                "abort" => chase.abort(),
+                _ => {
+                    // As `publish` does for a download with several waiters:
+                    // the copy may be complete when the abort comes.
+                    chase.wrap_up();
+                    wait_for_copy(deliver.path(), total);
+                    chase.abort();
+                }
+            }
+            assert_eq!(
+                fs::read_dir(deliver.path()).unwrap().count(),
+                0,
+                "temporary left ({mode})"
+            );
+            partial.reset().unwrap();
+        }
+    }
+}
