@@ -231,7 +231,11 @@ fn chase(
             Some(&mut write_at),
             want,
         ) {
-            // A truncation raced the copy: the next round sees it.
+            // Once the download is over, the `.part` holds what the
+            // frontier says: a short file ends the copy (incomplete, so
+            // discarded). Before, a truncation raced the copy: the next
+            // round sees it.
+            Ok(0) if finishing => break,
             Ok(0) => std::thread::sleep(CAUGHT_UP_WAIT),
             Ok(n) => {
                 if frontier.generation() == generation {
