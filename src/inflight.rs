@@ -123,6 +123,14 @@ impl<W> InFlight<W> {
         }
     }
 
+    /// Take the first waiter of `digest` that is `wanted`, however many
+    /// wait (the one a download was early-delivered to).
+    pub fn take_waiter(&mut self, digest: &Digest, wanted: impl Fn(&W) -> bool) -> Option<W> {
+        let entry = self.entries.get_mut(digest)?;
+        let at = entry.waiters.iter().position(wanted)?;
+        Some(entry.waiters.remove(at))
+    }
+
     /// The download of `digest` ended: every waiter, to be told the outcome.
     pub fn finish(&mut self, digest: &Digest) -> Vec<W> {
         match self.entries.remove(digest) {
@@ -203,6 +211,21 @@ mod tests {
         assert_eq!(inflight.finish(&digest(2)), ["c"]);
         assert!(inflight.is_empty());
         assert!(inflight.finish(&digest(3)).is_empty());
+    }
+
+    #[test]
+    fn a_lone_waiter_or_a_wanted_one_is_taken_and_the_others_stay() {
+        let mut inflight = InFlight::default();
+        inflight.add(0, digest(1), 10, "a");
+        inflight.add(1, digest(1), 10, "b");
+        inflight.add(0, digest(1), 10, "c");
+        assert_eq!(inflight.take_lone_waiter(&digest(1)), None);
+        assert_eq!(inflight.take_waiter(&digest(1), |w| *w == "b"), Some("b"));
+        assert_eq!(inflight.take_waiter(&digest(1), |w| *w == "b"), None);
+        assert_eq!(inflight.take_waiter(&digest(2), |_| true), None);
+        assert_eq!(inflight.finish(&digest(1)), ["a", "c"]);
+        inflight.add(0, digest(2), 10, "d");
+        assert_eq!(inflight.take_lone_waiter(&digest(2)), Some("d"));
     }
 
     #[test]

@@ -515,8 +515,17 @@ impl Scheduler {
                 // while the local pool publishes (fdatasync and rename: for
                 // many small files, this is where the time goes).
                 self.inflight.release(&digest);
-                let lone = self.inflight.take_lone_waiter(&digest);
+                // The waiter a chase copied for is delivered with the
+                // publish, whoever else waits; else a lone waiter.
                 let chase = self.chases.remove(&digest);
+                let lone = chase
+                    .as_ref()
+                    .and_then(|chase| {
+                        self.inflight.take_waiter(&digest, |w| {
+                            (w.consumer, &w.name) == (chase.consumer, &chase.name)
+                        })
+                    })
+                    .or_else(|| self.inflight.take_lone_waiter(&digest));
                 let shared = Arc::clone(&self.shared);
                 self.local
                     .spawn_blocking(move || work::publish(&shared, partial, digest, lone, chase));

@@ -160,10 +160,10 @@ pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Source<'_>, &str>
 }
 
 /// Publish a verified download into the cache, then deliver it to `lone`,
-/// its only waiter so far, if any (one blocking task for both: a download
-/// of a small file costs one hand-off less). A big download's `chase`
-/// (started for its first waiter) becomes that delivery when the waiter is
-/// `lone`, and is discarded otherwise.
+/// its only waiter so far or the one its `chase` copied for, if any (one
+/// blocking task for both: a download of a small file costs one hand-off
+/// less). The chase becomes that delivery; it is discarded if it was for
+/// another chit.
 pub fn publish(
     shared: &Shared,
     partial: crate::partial::Partial,

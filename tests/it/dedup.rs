@@ -6,15 +6,17 @@ use std::time::Duration;
 use crate::server::{Fault, Server};
 use crate::util::{ConfigFile, Content, Daemon, TIMEOUT, TestDir, wait_until};
 
+/// 1 MiB: early-delivered to its first chit while it downloads (see
+/// `chase`), the others are copied from the cache.
 #[test]
 fn twenty_chits_for_one_digest_across_five_consumers_make_one_get() {
     let dir = TestDir::new();
     let server = Server::start();
-    let content = Content::random(64 * 1024);
+    let content = Content::random(1 << 20);
     server.add("/big", content.bytes.clone());
     // Slow enough that the second wave arrives while the download runs.
     let drip = Fault::SlowDrip {
-        bytes_per_tick: 8 * 1024,
+        bytes_per_tick: 64 * 1024,
         tick: Duration::from_millis(50),
     };
     server.set_fault("/big", drip);
@@ -51,8 +53,19 @@ fn twenty_chits_for_one_digest_across_five_consumers_make_one_get() {
         for n in 0..4 {
             consumer.assert_delivered(&format!("big{n}"), &format!("copy{n}/big.bin"), &content);
         }
+        assert_eq!(
+            consumer.delivery_temporaries(),
+            Vec::<std::path::PathBuf>::new()
+        );
     }
     assert_eq!(server.gets("/big"), 1, "{:?}", server.requests());
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("delivered the copy made while it downloaded")
+            .count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]
