@@ -32,8 +32,9 @@ pub const CHASE_MIN: u64 = 1 << 20;
 /// How long the chaser sleeps when it has caught up with the writer.
 const CAUGHT_UP_WAIT: Duration = Duration::from_millis(2);
 
-/// Each copy moves at most this much, so a truncation is noticed soon.
-const CHUNK: usize = 16 << 20;
+/// Each copy moves at most this much, so a truncation or an abort is
+/// noticed soon.
+const CHUNK: usize = 4 << 20;
 
 const RUNNING: u8 = 0;
 const FINISH: u8 = 1;

@@ -430,17 +430,23 @@ impl Scheduler {
         };
         let chase = Chase::start(consumer, name, part, size, Arc::clone(&frontier), prepare)?;
         if let Some(earlier) = self.chases.insert(digest, chase) {
-            self.abort_chase(earlier);
+            self.abort_chase(earlier, digest, None);
         }
         Some(frontier)
     }
 
     /// Stop an early delivery and remove its temporary, on the local pool
-    /// (the daemon is not idle until that is done).
-    fn abort_chase(&mut self, chase: Chase) {
+    /// (the daemon is not idle until that is done); then fail its download's
+    /// waiters, if it `failed` (so no temporary outlives a failed chit).
+    fn abort_chase(
+        &mut self,
+        chase: Chase,
+        digest: Digest,
+        failed: Option<(Vec<url::Url>, String)>,
+    ) {
         self.local.spawn_blocking(move || {
             chase.abort();
-            Step::ChaseAborted
+            Step::ChaseAborted { digest, failed }
         });
     }
 
@@ -484,7 +490,11 @@ impl Scheduler {
                 }
             }
             Step::CacheDirsSynced => self.syncing_cache_dirs = false,
-            Step::ChaseAborted => {}
+            Step::ChaseAborted { digest, failed } => {
+                if let Some((tried, reason)) = failed {
+                    self.settle(digest, Some(tried), Err(reason));
+                }
+            }
             Step::Published {
                 digest,
                 published,
@@ -531,12 +541,17 @@ impl Scheduler {
                     .spawn_blocking(move || work::publish(&shared, partial, digest, lone, chase));
             }
             Err(error) => {
-                if let Some(chase) = self.chases.remove(&digest) {
-                    self.abort_chase(chase);
-                }
-                if let DownloadError::Failed(reason) = error {
-                    tracing::warn!(digest = %digest, "download failed: {reason}");
-                    self.settle(digest, Some(tried), Err(reason));
+                let failed = match error {
+                    DownloadError::Failed(reason) => {
+                        tracing::warn!(digest = %digest, "download failed: {reason}");
+                        Some((tried, reason))
+                    }
+                    DownloadError::Shutdown => None,
+                };
+                match (self.chases.remove(&digest), failed) {
+                    (Some(chase), failed) => self.abort_chase(chase, digest, failed),
+                    (None, Some((tried, reason))) => self.settle(digest, Some(tried), Err(reason)),
+                    (None, None) => {}
                 }
             }
         }

@@ -50,8 +50,13 @@ pub enum Step {
     },
     /// A round of cache directory fsyncs ended (see [`sync_cache_dirs`]).
     CacheDirsSynced,
-    /// An early delivery was stopped and its temporary removed.
-    ChaseAborted,
+    /// An early delivery was stopped and its temporary removed; its
+    /// download failed (the sources tried, the reason), or was replaced or
+    /// stopped.
+    ChaseAborted {
+        digest: Digest,
+        failed: Option<(Vec<url::Url>, String)>,
+    },
     /// A verified download was published into the cache (or could not be),
     /// and its lone waiter delivered (or failed) by the same task.
     Published {
