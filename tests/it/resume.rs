@@ -405,6 +405,8 @@ fn sigterm_checkpoints_and_the_restart_resumes_from_the_record() {
         "SIGTERM took {stopping:?}"
     );
     assert_eq!(case.spool.states_of("f"), [State::Fetch]);
+    // The copy made while it downloaded (see `chase`) is not left behind.
+    assert_eq!(case.spool.delivery_temporaries(), Vec::<PathBuf>::new());
     let record = fs::read_to_string(case.record_path()).expect("progress record after SIGTERM");
     let offset = offset_of(&record);
     assert!(
