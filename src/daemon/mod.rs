@@ -417,8 +417,12 @@ impl Scheduler {
         let part = Partial::part_path(self.shared.store.partials_dir(), &digest);
         let shared = Arc::clone(&self.shared);
         let prepare = move || {
+            // Only into a directory that exists: a download that fails
+            // must leave nothing in the consumer's directory, not even a
+            // new empty directory.
             let root = &shared.consumers[consumer].deliver;
-            let parent = root.create_dirs(path.parent_components())?;
+            let parent = path.parent_components().collect::<Vec<_>>().join("/");
+            let parent = root.open_dir(if parent.is_empty() { "." } else { &parent })?;
             let name = path.file_name().to_owned();
             let (temp, file) = parent.create_temp(&name)?;
             Ok(Target {

@@ -115,6 +115,27 @@ fn wrong_bytes_fail_with_a_digest_mismatch() {
     assert!(reason.contains(&url), "reason: {reason}");
 }
 
+/// A download that fails creates nothing in the delivery directory: not
+/// the subdirectories of its path, nor a copy made while it downloaded.
+#[test]
+fn failed_download_into_new_subdirectories_leaves_the_delivery_dir_empty() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(FAIL_SIZE);
+    server.add("/f", content.bytes.clone());
+    server.set_fault("/f", Fault::WrongBytes);
+    spool.drop_chit("f", content.chit("new/sub/f.bin", &[server.url("/f")]));
+    let mut daemon = idle_daemon(&dir, &spool);
+    spool.expect_failed("f");
+    daemon.expect_success(TIMEOUT);
+    let left: Vec<_> = std::fs::read_dir(&spool.deliver)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[test]
 fn wrong_length_fails_naming_the_size() {
     let (reason, elapsed, _server, url) = fail_with(Fault::WrongLength);
