@@ -22,6 +22,12 @@ fn twenty_chits_for_one_digest_across_five_consumers_make_one_get() {
     server.set_fault("/big", drip);
     let consumers: Vec<_> = (0..5).map(|i| dir.spool(&format!("c{i}"))).collect();
     let chit = |n: usize| content.chit(&format!("copy{n}/big.bin"), &[server.url("/big")]);
+    // Early delivery goes only into directories that exist.
+    for consumer in &consumers {
+        for n in 0..4 {
+            std::fs::create_dir_all(consumer.deliver.join(format!("copy{n}"))).unwrap();
+        }
+    }
     for consumer in &consumers {
         for n in 0..2 {
             consumer.drop_chit(&format!("big{n}"), chit(n));
