@@ -282,6 +282,30 @@ mod tests {
         })
     }
 
+    /// A partial download of `total` bytes of `digest` in `cache`, and a
+    /// chase following it into `file.bin` in `deliver`.
+    fn chasing(
+        cache: &std::path::Path,
+        deliver: &std::path::Path,
+        digest: Digest,
+        total: u64,
+    ) -> (Partial, Chase) {
+        let mut partial = Partial::open(cache, digest, total).unwrap();
+        let frontier = Arc::new(Frontier::default());
+        let root = Dir::open_root(deliver).unwrap();
+        let chase = Chase::start(
+            0,
+            "chit".into(),
+            Partial::part_path(cache, &digest),
+            total,
+            Arc::clone(&frontier),
+            move || target(&root, "file.bin"),
+        )
+        .unwrap();
+        partial.follow(frontier);
+        (partial, chase)
+    }
+
     /// Wait until the files in `dir` (the chaser's temporary) hold at least
     /// `bytes` bytes.
     fn wait_for_copy(dir: &std::path::Path, bytes: u64) {
@@ -311,19 +335,7 @@ mod tests {
         let old: Vec<u8> = (0..total).map(|i| (i % 7) as u8).collect();
         let new: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
         let digest = Digest::from_bytes(Sha256::digest(&new).into());
-        let mut partial = Partial::open(cache.path(), digest, total).unwrap();
-        let frontier = Arc::new(Frontier::default());
-        let root = Dir::open_root(deliver.path()).unwrap();
-        let chase = Chase::start(
-            0,
-            "chit".into(),
-            Partial::part_path(cache.path(), &digest),
-            total,
-            Arc::clone(&frontier),
-            move || target(&root, "file.bin"),
-        )
-        .unwrap();
-        partial.follow(frontier);
+        let (mut partial, chase) = chasing(cache.path(), deliver.path(), digest, total);
         for piece in old[..2 * CHUNK].chunks(1 << 20) {
             partial
                 .append(bytes::Bytes::copy_from_slice(piece))
@@ -355,19 +367,7 @@ mod tests {
         let total = 2 << 20;
         let bytes = vec![9u8; total as usize];
         let digest = Digest::from_bytes(Sha256::digest(&bytes).into());
-        let mut partial = Partial::open(cache.path(), digest, total).unwrap();
-        let frontier = Arc::new(Frontier::default());
-        let root = Dir::open_root(deliver.path()).unwrap();
-        let chase = Chase::start(
-            0,
-            "chit".into(),
-            Partial::part_path(cache.path(), &digest),
-            total,
-            Arc::clone(&frontier),
-            move || target(&root, "file.bin"),
-        )
-        .unwrap();
-        partial.follow(frontier);
+        let (mut partial, chase) = chasing(cache.path(), deliver.path(), digest, total);
         partial.append(bytes::Bytes::from(bytes)).unwrap();
         let generation = partial.followed_generation().unwrap();
         let chased = chase.finish(generation, total).unwrap();
@@ -388,19 +388,7 @@ mod tests {
         let bytes = vec![7u8; total as usize];
         let digest = Digest::from_bytes(Sha256::digest(&bytes).into());
         for mode in ["stale generation", "abort", "finished, then abort"] {
-            let mut partial = Partial::open(cache.path(), digest, total).unwrap();
-            let frontier = Arc::new(Frontier::default());
-            let root = Dir::open_root(deliver.path()).unwrap();
-            let chase = Chase::start(
-                0,
-                "chit".into(),
-                Partial::part_path(cache.path(), &digest),
-                total,
-                Arc::clone(&frontier),
-                move || target(&root, "file.bin"),
-            )
-            .unwrap();
-            partial.follow(frontier);
+            let (mut partial, chase) = chasing(cache.path(), deliver.path(), digest, total);
             partial.append(bytes::Bytes::from(bytes.clone())).unwrap();
             match mode {
                 "stale generation" => {

@@ -233,6 +233,21 @@ fn chit_that_is_a_directory_goes_to_fail_as_it_is() {
     setup.still_serving();
 }
 
+/// A non-empty directory a consumer plants at `path`, so that nothing can
+/// be renamed onto it (not even by root).
+fn plant_blocker(path: &Path) -> std::path::PathBuf {
+    fs::create_dir(path).unwrap();
+    fs::write(path.join("inner"), "a consumer's file\n").unwrap();
+    path.to_path_buf()
+}
+
+fn assert_blocker_untouched(blocker: &Path) {
+    assert_eq!(
+        fs::read_to_string(blocker.join("inner")).unwrap(),
+        "a consumer's file\n"
+    );
+}
+
 /// A consumer can make a chit impossible to fail: a non-empty directory of
 /// its name planted in `fail/` (the rename onto it is refused, even to
 /// root). The chit stays in `fetch/`, never lost; the running daemon keeps
@@ -241,9 +256,7 @@ fn chit_that_is_a_directory_goes_to_fail_as_it_is() {
 #[test]
 fn chit_that_cannot_reach_fail_is_kept_and_exit_when_idle_says_so() {
     let setup = Setup::new();
-    let blocker = setup.spool.state_dir(State::Fail).join("stuck");
-    fs::create_dir(&blocker).unwrap();
-    fs::write(blocker.join("inner"), "a consumer's file\n").unwrap();
+    let blocker = plant_blocker(&setup.spool.state_dir(State::Fail).join("stuck"));
     setup.spool.drop_chit("stuck", "not a chit\n");
 
     let kept = setup.spool.state_dir(State::Fetch).join("stuck");
@@ -295,10 +308,7 @@ fn chit_that_cannot_reach_fail_is_kept_and_exit_when_idle_says_so() {
         text.starts_with("not a chit\n# error: bad chit: line 1"),
         "{text}"
     );
-    assert_eq!(
-        fs::read_to_string(blocker.join("inner")).unwrap(),
-        "a consumer's file\n"
-    );
+    assert_blocker_untouched(&blocker);
 }
 
 /// A consumer can also keep a delivered chit out of `downloaded/`: a
@@ -308,9 +318,7 @@ fn chit_that_cannot_reach_fail_is_kept_and_exit_when_idle_says_so() {
 #[test]
 fn chit_that_cannot_reach_downloaded_is_failed_with_the_reason() {
     let setup = Setup::new();
-    let blocker = setup.spool.state_dir(State::Downloaded).join("blocked");
-    fs::create_dir(&blocker).unwrap();
-    fs::write(blocker.join("inner"), "a consumer's file\n").unwrap();
+    let blocker = plant_blocker(&setup.spool.state_dir(State::Downloaded).join("blocked"));
     let (content, chit) = setup.serve("/blocked", 3_000);
     setup.spool.drop_chit("blocked", chit);
 
@@ -333,10 +341,7 @@ fn chit_that_cannot_reach_downloaded_is_failed_with_the_reason() {
         fs::read(setup.spool.delivered_path("good-blocked.bin")).unwrap(),
         content.bytes
     );
-    assert_eq!(
-        fs::read_to_string(blocker.join("inner")).unwrap(),
-        "a consumer's file\n"
-    );
+    assert_blocker_untouched(&blocker);
 }
 
 /// A state directory replaced by a symlink (here `fail/` pointing outside):
