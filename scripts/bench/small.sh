@@ -10,7 +10,10 @@
 #
 # chitd: all chits are in request/ before `chitd run --exit-when-idle` starts
 # (one --mirror, empty cache); timed until it exits, which includes verifying
-# and fsyncing every file. The peers write the files and fsync nothing;
+# and fsyncing every file. "chitd, no fsync (shim)" is an experiment: the
+# same, with fsync/fdatasync turned into no-ops by an LD_PRELOAD shim
+# (nofsync.c), to separate the cost of durability from the rest. The peers
+# write the files and fsync nothing;
 # aria2c checks each file's sha256 (given per file in its input list), curl
 # and wget check nothing. "durable floor" is the disk work alone (see below).
 set -euo pipefail
@@ -91,6 +94,17 @@ if have_chitd; then
         all_ok
     }
     measure chitd chitd_prepare chitd_run chitd_check
+    # An experiment, not an option: the same runs with every fsync and
+    # fdatasync made a no-op by an LD_PRELOAD shim (nofsync.c), to show
+    # how much of chitd's time is the durability it promises.
+    if command -v cc >/dev/null; then
+        shim=$WORK/nofsync.so
+        cc -O2 -shared -fPIC -o "$shim" "$BENCH_LIB_DIR/nofsync.c"
+        chitd_nofsync() { LD_PRELOAD=$shim chitd_run; }
+        measure "chitd, no fsync (shim)" chitd_prepare chitd_nofsync chitd_check
+    else
+        log "no C compiler: skipping the no-fsync experiment"
+    fi
 fi
 
 curl_k() { (cd "$out/deliver" && curl -sS --fail -K "$lists/curl.cfg"); }
