@@ -8,6 +8,11 @@
 //! slots allow), and when one ends, [`InFlight::finish`] hands back every
 //! waiter. Call `finish` for every started download, or its waiters hang.
 //!
+//! Chits name a digest *and* a size. A chit whose size differs from the one
+//! a download for its digest was started with cannot share it (at most one
+//! of the two sizes is right): it waits *later*, and gets the outcome
+//! after the download ends (see [`Finished::later`]).
+//!
 //! Queued downloads wait in one *lane* per consumer (the consumer of the
 //! chit that queued it) and start round-robin across lanes, so a consumer
 //! that queues thousands of downloads delays another consumer's download
@@ -22,6 +27,8 @@ use crate::chit::Digest;
 #[derive(Debug)]
 struct Entry<W> {
     waiters: Vec<W>,
+    /// Waiters for the same digest with another size.
+    later: Vec<W>,
     /// Bytes done, shared with the running download (for `status`).
     progress: Arc<AtomicU64>,
     size: u64,
@@ -49,13 +56,29 @@ impl<W> Default for InFlight<W> {
     }
 }
 
+/// A download's end: who waited for it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Finished<W> {
+    /// The size the download was for.
+    pub size: u64,
+    /// The waiters of that size, to be told the outcome.
+    pub waiters: Vec<W>,
+    /// The waiters for the same digest with another size: wrong if the
+    /// download succeeded, else owed a download of their own.
+    pub later: Vec<W>,
+}
+
 impl<W> InFlight<W> {
-    /// Wait for `digest`. Returns true when this queued a new download (in
-    /// `lane`, the waiter's consumer).
+    /// Wait for `digest` of `size` bytes. Returns true when this queued a
+    /// new download (in `lane`, the waiter's consumer).
     pub fn add(&mut self, lane: usize, digest: Digest, size: u64, waiter: W) -> bool {
         match self.entries.get_mut(&digest) {
-            Some(entry) => {
+            Some(entry) if entry.size == size => {
                 entry.waiters.push(waiter);
+                false
+            }
+            Some(entry) => {
+                entry.later.push(waiter);
                 false
             }
             None => {
@@ -63,6 +86,7 @@ impl<W> InFlight<W> {
                     digest,
                     Entry {
                         waiters: vec![waiter],
+                        later: Vec::new(),
                         progress: Arc::new(AtomicU64::new(0)),
                         size,
                         started: false,
@@ -131,17 +155,18 @@ impl<W> InFlight<W> {
         Some(entry.waiters.remove(at))
     }
 
-    /// The download of `digest` ended: every waiter, to be told the outcome.
-    pub fn finish(&mut self, digest: &Digest) -> Vec<W> {
-        match self.entries.remove(digest) {
-            Some(entry) => {
-                if entry.started {
-                    self.running -= 1;
-                }
-                entry.waiters
-            }
-            None => Vec::new(),
+    /// The download of `digest` ended: every waiter, to be told the outcome
+    /// (`None` if no download of it was queued).
+    pub fn finish(&mut self, digest: &Digest) -> Option<Finished<W>> {
+        let entry = self.entries.remove(digest)?;
+        if entry.started {
+            self.running -= 1;
         }
+        Some(Finished {
+            size: entry.size,
+            waiters: entry.waiters,
+            later: entry.later,
+        })
     }
 
     /// Nothing queued, running or waiting.
@@ -173,6 +198,12 @@ mod tests {
         Digest::from_bytes([n; 32])
     }
 
+    fn finished<W>(inflight: &mut InFlight<W>, digest: Digest) -> Vec<W> {
+        inflight
+            .finish(&digest)
+            .map_or_else(Vec::new, |f| f.waiters)
+    }
+
     #[test]
     fn a_released_slot_starts_the_next_download_while_waiters_stay() {
         let mut inflight = InFlight::default();
@@ -186,7 +217,7 @@ mod tests {
         assert_eq!(second, digest(2));
         // A chit joining while digest 1 is being published shares it.
         assert!(!inflight.add(0, digest(1), 10, "c"));
-        assert_eq!(inflight.finish(&digest(1)), ["a", "c"]);
+        assert_eq!(finished(&mut inflight, digest(1)), ["a", "c"]);
         assert!(
             inflight.start_next(1).is_none(),
             "digest 2 still holds the slot"
@@ -205,12 +236,12 @@ mod tests {
         // A waiter joining a running download does not queue another.
         assert!(!inflight.add(0, digest(1), 10, "d"));
         assert_eq!(inflight.running().count(), 1);
-        assert_eq!(inflight.finish(&digest(1)), ["a", "b", "d"]);
+        assert_eq!(finished(&mut inflight, digest(1)), ["a", "b", "d"]);
         let (second, _, _) = inflight.start_next(1).unwrap();
         assert_eq!(second, digest(2));
-        assert_eq!(inflight.finish(&digest(2)), ["c"]);
+        assert_eq!(finished(&mut inflight, digest(2)), ["c"]);
         assert!(inflight.is_empty());
-        assert!(inflight.finish(&digest(3)).is_empty());
+        assert!(inflight.finish(&digest(3)).is_none());
     }
 
     #[test]
@@ -223,9 +254,30 @@ mod tests {
         assert_eq!(inflight.take_waiter(&digest(1), |w| *w == "b"), Some("b"));
         assert_eq!(inflight.take_waiter(&digest(1), |w| *w == "b"), None);
         assert_eq!(inflight.take_waiter(&digest(2), |_| true), None);
-        assert_eq!(inflight.finish(&digest(1)), ["a", "c"]);
+        assert_eq!(finished(&mut inflight, digest(1)), ["a", "c"]);
         inflight.add(0, digest(2), 10, "d");
         assert_eq!(inflight.take_lone_waiter(&digest(2)), Some("d"));
+    }
+
+    #[test]
+    fn a_waiter_of_another_size_never_shares_the_download() {
+        let mut inflight = InFlight::default();
+        assert!(inflight.add(0, digest(1), 13, "right"));
+        assert!(!inflight.add(1, digest(1), 14, "wrong"));
+        assert!(!inflight.add(2, digest(1), 13, "right too"));
+        let (_, started_for, _) = inflight.start_next(4).unwrap();
+        assert_eq!(started_for, ["right", "right too"]);
+        assert!(inflight.start_next(4).is_none(), "one download per digest");
+        assert_eq!(inflight.take_lone_waiter(&digest(1)), None);
+        assert_eq!(
+            inflight.finish(&digest(1)),
+            Some(Finished {
+                size: 13,
+                waiters: vec!["right", "right too"],
+                later: vec!["wrong"],
+            })
+        );
+        assert!(inflight.is_empty());
     }
 
     #[test]

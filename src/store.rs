@@ -17,6 +17,7 @@
 //! layout is versioned in the directory names so a future layout can live
 //! beside this one.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,9 @@ pub struct Store {
     /// Which of the 256 `sha256-v1/ab/` directories this run has made sure
     /// exist (saves a `mkdir` and a `stat` per object).
     fanout_made: [std::sync::atomic::AtomicBool; 256],
+    /// Objects known to match their digest: published by this run, or
+    /// checked by [`Store::lookup`].
+    intact: std::sync::Mutex<HashSet<Digest>>,
     _lock: File,
 }
 
@@ -68,6 +72,7 @@ impl Store {
             objects,
             partials,
             fanout_made: std::array::from_fn(|_| std::sync::atomic::AtomicBool::new(false)),
+            intact: std::sync::Mutex::new(HashSet::new()),
             _lock: lock,
         };
         store.remove_temporaries()?;
@@ -87,20 +92,57 @@ impl Store {
         self.objects.join(&hex[..2]).join(hex)
     }
 
-    /// The cached object for `digest`, if present with the expected size.
-    /// An object of the wrong size cannot come from chitd; it is removed.
-    pub fn lookup(&self, digest: &Digest, size: u64) -> io::Result<Option<PathBuf>> {
+    /// What the cache holds for a chit of `digest` and `size`.
+    ///
+    /// An object of another size either proves the chit's size wrong (it
+    /// was verified when published: a file has one size) or was damaged
+    /// behind chitd's back. Its digest is checked once per run to tell
+    /// which: damaged, it is removed and the chit misses; intact, it stays
+    /// (a chit cannot evict a good object by naming a wrong size).
+    pub fn lookup(&self, digest: &Digest, size: u64) -> io::Result<Lookup> {
         let path = self.object_path(digest);
         match fs::metadata(&path) {
-            Ok(meta) if meta.len() == size => Ok(Some(path)),
+            Ok(meta) if meta.len() == size => Ok(Lookup::Hit(path)),
             Ok(meta) => {
-                tracing::warn!(digest = %digest, path = %path.display(), found = meta.len(), size, "cached object has the wrong size; removing it");
+                if self.is_intact(digest, &path)? {
+                    return Ok(Lookup::OtherSize(meta.len()));
+                }
+                tracing::warn!(digest = %digest, path = %path.display(), "cached object does not match its digest; removing it");
                 fs::remove_file(&path).map_err(|e| with_path(e, "removing", &path))?;
-                Ok(None)
+                self.intact_lock().remove(digest);
+                Ok(Lookup::Miss)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Lookup::Miss),
             Err(e) => Err(with_path(e, "inspecting", &path)),
         }
+    }
+
+    /// Whether the object at `path` has the bytes of `digest`: known for
+    /// the objects this run published or checked, else hashed (once).
+    fn is_intact(&self, digest: &Digest, path: &Path) -> io::Result<bool> {
+        if self.intact_lock().contains(digest) {
+            return Ok(true);
+        }
+        let mut file = File::open(path).map_err(|e| with_path(e, "opening", path))?;
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        let mut buffer = vec![0; 1 << 16];
+        loop {
+            match io::Read::read(&mut file, &mut buffer) {
+                Ok(0) => break,
+                Ok(n) => sha2::Digest::update(&mut hasher, &buffer[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(with_path(e, "reading", path)),
+            }
+        }
+        let intact = Digest::from_bytes(sha2::Digest::finalize(hasher).into()) == *digest;
+        if intact {
+            self.intact_lock().insert(*digest);
+        }
+        Ok(intact)
+    }
+
+    fn intact_lock(&self) -> std::sync::MutexGuard<'_, HashSet<Digest>> {
+        self.intact.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The partial download of `digest`: held in memory when small, else
@@ -139,6 +181,7 @@ impl Store {
                 Some(bytes)
             }
         };
+        self.intact_lock().insert(*digest);
         Ok(Published { path, bytes })
     }
 
@@ -154,7 +197,17 @@ impl Store {
         use std::sync::atomic::Ordering;
         let made = &self.fanout_made[usize::from(digest.as_bytes()[0])];
         let make = || -> io::Result<()> {
-            fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
+            match fs::create_dir(dir) {
+                // A new name, made durable: the objects published into it are.
+                Ok(()) => crate::durable::sync_dir(&self.objects)?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                // `sha256-v1/` itself was removed behind chitd's back.
+                Err(_) => {
+                    fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
+                    crate::durable::sync_dir(&self.root)?;
+                    crate::durable::sync_dir(&self.objects)?;
+                }
+            }
             made.store(true, Ordering::Relaxed);
             Ok(())
         };
@@ -190,6 +243,16 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// What [`Store::lookup`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The object, of the chit's size.
+    Hit(PathBuf),
+    Miss,
+    /// The object is intact and this many bytes: the chit's size is wrong.
+    OtherSize(u64),
 }
 
 /// A cache object just published.
@@ -232,15 +295,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let digest = Digest::from_bytes(Sha256::digest(b"hello").into());
-        assert_eq!(store.lookup(&digest, 5).unwrap(), None);
+        assert_eq!(store.lookup(&digest, 5).unwrap(), Lookup::Miss);
         let mut partial = store.partial(digest, 5).unwrap();
         partial.append(bytes::Bytes::from_static(b"hello")).unwrap();
         assert_eq!(partial.finished_digest(), Some(digest));
         let path = store.publish(partial, &digest).unwrap().path;
         assert_eq!(fs::read(&path).unwrap(), b"hello");
-        assert_eq!(store.lookup(&digest, 5).unwrap(), Some(path));
-        // Wrong size: treated as a miss and removed.
-        assert_eq!(store.lookup(&digest, 6).unwrap(), None);
+        assert_eq!(store.lookup(&digest, 5).unwrap(), Lookup::Hit(path.clone()));
+        // A chit of the wrong size does not evict the object.
+        assert_eq!(store.lookup(&digest, 6).unwrap(), Lookup::OtherSize(5));
+        assert_eq!(fs::read(&path).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn an_object_damaged_behind_chitds_back_is_checked_once_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = Digest::from_bytes(Sha256::digest(b"hello").into());
+        let path = {
+            let store = Store::open(dir.path()).unwrap();
+            let mut partial = store.partial(digest, 5).unwrap();
+            partial.append(bytes::Bytes::from_static(b"hello")).unwrap();
+            assert_eq!(partial.finished_digest(), Some(digest));
+            store.publish(partial, &digest).unwrap().path
+        };
+        // A new run has not checked it yet: an intact object of another
+        // size is hashed, found intact, and kept.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.lookup(&digest, 4).unwrap(), Lookup::OtherSize(5));
+        assert!(path.exists());
+        drop(store);
+        fs::write(&path, b"hell").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.lookup(&digest, 5).unwrap(), Lookup::Miss);
+        assert!(!path.exists(), "the damaged object was removed");
     }
 
     #[test]

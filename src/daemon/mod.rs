@@ -28,7 +28,7 @@ use crate::chit::Digest;
 use crate::config::Config;
 use crate::dir::Dir;
 use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job};
-use crate::inflight::InFlight;
+use crate::inflight::{Finished, InFlight};
 use crate::partial::{Frontier, Partial};
 use crate::spool::Spool;
 use crate::store::Store;
@@ -570,7 +570,14 @@ impl Scheduler {
         tried: Option<Vec<url::Url>>,
         outcome: Result<PathBuf, String>,
     ) {
-        let waiters = self.inflight.finish(&digest);
+        let Some(Finished {
+            size,
+            waiters,
+            later,
+        }) = self.inflight.finish(&digest)
+        else {
+            return;
+        };
         if let (Err(_), Some(tried)) = (&outcome, tried) {
             // A chit that joined after the download started may name sources
             // nobody tried yet: then all waiters get another download, from
@@ -590,11 +597,33 @@ impl Scheduler {
                         .or_default()
                         .push(reason);
                 }
-                for waiter in waiters {
+                for waiter in waiters.into_iter().chain(later) {
                     let size = waiter.chit.size;
                     self.inflight.add(waiter.consumer, digest, size, waiter);
                 }
                 return;
+            }
+        }
+        match &outcome {
+            // The file of this digest is `size` bytes: chits that say
+            // otherwise are wrong.
+            Ok(_) => {
+                for waiter in later {
+                    let reason = format!(
+                        "the chit says {} bytes, but the file with this sha256 is {size} bytes \
+                         (downloaded and verified for another chit)",
+                        waiter.chit.size
+                    );
+                    self.ready.push((waiter, Arc::new(Err(reason))));
+                }
+            }
+            // That download's size may have been the wrong one: theirs
+            // gets a download of its own.
+            Err(_) => {
+                for waiter in later {
+                    let size = waiter.chit.size;
+                    self.inflight.add(waiter.consumer, digest, size, waiter);
+                }
             }
         }
         self.tried.remove(&digest);

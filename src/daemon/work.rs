@@ -10,6 +10,7 @@ use crate::deliver::{Source, deliver_unsynced};
 use crate::dir::Dir;
 use crate::durable::sync_dir;
 use crate::spool::{Claim, ReadError};
+use crate::store::Lookup;
 
 use super::Shared;
 
@@ -124,7 +125,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         }
     };
     match shared.store.lookup(&chit.digest, chit.size) {
-        Ok(Some(object)) => deliver_chit(
+        Ok(Lookup::Hit(object)) => deliver_chit(
             shared,
             consumer,
             name,
@@ -132,11 +133,26 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
             Source::Object(&object),
             "cache",
         ),
-        Ok(None) => Step::Wait(Waiter {
+        Ok(Lookup::Miss) => Step::Wait(Waiter {
             consumer,
             name,
             chit,
         }),
+        Ok(Lookup::OtherSize(actual)) => {
+            let reason = format!(
+                "the chit says {} bytes, but the file with this sha256 is {actual} bytes \
+                 (verified, in the cache)",
+                chit.size
+            );
+            fail_step(
+                shared,
+                consumer,
+                name,
+                Some(&chit.digest),
+                Some(&bytes),
+                &reason,
+            )
+        }
         Err(e) => {
             let reason = format!("cannot read the cache: {e}");
             fail_step(

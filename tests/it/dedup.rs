@@ -91,3 +91,100 @@ fn same_digest_under_different_urls_is_fetched_once() {
     spool.assert_delivered("b", "b.bin", &content);
     assert_eq!(server.gets("/one") + server.gets("/two"), 1);
 }
+
+/// A chit for `content` that names one byte too many.
+fn wrong_size_chit(content: &Content, path: &str, urls: &[String]) -> String {
+    let right = format!("{}\n{}\n", content.sha256, content.len());
+    let wrong = format!("{}\n{}\n", content.sha256, content.len() + 1);
+    content.chit(path, urls).replacen(&right, &wrong, 1)
+}
+
+/// Two chits name one digest but different sizes: at most one is right, so
+/// they never share a download, whichever comes first; and a wrong size
+/// never evicts the cached object.
+#[test]
+fn a_chit_with_the_wrong_size_never_shares_a_download_nor_evicts_the_object() {
+    let dir = TestDir::new();
+    let server = Server::start();
+    let content = Content::random(16 * 1024);
+    let size = content.len();
+    server.add("/slow", content.bytes.clone());
+    server.set_fault(
+        "/slow",
+        Fault::SlowDrip {
+            bytes_per_tick: 2048,
+            tick: Duration::from_millis(50),
+        },
+    );
+    server.add("/busy", content.bytes.clone());
+    server.set_fault("/busy", Fault::Status(503));
+    server.add("/good", content.bytes.clone());
+    let spool = dir.spool("c");
+
+    // The right chit first: the wrong one joins while it downloads.
+    let mut daemon = Daemon::for_spool(&dir, &spool).exit_when_idle().start();
+    spool.drop_chit("right1", content.chit("right1.bin", &[server.url("/slow")]));
+    wait_until(TIMEOUT, "the download to start", || {
+        (server.bytes_served_for("/slow") > 0).then_some(())
+    });
+    spool.drop_chit(
+        "wrong1",
+        wrong_size_chit(&content, "wrong1.bin", &[server.url("/slow")]),
+    );
+    daemon.expect_success(TIMEOUT);
+    spool.assert_delivered("right1", "right1.bin", &content);
+    let reason = spool.expect_failed("wrong1");
+    assert_eq!(
+        reason,
+        format!(
+            "the chit says {} bytes, but the file with this sha256 is {size} bytes \
+             (downloaded and verified for another chit)",
+            size + 1
+        )
+    );
+    assert!(!spool.delivered_path("wrong1.bin").exists());
+
+    // The wrong chit first, on a source that keeps failing: the right one
+    // waits for it to give up, then gets a download of its own.
+    std::fs::remove_dir_all(dir.cache()).unwrap();
+    let mut daemon = Daemon::for_spool(&dir, &spool)
+        .give_up_after("2s")
+        .exit_when_idle()
+        .start();
+    spool.drop_chit(
+        "wrong2",
+        wrong_size_chit(&content, "wrong2.bin", &[server.url("/busy")]),
+    );
+    wait_until(TIMEOUT, "the wrong chit's download to start", || {
+        (server.gets("/busy") > 0).then_some(())
+    });
+    spool.drop_chit("right2", content.chit("right2.bin", &[server.url("/good")]));
+    daemon.expect_success(TIMEOUT);
+    spool.assert_delivered("right2", "right2.bin", &content);
+    let reason = spool.expect_failed("wrong2");
+    assert!(reason.contains("503"), "{reason}");
+    assert_eq!(server.gets("/good"), 1, "{:?}", server.requests());
+
+    // Cached now: a wrong size fails without any request, and the object
+    // stays for the right one.
+    let requests = server.requests().len();
+    spool.drop_chit("wrong3", wrong_size_chit(&content, "wrong3.bin", &[]));
+    Daemon::run_until_idle(&dir, &spool);
+    spool.drop_chit("right3", content.chit("right3.bin", &[]));
+    Daemon::run_until_idle(&dir, &spool);
+    let reason = spool.expect_failed("wrong3");
+    assert_eq!(
+        reason,
+        format!(
+            "the chit says {} bytes, but the file with this sha256 is {size} bytes \
+             (verified, in the cache)",
+            size + 1
+        )
+    );
+    spool.assert_delivered("right3", "right3.bin", &content);
+    assert_eq!(
+        server.requests().len(),
+        requests,
+        "no request for cached files"
+    );
+}
