@@ -97,7 +97,10 @@ impl Dir {
     }
 
     /// Open (creating as needed) the chain of subdirectories `components`,
-    /// one component at a time, never following a symlink.
+    /// one component at a time, never following a symlink. A directory
+    /// that had to be made is made durable at once (its parent is
+    /// fsync'd), so a file later made durable inside it cannot be lost
+    /// with the directory's own name.
     pub fn create_dirs<'a>(
         &self,
         components: impl IntoIterator<Item = &'a str>,
@@ -109,7 +112,9 @@ impl Dir {
                 Ok(dir) => dir,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     match rustix::fs::mkdirat(&current.fd, component, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        // EXIST: made meanwhile by another delivery, whose
+                        // fsync of the parent may not have happened yet.
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => current.sync()?,
                         Err(e) => {
                             return Err(current.error(e.into(), "creating directory", component));
                         }
@@ -133,6 +138,19 @@ impl Dir {
     /// reading, through that descriptor, so a name swapped meanwhile cannot
     /// substitute another file.
     pub fn open_regular(&self, name: &str) -> io::Result<File> {
+        self.open_regular_as(name, OFlags::RDONLY)
+    }
+
+    /// [`Dir::open_regular`], but opened for reading and appending
+    /// (`O_RDWR | O_APPEND`, never `O_TRUNC`): the same refusals (symlink,
+    /// FIFO, socket, device: inspected through `O_PATH`, never opened).
+    /// Whether writing through the file is safe (its link count) is the
+    /// caller's to check, on the returned descriptor.
+    pub fn open_regular_to_append(&self, name: &str) -> io::Result<File> {
+        self.open_regular_as(name, OFlags::RDWR | OFlags::APPEND)
+    }
+
+    fn open_regular_as(&self, name: &str, access: OFlags) -> io::Result<File> {
         let pinned = rustix::fs::openat2(
             &self.fd,
             name,
@@ -165,24 +183,25 @@ impl Dir {
             ));
         }
         let fd = self
-            .reopen_for_reading(&pinned, name, &stat)
+            .reopen(&pinned, name, &stat, access)
             .map_err(|e| self.error(e, "opening", name))?;
         Ok(File::from(fd))
     }
 
-    /// Open the regular file behind the `O_PATH` descriptor `pinned` for
-    /// reading: through `/proc/self/fd` (the very inode, whatever the name
+    /// Open the regular file behind the `O_PATH` descriptor `pinned` with
+    /// `access` (`O_RDONLY`, or `O_RDWR | O_APPEND`): through `/proc/self/fd` (the very inode, whatever the name
     /// holds now); without `/proc`, by name again, refusing a different
     /// inode (a device swapped in at that instant would then be opened
     /// before it is refused: `/proc` closes that gap).
-    fn reopen_for_reading(
+    fn reopen(
         &self,
         pinned: &OwnedFd,
         name: &str,
         expected: &rustix::fs::Stat,
+        access: OFlags,
     ) -> io::Result<OwnedFd> {
         use std::os::fd::AsRawFd;
-        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        let flags = access | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
         let magic = format!("/proc/self/fd/{}", pinned.as_raw_fd());
         match rustix::fs::open(magic.as_str(), flags, Mode::empty()) {
             Err(rustix::io::Errno::NOENT) => {}
@@ -416,6 +435,15 @@ mod tests {
         assert!(err.to_string().contains("FIFO"), "{err}");
         assert!(dir.open_regular("secret").is_ok());
         assert!(dir.open_regular("../etc/passwd").is_err());
+        // Opening to append refuses the same, and never truncates.
+        let err = dir.open_regular_to_append("link").unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let err = dir.open_regular_to_append("fifo").unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        assert!(dir.open_regular_to_append("../etc/passwd").is_err());
+        let mut file = dir.open_regular_to_append("secret").unwrap();
+        std::io::Write::write_all(&mut file, b"y").unwrap();
+        assert_eq!(std::fs::read(root.path().join("secret")).unwrap(), b"xy");
     }
 
     /// Names in `dir` that were opened (inotify `IN_OPEN`) since `watch`.
