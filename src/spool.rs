@@ -9,7 +9,9 @@
 //!   original bytes plus `# error: <reason>`) under a dot name in `fetch/`,
 //!   fsync'd and renamed over `fetch/X` (so the chit's old inode, which
 //!   may be a hard link to something else, is never written), then
-//!   `fetch/X → fail/X` and fsync `fail/`.
+//!   `fetch/X → fail/X` and fsync `fail/`. Only a chit too big to copy (a
+//!   regular file with one link, over [`MAX_CHIT_BYTES`]) gets the line
+//!   appended in place instead, so that it keeps its bytes unread.
 //!
 //! chitd's own transitions never leave a chit in two directories. A consumer
 //! that re-uses a name while the old chit is still terminal does: then the
@@ -22,10 +24,10 @@
 //! device or hard link is refused without being read through.
 
 use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
-use crate::chit::{MAX_CHIT_BYTES, with_error_line};
+use crate::chit::{MAX_CHIT_BYTES, error_line, with_error_line};
 use crate::dir::{Dir, Kind};
 
 /// The state directories, in the order a chit visits them.
@@ -154,10 +156,18 @@ impl Spool {
     /// Append `# error: <reason>` to the chit's `original` bytes (none when
     /// they could not or must not be read) and move it `fetch/X → fail/X`,
     /// durably. The reason is in place before the chit appears in `fail/`.
+    ///
+    /// Without `original`, a chit too big to copy (a regular file with one
+    /// link, over [`MAX_CHIT_BYTES`]) gets the line appended in place, so it
+    /// keeps its bytes; anything else (symlink, FIFO, device, hard link, a
+    /// chit that could not be read) is replaced by a new file holding only
+    /// the line, never read nor written through.
     pub fn fail(&self, chit: &str, original: Option<&[u8]>, reason: &str) -> io::Result<()> {
         if self.fetch.kind(chit)? == Kind::Dir {
             // A directory cannot carry a reason line; move it as it is.
             tracing::warn!(consumer = %self.name, chit, "chit is a directory; moving it to fail/ without a reason line: {reason}");
+        } else if original.is_none() && self.append_to_oversized(chit, reason)? {
+            // The reason is on disk in the chit itself.
         } else {
             let (temp, mut file) = self.fetch.create_temp(chit)?;
             let failed = with_error_line(original.unwrap_or_default(), reason);
@@ -169,6 +179,40 @@ impl Spool {
         }
         self.fetch.rename(chit, &self.failed, chit)?;
         self.failed.sync()
+    }
+
+    /// Append [`error_line`] to `fetch/X` itself, and fsync it, if it is a
+    /// regular file with one link (checked on the open descriptor) larger
+    /// than [`MAX_CHIT_BYTES`]: too big to copy, and written by no one but
+    /// the consumer. Only its last byte is read (to start the line on a line
+    /// of its own). `Ok(false)`, untouched, when it is not such a file or
+    /// cannot be opened for writing: then [`Spool::fail`] rebuilds it.
+    ///
+    /// A failed write may leave part of the line; it is a comment (or an
+    /// empty line), and the next attempt starts a new line after it.
+    fn append_to_oversized(&self, chit: &str, reason: &str) -> io::Result<bool> {
+        let mut file = match self.fetch.open_regular_to_append(chit) {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::debug!(consumer = %self.name, chit, "not appending the reason in place: {e}");
+                return Ok(false);
+            }
+        };
+        let metadata = file.metadata()?;
+        let length = metadata.len();
+        if metadata.nlink() != 1 || length <= MAX_CHIT_BYTES as u64 {
+            return Ok(false);
+        }
+        let mut last = [0; 1];
+        file.read_exact_at(&mut last, length - 1)?;
+        let mut line = Vec::new();
+        if last != *b"\n" {
+            line.push(b'\n');
+        }
+        line.extend_from_slice(error_line(reason).as_bytes());
+        file.write_all(&line)?;
+        file.sync_all()?;
+        Ok(true)
     }
 
     /// Remove `downloaded/X` and `fail/X` left by an earlier request of the
@@ -270,14 +314,58 @@ mod tests {
         let (dir, spool) = spool();
         let file = fs::File::create(dir.path().join("fetch/big")).unwrap();
         file.set_len(10 << 30).unwrap(); // sparse: 10 GiB of nothing
+        let inode = file.metadata().unwrap().ino();
         let ReadError::Refused(reason) = spool.read("big").unwrap_err() else {
             panic!("not refused")
         };
         assert_eq!(reason, "the chit is 10737418240 bytes; the limit is 65536");
         spool.fail("big", None, &reason).unwrap();
+        // The same file, its bytes kept, the reason appended on a new line.
+        let failed = fs::File::open(dir.path().join("fail/big")).unwrap();
+        let metadata = failed.metadata().unwrap();
+        assert_eq!(metadata.ino(), inode, "the chit was copied");
+        assert!(metadata.blocks() < 1024, "the chit was filled in");
+        let line = format!("\n# error: {reason}\n");
+        assert_eq!(metadata.len(), (10 << 30) + line.len() as u64);
+        let mut tail = vec![0; line.len() + 1];
+        failed.read_exact_at(&mut tail, (10 << 30) - 1).unwrap();
+        assert_eq!(tail, [b"\0", line.as_bytes()].concat());
+        assert_eq!(fs::read_dir(dir.path().join("fetch")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn oversized_chit_ending_in_a_line_end_gets_no_empty_line() {
+        let (dir, spool) = spool();
+        let mut original = vec![b'#'; MAX_CHIT_BYTES];
+        original.push(b'\n');
+        fs::write(dir.path().join("fetch/big"), &original).unwrap();
+        spool.fail("big", None, "too big\nreally").unwrap();
         assert_eq!(
-            fs::read_to_string(dir.path().join("fail/big")).unwrap(),
-            format!("# error: {reason}\n")
+            fs::read(dir.path().join("fail/big")).unwrap(),
+            [&original[..], b"# error: too big really\n"].concat()
+        );
+    }
+
+    #[test]
+    fn small_or_hard_linked_chits_without_bytes_are_not_appended_to() {
+        let (dir, spool) = spool();
+        // At most the limit: the read failed for another reason; rebuilt.
+        fs::write(dir.path().join("fetch/small"), "chit\n").unwrap();
+        spool.fail("small", None, "cannot read").unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("fail/small")).unwrap(),
+            "# error: cannot read\n"
+        );
+        // Oversized but linked elsewhere: the other name keeps its bytes.
+        let outside = dir.path().join("outside");
+        let big = vec![b'x'; MAX_CHIT_BYTES + 1];
+        fs::write(&outside, &big).unwrap();
+        fs::hard_link(&outside, dir.path().join("fetch/linked")).unwrap();
+        spool.fail("linked", None, "linked").unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), big);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("fail/linked")).unwrap(),
+            "# error: linked\n"
         );
     }
 

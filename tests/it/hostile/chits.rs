@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{Setup, assert_reason, peak_rss_kib};
 use crate::server::Fault;
-use crate::util::{Content, Daemon, State, refused_url};
+use crate::util::{Content, Daemon, State, refused_url, try_wait_until};
 
 /// Every way to name a place outside the delivery directory fails at line 3
 /// with a reason naming the rule, and creates nothing anywhere.
@@ -79,33 +79,72 @@ fn dotdot_absolute_nul_and_backslash_paths_fail_and_create_nothing() {
 }
 
 /// A 10 GiB chit (sparse) is failed by its size without being read: the
-/// daemon's peak memory stays small and `fail/` gets no copy of it.
+/// daemon's peak memory stays small, and `fail/` gets no copy of it: the
+/// reason is appended to the chit itself, which stays sparse.
 #[test]
 fn oversized_chit_is_failed_without_being_read() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    const HUGE: u64 = 10 << 30;
     let setup = Setup::new();
     let request = setup.spool.state_dir(State::Request);
     let huge = fs::File::create(request.join(".huge.tmp")).unwrap();
-    huge.set_len(10 << 30).unwrap();
+    huge.set_len(HUGE).unwrap();
+    let inode = huge.metadata().unwrap().ino();
     fs::rename(request.join(".huge.tmp"), request.join("huge")).unwrap();
-    // Just past the limit, with real bytes: a valid head and a long comment.
+    let mut daemon = Daemon::for_spool(&setup.dir, &setup.spool).start();
+
+    // Not `expect_failed`, which reads the whole chit: only its tail.
+    let failed = setup.spool.state_dir(State::Fail).join("huge");
+    let tail = try_wait_until(Duration::from_secs(30), || {
+        let file = fs::File::open(&failed).ok()?;
+        let length = file.metadata().unwrap().len();
+        assert!(length > HUGE, "fail/huge has {length} bytes: not the chit");
+        let mut tail = vec![0; (length - HUGE + 1) as usize];
+        file.read_exact_at(&mut tail, HUGE - 1).unwrap();
+        Some(String::from_utf8(tail).unwrap())
+    })
+    .unwrap_or_else(|| panic!("huge not failed: {}", setup.spool.describe()));
+    assert_eq!(
+        tail,
+        "\0\n# error: the chit is 10737418240 bytes; the limit is 65536\n"
+    );
+    let metadata = fs::metadata(&failed).unwrap();
+    assert_eq!(metadata.ino(), inode, "fail/huge was copied");
+    assert!(metadata.blocks() < 1024, "fail/huge was filled in");
+    let peak = peak_rss_kib(daemon.pid());
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB: the chit was read");
+    setup.still_serving();
+}
+
+/// Just past the limit, with real bytes (a valid head and a long comment
+/// with no line end): the chit in `fail/` keeps every original byte, and
+/// the reason, naming the size and the limit, is appended on a line of its
+/// own (contract §3).
+#[test]
+fn oversized_chit_keeps_its_bytes_in_fail_with_the_reason_appended() {
+    let setup = Setup::new();
     let content = Content::random(100);
     let mut big = content.chit("big.bin", &[]).into_bytes();
     big.push(b'#');
     big.resize(64 * 1024 + 1, b'x');
     setup.spool.drop_chit("big", &big);
-    let mut daemon = Daemon::for_spool(&setup.dir, &setup.spool).start();
+    let _daemon = setup.start();
 
-    let reason = setup.spool.expect_failed("huge");
-    assert_reason(&reason, &["10737418240 bytes", "limit is 65536"]);
     let reason = setup.spool.expect_failed("big");
     assert_reason(&reason, &["65537 bytes", "limit is 65536"]);
-    let failed = setup.spool.state_dir(State::Fail).join("huge");
-    assert!(
-        fs::metadata(&failed).unwrap().len() < 4096,
-        "fail/huge was copied"
+    let failed = fs::read(setup.spool.state_dir(State::Fail).join("big")).unwrap();
+    let appended = failed
+        .strip_prefix(&big[..])
+        .expect("fail/big lost original bytes");
+    assert_eq!(
+        String::from_utf8_lossy(appended),
+        "\n# error: the chit is 65537 bytes; the limit is 65536\n"
     );
-    let peak = peak_rss_kib(daemon.pid());
-    assert!(peak < 64 * 1024, "peak RSS {peak} KiB: the chit was read");
+    let text = String::from_utf8_lossy(&failed);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("# error:")).count(),
+        1
+    );
     setup.still_serving();
 }
 
