@@ -27,7 +27,7 @@ use crate::chase::{CHASE_MIN, Chase, Target};
 use crate::chit::Digest;
 use crate::config::Config;
 use crate::dir::Dir;
-use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job};
+use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job, MoreSources};
 use crate::inflight::{Finished, InFlight};
 use crate::partial::{Frontier, Partial};
 use crate::spool::Spool;
@@ -195,6 +195,7 @@ pub async fn run(
         stuck: HashMap::new(),
         hold_stuck: false,
         chases: HashMap::new(),
+        more_sources: HashMap::new(),
     };
     scheduler.scan(true);
     scheduler
@@ -241,6 +242,9 @@ struct Scheduler {
     hold_stuck: bool,
     /// Early deliveries of the downloads under way (see [`crate::chase`]).
     chases: HashMap<Digest, Chase>,
+    /// The size and the [`MoreSources`] of each download under way: chits
+    /// of that size that join it hand it their sources.
+    more_sources: HashMap<Digest, (u64, Arc<MoreSources>)>,
 }
 
 /// When a stuck chit is tried again, and the delay that led there.
@@ -387,13 +391,15 @@ impl Scheduler {
                 .first()
                 .map(|w| (w.consumer, w.name.clone(), w.chit.path.clone()));
             let frontier = self.start_chase(digest, job.size, first);
+            self.more_sources
+                .insert(digest, (job.size, Arc::clone(&job.more)));
             let shared = Arc::clone(&self.shared);
             let cancel = self.cancel.clone();
             self.downloads.spawn(async move {
                 let store = Arc::clone(&shared.store);
                 let download = shared
                     .fetcher
-                    .download(store, &job, &progress, frontier, &cancel);
+                    .download(store, &mut job, &progress, frontier, &cancel);
                 let result = Box::pin(download).await;
                 (digest, job.sources, result)
             });
@@ -517,12 +523,25 @@ impl Scheduler {
             }
             Step::Wait(waiter) => {
                 let (digest, size) = (waiter.chit.digest, waiter.chit.size);
+                // Joining a running download of its size: that download
+                // tries this chit's sources too.
+                if let Some((running, more)) = self.more_sources.get(&digest)
+                    && *running == size
+                {
+                    let tried = self.tried.get(&digest);
+                    let sources = job(&self.shared.mirrors, digest, std::slice::from_ref(&waiter))
+                        .sources
+                        .into_iter()
+                        .filter(|source| tried.is_none_or(|tried| !tried.contains(source)));
+                    more.add(sources);
+                }
                 self.inflight.add(waiter.consumer, digest, size, waiter);
             }
         }
     }
 
     fn download_done(&mut self, (digest, tried, result): DownloadOutcome) {
+        self.more_sources.remove(&digest);
         match result {
             Ok(partial) => {
                 // The transfer is over: its slot is free for the next one,
@@ -823,5 +842,6 @@ fn job(mirrors: &[url::Url], digest: Digest, waiters: &[Waiter]) -> Job {
         digest,
         size: waiters[0].chit.size,
         sources,
+        more: Arc::default(),
     }
 }

@@ -9,6 +9,11 @@
 //! download fails when every source has answered permanently, or when
 //! `give_up_after` passes without progress: new bytes, at no less than the
 //! minimum pace of `pace` (a slow drip is cut and is not progress).
+//!
+//! Chits that join a running download may bring sources of their own
+//! ([`MoreSources`]): they are added at the end of the list and tried from
+//! the next round on (a backoff pause ends early for them), so a chit with
+//! a working URL does not wait for another chit's dead one to give up.
 
 mod attempt;
 mod error;
@@ -68,7 +73,40 @@ impl Default for FetchSettings {
 pub struct Job {
     pub digest: Digest,
     pub size: u64,
+    /// In order; the download appends the [`MoreSources`] it takes in.
     pub sources: Vec<Url>,
+    pub more: Arc<MoreSources>,
+}
+
+/// Sources handed to a running download by chits that joined it.
+#[derive(Debug, Default)]
+pub struct MoreSources {
+    urls: std::sync::Mutex<Vec<Url>>,
+    added: tokio::sync::Notify,
+}
+
+impl MoreSources {
+    /// Offer `urls` to the download (it ignores those it already has).
+    pub fn add(&self, urls: impl IntoIterator<Item = Url>) {
+        let mut pending = self.lock();
+        let before = pending.len();
+        pending.extend(urls);
+        if pending.len() > before {
+            self.added.notify_one();
+        }
+    }
+
+    fn take(&self) -> Vec<Url> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Url>> {
+        self.urls.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +173,7 @@ impl Fetcher {
     pub async fn download(
         &self,
         store: Arc<Store>,
-        job: &Job,
+        job: &mut Job,
         progress: &AtomicU64,
         frontier: Option<Arc<Frontier>>,
         cancel: &CancellationToken,
@@ -166,6 +204,14 @@ impl Fetcher {
         let mut disk_full = false;
         let mut delay = self.settings.retry_delay;
         loop {
+            for url in job.more.take() {
+                if !job.sources.contains(&url) {
+                    tracing::debug!(digest = %digest, source = %redact_url(&url), "source added by a chit that joined");
+                    job.sources.push(url);
+                    answers.push(None);
+                    ruled_out.push(false);
+                }
+            }
             for (index, source) in job.sources.iter().enumerate() {
                 if ruled_out[index] {
                     continue;
@@ -223,7 +269,10 @@ impl Fetcher {
                     }
                 }
             }
-            let what = if ruled_out.iter().all(|&out| out) {
+            let what = if !job.more.is_empty() {
+                // Sources that joined meanwhile get their round first.
+                None
+            } else if ruled_out.iter().all(|&out| out) {
                 Some("every source failed".to_owned())
             } else if last_progress.elapsed() >= self.settings.give_up_after {
                 let after = humantime::format_duration(self.settings.give_up_after);
@@ -252,6 +301,7 @@ impl Fetcher {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(DownloadError::Shutdown),
                 _ = tokio::time::sleep(pause) => {}
+                _ = job.more.added.notified() => {}
             }
             delay = (delay * 2).min(self.settings.max_retry_delay);
         }

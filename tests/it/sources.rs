@@ -143,3 +143,30 @@ fn body_without_length_longer_than_the_chit_fails_fast() {
     assert!(reason.contains(&server.url("/f")), "reason: {reason}");
     assert!(!spool.delivered_path("f.bin").exists());
 }
+
+/// A chit joining a download that keeps failing hands it its own sources:
+/// the working one is tried at once, not after the first chit's dead
+/// source gives up (here, after an hour), and both chits get the file.
+#[test]
+fn a_chit_joining_a_failing_download_brings_its_sources_along() {
+    let dir = TestDir::new();
+    let server = Server::start();
+    let content = Content::random(8 * 1024);
+    server.add("/busy", content.bytes.clone());
+    server.set_fault("/busy", Fault::Status(503));
+    server.add("/good", content.bytes.clone());
+    let spool = dir.spool("c");
+    let mut daemon = Daemon::for_spool(&dir, &spool)
+        .give_up_after("1h")
+        .exit_when_idle()
+        .start();
+    spool.drop_chit("dead", content.chit("dead.bin", &[server.url("/busy")]));
+    crate::util::wait_until(TIMEOUT, "the first download's attempts", || {
+        (server.gets("/busy") >= 2).then_some(())
+    });
+    spool.drop_chit("alive", content.chit("alive.bin", &[server.url("/good")]));
+    daemon.expect_success(TIMEOUT);
+    spool.assert_delivered("dead", "dead.bin", &content);
+    spool.assert_delivered("alive", "alive.bin", &content);
+    assert_eq!(server.gets("/good"), 1, "{:?}", server.requests());
+}
