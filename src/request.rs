@@ -90,13 +90,18 @@ fn terminal(spool: &Spool, name: &str) -> Option<Outcome> {
     if spool.downloaded.kind(name).is_ok() {
         return Some(Outcome::Downloaded);
     }
-    let text = spool.failed.open_regular(name).ok().map(|file| {
-        use std::io::Read;
-        let mut text = String::new();
+    // The reason is the last line: only the file's tail is read (a chit
+    // too big to process keeps all its bytes in `fail/`), as bytes (a
+    // chit of binary garbage has a readable reason too).
+    let text = spool.failed.open_regular(name).ok().map(|mut file| {
+        use std::io::{Read, Seek, SeekFrom};
+        const TAIL: u64 = 16 * 1024;
+        let length = file.metadata().map_or(0, |m| m.len());
+        let mut bytes = Vec::new();
         let _ = file
-            .take(crate::chit::MAX_CHIT_BYTES as u64 * 2)
-            .read_to_string(&mut text);
-        text
+            .seek(SeekFrom::Start(length.saturating_sub(TAIL)))
+            .and_then(|_| file.take(TAIL).read_to_end(&mut bytes));
+        String::from_utf8_lossy(&bytes).into_owned()
     });
     if let Some(text) = text {
         return Some(Outcome::Failed(last_error(&text)));
