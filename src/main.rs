@@ -66,7 +66,7 @@ fn run(args: &RunArgs) -> ExitCode {
     };
     match &source {
         LayoutSource::EmbeddedDefault => println!(
-            "chitd: no flags given; using the default layout in {}",
+            "chitd: no --config or --spool given; using the default layout in {}",
             cwd.display()
         ),
         LayoutSource::ConfigFile(path) => println!("chitd: configuration {}", path.display()),
