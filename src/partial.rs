@@ -186,8 +186,15 @@ enum Backing {
 /// A complete, verified download, ready to be published into the cache.
 #[derive(Debug)]
 pub enum Complete {
-    /// The fdatasync'd `.part` file, to be renamed into place.
-    File(PathBuf),
+    /// The fdatasync'd `.part` file, to be renamed into place; then its
+    /// progress record, if one may exist, is to be removed. (In that
+    /// order: a crash in between leaves the object published and a stale
+    /// record, which the next start removes; the other order would leave
+    /// a complete `.part` that no record lets a download resume.)
+    File {
+        part: PathBuf,
+        record: Option<PathBuf>,
+    },
     /// The bytes, to be written to their final place.
     Memory(Vec<u8>),
 }
@@ -613,18 +620,21 @@ impl Partial {
     }
 
     /// Hand the complete download over: the `.part` path, made durable
-    /// (the caller renames it into the cache) after removing the record; or
+    /// (the caller renames it into the cache, then removes the record); or
     /// the bytes held in memory.
     pub fn into_complete(mut self) -> io::Result<Complete> {
-        // Its record must not appear after the removal below; the final
-        // fdatasync reports what matters.
+        // No checkpoint may rewrite the record after the caller removed
+        // it; the final fdatasync reports what matters.
         let _ = self.finish_checkpoint();
         match std::mem::replace(&mut self.backing, Backing::Memory(Vec::new())) {
             Backing::Disk(file) => {
                 file.sync_data()
                     .map_err(|e| with_path(e, "syncing", &self.part_path))?;
-                self.remove_record()?;
-                Ok(Complete::File(self.part_path))
+                let record = self.record_may_exist.then(|| self.record_path.clone());
+                Ok(Complete::File {
+                    part: self.part_path.clone(),
+                    record,
+                })
             }
             Backing::Memory(bytes) => Ok(Complete::Memory(bytes)),
         }
@@ -768,7 +778,7 @@ mod tests {
             .unwrap();
         assert_eq!(resumed.finished_digest(), Some(digest));
         assert_eq!(resumed.verify_prefix(), Ok(()));
-        let Complete::File(path) = resumed.into_complete().unwrap() else {
+        let Complete::File { part: path, .. } = resumed.into_complete().unwrap() else {
             panic!("a partial opened on disk stays on disk");
         };
         assert_eq!(fs::read(path).unwrap(), data);
@@ -833,8 +843,16 @@ mod tests {
             .unwrap();
         assert_eq!(resumed.finished_digest(), Some(digest));
         assert_eq!(resumed.verify_prefix(), Ok(()));
-        resumed.into_complete().unwrap();
-        assert!(!dir.path().join(format!("{digest}.progress")).exists());
+        // The record stays until the caller has published the `.part`.
+        let record = dir.path().join(format!("{digest}.progress"));
+        let Complete::File {
+            record: Some(left), ..
+        } = resumed.into_complete().unwrap()
+        else {
+            panic!("the record was not handed over");
+        };
+        assert_eq!(left, record);
+        assert!(record.exists());
     }
 
     #[test]

@@ -52,7 +52,18 @@ impl Store {
         let objects = root.join("sha256-v1");
         let partials = root.join("partial-v1");
         for dir in [root, &objects, &partials] {
-            fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
+            if !dir.is_dir() {
+                fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
+                // Its name, durable: what is made durable inside it counts
+                // on it (progress records, objects).
+                if let Some(parent) = dir.parent() {
+                    crate::durable::sync_dir(if parent.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        parent
+                    })?;
+                }
+            }
         }
         let lock_path = root.join("lock");
         let lock = File::create(&lock_path).map_err(|e| with_path(e, "creating", &lock_path))?;
@@ -164,14 +175,23 @@ impl Store {
         let path = self.object_path(digest);
         let dir = path.parent().unwrap_or(&self.objects);
         let bytes = match partial.into_complete()? {
-            Complete::File(part) => {
+            Complete::File { part, record } => {
                 let published = self
                     .in_fanout_dir(digest, dir, || fs::rename(&part, &path))
                     .map_err(|e| with_path(e, "publishing", &path));
                 if published.is_err() {
-                    // Its record is gone: the bytes could not be resumed
-                    // anyway, and on a full disk they are in everyone's way.
+                    // Verified bytes that cannot be published: on a full
+                    // disk they are in everyone's way; the next download
+                    // starts over.
                     let _ = fs::remove_file(&part);
+                }
+                // Published or given up: the record resumes nothing now (a
+                // crash before this leaves it to the next start's sweep).
+                if let Some(record) = record
+                    && let Err(e) = fs::remove_file(&record)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %record.display(), "cannot remove a finished download's progress record: {e}");
                 }
                 published?;
                 None
@@ -224,21 +244,38 @@ impl Store {
     }
 
     /// Remove dot-named temporaries (torn atomic writes) everywhere in the
-    /// cache, and partial downloads nobody has touched for [`ORPHAN_GRACE`].
+    /// cache; and the partial downloads nothing can resume: a `.part`
+    /// without its progress record (cut before its first checkpoint), a
+    /// record without its `.part` (left by a crash right after a publish),
+    /// and any nobody has touched for [`ORPHAN_GRACE`].
     fn remove_temporaries(&self) -> io::Result<()> {
         let now = SystemTime::now();
-        for entry in walk(&self.root)? {
+        let entries = walk(&self.root)?;
+        let partials: HashSet<&Path> = entries
+            .iter()
+            .filter(|entry| entry.parent() == Some(self.partials.as_path()))
+            .map(PathBuf::as_path)
+            .collect();
+        let has = |path: &Path| partials.contains(path);
+        for entry in &entries {
             let name = entry
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let stale_partial = entry.starts_with(&self.partials)
-                && fs::metadata(&entry)
+            let in_partials = entry.parent() == Some(self.partials.as_path());
+            let unresumable = in_partials
+                && match entry.extension().and_then(|e| e.to_str()) {
+                    Some("part") => !has(&entry.with_extension("progress")),
+                    Some("progress") => !has(&entry.with_extension("part")),
+                    _ => false,
+                };
+            let stale_partial = in_partials
+                && fs::metadata(entry)
                     .and_then(|m| m.modified())
                     .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > ORPHAN_GRACE);
-            if (name.starts_with('.') && name != ".") || stale_partial {
+            if (name.starts_with('.') && name != ".") || unresumable || stale_partial {
                 tracing::info!(path = %entry.display(), "removing leftover from an earlier run");
-                fs::remove_file(&entry).map_err(|e| with_path(e, "removing", &entry))?;
+                fs::remove_file(entry).map_err(|e| with_path(e, "removing", entry))?;
             }
         }
         Ok(())
@@ -363,6 +400,26 @@ mod tests {
     }
 
     #[test]
+    fn publishing_a_checkpointed_download_removes_its_record_after_the_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let size = crate::partial::IN_MEMORY_MAX + 1;
+        let data = vec![7u8; size as usize];
+        let digest = Digest::from_bytes(Sha256::digest(&data).into());
+        let mut partial = store.partial(digest, size).unwrap();
+        let (head, tail) = data.split_at(1000);
+        partial.append(bytes::Bytes::copy_from_slice(head)).unwrap();
+        partial.checkpoint().unwrap();
+        let record = store.partials_dir().join(format!("{digest}.progress"));
+        assert!(record.exists());
+        partial.append(bytes::Bytes::copy_from_slice(tail)).unwrap();
+        assert_eq!(partial.finished_digest(), Some(digest));
+        let path = store.publish(partial, &digest).unwrap().path;
+        assert_eq!(fs::read(path).unwrap(), data);
+        assert_eq!(fs::read_dir(store.partials_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn a_fanout_directory_removed_behind_its_back_is_made_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -393,5 +450,25 @@ mod tests {
         fs::write(&temp, "torn").unwrap();
         let _store = Store::open(dir.path()).unwrap();
         assert!(!temp.exists());
+    }
+
+    #[test]
+    fn partials_nothing_can_resume_are_removed_at_open_and_the_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let partials = dir.path().join("partial-v1");
+        let file = |name: &str| partials.join(name);
+        // A pair, resumable; a .part cut before its first checkpoint; a
+        // record whose .part was published just before a crash.
+        for name in ["a.part", "a.progress", "b.part", "c.progress"] {
+            fs::write(file(name), "x").unwrap();
+        }
+        drop(Store::open(dir.path()).unwrap());
+        let mut left: Vec<_> = fs::read_dir(&partials)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a.part", "a.progress"]);
     }
 }

@@ -784,7 +784,18 @@ impl Scheduler {
         self.cancel.cancel();
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while self.downloads.join_next().await.is_some() {}
-            while self.local.join_next().await.is_some() {}
+            while let Some(step) = self.local.join_next().await {
+                // An object published meanwhile: its directory is synced
+                // below with the others.
+                if let Ok(Step::Published {
+                    published: Ok(object),
+                    ..
+                }) = &step
+                    && let Some(dir) = object.parent()
+                {
+                    self.unsynced_cache_dirs.insert(dir.to_path_buf());
+                }
+            }
             let dirs: Vec<PathBuf> = std::mem::take(&mut self.unsynced_cache_dirs)
                 .into_iter()
                 .collect();
