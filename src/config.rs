@@ -6,7 +6,9 @@
 //! [`ConfigError`] out) and [`Config::load`] is the thin wrapper that reads a
 //! file. [`resolve_run`] and [`resolve_status_spools`] merge command-line flags
 //! over a file or the embedded default layout; they read at most the one
-//! configuration file and never create anything.
+//! configuration file and never create anything. [`Config::validate_for_run`]
+//! also refuses roots that overlap (see [`Config::check_roots`]), which looks
+//! at the file system only to resolve symlinks.
 //!
 //! Every error is a sentence that names the file (when there is one), the line
 //! and the key. TOML values are read as [`toml::Value`] with their spans and
@@ -53,7 +55,8 @@ pub struct Config {
     pub jobs: usize,
     /// A chit fails once its sources have made no progress for this long; > 0.
     pub give_up_after: Duration,
-    /// Names are unique and non-empty; no two consumers share a spool.
+    /// Names are unique and non-empty; no two consumers share a spool. After
+    /// [`Config::validate_for_run`], no two roots overlap (but see there).
     pub consumers: Vec<Consumer>,
 }
 
@@ -126,6 +129,17 @@ pub enum ConfigError {
         file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default()
     )]
     NoConsumers { file: Option<PathBuf> },
+    /// Two roots (the cache, a spool, a delivery directory) are the same
+    /// directory or one is inside the other. `message` names both roots, their
+    /// roles and why that is refused.
+    #[error(
+        "{}{message}",
+        file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default()
+    )]
+    Overlap {
+        file: Option<PathBuf>,
+        message: String,
+    },
     /// A command-line flag has a value that cannot be used.
     #[error("{flag} {value:?}: {message}")]
     Flag {
@@ -142,7 +156,9 @@ impl ConfigError {
             Self::Syntax { location, .. } | Self::Key { location, .. } => {
                 location.file = Some(path.to_path_buf());
             }
-            Self::NoConsumers { file } => *file = Some(path.to_path_buf()),
+            Self::NoConsumers { file } | Self::Overlap { file, .. } => {
+                *file = Some(path.to_path_buf());
+            }
             Self::Read { .. } | Self::Flag { .. } => {}
         }
         self
@@ -289,10 +305,40 @@ impl Config {
         }
     }
 
-    /// What `chitd run` needs beyond a well-formed file: at least one consumer.
+    /// What `chitd run` needs beyond a well-formed file: at least one
+    /// consumer, and roots that do not overlap ([`Config::check_roots`]).
     pub fn validate_for_run(&self) -> Result<(), ConfigError> {
         if self.consumers.is_empty() {
             return Err(ConfigError::NoConsumers { file: None });
+        }
+        self.check_roots()
+    }
+
+    /// Refuses a layout in which two roots (the cache, every consumer's spool
+    /// and delivery directory) are the same directory or one lies inside the
+    /// other: a consumer could then request a file whose path leads into
+    /// another's spool or delivery directory, or into the cache. The one
+    /// exception is two consumers sharing the very same delivery directory.
+    ///
+    /// Paths are compared lexically (absolute, `.` and `..` resolved), and
+    /// again with symlinks resolved in the part of each path that exists, so
+    /// that an alias is caught too. Nothing needs to exist yet.
+    pub fn check_roots(&self) -> Result<(), ConfigError> {
+        let mut roots = vec![Root::new(Role::Cache, &self.cache)];
+        for consumer in &self.consumers {
+            let name = consumer.name.as_str();
+            roots.push(Root::new(Role::Spool(name), &consumer.spool));
+            roots.push(Root::new(Role::Deliver(name), &consumer.deliver));
+        }
+        for (index, first) in roots.iter().enumerate() {
+            for second in &roots[index + 1..] {
+                if let Some(message) = overlap(first, second) {
+                    return Err(ConfigError::Overlap {
+                        file: None,
+                        message,
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -546,20 +592,127 @@ fn resolve_path(base: &Path, path: &Path) -> PathBuf {
 }
 
 /// `..` resolved lexically, for telling whether two spools are the same.
+/// `/..` is `/`; a relative path keeps the `..` it cannot resolve.
 fn lexically_normal(path: &Path) -> PathBuf {
     let mut normal = PathBuf::new();
     for component in path.components() {
         match component {
             Component::CurDir => {}
-            Component::ParentDir => {
-                if !normal.pop() {
-                    normal.push(component);
+            Component::ParentDir => match normal.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    normal.pop();
                 }
-            }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => normal.push(component),
+            },
             other => normal.push(other),
         }
     }
     normal
+}
+
+/// `path` made absolute, with symlinks resolved in its longest existing
+/// ancestor (the rest, which does not exist yet, is taken lexically).
+fn resolved(absolute: &Path) -> PathBuf {
+    for ancestor in absolute.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(ancestor) {
+            let rest = absolute.strip_prefix(ancestor).unwrap_or(Path::new(""));
+            return lexically_normal(&real.join(rest));
+        }
+    }
+    lexically_normal(absolute)
+}
+
+/// What a root is for, to name it in an error.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role<'a> {
+    Cache,
+    Spool(&'a str),
+    Deliver(&'a str),
+}
+
+impl fmt::Display for Role<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cache => f.write_str("the cache"),
+            Self::Spool(name) => write!(f, "consumer {name:?} spool"),
+            Self::Deliver(name) => write!(f, "consumer {name:?} deliver"),
+        }
+    }
+}
+
+/// A root of the layout, as configured and in the two forms compared.
+struct Root<'a> {
+    role: Role<'a>,
+    configured: &'a Path,
+    /// Absolute, `.`/`..` and repeated slashes resolved.
+    lexical: PathBuf,
+    /// `lexical`, but with symlinks resolved where the path exists.
+    real: PathBuf,
+}
+
+impl<'a> Root<'a> {
+    fn new(role: Role<'a>, configured: &'a Path) -> Root<'a> {
+        let absolute = std::path::absolute(configured).unwrap_or_else(|_| configured.into());
+        Root {
+            role,
+            configured,
+            lexical: lexically_normal(&absolute),
+            real: resolved(&absolute),
+        }
+    }
+
+    /// The role and configured path, with the form compared if it differs.
+    fn describe(&self, compared: &Path) -> String {
+        let mut text = format!("{} {}", self.role, self.configured.display());
+        if compared != self.configured {
+            text += &format!(" (which is {})", compared.display());
+        }
+        text
+    }
+}
+
+/// How `first` and `second` overlap, as an error message, or `None` if they
+/// do not (or are one delivery directory shared by two consumers).
+fn overlap(first: &Root<'_>, second: &Root<'_>) -> Option<String> {
+    let shared_delivery = matches!(
+        (first.role, second.role),
+        (Role::Deliver(_), Role::Deliver(_))
+    );
+    let compare = |a: &Path, b: &Path| {
+        if a == b {
+            (!shared_delivery).then(|| {
+                let (a, b) = (first.describe(a), second.describe(b));
+                format!("{a} and {b} are the same directory")
+            })
+        } else if b.starts_with(a) {
+            Some(format!(
+                "{} contains {}",
+                first.describe(a),
+                second.describe(b)
+            ))
+        } else if a.starts_with(b) {
+            Some(format!(
+                "{} contains {}",
+                second.describe(b),
+                first.describe(a)
+            ))
+        } else {
+            None
+        }
+    };
+    let relation =
+        compare(&first.lexical, &second.lexical).or_else(|| compare(&first.real, &second.real))?;
+    let reason = match (first.role, second.role) {
+        (Role::Cache, _) | (_, Role::Cache) => {
+            "the cache must be chitd's own, out of every consumer's reach"
+        }
+        (Role::Spool(a) | Role::Deliver(a), Role::Spool(b) | Role::Deliver(b)) if a == b => {
+            "a delivery could write into the consumer's spool"
+        }
+        _ => "a consumer could write into another's directories",
+    };
+    Some(format!("{relation}: {reason}"))
 }
 
 /// Merges `chitd run`'s flags over its layout.

@@ -482,3 +482,292 @@ fn status_spools() {
     let spools = resolve_status_spools(&StatusArgs::default(), &cwd()).expect("default");
     assert_eq!(spools, [("default".to_string(), cwd().join("spool"))]);
 }
+
+/// A layout in `/srv` with the cache at `cache` and one consumer per
+/// (name, spool, deliver); paths relative to `/srv`.
+fn layout(cache: &str, consumers: &[(&str, &str, &str)]) -> Config {
+    let dir = Path::new("/srv");
+    Config {
+        cache: dir.join(cache),
+        consumers: consumers
+            .iter()
+            .map(|&(name, spool, deliver)| Consumer {
+                name: name.into(),
+                spool: dir.join(spool),
+                deliver: dir.join(deliver),
+            })
+            .collect(),
+        ..Config::default_layout(dir)
+    }
+}
+
+/// Expects `config` to be refused for overlapping roots; returns the message.
+fn overlap_error(config: &Config) -> String {
+    match config.validate_for_run() {
+        Err(error @ ConfigError::Overlap { .. }) => error.to_string(),
+        other => panic!("expected an overlap error for {config:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn separate_roots_and_a_shared_delivery_dir_are_accepted() {
+    layout(
+        "cache",
+        &[("a", "a/spool", "a/dist"), ("b", "b/spool", "b/dist")],
+    )
+    .validate_for_run()
+    .expect("separate roots");
+    // Builders sharing one distfiles directory, even by a different spelling.
+    layout(
+        "cache",
+        &[("a", "a/spool", "dist"), ("b", "b/spool", "./x/../dist/")],
+    )
+    .validate_for_run()
+    .expect("one delivery dir shared by two consumers");
+    // A common prefix of the name is not containment.
+    layout(
+        "cache",
+        &[("a", "spool", "spool2"), ("b", "cache2", "cache-d")],
+    )
+    .validate_for_run()
+    .expect("siblings with a common prefix");
+    Config::default_layout(Path::new("/srv"))
+        .validate_for_run()
+        .expect("the default layout");
+}
+
+#[test]
+fn a_spool_inside_another_consumers_delivery_dir_is_refused() {
+    let config = layout(
+        "cache",
+        &[
+            ("a", "a/spool", "adeliver"),
+            ("b", "adeliver/bspool", "b/dist"),
+        ],
+    );
+    let message = overlap_error(&config);
+    assert_eq!(
+        message,
+        "consumer \"a\" deliver /srv/adeliver contains consumer \"b\" spool \
+         /srv/adeliver/bspool: a consumer could write into another's directories"
+    );
+}
+
+#[test]
+fn every_kind_of_nesting_is_refused() {
+    for (config, outer, inner) in [
+        // A delivery dir inside another's spool.
+        (
+            layout(
+                "cache",
+                &[("a", "a/spool", "a/dist"), ("b", "b/spool", "a/spool/d")],
+            ),
+            "consumer \"a\" spool /srv/a/spool",
+            "consumer \"b\" deliver /srv/a/spool/d",
+        ),
+        // A delivery dir inside another's delivery dir.
+        (
+            layout(
+                "cache",
+                &[("a", "a/spool", "dist"), ("b", "b/spool", "dist/b")],
+            ),
+            "consumer \"a\" deliver /srv/dist",
+            "consumer \"b\" deliver /srv/dist/b",
+        ),
+        // A spool inside another's spool.
+        (
+            layout("cache", &[("a", "s/b", "a/d"), ("b", "s", "b/d")]),
+            "consumer \"b\" spool /srv/s",
+            "consumer \"a\" spool /srv/s/b",
+        ),
+        // A consumer's own spool inside its delivery dir, and the reverse.
+        (
+            layout("cache", &[("a", "d/spool", "d")]),
+            "consumer \"a\" deliver /srv/d",
+            "consumer \"a\" spool /srv/d/spool",
+        ),
+        (
+            layout("cache", &[("a", "s", "s/dist")]),
+            "consumer \"a\" spool /srv/s",
+            "consumer \"a\" deliver /srv/s/dist",
+        ),
+        // The cache inside a consumer's directory, and roots inside the cache.
+        (
+            layout("a/dist/cache", &[("a", "a/spool", "a/dist")]),
+            "consumer \"a\" deliver /srv/a/dist",
+            "the cache /srv/a/dist/cache",
+        ),
+        (
+            layout("cache", &[("a", "a/spool", "cache/dist")]),
+            "the cache /srv/cache",
+            "consumer \"a\" deliver /srv/cache/dist",
+        ),
+        (
+            layout("cache", &[("a", "cache/spool", "a/dist")]),
+            "the cache /srv/cache",
+            "consumer \"a\" spool /srv/cache/spool",
+        ),
+        (
+            layout("/", &[("a", "a/spool", "a/dist")]),
+            "the cache /",
+            "consumer \"a\" spool /srv/a/spool",
+        ),
+    ] {
+        let message = overlap_error(&config);
+        assert!(
+            message.starts_with(&format!("{outer} contains {inner}: ")),
+            "{message}"
+        );
+    }
+    let message = overlap_error(&layout("a/dist/cache", &[("a", "a/spool", "a/dist")]));
+    assert!(
+        message.ends_with("out of every consumer's reach"),
+        "{message}"
+    );
+    let message = overlap_error(&layout("cache", &[("a", "s", "s/dist")]));
+    assert!(message.ends_with("into the consumer's spool"), "{message}");
+}
+
+#[test]
+fn equal_roots_are_refused_except_delivery_dirs() {
+    for (config, first, second) in [
+        (
+            layout("cache", &[("a", "a/spool", "x"), ("b", "x", "b/dist")]),
+            "consumer \"a\" deliver /srv/x",
+            "consumer \"b\" spool /srv/x",
+        ),
+        (
+            layout("cache", &[("a", "same", "same")]),
+            "consumer \"a\" spool /srv/same",
+            "consumer \"a\" deliver /srv/same",
+        ),
+        (
+            layout("cache", &[("a", "a/spool", "cache")]),
+            "the cache /srv/cache",
+            "consumer \"a\" deliver /srv/cache",
+        ),
+        (
+            layout("s", &[("a", "s", "a/dist")]),
+            "the cache /srv/s",
+            "consumer \"a\" spool /srv/s",
+        ),
+    ] {
+        let message = overlap_error(&config);
+        assert!(
+            message.starts_with(&format!("{first} and {second} are the same directory: ")),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn overlaps_are_found_through_dot_dot_and_repeated_slashes() {
+    let config = layout(
+        "cache",
+        &[
+            ("a", "a/spool", "adeliver"),
+            ("b", "b/../adeliver//bspool", "b/dist"),
+        ],
+    );
+    let message = overlap_error(&config);
+    assert!(
+        message.contains(
+            "contains consumer \"b\" spool /srv/b/../adeliver//bspool \
+             (which is /srv/adeliver/bspool)"
+        ),
+        "{message}"
+    );
+    let config = layout("x/../cache", &[("a", "a/spool", "./cache/./d")]);
+    let message = overlap_error(&config);
+    assert!(message.starts_with("the cache /srv/x/../cache (which is /srv/cache) contains"));
+    // `..` above the root stays at the root.
+    let config = layout("/../../srv/c", &[("a", "/srv/c/s", "d")]);
+    overlap_error(&config);
+}
+
+#[test]
+fn overlaps_are_found_through_a_symlink_alias() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = std::fs::canonicalize(dir.path()).expect("canonical tempdir");
+    std::fs::create_dir_all(root.join("real/bspool")).expect("mkdir");
+    std::os::unix::fs::symlink(root.join("real"), root.join("alias")).expect("symlink");
+    let consumer = |name: &str, spool: PathBuf, deliver: PathBuf| Consumer {
+        name: name.into(),
+        spool,
+        deliver,
+    };
+    let mut config = Config::default_layout(&root);
+
+    // A's deliver is an alias of the directory holding B's spool, which exists.
+    config.consumers = vec![
+        consumer("a", root.join("a/spool"), root.join("alias")),
+        consumer("b", root.join("real/bspool"), root.join("b/dist")),
+    ];
+    let message = overlap_error(&config);
+    let expected = format!(
+        "consumer \"a\" deliver {} (which is {}) contains consumer \"b\" spool {}",
+        root.join("alias").display(),
+        root.join("real").display(),
+        root.join("real/bspool").display(),
+    );
+    assert!(message.starts_with(&expected), "{message}");
+
+    // The same through a path that does not exist yet (run creates it).
+    config.consumers[1].spool = root.join("alias/new/spool");
+    config.consumers[0].deliver = root.join("real/new");
+    let message = overlap_error(&config);
+    assert!(message.contains("(which is "), "{message}");
+
+    // Equal through the alias.
+    config.consumers[1].spool = root.join("alias");
+    config.consumers[0].deliver = root.join("real");
+    let message = overlap_error(&config);
+    assert!(message.contains("are the same directory"), "{message}");
+
+    // One delivery dir shared under two names is still allowed.
+    config.consumers = vec![
+        consumer("a", root.join("a/spool"), root.join("real")),
+        consumer("b", root.join("b/spool"), root.join("alias")),
+    ];
+    config.validate_for_run().expect("a shared delivery dir");
+}
+
+#[test]
+fn run_refuses_overlapping_roots_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("c.toml");
+    let text = "[[consumer]]\nname = \"a\"\nspool = \"a\"\ndeliver = \"d\"\n\
+                [[consumer]]\nname = \"b\"\nspool = \"d/b\"\ndeliver = \"e\"\n";
+    std::fs::write(&file, text).expect("write");
+    let args = RunArgs {
+        config: Some(file.clone()),
+        ..RunArgs::default()
+    };
+    let message = resolve_run(&args, &cwd()).expect_err("overlap").to_string();
+    assert!(
+        message.starts_with(&format!("{}: consumer \"a\" deliver", file.display())),
+        "{message}"
+    );
+    // Flags are checked too: the cache inside the delivery dir.
+    let flags = RunArgs {
+        spool: Some("s".into()),
+        deliver: Some("d".into()),
+        cache: Some("d/cache".into()),
+        ..RunArgs::default()
+    };
+    assert!(matches!(
+        resolve_run(&flags, &cwd()),
+        Err(ConfigError::Overlap { file: None, .. })
+    ));
+    // status reads any spool: no check.
+    let status = StatusArgs {
+        config: Some(file),
+        ..StatusArgs::default()
+    };
+    assert_eq!(
+        resolve_status_spools(&status, &cwd())
+            .expect("status")
+            .len(),
+        2
+    );
+}

@@ -1,8 +1,9 @@
 //! Configuration files: unknown keys are errors naming the key and its line;
-//! relative paths are relative to the file's directory.
+//! relative paths are relative to the file's directory; overlapping roots are
+//! refused.
 
 use crate::server::Server;
-use crate::util::{ConfigFile, Content, Daemon, TIMEOUT, TestDir, TestSpool, run_cli};
+use crate::util::{ConfigFile, Content, Daemon, State, TIMEOUT, TestDir, TestSpool, run_cli};
 
 #[test]
 fn unknown_config_key_exits_2_naming_the_key_and_its_line() {
@@ -86,5 +87,41 @@ fn config_paths_are_relative_to_the_config_file() {
     assert!(
         dir.join("etc/cache").is_dir(),
         "cache not beside the config file"
+    );
+}
+
+#[test]
+fn a_spool_inside_another_consumers_delivery_dir_exits_2_naming_both() {
+    let dir = TestDir::new();
+    let a = dir.spool("a");
+    // B's spool sits inside A's delivery dir: A could request
+    // `bspool/request/<chit>` and plant chits in B's spool.
+    let b = TestSpool {
+        spool: a.deliver.join("bspool"),
+        ..dir.spool("b")
+    };
+    let config = ConfigFile {
+        cache: Some(dir.cache()),
+        consumers: vec![a.clone(), b.clone()],
+        ..ConfigFile::default()
+    }
+    .write(&dir, "chitd.toml");
+
+    let output = run_cli(
+        &dir,
+        ["run".into(), "--config".into(), config.into_os_string()],
+        TIMEOUT,
+    );
+
+    assert_eq!(output.code, Some(2), "{output:?}");
+    let expected = format!(
+        "consumer \"a\" deliver {} contains consumer \"b\" spool {}",
+        a.deliver.display(),
+        b.spool.display()
+    );
+    assert!(output.stderr.contains(&expected), "{output:?}");
+    assert!(
+        !b.spool.join(State::Request.dir_name()).exists(),
+        "nothing was created"
     );
 }
