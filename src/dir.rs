@@ -11,8 +11,13 @@
 //!
 //! The root of each [`Dir`] is opened from a path given by the administrator
 //! (configuration or flags) and is trusted.
+//!
+//! Names are UTF-8 almost everywhere in chitd, but a consumer may create any
+//! bytes: [`Dir::names`] lists the UTF-8 ones, [`Dir::names_not_utf8`] the
+//! others, and the methods that act on one entry take any `AsRef<OsStr>`,
+//! so such an entry can still be moved, inspected and failed.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -137,8 +142,8 @@ impl Dir {
     /// `open()`, no FIFO rendezvous). Only a regular file is then opened for
     /// reading, through that descriptor, so a name swapped meanwhile cannot
     /// substitute another file.
-    pub fn open_regular(&self, name: &str) -> io::Result<File> {
-        self.open_regular_as(name, OFlags::RDONLY)
+    pub fn open_regular(&self, name: impl AsRef<OsStr>) -> io::Result<File> {
+        self.open_regular_as(name.as_ref(), OFlags::RDONLY)
     }
 
     /// [`Dir::open_regular`], but opened for reading and appending
@@ -146,11 +151,11 @@ impl Dir {
     /// FIFO, socket, device: inspected through `O_PATH`, never opened).
     /// Whether writing through the file is safe (its link count) is the
     /// caller's to check, on the returned descriptor.
-    pub fn open_regular_to_append(&self, name: &str) -> io::Result<File> {
-        self.open_regular_as(name, OFlags::RDWR | OFlags::APPEND)
+    pub fn open_regular_to_append(&self, name: impl AsRef<OsStr>) -> io::Result<File> {
+        self.open_regular_as(name.as_ref(), OFlags::RDWR | OFlags::APPEND)
     }
 
-    fn open_regular_as(&self, name: &str, access: OFlags) -> io::Result<File> {
+    fn open_regular_as(&self, name: &OsStr, access: OFlags) -> io::Result<File> {
         let pinned = rustix::fs::openat2(
             &self.fd,
             name,
@@ -196,7 +201,7 @@ impl Dir {
     fn reopen(
         &self,
         pinned: &OwnedFd,
-        name: &str,
+        name: &OsStr,
         expected: &rustix::fs::Stat,
         access: OFlags,
     ) -> io::Result<OwnedFd> {
@@ -225,7 +230,8 @@ impl Dir {
     }
 
     /// The kind of the entry `name`, without following symlinks.
-    pub fn kind(&self, name: &str) -> io::Result<Kind> {
+    pub fn kind(&self, name: impl AsRef<OsStr>) -> io::Result<Kind> {
+        let name = name.as_ref();
         let stat = rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| self.error(e.into(), "inspecting", name))?;
         Ok(match FileType::from_raw_mode(stat.st_mode) {
@@ -278,20 +284,33 @@ impl Dir {
 
     /// `rename(2)` `from` in this directory to `to` in `target`, replacing
     /// whatever `to` names (a symlink there is replaced, not followed).
-    pub fn rename(&self, from: &str, target: &Dir, to: &str) -> io::Result<()> {
+    pub fn rename(
+        &self,
+        from: impl AsRef<OsStr>,
+        target: &Dir,
+        to: impl AsRef<OsStr>,
+    ) -> io::Result<()> {
+        let (from, to) = (from.as_ref(), to.as_ref());
         rustix::fs::renameat(&self.fd, from, &target.fd, to)
             .map_err(|e| self.error(e.into(), "renaming", from))
     }
 
     /// Like [`Dir::rename`], but fails with `AlreadyExists` instead of
     /// replacing an existing `to`.
-    pub fn rename_noreplace(&self, from: &str, target: &Dir, to: &str) -> io::Result<()> {
+    pub fn rename_noreplace(
+        &self,
+        from: impl AsRef<OsStr>,
+        target: &Dir,
+        to: impl AsRef<OsStr>,
+    ) -> io::Result<()> {
+        let (from, to) = (from.as_ref(), to.as_ref());
         rustix::fs::renameat_with(&self.fd, from, &target.fd, to, RenameFlags::NOREPLACE)
             .map_err(|e| self.error(e.into(), "renaming", from))
     }
 
     /// Remove the file `name` (not a directory).
-    pub fn remove_file(&self, name: &str) -> io::Result<()> {
+    pub fn remove_file(&self, name: impl AsRef<OsStr>) -> io::Result<()> {
+        let name = name.as_ref();
         rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())
             .map_err(|e| self.error(e.into(), "removing", name))
     }
@@ -302,9 +321,23 @@ impl Dir {
             .map_err(|e| with_path(e.into(), "syncing directory", &self.path))
     }
 
-    /// The names in this directory (without `.` and `..`).
+    /// The names in this directory (without `.` and `..`) that are UTF-8.
+    /// The others are skipped silently: see [`Dir::names_not_utf8`].
     pub fn names(&self) -> io::Result<Vec<String>> {
+        Ok(self.list()?.0)
+    }
+
+    /// The names in this directory that are not UTF-8, which
+    /// [`Dir::names`] leaves out.
+    pub fn names_not_utf8(&self) -> io::Result<Vec<OsString>> {
+        Ok(self.list()?.1)
+    }
+
+    /// Every name in this directory but `.` and `..`: the UTF-8 ones, and
+    /// the others.
+    fn list(&self) -> io::Result<(Vec<String>, Vec<OsString>)> {
         let mut names = Vec::new();
+        let mut others = Vec::new();
         let dup = rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)
             .map_err(|e| with_path(e.into(), "reading directory", &self.path))?;
         let mut dir = rustix::fs::Dir::new(dup)
@@ -318,17 +351,14 @@ impl Dir {
             }
             match String::from_utf8(bytes.to_vec()) {
                 Ok(name) => names.push(name),
-                Err(e) => {
-                    let name = OsString::from_vec(e.into_bytes());
-                    tracing::warn!(dir = %self.path.display(), name = ?name, "ignoring a name that is not UTF-8");
-                }
+                Err(e) => others.push(OsString::from_vec(e.into_bytes())),
             }
         }
-        Ok(names)
+        Ok((names, others))
     }
 
-    fn error(&self, error: io::Error, doing: &str, name: &str) -> io::Error {
-        with_path(error, doing, &self.path.join(name))
+    fn error(&self, error: io::Error, doing: &str, name: impl AsRef<OsStr>) -> io::Error {
+        with_path(error, doing, &self.path.join(name.as_ref()))
     }
 }
 
@@ -367,6 +397,7 @@ fn temp_name(stem: &str, suffix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::symlink;
 
     #[test]
@@ -375,6 +406,8 @@ mod tests {
             "a".repeat(255),
             "é".repeat(127),
             "make-4.4.tar.gz".to_owned(),
+            // A non-UTF-8 chit name, rendered lossily.
+            String::from_utf8_lossy(&[b'x', 0xff].repeat(127)).into_owned(),
         ] {
             let name = temp_name(&stem, "4294967295.18446744073709551615");
             assert!(name.len() <= 255, "{} bytes", name.len());
@@ -512,11 +545,18 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("a"), "").unwrap();
         std::fs::write(root.path().join(".b"), "").unwrap();
+        let bad = OsStr::from_bytes(b"bad\xff");
+        std::fs::write(root.path().join(bad), "").unwrap();
         let dir = Dir::open_root(root.path()).unwrap();
         let mut names = dir.names().unwrap();
         names.sort();
         assert_eq!(names, [".b", "a"]);
+        assert_eq!(dir.names_not_utf8().unwrap(), [bad]);
         // A second listing sees the same (the descriptor is rewound).
         assert_eq!(dir.names().unwrap().len(), 2);
+        // An entry whose name is not UTF-8 can be acted on.
+        assert_eq!(dir.kind(bad).unwrap(), Kind::File);
+        dir.rename(bad, &dir, "good").unwrap();
+        assert!(dir.names_not_utf8().unwrap().is_empty());
     }
 }

@@ -22,10 +22,20 @@
 //!
 //! All access is confined with [`Dir`]: a chit that is a symlink, FIFO,
 //! device or hard link is refused without being read through.
+//!
+//! The daemon names chits with `String`s. A chit whose name is not UTF-8
+//! never reaches it: [`Spool::fail_names_not_utf8`] moves it, by its raw
+//! name, through the same `request/ → fetch/ → fail/` renames, with a
+//! reason that asks for a UTF-8 name.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
+use std::sync::Mutex;
 
 use crate::chit::{MAX_CHIT_BYTES, error_line, with_error_line};
 use crate::dir::{Dir, Kind};
@@ -40,6 +50,9 @@ pub struct Spool {
     pub fetch: Dir,
     pub downloaded: Dir,
     pub failed: Dir,
+    /// Chits with non-UTF-8 names that [`Spool::fail_names_not_utf8`] could
+    /// not move on and has warned about: warned once, not on every scan.
+    stuck_not_utf8: Mutex<HashSet<OsString>>,
 }
 
 /// How a batch of `fetch/ → downloaded/` renames went.
@@ -83,11 +96,16 @@ impl Spool {
             fetch: state("fetch")?,
             downloaded: state("downloaded")?,
             failed: state("fail")?,
+            stuck_not_utf8: Mutex::default(),
         })
     }
 
     /// `request/X → fetch/X`.
     pub fn claim(&self, chit: &str) -> io::Result<Claim> {
+        self.claim_os(OsStr::new(chit))
+    }
+
+    fn claim_os(&self, chit: &OsStr) -> io::Result<Claim> {
         match self.request.rename_noreplace(chit, &self.fetch, chit) {
             Ok(()) => Ok(Claim::Claimed),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Claim::Gone),
@@ -99,6 +117,10 @@ impl Spool {
     /// Read the claimed chit `fetch/X`: a regular file with one link, at
     /// most [`MAX_CHIT_BYTES`] (read no further than one byte past it).
     pub fn read(&self, chit: &str) -> Result<Vec<u8>, ReadError> {
+        self.read_os(OsStr::new(chit))
+    }
+
+    fn read_os(&self, chit: &OsStr) -> Result<Vec<u8>, ReadError> {
         let file = match self.fetch.open_regular(chit) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Gone),
@@ -163,13 +185,18 @@ impl Spool {
     /// chit that could not be read) is replaced by a new file holding only
     /// the line, never read nor written through.
     pub fn fail(&self, chit: &str, original: Option<&[u8]>, reason: &str) -> io::Result<()> {
+        self.fail_os(OsStr::new(chit), original, reason)
+    }
+
+    fn fail_os(&self, chit: &OsStr, original: Option<&[u8]>, reason: &str) -> io::Result<()> {
         if self.fetch.kind(chit)? == Kind::Dir {
             // A directory cannot carry a reason line; move it as it is.
-            tracing::warn!(consumer = %self.name, chit, "chit is a directory; moving it to fail/ without a reason line: {reason}");
+            tracing::warn!(consumer = %self.name, chit = %lossy(chit), "chit is a directory; moving it to fail/ without a reason line: {reason}");
         } else if original.is_none() && self.append_to_oversized(chit, reason)? {
             // The reason is on disk in the chit itself.
         } else {
-            let (temp, mut file) = self.fetch.create_temp(chit)?;
+            // A UTF-8 stem, so the startup sweep knows the temporary.
+            let (temp, mut file) = self.fetch.create_temp(&chit.to_string_lossy())?;
             let failed = with_error_line(original.unwrap_or_default(), reason);
             let written = file.write_all(&failed).and_then(|()| file.sync_all());
             if let Err(e) = written.and_then(|()| self.fetch.rename(&temp, &self.fetch, chit)) {
@@ -190,11 +217,11 @@ impl Spool {
     ///
     /// A failed write may leave part of the line; it is a comment (or an
     /// empty line), and the next attempt starts a new line after it.
-    fn append_to_oversized(&self, chit: &str, reason: &str) -> io::Result<bool> {
+    fn append_to_oversized(&self, chit: &OsStr, reason: &str) -> io::Result<bool> {
         let mut file = match self.fetch.open_regular_to_append(chit) {
             Ok(file) => file,
             Err(e) => {
-                tracing::debug!(consumer = %self.name, chit, "not appending the reason in place: {e}");
+                tracing::debug!(consumer = %self.name, chit = %lossy(chit), "not appending the reason in place: {e}");
                 return Ok(false);
             }
         };
@@ -220,14 +247,18 @@ impl Spool {
     /// theirs. A directory there is left alone (and the new outcome's
     /// rename will report it).
     pub fn clear_outcomes(&self, chit: &str) {
+        self.clear_outcomes_os(OsStr::new(chit));
+    }
+
+    fn clear_outcomes_os(&self, chit: &OsStr) {
         for dir in [&self.downloaded, &self.failed] {
             match dir.remove_file(chit) {
                 Ok(()) => {
-                    tracing::info!(consumer = %self.name, chit, "removed the outcome of an earlier request of this name from {}", dir.path().display())
+                    tracing::info!(consumer = %self.name, chit = %lossy(chit), "removed the outcome of an earlier request of this name from {}", dir.path().display())
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(consumer = %self.name, chit, "cannot remove an earlier outcome: {e}")
+                    tracing::warn!(consumer = %self.name, chit = %lossy(chit), "cannot remove an earlier outcome: {e}")
                 }
             }
         }
@@ -238,6 +269,146 @@ impl Spool {
         let mut names = state.names()?;
         names.retain(|name| !name.starts_with('.'));
         Ok(names)
+    }
+
+    /// Fail every chit whose name is not UTF-8, by its raw name: those in
+    /// `fetch/` (left by a crash; only `with_fetch`), then those in
+    /// `request/`, each claimed `request/X → fetch/X` (never replacing a
+    /// chit there) and failed as [`Spool::fail`] fails a refused chit: its
+    /// bytes are kept when [`Spool::read`] accepts it (a regular file with
+    /// one link, at most [`MAX_CHIT_BYTES`]), and a symlink, FIFO, device or
+    /// hard link is never read nor written through. Dot-files are ignored.
+    ///
+    /// Returns how many chits reached `fail/`. A chit that cannot be moved
+    /// on stays where it is (never lost) and is retried at the next call;
+    /// it is logged at WARN once, not at every call. An error is returned
+    /// only when a directory cannot be listed.
+    ///
+    /// The common case (no such name) costs one listing of `request/` (and
+    /// of `fetch/` when `with_fetch`), and logs nothing.
+    pub fn fail_names_not_utf8(&self, with_fetch: bool) -> io::Result<usize> {
+        let mut failed = 0;
+        let mut listed = HashSet::new();
+        if with_fetch {
+            for chit in self.fetch.names_not_utf8()? {
+                if is_chit_name(&chit) {
+                    failed += usize::from(self.fail_not_utf8(&chit));
+                    listed.insert(chit);
+                }
+            }
+        }
+        for chit in self.request.names_not_utf8()? {
+            if !is_chit_name(&chit) {
+                continue;
+            }
+            let mut claim = self.claim_os(&chit);
+            if matches!(claim, Ok(Claim::Busy)) && !listed.contains(&chit) {
+                // `fetch/X` is such a chit too (so chitd can only fail it):
+                // fail it first, then this newer one.
+                if self.fail_not_utf8(&chit) {
+                    failed += 1;
+                    claim = self.claim_os(&chit);
+                }
+            }
+            match claim {
+                Ok(Claim::Claimed) => failed += usize::from(self.fail_not_utf8(&chit)),
+                Ok(Claim::Gone) => self.unstuck(&chit),
+                Ok(Claim::Busy) => {
+                    tracing::debug!(consumer = %self.name, chit = ?chit, "a chit of this name (not UTF-8) is still in fetch/; leaving request/ for later")
+                }
+                Err(e) => self.stuck(&chit, &format!("cannot claim the chit: {e}")),
+            }
+            listed.insert(chit);
+        }
+        if with_fetch {
+            // Both directories were listed: forget chits no longer in them.
+            let mut stuck = self
+                .stuck_not_utf8
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            stuck.retain(|chit| listed.contains(chit));
+        }
+        Ok(failed)
+    }
+
+    /// Fail `fetch/X`, whose name is not UTF-8; `true` once it is in
+    /// `fail/`, `false` when it is gone or stays in `fetch/` (logged).
+    fn fail_not_utf8(&self, chit: &OsStr) -> bool {
+        let mut reason = format!(
+            "the chit's name {chit:?} is not UTF-8; chitd handles only chits with UTF-8 \
+             names: rename it to a UTF-8 name and retry"
+        );
+        let original = match self.read_os(chit) {
+            Ok(mut bytes) => {
+                // Failed before but stuck in fetch/: not the line again.
+                let line = error_line(&reason);
+                if let Some(kept) = bytes.strip_suffix(line.as_bytes()) {
+                    if kept.is_empty() || kept.ends_with(b"\n") {
+                        bytes.truncate(kept.len());
+                    }
+                }
+                Some(bytes)
+            }
+            Err(ReadError::Gone) => {
+                self.unstuck(chit);
+                return false;
+            }
+            Err(ReadError::Refused(why)) => {
+                reason = format!("{reason}; besides, {why}");
+                None
+            }
+        };
+        // As for any chit read in fetch/: it supersedes earlier outcomes
+        // (once: a chit stuck in fetch/ does not log this at every scan).
+        if !self.is_stuck(chit) {
+            self.clear_outcomes_os(chit);
+        }
+        match self.fail_os(chit, original.as_deref(), &reason) {
+            Ok(()) => {
+                tracing::info!(consumer = %self.name, chit = ?chit, reason, "failed (its name is not UTF-8): fetch/ → fail/");
+                self.unstuck(chit);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.fetch.kind(chit).is_err() => {
+                self.unstuck(chit); // removed by its consumer meanwhile
+                false
+            }
+            Err(e) => {
+                self.stuck(chit, &format!("cannot move the chit to fail/: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Log that the non-UTF-8 chit cannot move on: at WARN the first time.
+    fn stuck(&self, chit: &OsStr, error: &str) {
+        let mut stuck = self
+            .stuck_not_utf8
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if stuck.insert(chit.to_owned()) {
+            tracing::warn!(consumer = %self.name, chit = ?chit, "{error} (its name is not UTF-8; retried at each scan, not logged again)");
+        } else {
+            tracing::debug!(consumer = %self.name, chit = ?chit, "{error}");
+        }
+    }
+
+    fn is_stuck(&self, chit: &OsStr) -> bool {
+        let stuck = self
+            .stuck_not_utf8
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        stuck.contains(chit)
+    }
+
+    fn unstuck(&self, chit: &OsStr) {
+        let mut stuck = self
+            .stuck_not_utf8
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !stuck.is_empty() {
+            stuck.remove(chit);
+        }
     }
 
     /// Remove the dot-named temporaries chitd itself left in `fetch/` (a
@@ -254,6 +425,16 @@ impl Spool {
         }
         Ok(())
     }
+}
+
+/// A chit's name for messages: as it is when UTF-8.
+fn lossy(chit: &OsStr) -> Cow<'_, str> {
+    chit.to_string_lossy()
+}
+
+/// Not a dot-file (those are the consumer's, or chitd's temporaries).
+fn is_chit_name(name: &OsStr) -> bool {
+    name.as_bytes().first().is_some_and(|&b| b != b'.')
 }
 
 #[cfg(test)]
@@ -418,5 +599,150 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+    }
+
+    /// `<dir>/<bytes>`, for names that are not UTF-8.
+    fn raw(dir: &Path, name: &[u8]) -> std::path::PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        dir.join(OsStr::from_bytes(name))
+    }
+
+    fn entries(dir: &Path) -> Vec<OsString> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    }
+
+    const NAME_REASON: &str = "# error: the chit's name \"bad\\xFF\" is not UTF-8; chitd handles only \
+                               chits with UTF-8 names: rename it to a UTF-8 name and retry";
+
+    #[test]
+    fn non_utf8_chit_fails_with_its_bytes_and_the_reason() {
+        let (dir, spool) = spool();
+        let root = dir.path();
+        fs::write(raw(&root.join("request"), b"bad\xff"), "chit\nbytes").unwrap();
+        fs::write(root.join("request/good"), "ok\n").unwrap();
+        assert_eq!(spool.fail_names_not_utf8(false).unwrap(), 1);
+        assert_eq!(
+            fs::read_to_string(raw(&root.join("fail"), b"bad\xff")).unwrap(),
+            format!("chit\nbytes\n{NAME_REASON}\n")
+        );
+        assert_eq!(entries(&root.join("request")), ["good"]);
+        assert_eq!(entries(&root.join("fetch")), Vec::<OsString>::new());
+        // The daemon's listing never sees it; nothing left to do.
+        assert_eq!(spool.chits(&spool.failed).unwrap(), Vec::<String>::new());
+        assert_eq!(spool.fail_names_not_utf8(true).unwrap(), 0);
+    }
+
+    #[test]
+    fn non_utf8_symlink_fails_with_the_reason_only_and_is_not_followed() {
+        let (dir, spool) = spool();
+        let root = dir.path();
+        let outside = root.join("outside");
+        fs::write(&outside, "secret\n").unwrap();
+        let chit = raw(&root.join("request"), b"bad\xff");
+        std::os::unix::fs::symlink(&outside, &chit).unwrap();
+        assert_eq!(spool.fail_names_not_utf8(false).unwrap(), 1);
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "secret\n");
+        let failed = raw(&root.join("fail"), b"bad\xff");
+        assert!(!fs::symlink_metadata(&failed).unwrap().is_symlink());
+        let text = fs::read_to_string(&failed).unwrap();
+        assert!(text.starts_with(NAME_REASON), "{text}");
+        assert!(text.contains("symbolic link"), "{text}");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!chit.exists() && entries(&root.join("fetch")).is_empty());
+    }
+
+    #[test]
+    fn non_utf8_hard_link_fifo_and_oversized_chits_are_failed_unread() {
+        let (dir, spool) = spool();
+        let root = dir.path();
+        let outside = root.join("outside");
+        fs::write(&outside, "secret\n").unwrap();
+        fs::hard_link(&outside, raw(&root.join("request"), b"h\xff")).unwrap();
+        let fifo = raw(&root.join("request"), b"f\xff");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        let big = vec![b'x'; MAX_CHIT_BYTES + 1];
+        fs::write(raw(&root.join("request"), b"b\xff"), &big).unwrap();
+        assert_eq!(spool.fail_names_not_utf8(false).unwrap(), 3);
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "secret\n");
+        let fail = root.join("fail");
+        let linked = fs::read_to_string(raw(&fail, b"h\xff")).unwrap();
+        assert!(
+            linked.starts_with("# error: the chit's name \"h\\xFF\""),
+            "{linked}"
+        );
+        assert!(linked.contains("2 hard links"), "{linked}");
+        let fifo = fs::read_to_string(raw(&fail, b"f\xff")).unwrap();
+        assert!(fifo.contains("FIFO"), "{fifo}");
+        // Too big to copy: the reason is appended in place.
+        let oversized = fs::read(raw(&fail, b"b\xff")).unwrap();
+        assert!(oversized.starts_with(&big));
+        assert!(oversized[big.len()..].starts_with(b"\n# error: the chit's name \"b\\xFF\""));
+        assert!(entries(&root.join("fetch")).is_empty());
+    }
+
+    #[test]
+    fn dot_named_non_utf8_files_are_ignored() {
+        let (dir, spool) = spool();
+        let root = dir.path();
+        let hidden = raw(&root.join("request"), b".bad\xff");
+        fs::write(&hidden, "being written").unwrap();
+        fs::write(raw(&root.join("fetch"), b".tmp\xff"), "x").unwrap();
+        assert_eq!(spool.fail_names_not_utf8(true).unwrap(), 0);
+        assert_eq!(fs::read_to_string(&hidden).unwrap(), "being written");
+        assert!(entries(&root.join("fail")).is_empty());
+    }
+
+    #[test]
+    fn non_utf8_chits_left_in_fetch_are_failed_first() {
+        let (dir, spool) = spool();
+        let root = dir.path();
+        fs::write(raw(&root.join("fetch"), b"bad\xff"), "old\n").unwrap();
+        fs::write(raw(&root.join("request"), b"bad\xff"), "new\n").unwrap();
+        fs::write(raw(&root.join("fetch"), b"left\xff"), "crash\n").unwrap();
+        // Without listing fetch/, the chit in the way is still failed first.
+        assert_eq!(spool.fail_names_not_utf8(false).unwrap(), 2);
+        assert_eq!(
+            fs::read_to_string(raw(&root.join("fail"), b"bad\xff")).unwrap(),
+            format!("new\n{NAME_REASON}\n"),
+            "the newer request wins"
+        );
+        assert!(raw(&root.join("fetch"), b"left\xff").exists());
+        assert_eq!(spool.fail_names_not_utf8(true).unwrap(), 1);
+        assert!(
+            fs::read_to_string(raw(&root.join("fail"), b"left\xff"))
+                .unwrap()
+                .starts_with("crash\n# error: the chit's name \"left\\xFF\"")
+        );
+        assert!(entries(&root.join("fetch")).is_empty());
+        assert!(entries(&root.join("request")).is_empty());
+    }
+
+    #[test]
+    fn a_non_utf8_chit_that_cannot_move_stays_in_fetch() {
+        let (dir, spool) = spool();
+        let root = dir.path();
+        // fail/X is a non-empty directory: the rename cannot replace it.
+        fs::create_dir_all(raw(&root.join("fail"), b"bad\xff").join("d")).unwrap();
+        fs::write(raw(&root.join("request"), b"bad\xff"), "chit\n").unwrap();
+        assert_eq!(spool.fail_names_not_utf8(false).unwrap(), 0);
+        assert_eq!(spool.fail_names_not_utf8(true).unwrap(), 0);
+        // Kept, with its bytes and the reason once (not once per attempt).
+        assert_eq!(
+            fs::read_to_string(raw(&root.join("fetch"), b"bad\xff")).unwrap(),
+            format!("chit\n{NAME_REASON}\n")
+        );
+        assert_eq!(entries(&root.join("fetch")).len(), 1, "no temporary left");
+        fs::remove_dir_all(raw(&root.join("fail"), b"bad\xff")).unwrap();
+        assert_eq!(spool.fail_names_not_utf8(true).unwrap(), 1);
     }
 }

@@ -8,6 +8,7 @@
 //! timer, so a lost event costs latency, never a chit.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use notify::event::{EventKind, ModifyKind, RenameMode};
@@ -63,16 +64,17 @@ pub fn watch(request_dirs: &[PathBuf], hints: UnboundedSender<Hint>) -> notify::
         // For a rename within the directory the last path is the new name.
         if let Some(path) = event.paths.last() {
             let consumer = path.parent().and_then(|dir| consumers.get(dir));
-            let name = path.file_name().and_then(|n| n.to_str());
-            match (consumer, name) {
-                (Some(&consumer), Some(name)) if !name.starts_with('.') => {
-                    let _ = hints.send(Hint::Chit(consumer, name.to_owned()));
-                }
-                (Some(&consumer), None) => {
-                    let _ = hints.send(Hint::Rescan(consumer));
-                }
-                _ => {}
+            let Some((&consumer, name)) = consumer.zip(path.file_name()) else {
+                return;
+            };
+            if name.as_bytes().starts_with(b".") {
+                return; // a dot-file, UTF-8 or not: never a chit
             }
+            let _ = hints.send(match name.to_str() {
+                Some(name) => Hint::Chit(consumer, name.to_owned()),
+                // Not UTF-8: only a scan can fail it (`Spool::fail_names_not_utf8`).
+                None => Hint::Rescan(consumer),
+            });
         }
     })?;
     for dir in request_dirs {
@@ -107,11 +109,18 @@ mod tests {
         let _watch = watch(std::slice::from_ref(&request), sender).unwrap();
         fs::write(root.path().join("x"), "chit").unwrap();
         fs::write(request.join(".hidden"), "temp").unwrap();
+        let not_utf8 = |name: &[u8]| request.join(std::ffi::OsStr::from_bytes(name));
+        fs::write(not_utf8(b".hidden\xff"), "temp").unwrap();
         fs::rename(root.path().join("x"), request.join("x")).unwrap();
-        let hint = tokio::time::timeout(std::time::Duration::from_secs(10), receiver.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(hint, Hint::Chit(0, "x".into()));
+        let mut next = async || {
+            tokio::time::timeout(std::time::Duration::from_secs(10), receiver.recv())
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(next().await, Hint::Chit(0, "x".into()));
+        // A name that is not UTF-8 cannot be a hint: only a scan finds it.
+        fs::write(not_utf8(b"bad\xff"), "chit").unwrap();
+        assert_eq!(next().await, Hint::Rescan(0));
     }
 }

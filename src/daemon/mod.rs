@@ -96,6 +96,9 @@ pub enum DaemonError {
 pub struct Consumer {
     pub spool: Spool,
     pub deliver: Dir,
+    /// The delivery directory's device and inode: consumers that share one
+    /// share its delivery targets (see [`work::Target`]).
+    pub deliver_root: (u64, u64),
     pub status: StatusFile,
 }
 
@@ -106,6 +109,8 @@ pub struct Shared {
     pub store: Arc<Store>,
     pub fetcher: Fetcher,
     pub mirrors: Vec<url::Url>,
+    /// The delivery targets being delivered to.
+    pub targets: work::Targets,
 }
 
 /// Open a consumer's directories and remove the temporaries a crash left.
@@ -126,6 +131,15 @@ fn open_consumer(consumer: &crate::config::Consumer) -> Result<Consumer, DaemonE
         name: name(),
         error,
     })?;
+    let deliver_root = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(deliver.path())
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|error| DaemonError::Deliver {
+                name: name(),
+                error,
+            })?
+    };
     if let Err(e) = crate::deliver::remove_temporaries(&deliver) {
         tracing::warn!(consumer = %consumer.name, "cannot look for leftover delivery temporaries: {e}");
     }
@@ -134,6 +148,7 @@ fn open_consumer(consumer: &crate::config::Consumer) -> Result<Consumer, DaemonE
     Ok(Consumer {
         spool,
         deliver,
+        deliver_root,
         status,
     })
 }
@@ -172,6 +187,7 @@ pub async fn run(
         store: Arc::new(store),
         fetcher: Fetcher::new(fetch).map_err(DaemonError::Http)?,
         mirrors: config.mirrors.clone(),
+        targets: work::Targets::default(),
     });
     let (hint_sender, hints) = tokio::sync::mpsc::unbounded_channel();
     let _watch = watch(&request_dirs, hint_sender).map_err(DaemonError::Watch)?;
@@ -196,7 +212,12 @@ pub async fn run(
         hold_stuck: false,
         chases: HashMap::new(),
         more_sources: HashMap::new(),
+        parked: HashMap::new(),
+        names_checks: Vec::new(),
     };
+    scheduler.names_checks = (0..scheduler.shared.consumers.len())
+        .map(|_| NamesCheck::default())
+        .collect();
     scheduler.scan(true);
     scheduler
         .serve(options.exit_when_idle, hints, shutdown)
@@ -245,6 +266,19 @@ struct Scheduler {
     /// The size and the [`MoreSources`] of each download under way: chits
     /// of that size that join it hand it their sources.
     more_sources: HashMap<Digest, (u64, Arc<MoreSources>)>,
+    /// Chits waiting for their delivery target (another chit is delivering
+    /// to it), with the cached object to deliver, in arrival order.
+    parked: HashMap<work::Target, std::collections::VecDeque<(Waiter, PathBuf)>>,
+    /// Per consumer: the check for chits whose names are not UTF-8.
+    names_checks: Vec<NamesCheck>,
+}
+
+/// A consumer's check for chits whose names are not UTF-8: whether one
+/// runs, and whether (and with `fetch/` or not) another is due after it.
+#[derive(Debug, Default)]
+struct NamesCheck {
+    running: bool,
+    again: Option<bool>,
 }
 
 /// When a stuck chit is tried again, and the delay that led there.
@@ -309,9 +343,21 @@ impl Scheduler {
                     tracing::info!("shutting down; downloads keep their progress for the next start");
                     break;
                 }
-                Some(hint) = hints.recv() => self.hint(hint),
+                Some(hint) = hints.recv() => {
+                    // A burst of events (a flood of chits, a storm of names
+                    // chitd cannot take) is handled as one: each chit once,
+                    // each rescan once.
+                    let mut burst = vec![hint];
+                    while let Ok(hint) = hints.try_recv() {
+                        burst.push(hint);
+                    }
+                    self.hints(burst);
+                }
                 Some(step) = self.local.join_next() => match step {
-                    Ok(step) => self.step_done(step),
+                    Ok(step) => {
+                        self.step_done(step);
+                        self.unpark_freed();
+                    }
                     Err(e) => std::panic::resume_unwind(e.into_panic()),
                 },
                 Some(outcome) = self.downloads.join_next() => match outcome {
@@ -367,7 +413,10 @@ impl Scheduler {
                     let outcome = outcome
                         .as_ref()
                         .as_ref()
-                        .map(|object| crate::deliver::Source::Object(object))
+                        .map(|object| work::Object {
+                            path: object,
+                            bytes: None,
+                        })
                         .map_err(String::as_str);
                     work::finish(&shared, waiter, outcome)
                 });
@@ -489,8 +538,15 @@ impl Scheduler {
                     .get_or_insert_with(tokio::time::Instant::now);
                 self.commits.push(commit);
             }
-            Step::Committed { done, stuck } => {
+            Step::Committed {
+                done,
+                stuck,
+                released,
+            } => {
                 self.committing = false;
+                for target in released {
+                    self.unpark(&target);
+                }
                 for (consumer, name) in done {
                     self.queues.finished(consumer, &name);
                     self.stuck.remove(&(consumer, name));
@@ -500,6 +556,13 @@ impl Scheduler {
                 }
             }
             Step::CacheDirsSynced => self.syncing_cache_dirs = false,
+            Step::NamesChecked { consumer } => {
+                let check = &mut self.names_checks[consumer];
+                check.running = false;
+                if let Some(with_fetch) = check.again.take() {
+                    self.check_names(consumer, with_fetch);
+                }
+            }
             Step::ChaseAborted { digest, failed } => {
                 if let Some((tried, reason)) = failed {
                     self.settle(digest, Some(tried), Err(reason));
@@ -521,6 +584,22 @@ impl Scheduler {
                 }
                 self.settle(digest, None, published);
             }
+            Step::Parked {
+                waiter,
+                object,
+                target,
+            } => {
+                // Taken: wait for the holder's commit (or failure). Already
+                // free again (released before this step was seen): at once.
+                if self.shared.targets.is_taken(&target) {
+                    self.parked
+                        .entry(target)
+                        .or_default()
+                        .push_back((waiter, object));
+                } else {
+                    self.ready.push((waiter, Arc::new(Ok(object))));
+                }
+            }
             Step::Wait(waiter) => {
                 let (digest, size) = (waiter.chit.digest, waiter.chit.size);
                 // Joining a running download of its size: that download
@@ -537,6 +616,35 @@ impl Scheduler {
                 }
                 self.inflight.add(waiter.consumer, digest, size, waiter);
             }
+        }
+    }
+
+    /// `target` is free: deliver the first chit parked on it.
+    fn unpark(&mut self, target: &work::Target) {
+        if let Some(queue) = self.parked.get_mut(target) {
+            if let Some((waiter, object)) = queue.pop_front() {
+                self.ready.push((waiter, Arc::new(Ok(object))));
+            }
+            if queue.is_empty() {
+                self.parked.remove(target);
+            }
+        }
+    }
+
+    /// Unpark the chits whose target a failed delivery freed (a commit
+    /// names what it frees; a failure does not).
+    fn unpark_freed(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let freed: Vec<work::Target> = self
+            .parked
+            .keys()
+            .filter(|target| !self.shared.targets.is_taken(target))
+            .cloned()
+            .collect();
+        for target in freed {
+            self.unpark(&target);
         }
     }
 
@@ -660,12 +768,42 @@ impl Scheduler {
         }
     }
 
-    fn hint(&mut self, hint: Hint) {
-        match hint {
-            Hint::Chit(consumer, name) => self.queues.push(consumer, name, Origin::Request),
-            Hint::Rescan(consumer) => self.scan_consumer(consumer, false),
-            Hint::RescanAll => self.scan(false),
+    fn hints(&mut self, burst: Vec<Hint>) {
+        let mut rescan = BTreeSet::new();
+        for hint in burst {
+            match hint {
+                Hint::Chit(consumer, name) => self.queues.push(consumer, name, Origin::Request),
+                Hint::Rescan(consumer) => {
+                    rescan.insert(consumer);
+                }
+                Hint::RescanAll => rescan.extend(0..self.shared.consumers.len()),
+            }
         }
+        for consumer in rescan {
+            // Also what made the watcher ask (a name that is not UTF-8?).
+            self.check_names(consumer, false);
+            self.scan_consumer(consumer, false);
+        }
+    }
+
+    /// Fail the chits of `consumer` whose names are not UTF-8 (see
+    /// [`Spool::fail_names_not_utf8`]), on the local pool; one check per
+    /// consumer at a time, another one after it if asked meanwhile.
+    fn check_names(&mut self, consumer: usize, with_fetch: bool) {
+        let check = &mut self.names_checks[consumer];
+        if check.running {
+            check.again = Some(check.again.unwrap_or(false) || with_fetch);
+            return;
+        }
+        check.running = true;
+        let shared = Arc::clone(&self.shared);
+        self.local.spawn_blocking(move || {
+            let spool = &shared.consumers[consumer].spool;
+            if let Err(e) = spool.fail_names_not_utf8(with_fetch) {
+                tracing::error!(consumer = %spool.name, "cannot fail the chits whose names are not UTF-8: {e}");
+            }
+            Step::NamesChecked { consumer }
+        });
     }
 
     /// Queue every chit in each `request/` (and `fetch/`, at start and when
@@ -677,6 +815,9 @@ impl Scheduler {
     }
 
     fn scan_consumer(&mut self, consumer: usize, with_fetch: bool) {
+        if with_fetch {
+            self.check_names(consumer, true);
+        }
         let spool = &self.shared.consumers[consumer].spool;
         let mut dirs = vec![(&spool.request, Origin::Request)];
         if with_fetch {
@@ -740,6 +881,7 @@ impl Scheduler {
             && self.downloads.is_empty()
             && self.ready.is_empty()
             && self.commits.is_empty()
+            && self.parked.is_empty()
             && self.inflight.is_empty()
             && self.queues.is_empty()
     }

@@ -30,6 +30,62 @@ pub struct Waiter {
     pub chit: Chit,
 }
 
+/// A delivery target: a path beneath a delivery directory (identified by
+/// device and inode, so consumers sharing one directory share targets).
+/// One chit at a time delivers to a target, from its rename into place to
+/// its group commit: two chits that want different files at one path can
+/// never both reach `downloaded/` with only one of the files there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    root: (u64, u64),
+    path: String,
+}
+
+/// The targets being delivered to (see [`Target`]).
+#[derive(Debug, Default)]
+pub struct Targets(std::sync::Mutex<std::collections::HashSet<Target>>);
+
+impl Targets {
+    /// Take `target` for a delivery; false if another delivery holds it.
+    pub fn take(&self, target: &Target) -> bool {
+        self.lock().insert(target.clone())
+    }
+
+    pub fn release(&self, target: &Target) {
+        self.lock().remove(target);
+    }
+
+    pub fn is_taken(&self, target: &Target) -> bool {
+        self.lock().contains(target)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Target>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A cached object to deliver: its path, and its bytes while a small
+/// download still holds them in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Object<'a> {
+    pub path: &'a Path,
+    pub bytes: Option<&'a [u8]>,
+}
+
+impl Object<'_> {
+    fn source(&self) -> Source<'_> {
+        self.bytes.map_or(Source::Object(self.path), Source::Bytes)
+    }
+}
+
+/// The delivery target of `chit` for `consumer`.
+pub fn target(shared: &Shared, consumer: usize, chit: &Chit) -> Target {
+    Target {
+        root: shared.consumers[consumer].deliver_root,
+        path: chit.path.to_string(),
+    }
+}
+
 /// The end of a chit's local step.
 #[derive(Debug)]
 pub enum Step {
@@ -40,17 +96,27 @@ pub enum Step {
     Stuck { consumer: usize, name: String },
     /// The chit needs its digest downloaded.
     Wait(Waiter),
+    /// The chit's file is in the cache at `object`, but another chit is
+    /// delivering to its target: it is delivered once that one is done.
+    Parked {
+        waiter: Waiter,
+        object: PathBuf,
+        target: Target,
+    },
     /// The file is delivered (renamed into place); the chit waits for the
     /// next group commit to make it durable and move it to `downloaded/`.
     Commit(Commit),
     /// A group commit ended: these chits are terminal, or stuck (see
-    /// [`Step::Stuck`]).
+    /// [`Step::Stuck`]), and their targets free again.
     Committed {
         done: Vec<(usize, String)>,
         stuck: Vec<(usize, String)>,
+        released: Vec<Target>,
     },
     /// A round of cache directory fsyncs ended (see [`sync_cache_dirs`]).
     CacheDirsSynced,
+    /// The chits of `consumer` whose names are not UTF-8 were failed.
+    NamesChecked { consumer: usize },
     /// An early delivery was stopped and its temporary removed; its
     /// download failed (the sources tried, the reason), or was replaced or
     /// stopped.
@@ -77,6 +143,8 @@ pub struct Commit {
     pub from: &'static str,
     /// The delivery directory that holds the new file; fsync'd by the commit.
     pub parent: Dir,
+    /// Held until the commit is over.
+    pub target: Target,
 }
 
 /// Claim (when in `request/`), read, parse, and try the cache.
@@ -125,14 +193,18 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         }
     };
     match shared.store.lookup(&chit.digest, chit.size) {
-        Ok(Lookup::Hit(object)) => deliver_chit(
-            shared,
-            consumer,
-            name,
-            &chit,
-            Source::Object(&object),
-            "cache",
-        ),
+        Ok(Lookup::Hit(object)) => {
+            let object = Object {
+                path: &object,
+                bytes: None,
+            };
+            let waiter = Waiter {
+                consumer,
+                name,
+                chit,
+            };
+            deliver_chit(shared, waiter, object, "cache")
+        }
         Ok(Lookup::Miss) => Step::Wait(Waiter {
             consumer,
             name,
@@ -168,15 +240,16 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
 }
 
 /// A download ended: deliver the object, or fail the chit with the reason.
-pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Source<'_>, &str>) -> Step {
-    let Waiter {
-        consumer,
-        name,
-        chit,
-    } = waiter;
+pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Object<'_>, &str>) -> Step {
     match outcome {
-        Ok(object) => deliver_chit(shared, consumer, name, &chit, object, "download"),
-        Err(reason) => fail_read_again(shared, consumer, name, &chit.digest, reason),
+        Ok(object) => deliver_chit(shared, waiter, object, "download"),
+        Err(reason) => fail_read_again(
+            shared,
+            waiter.consumer,
+            waiter.name,
+            &waiter.chit.digest,
+            reason,
+        ),
     }
 }
 
@@ -216,11 +289,9 @@ pub fn publish(
     let delivered = lone.map(|waiter| {
         let outcome = published
             .as_ref()
-            .map(|object| {
-                object
-                    .bytes
-                    .as_deref()
-                    .map_or(Source::Object(&object.path), Source::Bytes)
+            .map(|object| Object {
+                path: &object.path,
+                bytes: object.bytes.as_deref(),
             })
             .map_err(String::as_str);
         Box::new(match chased {
@@ -241,8 +312,20 @@ fn deliver_chased(
     shared: &Shared,
     waiter: Waiter,
     chased: Chased,
-    outcome: Result<Source<'_>, &str>,
+    outcome: Result<Object<'_>, &str>,
 ) -> Step {
+    let target = target(shared, waiter.consumer, &waiter.chit);
+    if !shared.targets.take(&target) {
+        chased.discard();
+        return match outcome {
+            Ok(object) => Step::Parked {
+                waiter,
+                object: object.path.to_path_buf(),
+                target,
+            },
+            Err(_) => finish(shared, waiter, outcome),
+        };
+    }
     match chased.rename_into_place() {
         Ok(()) => {
             tracing::debug!(digest = %waiter.chit.digest, path = %waiter.chit.path, "delivered the copy made while it downloaded");
@@ -253,27 +336,37 @@ fn deliver_chased(
                 path: waiter.chit.path.to_string(),
                 from: "download",
                 parent: chased.parent,
+                target,
             })
         }
         Err(e) => {
             tracing::warn!(digest = %waiter.chit.digest, path = %waiter.chit.path, "delivering from the cache instead of the copy made while it downloaded: {e}");
+            shared.targets.release(&target);
             finish(shared, waiter, outcome)
         }
     }
 }
 
 /// Deliver the cached `object` for the chit (it then waits for a group
-/// commit); on failure, fail the chit.
-fn deliver_chit(
-    shared: &Shared,
-    consumer: usize,
-    name: String,
-    chit: &Chit,
-    source: Source<'_>,
-    from: &'static str,
-) -> Step {
-    let target = &shared.consumers[consumer];
-    match deliver_unsynced(&target.deliver, &chit.path, source) {
+/// commit, holding its target); on failure, fail the chit. Parked if
+/// another chit is delivering to the same target.
+fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'static str) -> Step {
+    let target = target(shared, waiter.consumer, &waiter.chit);
+    if !shared.targets.take(&target) {
+        tracing::debug!(chit = %waiter.name, path = %waiter.chit.path, "another chit is delivering to this path; waiting for it");
+        return Step::Parked {
+            waiter,
+            object: object.path.to_path_buf(),
+            target,
+        };
+    }
+    let Waiter {
+        consumer,
+        name,
+        chit,
+    } = waiter;
+    let root = &shared.consumers[consumer].deliver;
+    match deliver_unsynced(root, &chit.path, object.source()) {
         Ok(parent) => Step::Commit(Commit {
             consumer,
             name,
@@ -281,8 +374,10 @@ fn deliver_chit(
             path: chit.path.to_string(),
             from,
             parent,
+            target,
         }),
         Err(e) => {
+            shared.targets.release(&target);
             let reason = format!("cannot deliver {}: {e}", chit.path);
             fail_read_again(shared, consumer, name, &chit.digest, &reason)
         }
@@ -346,12 +441,22 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
             tracing::error!(consumer = %spool.name, chits = names.len(), "moved to downloaded/, but a power cut may undo it: {e}");
         }
     }
+    // Every chit of the batch is terminal (or stuck in fetch/): their
+    // targets are free for the chits parked on them.
+    let released: Vec<Target> = batch.iter().map(|e| e.target.clone()).collect();
+    for target in &released {
+        shared.targets.release(target);
+    }
     let done = batch
         .into_iter()
         .map(|e| (e.consumer, e.name))
         .filter(|chit| !stuck.contains(chit))
         .collect();
-    Step::Committed { done, stuck }
+    Step::Committed {
+        done,
+        stuck,
+        released,
+    }
 }
 
 /// Make the renames that published new cache objects durable: one fsync

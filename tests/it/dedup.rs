@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::server::{Fault, Server};
-use crate::util::{ConfigFile, Content, Daemon, TIMEOUT, TestDir, wait_until};
+use crate::util::{ConfigFile, Content, Daemon, State, TIMEOUT, TestDir, wait_until};
 
 /// 1 MiB: early-delivered to its first chit while it downloads (see
 /// `chase`), the others are copied from the cache.
@@ -187,4 +187,64 @@ fn a_chit_with_the_wrong_size_never_shares_a_download_nor_evicts_the_object() {
         requests,
         "no request for cached files"
     );
+}
+
+/// Two chits for one path with different files (in one consumer, or in two
+/// consumers sharing a delivery directory) are delivered one at a time: a
+/// chit reaches `downloaded/` only while its own file is at the path, so
+/// the file left there is the one of the chit that got there last.
+#[test]
+fn chits_for_one_path_are_delivered_one_at_a_time() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TestDir::new();
+    let server = Server::start();
+    let a = dir.spool("a");
+    let mut b = dir.spool("b");
+    b.deliver = a.deliver.clone();
+    let mut pairs = Vec::new();
+    for n in 0..6 {
+        let (one, two) = (Content::random(64 * 1024), Content::random(64 * 1024));
+        server.add(&format!("/one{n}"), one.bytes.clone());
+        server.add(&format!("/two{n}"), two.bytes.clone());
+        let path = format!("same{n}.bin");
+        a.drop_chit(
+            &format!("x{n}"),
+            one.chit(&path, &[server.url(&format!("/one{n}"))]),
+        );
+        // Every other pair collides across the two consumers.
+        let second = if n % 2 == 0 { &a } else { &b };
+        second.drop_chit(
+            &format!("y{n}"),
+            two.chit(&path, &[server.url(&format!("/two{n}"))]),
+        );
+        pairs.push((path, one, two, second));
+    }
+    let config = ConfigFile {
+        cache: Some(dir.cache()),
+        consumers: vec![a.clone(), b.clone()],
+        ..ConfigFile::default()
+    }
+    .write(&dir, "chitd.toml");
+    Daemon::builder(&dir)
+        .config(&config)
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+    let changed = |spool: &crate::util::TestSpool, name: &str| {
+        let meta = std::fs::metadata(spool.state_dir(State::Downloaded).join(name)).unwrap();
+        (meta.ctime(), meta.ctime_nsec())
+    };
+    for (n, (path, one, two, second)) in pairs.iter().enumerate() {
+        let (x, y) = (
+            changed(&a, &format!("x{n}")),
+            changed(second, &format!("y{n}")),
+        );
+        assert_ne!(x, y);
+        let last = if x > y { one } else { two };
+        assert_eq!(
+            std::fs::read(a.delivered_path(path)).unwrap(),
+            last.bytes,
+            "{path}: the file is not the one of the chit that reached downloaded/ last"
+        );
+    }
 }

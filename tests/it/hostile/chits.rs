@@ -308,3 +308,106 @@ fn chit_names_with_line_breaks_cannot_forge_log_lines() {
         );
     }
 }
+
+/// `request/<raw>/` path of a name that is not UTF-8.
+fn not_utf8(dir: &std::path::Path, name: &[u8]) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    dir.join(std::ffi::OsStr::from_bytes(name))
+}
+
+/// A chit whose *name* is not UTF-8 is failed under that very name, by its
+/// raw bytes: a regular file keeps its bytes and gets a reason asking for a
+/// UTF-8 name; a symlink is replaced by the reason alone, its target
+/// untouched; a dot-named one is left alone. Nothing is fetched, and
+/// `--exit-when-idle` exits only once they are in `fail/`.
+///
+/// Needs the daemon hook (`Spool::fail_names_not_utf8` called from
+/// `scan_consumer`).
+#[test]
+fn chits_with_names_that_are_not_utf8_are_failed_under_their_own_names() {
+    let setup = Setup::new();
+    let (_content, chit) = setup.serve("/f", 1_000);
+    let request = setup.spool.state_dir(State::Request);
+    fs::write(request.join(".bad.tmp"), &chit).unwrap();
+    fs::rename(request.join(".bad.tmp"), not_utf8(&request, b"bad\xff")).unwrap();
+    std::os::unix::fs::symlink(setup.outside.file(), not_utf8(&request, b"link\xfe")).unwrap();
+    fs::write(not_utf8(&request, b".hidden\xff"), "being written").unwrap();
+    let (content, good) = setup.serve("/g", 1_000);
+    setup.spool.drop_chit("good", &good);
+
+    Daemon::for_spool(&setup.dir, &setup.spool)
+        .exit_when_idle()
+        .start()
+        .expect_success(crate::util::TIMEOUT);
+
+    let fail = setup.spool.state_dir(State::Fail);
+    let failed = fs::read_to_string(not_utf8(&fail, b"bad\xff"))
+        .unwrap_or_else(|e| panic!("bad\\xff not in fail/ ({e}): {}", setup.spool.describe()));
+    let reason = failed
+        .strip_prefix(&chit)
+        .expect("fail/bad\\xff lost its original bytes");
+    assert!(reason.starts_with("# error: "), "{failed:?}");
+    assert_eq!(reason.lines().count(), 1, "{failed:?}");
+    assert_reason(reason, &["not UTF-8", r#""bad\xFF""#, "rename it"]);
+    let link = not_utf8(&fail, b"link\xfe");
+    assert!(!fs::symlink_metadata(&link).unwrap().is_symlink());
+    let text = fs::read_to_string(&link).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text:?}");
+    assert_reason(&text, &["# error:", "not UTF-8", "symbolic link"]);
+    assert_eq!(
+        fs::read_to_string(not_utf8(&request, b".hidden\xff")).unwrap(),
+        "being written"
+    );
+    assert_eq!(setup.spool.entries_in(State::Request), [".hidden\u{FFFD}"]);
+    assert!(setup.spool.entries_in(State::Fetch).is_empty());
+    assert_eq!(
+        setup.server.gets("/f"),
+        0,
+        "a chit with a bad name was fetched"
+    );
+    setup.spool.assert_delivered("good", "good-g.bin", &content);
+    setup.outside.assert_untouched();
+}
+
+/// A flood of names that are not UTF-8, dropped while the daemon runs:
+/// every one reaches `fail/`, with one log line each (not one per scan),
+/// and the daemon keeps serving.
+///
+/// Needs the daemon hook (`Spool::fail_names_not_utf8` called from
+/// `scan_consumer`).
+#[test]
+fn a_flood_of_names_that_are_not_utf8_is_failed_without_flooding_the_log() {
+    const NAMES: usize = 1_000;
+    let setup = Setup::new();
+    let daemon = setup.start();
+    let request = setup.spool.state_dir(State::Request);
+    let name = |i: usize| [format!("bad-{i}-").as_bytes(), b"\xff"].concat();
+    for i in 0..NAMES {
+        fs::write(request.join(".tmp"), format!("chit {i}\n")).unwrap();
+        fs::rename(request.join(".tmp"), not_utf8(&request, &name(i))).unwrap();
+    }
+    let fail = setup.spool.state_dir(State::Fail);
+    let all_failed = try_wait_until(Duration::from_secs(60), || {
+        (fs::read_dir(&fail).unwrap().count() == NAMES).then_some(())
+    });
+    assert!(all_failed.is_some(), "{}", setup.spool.describe());
+    for i in [0, NAMES / 2, NAMES - 1] {
+        let text = fs::read_to_string(not_utf8(&fail, &name(i))).unwrap();
+        assert!(
+            text.starts_with(&format!("chit {i}\n# error: ")),
+            "{text:?}"
+        );
+    }
+    setup.still_serving();
+    let log = daemon.log();
+    let mentions = log
+        .lines()
+        .filter(|line| line.contains("not UTF-8"))
+        .count();
+    assert!(
+        (NAMES..=NAMES + 10).contains(&mentions),
+        "{mentions} log lines about names that are not UTF-8 for {NAMES} chits"
+    );
+    let lines = log.lines().count();
+    assert!(lines < 20 * NAMES, "{lines} log lines for {NAMES} chits");
+}
