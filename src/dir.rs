@@ -315,6 +315,13 @@ impl Dir {
             .map_err(|e| self.error(e.into(), "removing", name))
     }
 
+    /// Whether this directory was removed (its last name unlinked) since
+    /// it was opened. chitd keeps working on the open directory: a new one
+    /// made under the old name goes unseen.
+    pub fn is_removed(&self) -> bool {
+        rustix::fs::fstat(&self.fd).is_ok_and(|stat| stat.st_nlink == 0)
+    }
+
     /// fsync the directory itself.
     pub fn sync(&self) -> io::Result<()> {
         rustix::fs::fsync(&self.fd)

@@ -108,6 +108,8 @@ impl Spool {
     fn claim_os(&self, chit: &OsStr) -> io::Result<Claim> {
         match self.request.rename_noreplace(chit, &self.fetch, chit) {
             Ok(()) => Ok(Claim::Claimed),
+            // Not the chit that is missing, but the directory it goes to.
+            Err(_) if self.fetch.is_removed() => Err(removed(&self.fetch)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Claim::Gone),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Claim::Busy),
             Err(e) => Err(e),
@@ -262,6 +264,15 @@ impl Spool {
                 }
             }
         }
+    }
+
+    /// The state directories removed (or replaced) since the spool was
+    /// opened: their chits go unseen until chitd is restarted.
+    pub fn removed_states(&self) -> Vec<&Dir> {
+        [&self.request, &self.fetch, &self.downloaded, &self.failed]
+            .into_iter()
+            .filter(|dir| dir.is_removed())
+            .collect()
     }
 
     /// Chit names in a state directory (dot-files are not chits).
@@ -435,6 +446,17 @@ fn lossy(chit: &OsStr) -> Cow<'_, str> {
 /// Not a dot-file (those are the consumer's, or chitd's temporaries).
 fn is_chit_name(name: &OsStr) -> bool {
     name.as_bytes().first().is_some_and(|&b| b != b'.')
+}
+
+/// The error for a state directory removed while chitd runs.
+fn removed(dir: &Dir) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "{} was removed or replaced while chitd runs; restart chitd to serve the new one",
+            dir.path().display()
+        ),
+    )
 }
 
 #[cfg(test)]

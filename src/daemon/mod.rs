@@ -214,6 +214,7 @@ pub async fn run(
         more_sources: HashMap::new(),
         parked: HashMap::new(),
         names_checks: Vec::new(),
+        removed_states: HashSet::new(),
     };
     scheduler.names_checks = (0..scheduler.shared.consumers.len())
         .map(|_| NamesCheck::default())
@@ -271,6 +272,8 @@ struct Scheduler {
     parked: HashMap<work::Target, std::collections::VecDeque<(Waiter, PathBuf)>>,
     /// Per consumer: the check for chits whose names are not UTF-8.
     names_checks: Vec<NamesCheck>,
+    /// State directories found removed (logged once each).
+    removed_states: HashSet<PathBuf>,
 }
 
 /// A consumer's check for chits whose names are not UTF-8: whether one
@@ -819,6 +822,15 @@ impl Scheduler {
             self.check_names(consumer, true);
         }
         let spool = &self.shared.consumers[consumer].spool;
+        for removed in spool.removed_states() {
+            if self.removed_states.insert(removed.path().to_path_buf()) {
+                tracing::error!(
+                    consumer = %spool.name,
+                    "{} was removed or replaced while chitd runs: its chits go unseen until chitd is restarted",
+                    removed.path().display()
+                );
+            }
+        }
         let mut dirs = vec![(&spool.request, Origin::Request)];
         if with_fetch {
             dirs.insert(0, (&spool.fetch, Origin::Fetch));

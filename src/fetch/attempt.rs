@@ -70,13 +70,7 @@ impl Attempt<'_> {
                 Err(e) => return (partial, Err(e.into())),
             }
         }
-        (
-            partial,
-            Err(
-                FetchError::BadRange("server keeps answering ranges it was not asked for".into())
-                    .into(),
-            ),
-        )
+        (partial, Err(FetchError::UnaskedRange.into()))
     }
 
     async fn send(&self, partial: &Partial) -> Result<reqwest::Response, Stop> {
@@ -94,7 +88,7 @@ impl Attempt<'_> {
         tokio::select! {
             _ = self.cancel.cancelled() => Err(Stop::Shutdown),
             sent = tokio::time::timeout(self.inactivity, request.send()) => match sent {
-                Err(_) => Err(FetchError::Stalled(self.inactivity).into()),
+                Err(_) => Err(FetchError::NoResponse(self.inactivity).into()),
                 Ok(Err(e)) => Err(FetchError::from_reqwest(e).into()),
                 Ok(Ok(response)) => Ok(response),
             },
@@ -117,6 +111,12 @@ impl Attempt<'_> {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 let Some((start, complete)) = parse_content_range(range) else {
+                    if partial.offset() > 0 {
+                        // Ask for the whole object instead.
+                        tracing::info!(source = %crate::chit::redact_url(self.source), range, "unparseable range answer; starting over");
+                        partial.reset().map_err(FetchError::Disk)?;
+                        return Ok(false);
+                    }
                     return Err(FetchError::BadRange(range.into()));
                 };
                 if complete.is_some_and(|length| length != total) {

@@ -16,6 +16,8 @@ pub enum FetchError {
     Redirect(String),
     #[error("no data for {0:?} (inactivity timeout)")]
     Stalled(Duration),
+    #[error("no complete response head within {0:?} (inactivity timeout)")]
+    NoResponse(Duration),
     #[error(
         "server too slow: {received} bytes in {window:?}, below the minimum of {minimum} \
          bytes per {window:?} (a slow drip)"
@@ -38,6 +40,8 @@ pub enum FetchError {
     CorruptPartial(String),
     #[error("unusable Content-Range {0:?}")]
     BadRange(String),
+    #[error("server answered a request for the whole object with a range (206 Partial Content)")]
+    UnaskedRange,
     #[error("{0}")]
     Local(String),
     #[error("{0}")]
@@ -57,15 +61,17 @@ impl FetchError {
             }
             FetchError::Transport(_)
             | FetchError::Stalled(_)
+            | FetchError::NoResponse(_)
             | FetchError::TooSlow { .. }
             | FetchError::Truncated { .. }
-            | FetchError::BadRange(_)
             | FetchError::CorruptPartial(_)
             | FetchError::Disk(_) => true,
             FetchError::Redirect(_)
             | FetchError::WrongLength { .. }
             | FetchError::TooLong { .. }
             | FetchError::DigestMismatch { .. }
+            | FetchError::BadRange(_)
+            | FetchError::UnaskedRange
             | FetchError::Local(_) => false,
         }
     }

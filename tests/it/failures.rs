@@ -149,6 +149,27 @@ fn wrong_length_fails_naming_the_size() {
     assert!(reason.contains(&url), "reason: {reason}");
 }
 
+/// A server that answers ranges nobody asked for, or a `Content-Range`
+/// that cannot be parsed, will not answer better later: ruled out at once.
+#[test]
+fn unasked_or_garbled_range_answers_fail_fast() {
+    let (reason, elapsed, server, url) = fail_with(Fault::UnaskedRange);
+    assert!(elapsed < FAST, "took {elapsed:?}");
+    assert!(
+        reason.contains(&format!(
+            "{url}: server answered a request for the whole object with a range"
+        )),
+        "reason: {reason}"
+    );
+    assert_eq!(server.gets("/f"), 2, "{:?}", server.requests());
+    let (reason, elapsed, _server, url) = fail_with(Fault::GarbledRange);
+    assert!(elapsed < FAST, "took {elapsed:?}");
+    assert!(
+        reason.contains(&format!("{url}: unusable Content-Range \"bytes garbage\"")),
+        "reason: {reason}"
+    );
+}
+
 #[test]
 fn redirect_loop_fails_fast() {
     let (reason, elapsed, _server, _url) = fail_with(Fault::RedirectLoop);

@@ -53,6 +53,10 @@ pub enum Fault {
     LongerThanAnnounced,
     /// Ignore `Range`: always 200 with the full body, no `Accept-Ranges`.
     IgnoreRange,
+    /// Always 206 with bytes 1 to the end, asked or not.
+    UnaskedRange,
+    /// Always 206 with the whole body and `Content-Range: bytes garbage`.
+    GarbledRange,
     /// The object gets a new ETag and Last-Modified from this request on
     /// (its bytes stay the same), so an `If-Range` from before fails.
     ChangeEtag,

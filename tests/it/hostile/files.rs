@@ -482,3 +482,30 @@ fn roots_swapped_for_symlinks_while_running_redirect_nothing() {
     );
     setup.outside.assert_untouched();
 }
+
+/// A consumer that removes and re-makes a state directory while chitd runs:
+/// chitd keeps the directory it opened, so the new one goes unseen; it says
+/// so, and a chit it cannot claim stays where it is (never lost).
+#[test]
+fn state_directory_replaced_while_running_is_reported_and_loses_nothing() {
+    let setup = Setup::new();
+    let (content, chit) = setup.serve("/file", 4096);
+    let mut daemon = setup.start();
+    setup.spool.drop_chit("before", &chit);
+    setup.spool.expect_downloaded("before");
+    let fetch = setup.spool.state_dir(State::Fetch);
+    fs::remove_dir(&fetch).unwrap();
+    fs::create_dir(&fetch).unwrap();
+    setup.spool.drop_chit("after", &chit);
+    wait_until(TIMEOUT, "the replaced fetch/ to be reported", || {
+        let log = daemon.log();
+        (log.contains("cannot claim the chit")
+            && log.contains("was removed or replaced while chitd runs"))
+        .then_some(())
+    });
+    assert_eq!(setup.spool.states_of("after"), [State::Request]);
+    daemon.sigterm();
+    setup
+        .spool
+        .assert_delivered("before", "good-file.bin", &content);
+}

@@ -232,6 +232,20 @@ fn build_reply(
         _ => None,
     };
     let total = body.len();
+    let range = match fault {
+        Some(Fault::UnaskedRange) if total > 1 => Some(Some((1, total - 1))),
+        _ => range,
+    };
+    if fault == Some(&Fault::GarbledRange) {
+        headers.push(("Content-Range", "bytes garbage".to_string()));
+        let announced = body.len();
+        return Reply {
+            status: 206,
+            headers,
+            body,
+            announced,
+        };
+    }
     let (status, body) = match range {
         None => (200, body),
         Some(None) => {
