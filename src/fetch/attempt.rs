@@ -47,6 +47,9 @@ pub struct Attempt<'a> {
     pub inactivity: Duration,
     pub progress: &'a AtomicU64,
     pub cancel: &'a CancellationToken,
+    /// Where redirects led the last request, when elsewhere than `source`:
+    /// an answer is worth little without it.
+    pub redirected: std::sync::Mutex<Option<Url>>,
 }
 
 impl Attempt<'_> {
@@ -64,6 +67,10 @@ impl Attempt<'_> {
                 Ok(response) => response,
                 Err(stop) => return (partial, Err(stop)),
             };
+            if response.url() != self.source {
+                *self.redirected.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(response.url().clone());
+            }
             match self.check_response(&mut partial, &response) {
                 Ok(true) => return self.stream(partial, response).await,
                 Ok(false) => continue, // partial was reset; ask for the whole object

@@ -224,6 +224,7 @@ impl Fetcher {
                         inactivity: self.settings.inactivity_timeout,
                         progress,
                         cancel,
+                        redirected: std::sync::Mutex::new(None),
                     };
                     tracing::debug!(digest = %digest, source = %redact_url(source), offset = partial.offset(), "requesting");
                     let (returned, result) = attempt.run(partial).await;
@@ -245,7 +246,10 @@ impl Fetcher {
                         Err(Stop::Failed(error)) => error,
                     };
                     tracing::warn!(digest = %digest, source = %redact_url(source), "attempt failed: {error}");
-                    answers[index] = Some(error.to_string());
+                    answers[index] = Some(match attempt.redirected.into_inner() {
+                        Ok(Some(to)) => format!("{error} (redirected to {})", redact_url(&to)),
+                        _ => error.to_string(),
+                    });
                     disk_full |= matches!(&error, FetchError::Disk(e) if matches!(
                         e.kind(),
                         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded

@@ -170,6 +170,32 @@ fn unasked_or_garbled_range_answers_fail_fast() {
     );
 }
 
+/// An answer from where a redirect led names that place too.
+#[test]
+fn a_failure_after_a_redirect_names_where_it_led() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(4096);
+    server.add("/moved", content.bytes.clone());
+    server.set_fault("/moved", Fault::WrongBytes);
+    server.add("/f", content.bytes.clone());
+    server.set_fault(
+        "/f",
+        Fault::Redirect {
+            to: "/moved".into(),
+        },
+    );
+    spool.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
+    Daemon::run_until_idle(&dir, &spool);
+    let reason = spool.expect_failed("f");
+    assert!(
+        reason.contains(&format!("{}: sha256 mismatch", server.url("/f")))
+            && reason.contains(&format!("(redirected to {})", server.url("/moved"))),
+        "reason: {reason}"
+    );
+}
+
 #[test]
 fn redirect_loop_fails_fast() {
     let (reason, elapsed, _server, _url) = fail_with(Fault::RedirectLoop);
