@@ -44,6 +44,9 @@ pub struct StatusFile {
     root: Option<Dir>,
     /// What was last written, to skip identical rewrites.
     last: Mutex<Option<Vec<InFlightChit>>>,
+    /// Whether a failure to publish was logged as a warning already (one
+    /// is enough; the rest go to debug).
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl StatusFile {
@@ -55,6 +58,7 @@ impl StatusFile {
             spool: spool.to_path_buf(),
             root,
             last: Mutex::new(None),
+            warned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -85,6 +89,9 @@ impl StatusFile {
         })();
         match result {
             Ok(()) => *last = Some(published.downloads),
+            Err(e) if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+                tracing::warn!(spool = %self.spool.display(), "cannot publish in-flight progress for `chitd status` (is {STATUS_FILE} something else?): {e}");
+            }
             Err(e) => tracing::debug!(spool = %self.spool.display(), "cannot publish status: {e}"),
         }
     }
@@ -133,5 +140,50 @@ impl StatusFile {
         let pid = rustix::process::Pid::from_raw(i32::try_from(published.pid).ok()?)?;
         rustix::process::test_kill_process(pid).ok()?;
         Some(published)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn chit() -> InFlightChit {
+        InFlightChit {
+            chit: "c".into(),
+            digest: "d".into(),
+            path: "p".into(),
+            done: 1,
+            total: 2,
+        }
+    }
+
+    #[test]
+    fn publishes_by_rename_and_reads_back_while_the_pid_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = StatusFile::new(dir.path());
+        status.write(vec![chit()]);
+        let read = StatusFile::read(dir.path()).unwrap();
+        assert_eq!(
+            (read.pid, read.downloads),
+            (std::process::id(), vec![chit()])
+        );
+        status.remove();
+        assert!(StatusFile::read(dir.path()).is_none());
+    }
+
+    #[test]
+    fn a_directory_planted_in_its_place_is_left_alone_and_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let planted = dir.path().join(STATUS_FILE);
+        std::fs::create_dir(&planted).unwrap();
+        std::fs::write(planted.join("keep"), "consumer's").unwrap();
+        let status = StatusFile::new(dir.path());
+        status.write(vec![chit()]);
+        assert!(status.warned.load(Ordering::Relaxed));
+        assert_eq!(std::fs::read(planted.join("keep")).unwrap(), b"consumer's");
+        assert!(StatusFile::read(dir.path()).is_none());
+        // No temporary is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
