@@ -296,7 +296,7 @@ mod tests {
         let chase = Chase::start(
             0,
             "chit".into(),
-            Partial::part_path(cache, &digest),
+            Partial::part_path(cache, &digest, total),
             total,
             Arc::clone(&frontier),
             move || target(&root, "file.bin"),

@@ -1,9 +1,10 @@
 //! Partial downloads and their durable progress records.
 //!
-//! A download of digest D writes `partial-v1/D.part` in the cache directory
+//! A download of digest D and size S writes `partial-v1/D-S.part` in the
+//! cache directory
 //! (never a consumer's directory, never the final cache name). Every
 //! [`CHECKPOINT_BYTES`] or [`CHECKPOINT_INTERVAL`] the `.part` is fdatasync'd
-//! and then `partial-v1/D.progress` is replaced atomically and durably, on a
+//! and then `partial-v1/D-S.progress` is replaced atomically and durably, on a
 //! thread of its own (one at a time), so a slow fdatasync never stalls the
 //! transfer; the record names the offset reached when it started. The
 //! record names the source, its validator, the total length, the durable
@@ -280,8 +281,8 @@ impl Partial {
         Partial {
             digest,
             total,
-            part_path: Partial::part_path(dir, &digest),
-            record_path: dir.join(format!("{digest}.progress")),
+            part_path: Partial::part_path(dir, &digest, total),
+            record_path: Partial::record_path(dir, &digest, total),
             backing,
             hasher: Hasher::new(),
             offset: 0,
@@ -299,9 +300,17 @@ impl Partial {
         }
     }
 
-    /// Where the partial download of `digest` is written, in `dir`.
-    pub fn part_path(dir: &Path, digest: &Digest) -> PathBuf {
-        dir.join(format!("{digest}.part"))
+    /// Where the partial download of `digest` of `total` bytes is written,
+    /// in `dir`. The size is in the name: a chit of the wrong size for a
+    /// digest gets a partial of its own, never another's (which it would
+    /// otherwise reset, losing that download's progress).
+    pub fn part_path(dir: &Path, digest: &Digest, total: u64) -> PathBuf {
+        dir.join(format!("{digest}-{total}.part"))
+    }
+
+    /// Where the progress record of that partial download is kept.
+    pub fn record_path(dir: &Path, digest: &Digest, total: u64) -> PathBuf {
+        dir.join(format!("{digest}-{total}.progress"))
     }
 
     /// The generation of the frontier a reader follows (see
@@ -334,7 +343,7 @@ impl Partial {
     /// Open the partial for `digest` on disk, resuming from its record when
     /// the record is valid and agrees with the `.part` file, else from 0.
     pub fn open(dir: &Path, digest: Digest, total: u64) -> io::Result<Partial> {
-        let part_path = dir.join(format!("{digest}.part"));
+        let part_path = Partial::part_path(dir, &digest, total);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -844,7 +853,7 @@ mod tests {
         assert_eq!(resumed.finished_digest(), Some(digest));
         assert_eq!(resumed.verify_prefix(), Ok(()));
         // The record stays until the caller has published the `.part`.
-        let record = dir.path().join(format!("{digest}.progress"));
+        let record = Partial::record_path(dir.path(), &digest, total);
         let Complete::File {
             record: Some(left), ..
         } = resumed.into_complete().unwrap()
@@ -866,7 +875,7 @@ mod tests {
             .unwrap();
         partial.checkpoint().unwrap();
         drop(partial);
-        let part = dir.path().join(format!("{digest}.part"));
+        let part = Partial::part_path(dir.path(), &digest, data.len() as u64);
         let mut bytes = fs::read(&part).unwrap();
         bytes[10] ^= 1;
         fs::write(&part, bytes).unwrap();
@@ -880,6 +889,27 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_of_another_size_never_touches_this_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![9u8; 10_000];
+        let digest = digest_of(&data);
+        let mut partial = Partial::open(dir.path(), digest, 10_000).unwrap();
+        partial
+            .append(Bytes::copy_from_slice(&data[..4_000]))
+            .unwrap();
+        partial.checkpoint().unwrap();
+        drop(partial);
+        // A chit naming the digest with a wrong size starts its own.
+        let mut wrong = Partial::open(dir.path(), digest, 10_001).unwrap();
+        assert_eq!(wrong.offset(), 0);
+        wrong.append(Bytes::copy_from_slice(&data[..100])).unwrap();
+        wrong.checkpoint().unwrap();
+        drop(wrong);
+        let resumed = Partial::open(dir.path(), digest, 10_000).unwrap();
+        assert_eq!(resumed.offset(), 4_000);
+    }
+
+    #[test]
     fn corrupt_record_restarts_from_zero() {
         let dir = tempfile::tempdir().unwrap();
         let digest = digest_of(b"abcdef");
@@ -887,7 +917,7 @@ mod tests {
         partial.append(Bytes::copy_from_slice(b"abc")).unwrap();
         partial.checkpoint().unwrap();
         drop(partial);
-        let record = dir.path().join(format!("{digest}.progress"));
+        let record = Partial::record_path(dir.path(), &digest, 6);
         let text = fs::read_to_string(&record)
             .unwrap()
             .replace("offset 3", "offset 2");
@@ -896,7 +926,7 @@ mod tests {
         assert_eq!(partial.offset(), 0);
         assert!(!record.exists());
         assert_eq!(
-            fs::metadata(dir.path().join(format!("{digest}.part")))
+            fs::metadata(Partial::part_path(dir.path(), &digest, 6))
                 .unwrap()
                 .len(),
             0

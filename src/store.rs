@@ -4,8 +4,8 @@
 //! <cache>/
 //!   lock                     flock'd by the running daemon (one per cache)
 //!   sha256-v1/ab/<hex>       complete, verified objects, named by digest
-//!   partial-v1/<hex>.part    downloads in progress (see `partial`; small
-//!   partial-v1/<hex>.progress  ones are held in memory instead)
+//!   partial-v1/<hex>-<size>.part      downloads in progress (see `partial`;
+//!   partial-v1/<hex>-<size>.progress  small ones are held in memory instead)
 //! ```
 //!
 //! An object appears under its final name only by `rename(2)` of a complete,
@@ -20,6 +20,7 @@
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -115,12 +116,29 @@ impl Store {
         match fs::metadata(&path) {
             Ok(meta) if meta.len() == size => Ok(Lookup::Hit(path)),
             Ok(meta) => {
-                if self.is_intact(digest, &path)? {
-                    return Ok(Lookup::OtherSize(meta.len()));
+                let hashed = match self.is_intact(digest, &path) {
+                    Ok(Intact::Yes) => return Ok(Lookup::OtherSize(meta.len())),
+                    Ok(Intact::No(hashed)) => hashed,
+                    // Removed meanwhile (by a lookup like this one).
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Miss),
+                    Err(e) => return Err(e),
+                };
+                // Remove what was hashed, not a good object published
+                // under the name while it was (a big object takes a while).
+                let now = fs::symlink_metadata(&path).map(|m| (m.dev(), m.ino()));
+                if now.as_ref().ok() != Some(&hashed) {
+                    return match fs::metadata(&path) {
+                        Ok(meta) if meta.len() == size => Ok(Lookup::Hit(path)),
+                        _ => Ok(Lookup::Miss),
+                    };
                 }
                 tracing::warn!(digest = %digest, path = %path.display(), "cached object does not match its digest; removing it");
-                fs::remove_file(&path).map_err(|e| with_path(e, "removing", &path))?;
-                self.intact_lock().remove(digest);
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(with_path(e, "removing", &path));
+                    }
+                    _ => {}
+                }
                 Ok(Lookup::Miss)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Lookup::Miss),
@@ -129,12 +147,17 @@ impl Store {
     }
 
     /// Whether the object at `path` has the bytes of `digest`: known for
-    /// the objects this run published or checked, else hashed (once).
-    fn is_intact(&self, digest: &Digest, path: &Path) -> io::Result<bool> {
+    /// the objects this run published or checked, else hashed (once). Not
+    /// intact: the device and inode of the file that was hashed.
+    fn is_intact(&self, digest: &Digest, path: &Path) -> io::Result<Intact> {
         if self.intact_lock().contains(digest) {
-            return Ok(true);
+            return Ok(Intact::Yes);
         }
         let mut file = File::open(path).map_err(|e| with_path(e, "opening", path))?;
+        let hashed = file
+            .metadata()
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| with_path(e, "inspecting", path))?;
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         let mut buffer = vec![0; 1 << 16];
         loop {
@@ -145,11 +168,11 @@ impl Store {
                 Err(e) => return Err(with_path(e, "reading", path)),
             }
         }
-        let intact = Digest::from_bytes(sha2::Digest::finalize(hasher).into()) == *digest;
-        if intact {
-            self.intact_lock().insert(*digest);
+        if Digest::from_bytes(sha2::Digest::finalize(hasher).into()) != *digest {
+            return Ok(Intact::No(hashed));
         }
-        Ok(intact)
+        self.intact_lock().insert(*digest);
+        Ok(Intact::Yes)
     }
 
     fn intact_lock(&self) -> std::sync::MutexGuard<'_, HashSet<Digest>> {
@@ -282,6 +305,13 @@ impl Store {
     }
 }
 
+/// What [`Store::is_intact`] found.
+enum Intact {
+    Yes,
+    /// Damaged: the (device, inode) of the file hashed.
+    No((u64, u64)),
+}
+
 /// What [`Store::lookup`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
@@ -410,7 +440,7 @@ mod tests {
         let (head, tail) = data.split_at(1000);
         partial.append(bytes::Bytes::copy_from_slice(head)).unwrap();
         partial.checkpoint().unwrap();
-        let record = store.partials_dir().join(format!("{digest}.progress"));
+        let record = crate::partial::Partial::record_path(store.partials_dir(), &digest, size);
         assert!(record.exists());
         partial.append(bytes::Bytes::copy_from_slice(tail)).unwrap();
         assert_eq!(partial.finished_digest(), Some(digest));

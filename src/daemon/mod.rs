@@ -472,7 +472,7 @@ impl Scheduler {
             return None;
         }
         let frontier = Arc::new(Frontier::default());
-        let part = Partial::part_path(self.shared.store.partials_dir(), &digest);
+        let part = Partial::part_path(self.shared.store.partials_dir(), &digest, size);
         let shared = Arc::clone(&self.shared);
         let prepare = move || {
             // Only into a directory that exists: a download that fails
@@ -1006,7 +1006,7 @@ fn job(mirrors: &[url::Url], digest: Digest, waiters: &[Waiter]) -> Job {
     Job {
         digest,
         size: waiters[0].chit.size,
+        more: Arc::new(MoreSources::new(&sources)),
         sources,
-        more: Arc::default(),
     }
 }

@@ -67,10 +67,8 @@ impl Attempt<'_> {
                 Ok(response) => response,
                 Err(stop) => return (partial, Err(stop)),
             };
-            if response.url() != self.source {
-                *self.redirected.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(response.url().clone());
-            }
+            *self.redirected.lock().unwrap_or_else(|e| e.into_inner()) =
+                (response.url() != self.source).then(|| response.url().clone());
             match self.check_response(&mut partial, &response) {
                 Ok(true) => return self.stream(partial, response).await,
                 Ok(false) => continue, // partial was reset; ask for the whole object

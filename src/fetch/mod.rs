@@ -81,30 +81,57 @@ pub struct Job {
 /// Sources handed to a running download by chits that joined it.
 #[derive(Debug, Default)]
 pub struct MoreSources {
-    urls: std::sync::Mutex<Vec<Url>>,
+    urls: std::sync::Mutex<Offered>,
     added: tokio::sync::Notify,
 }
 
+#[derive(Debug, Default)]
+struct Offered {
+    /// Every source the download has or was offered.
+    known: Vec<Url>,
+    /// Those it has not taken in yet.
+    pending: Vec<Url>,
+}
+
 impl MoreSources {
-    /// Offer `urls` to the download (it ignores those it already has).
+    /// For a download of `sources`.
+    pub fn new(sources: &[Url]) -> MoreSources {
+        MoreSources {
+            urls: std::sync::Mutex::new(Offered {
+                known: sources.to_vec(),
+                pending: Vec::new(),
+            }),
+            added: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Offer `urls` to the download. Only those new to it count: a chit
+    /// joining with the same URLs (the usual case) neither grows the list
+    /// nor cuts the download's backoff short.
     pub fn add(&self, urls: impl IntoIterator<Item = Url>) {
-        let mut pending = self.lock();
-        let before = pending.len();
-        pending.extend(urls);
-        if pending.len() > before {
+        let mut offered = self.lock();
+        let mut new = false;
+        for url in urls {
+            if !offered.known.contains(&url) {
+                offered.known.push(url.clone());
+                offered.pending.push(url);
+                new = true;
+            }
+        }
+        if new {
             self.added.notify_one();
         }
     }
 
     fn take(&self) -> Vec<Url> {
-        std::mem::take(&mut *self.lock())
+        std::mem::take(&mut self.lock().pending)
     }
 
     fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().pending.is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Url>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Offered> {
         self.urls.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -332,5 +359,27 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_sources_new_to_the_download_are_offered_and_wake_it() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let more = MoreSources::new(&[url("http://a/x")]);
+        // The same source again, as most joining chits bring: nothing.
+        more.add([url("http://a/x")]);
+        assert!(more.is_empty());
+        let woken = tokio::time::timeout(Duration::from_millis(50), more.added.notified());
+        assert!(woken.await.is_err(), "a known source cut the backoff short");
+        // A new one: offered once, and it wakes the download.
+        more.add([url("http://b/x"), url("http://b/x"), url("http://a/x")]);
+        more.added.notified().await;
+        assert_eq!(more.take(), [url("http://b/x")]);
+        more.add([url("http://b/x")]);
+        assert!(more.is_empty());
     }
 }

@@ -46,7 +46,7 @@ impl Case {
     }
 
     fn partial(&self, extension: &str) -> PathBuf {
-        let name = format!("{}.{extension}", self.content.sha256);
+        let name = format!("{}-{}.{extension}", self.content.sha256, self.content.len());
         self.dir.cache().join("partial-v1").join(name)
     }
 

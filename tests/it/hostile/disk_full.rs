@@ -150,7 +150,11 @@ fn disk_full_after_a_checkpoint_still_frees_the_space() {
     let _daemon = Daemon::for_spool(&setup.dir, &setup.spool)
         .give_up_after("2s")
         .start();
-    let record = cache.join(format!("partial-v1/{}.progress", content.sha256));
+    let record = cache.join(format!(
+        "partial-v1/{}-{}.progress",
+        content.sha256,
+        content.len()
+    ));
     crate::util::wait_until(crate::util::TIMEOUT, "a progress record", || {
         record.exists().then_some(())
     });
