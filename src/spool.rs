@@ -404,6 +404,19 @@ impl Spool {
         }
     }
 
+    /// The chits with names that are not UTF-8 that could not be moved
+    /// (rendered with their bytes escaped, like `bad\xFF`).
+    pub fn stuck_names_not_utf8(&self) -> Vec<String> {
+        let stuck = self
+            .stuck_not_utf8
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        stuck
+            .iter()
+            .map(|chit| chit.as_bytes().escape_ascii().to_string())
+            .collect()
+    }
+
     fn is_stuck(&self, chit: &OsStr) -> bool {
         let stuck = self
             .stuck_not_utf8

@@ -220,6 +220,9 @@ pub async fn run(
         .map(|_| NamesCheck::default())
         .collect();
     scheduler.scan(true);
+    for consumer in 0..scheduler.shared.consumers.len() {
+        scheduler.check_names(consumer, true);
+    }
     scheduler
         .serve(options.exit_when_idle, hints, shutdown)
         .await
@@ -308,9 +311,28 @@ impl Scheduler {
             let linger = self.commit_deadline();
             if self.is_idle() && exit_when_idle {
                 // The directories are the truth: look once more, including
-                // fetch/ (anything there now is nobody's work).
+                // fetch/ (anything there now is nobody's work), and fail the
+                // chits whose names are not UTF-8 (here, before deciding).
+                for consumer in &self.shared.consumers {
+                    if let Err(e) = consumer.spool.fail_names_not_utf8(true) {
+                        tracing::error!(consumer = %consumer.spool.name, "cannot fail the chits whose names are not UTF-8: {e}");
+                    }
+                }
                 self.scan(true);
-                if self.queues.is_empty() {
+                // Chits whose names are not UTF-8 and could not be failed
+                // are in no queue.
+                let odd: Vec<String> = self
+                    .shared
+                    .consumers
+                    .iter()
+                    .flat_map(|c| {
+                        c.spool
+                            .stuck_names_not_utf8()
+                            .into_iter()
+                            .map(|name| format!("{}/{name}", c.spool.name))
+                    })
+                    .collect();
+                if self.queues.is_empty() && odd.is_empty() {
                     tracing::info!("idle: no chit in any request/ or fetch/; exiting");
                     break;
                 }
@@ -321,21 +343,19 @@ impl Scheduler {
                     self.stuck.contains_key(&(*consumer, (*name).to_owned()))
                 }) {
                     const NAMED: usize = 10;
-                    let mut names: Vec<String> = left
+                    let all: Vec<String> = left
                         .iter()
-                        .take(NAMED)
                         .map(|(consumer, name)| {
                             format!("{}/{name}", self.shared.consumers[*consumer].spool.name)
                         })
+                        .chain(odd)
                         .collect();
-                    if left.len() > NAMED {
-                        names.push(format!("and {} more", left.len() - NAMED));
+                    let mut names: Vec<String> = all.iter().take(NAMED).cloned().collect();
+                    if all.len() > NAMED {
+                        names.push(format!("and {} more", all.len() - NAMED));
                     }
-                    let error = DaemonError::Stuck(format!(
-                        "{} chit(s) ({})",
-                        left.len(),
-                        names.join(", ")
-                    ));
+                    let error =
+                        DaemonError::Stuck(format!("{} chit(s) ({})", all.len(), names.join(", ")));
                     self.stop().await;
                     return Err(error);
                 }
@@ -368,7 +388,15 @@ impl Scheduler {
                     Err(e) => std::panic::resume_unwind(e.into_panic()),
                 },
                 // When idle, fetch/ too: anything there then is nobody's work.
-                _ = rescan.tick() => self.scan(self.is_idle()),
+                _ = rescan.tick() => {
+                    let idle = self.is_idle();
+                    self.scan(idle);
+                    if idle && !exit_when_idle {
+                        for consumer in 0..self.shared.consumers.len() {
+                            self.check_names(consumer, true);
+                        }
+                    }
+                }
                 _ = status.tick() => self.write_status(),
                 _ = sleep_until(linger) => {}
             }
@@ -818,9 +846,6 @@ impl Scheduler {
     }
 
     fn scan_consumer(&mut self, consumer: usize, with_fetch: bool) {
-        if with_fetch {
-            self.check_names(consumer, true);
-        }
         let spool = &self.shared.consumers[consumer].spool;
         for removed in spool.removed_states() {
             if self.removed_states.insert(removed.path().to_path_buf()) {

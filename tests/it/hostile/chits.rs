@@ -411,3 +411,33 @@ fn a_flood_of_names_that_are_not_utf8_is_failed_without_flooding_the_log() {
     let lines = log.lines().count();
     assert!(lines < 20 * NAMES, "{lines} log lines for {NAMES} chits");
 }
+
+/// A chit whose name is not UTF-8 and that cannot reach `fail/` (a
+/// non-empty directory of its name planted there) is kept, and
+/// `--exit-when-idle` exits 1 naming it rather than 0 with it left behind.
+#[test]
+fn a_stuck_chit_whose_name_is_not_utf8_makes_exit_when_idle_fail_naming_it() {
+    let setup = Setup::new();
+    let blocker = not_utf8(&setup.spool.state_dir(State::Fail), b"odd\xff");
+    fs::create_dir(&blocker).unwrap();
+    fs::write(blocker.join("inner"), "a consumer's file\n").unwrap();
+    let request = setup.spool.state_dir(State::Request);
+    fs::write(not_utf8(&request, b"odd\xff"), "not a chit\n").unwrap();
+
+    let mut daemon = Daemon::for_spool(&setup.dir, &setup.spool)
+        .exit_when_idle()
+        .start();
+    let status = daemon.wait_exit(crate::util::TIMEOUT);
+    let log = daemon.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains(r"stuck: 1 chit(s) (default/odd\xff)"), "{log}");
+    let kept = [
+        not_utf8(&request, b"odd\xff"),
+        not_utf8(&setup.spool.state_dir(State::Fetch), b"odd\xff"),
+    ];
+    assert!(kept.iter().any(|path| path.is_file()), "the chit was lost");
+    assert_eq!(
+        fs::read_to_string(blocker.join("inner")).unwrap(),
+        "a consumer's file\n"
+    );
+}
