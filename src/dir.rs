@@ -290,9 +290,7 @@ impl Dir {
         target: &Dir,
         to: impl AsRef<OsStr>,
     ) -> io::Result<()> {
-        let (from, to) = (from.as_ref(), to.as_ref());
-        rustix::fs::renameat(&self.fd, from, &target.fd, to)
-            .map_err(|e| self.error(e.into(), "renaming", from))
+        self.rename_with(from.as_ref(), target, to.as_ref(), RenameFlags::empty())
     }
 
     /// Like [`Dir::rename`], but fails with `AlreadyExists` instead of
@@ -303,8 +301,17 @@ impl Dir {
         target: &Dir,
         to: impl AsRef<OsStr>,
     ) -> io::Result<()> {
-        let (from, to) = (from.as_ref(), to.as_ref());
-        rustix::fs::renameat_with(&self.fd, from, &target.fd, to, RenameFlags::NOREPLACE)
+        self.rename_with(from.as_ref(), target, to.as_ref(), RenameFlags::NOREPLACE)
+    }
+
+    fn rename_with(
+        &self,
+        from: &OsStr,
+        target: &Dir,
+        to: &OsStr,
+        flags: RenameFlags,
+    ) -> io::Result<()> {
+        rustix::fs::renameat_with(&self.fd, from, &target.fd, to, flags)
             .map_err(|e| self.error(e.into(), "renaming", from))
     }
 

@@ -42,6 +42,8 @@ use sha2::{Digest as _, Sha256};
 
 mod hasher;
 
+pub use self::hasher::hash_all;
+
 use bytes::Bytes;
 
 use self::hasher::Hasher;
@@ -676,20 +678,9 @@ fn spawn_prefix_check(
         use std::io::Read;
         let file =
             File::open(&part).map_err(|e| format!("cannot re-read {}: {e}", part.display()))?;
-        let mut reader = file.take(offset);
         let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 1 << 20];
-        let mut read = 0u64;
-        loop {
-            let n = reader
-                .read(&mut buffer)
-                .map_err(|e| format!("cannot re-read {}: {e}", part.display()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buffer[..n]);
-            read += n as u64;
-        }
+        let read = hash_all(file.take(offset), &mut hasher)
+            .map_err(|e| format!("cannot re-read {}: {e}", part.display()))?;
         if read == offset && hasher.serialize().as_slice() == midstate.as_slice() {
             Ok(())
         } else {

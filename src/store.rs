@@ -153,21 +153,13 @@ impl Store {
         if self.intact_lock().contains(digest) {
             return Ok(Intact::Yes);
         }
-        let mut file = File::open(path).map_err(|e| with_path(e, "opening", path))?;
+        let file = File::open(path).map_err(|e| with_path(e, "opening", path))?;
         let hashed = file
             .metadata()
             .map(|m| (m.dev(), m.ino()))
             .map_err(|e| with_path(e, "inspecting", path))?;
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-        let mut buffer = vec![0; 1 << 16];
-        loop {
-            match io::Read::read(&mut file, &mut buffer) {
-                Ok(0) => break,
-                Ok(n) => sha2::Digest::update(&mut hasher, &buffer[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(with_path(e, "reading", path)),
-            }
-        }
+        crate::partial::hash_all(file, &mut hasher).map_err(|e| with_path(e, "reading", path))?;
         if Digest::from_bytes(sha2::Digest::finalize(hasher).into()) != *digest {
             return Ok(Intact::No(hashed));
         }

@@ -313,10 +313,8 @@ impl Scheduler {
                 // The directories are the truth: look once more, including
                 // fetch/ (anything there now is nobody's work), and fail the
                 // chits whose names are not UTF-8 (here, before deciding).
-                for consumer in &self.shared.consumers {
-                    if let Err(e) = consumer.spool.fail_names_not_utf8(true) {
-                        tracing::error!(consumer = %consumer.spool.name, "cannot fail the chits whose names are not UTF-8: {e}");
-                    }
+                for consumer in 0..self.shared.consumers.len() {
+                    work::fail_names_not_utf8(&self.shared, consumer, true);
                 }
                 self.scan(true);
                 // Chits whose names are not UTF-8 and could not be failed
@@ -569,15 +567,9 @@ impl Scheduler {
                     .get_or_insert_with(tokio::time::Instant::now);
                 self.commits.push(commit);
             }
-            Step::Committed {
-                done,
-                stuck,
-                released,
-            } => {
+            Step::Committed { done, stuck } => {
+                // The targets it held are free: `unpark_freed` follows.
                 self.committing = false;
-                for target in released {
-                    self.unpark(&target);
-                }
                 for (consumer, name) in done {
                     self.queues.finished(consumer, &name);
                     self.stuck.remove(&(consumer, name));
@@ -662,8 +654,8 @@ impl Scheduler {
         }
     }
 
-    /// Unpark the chits whose target a failed delivery freed (a commit
-    /// names what it frees; a failure does not).
+    /// Unpark the first chit parked on each target that is free again (a
+    /// commit or a failed delivery released it). Run after every step.
     fn unpark_freed(&mut self) {
         if self.parked.is_empty() {
             return;
@@ -829,10 +821,7 @@ impl Scheduler {
         check.running = true;
         let shared = Arc::clone(&self.shared);
         self.local.spawn_blocking(move || {
-            let spool = &shared.consumers[consumer].spool;
-            if let Err(e) = spool.fail_names_not_utf8(with_fetch) {
-                tracing::error!(consumer = %spool.name, "cannot fail the chits whose names are not UTF-8: {e}");
-            }
+            work::fail_names_not_utf8(&shared, consumer, with_fetch);
             Step::NamesChecked { consumer }
         });
     }

@@ -111,7 +111,6 @@ pub enum Step {
     Committed {
         done: Vec<(usize, String)>,
         stuck: Vec<(usize, String)>,
-        released: Vec<Target>,
     },
     /// A round of cache directory fsyncs ended (see [`sync_cache_dirs`]).
     CacheDirsSynced,
@@ -210,23 +209,16 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
             name,
             chit,
         }),
-        Ok(Lookup::OtherSize(actual)) => {
-            let reason = format!(
-                "the chit says {} bytes, but the file with this sha256 is {actual} bytes \
-                 (verified, in the cache)",
-                chit.size
-            );
-            fail_step(
-                shared,
-                consumer,
-                name,
-                Some(&chit.digest),
-                Some(&bytes),
-                &reason,
-            )
-        }
-        Err(e) => {
-            let reason = format!("cannot read the cache: {e}");
+        found => {
+            let reason = match found {
+                Ok(Lookup::OtherSize(actual)) => format!(
+                    "the chit says {} bytes, but the file with this sha256 is {actual} bytes \
+                     (verified, in the cache)",
+                    chit.size
+                ),
+                Err(e) => format!("cannot read the cache: {e}"),
+                Ok(Lookup::Hit(_) | Lookup::Miss) => unreachable!("matched above"),
+            };
             fail_step(
                 shared,
                 consumer,
@@ -443,20 +435,15 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
     }
     // Every chit of the batch is terminal (or stuck in fetch/): their
     // targets are free for the chits parked on them.
-    let released: Vec<Target> = batch.iter().map(|e| e.target.clone()).collect();
-    for target in &released {
-        shared.targets.release(target);
+    for entry in &batch {
+        shared.targets.release(&entry.target);
     }
     let done = batch
         .into_iter()
         .map(|e| (e.consumer, e.name))
         .filter(|chit| !stuck.contains(chit))
         .collect();
-    Step::Committed {
-        done,
-        stuck,
-        released,
-    }
+    Step::Committed { done, stuck }
 }
 
 /// Make the renames that published new cache objects durable: one fsync
@@ -482,6 +469,15 @@ pub fn sync_cache_dirs(dirs: Vec<PathBuf>) -> Step {
         }
     });
     Step::CacheDirsSynced
+}
+
+/// Fail the chits of `consumer` whose names are not UTF-8 (see
+/// [`crate::spool::Spool::fail_names_not_utf8`]); an error is logged.
+pub fn fail_names_not_utf8(shared: &Shared, consumer: usize, with_fetch: bool) {
+    let spool = &shared.consumers[consumer].spool;
+    if let Err(e) = spool.fail_names_not_utf8(with_fetch) {
+        tracing::error!(consumer = %spool.name, "cannot fail the chits whose names are not UTF-8: {e}");
+    }
 }
 
 /// [`fail_step`] for a chit whose bytes were not kept after its parse:

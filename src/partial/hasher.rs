@@ -18,6 +18,24 @@ use sha2::{Digest as _, Sha256};
 
 use crate::chit::Digest;
 
+/// Feed everything `reader` yields to `hasher`, in 1 MiB reads; returns the
+/// number of bytes hashed. For re-reading files already on disk.
+pub fn hash_all(mut reader: impl std::io::Read, hasher: &mut Sha256) -> std::io::Result<u64> {
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut read = 0u64;
+    loop {
+        match reader.read(&mut buffer) {
+            Ok(0) => return Ok(read),
+            Ok(n) => {
+                hasher.update(&buffer[..n]);
+                read += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Chunks queued for the hashing thread.
 const QUEUED_CHUNKS: usize = 16;
 
