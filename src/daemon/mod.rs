@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::queue::Queues;
+use self::queue::{Next, Queues};
 use self::work::{Origin, Step, Waiter};
 use crate::chase::{CHASE_MIN, Chase, Target};
 use crate::chit::Digest;
@@ -197,7 +197,6 @@ pub async fn run(
         inflight: InFlight::default(),
         local: JoinSet::new(),
         downloads: JoinSet::new(),
-        ready: Vec::new(),
         commits: Vec::new(),
         committing: false,
         unsynced_cache_dirs: BTreeSet::new(),
@@ -228,12 +227,17 @@ pub async fn run(
         .await
 }
 
+/// A chit whose download ended, and that download's outcome: the cache
+/// object, or the reason to fail it.
+type Delivery = (Waiter, Arc<Result<PathBuf, String>>);
+
 /// A finished download: its digest, the sources it tried, its result.
 type DownloadOutcome = (Digest, Vec<url::Url>, Result<Partial, DownloadError>);
 
 struct Scheduler {
     shared: Arc<Shared>,
-    queues: Queues,
+    /// Chits to start and chits whose download ended, per consumer.
+    queues: Queues<Delivery>,
     inflight: InFlight<Waiter>,
     local: JoinSet<Step>,
     downloads: JoinSet<DownloadOutcome>,
@@ -248,8 +252,6 @@ struct Scheduler {
     last_cache_sync: Option<tokio::time::Instant>,
     /// When the oldest chit in `commits` was delivered.
     commits_since: Option<tokio::time::Instant>,
-    /// Waiters whose download ended, to be delivered or failed.
-    ready: Vec<(Waiter, Arc<Result<PathBuf, String>>)>,
     /// Sources already tried in vain for a digest that is being retried
     /// from sources that chits joining later named.
     tried: HashMap<Digest, Vec<url::Url>>,
@@ -437,8 +439,8 @@ impl Scheduler {
         }
         while self.local.len() < LOCAL_SLOTS {
             let shared = Arc::clone(&self.shared);
-            if let Some((waiter, outcome)) = self.ready.pop() {
-                self.local.spawn_blocking(move || {
+            match self.queues.next() {
+                Some(Next::Deliver((waiter, outcome))) => self.local.spawn_blocking(move || {
                     let outcome = outcome
                         .as_ref()
                         .as_ref()
@@ -448,13 +450,12 @@ impl Scheduler {
                         })
                         .map_err(String::as_str);
                     work::finish(&shared, waiter, outcome)
-                });
-            } else if let Some((consumer, name, origin)) = self.queues.next() {
-                self.local
-                    .spawn_blocking(move || work::start(&shared, consumer, name, origin));
-            } else {
-                break;
-            }
+                }),
+                Some(Next::Start(consumer, name, origin)) => self
+                    .local
+                    .spawn_blocking(move || work::start(&shared, consumer, name, origin)),
+                None => break,
+            };
         }
         while let Some((digest, waiters, progress)) = self.inflight.start_next(self.jobs) {
             let mut job = job(&self.shared.mirrors, digest, waiters);
@@ -620,7 +621,7 @@ impl Scheduler {
                         .or_default()
                         .push_back((waiter, object));
                 } else {
-                    self.ready.push((waiter, Arc::new(Ok(object))));
+                    self.deliver(waiter, Arc::new(Ok(object)));
                 }
             }
             Step::Wait(waiter) => {
@@ -642,14 +643,21 @@ impl Scheduler {
         }
     }
 
+    /// Queue the delivery (or failure) of a chit whose download ended.
+    fn deliver(&mut self, waiter: Waiter, outcome: Arc<Result<PathBuf, String>>) {
+        self.queues
+            .push_delivery(waiter.consumer, (waiter, outcome));
+    }
+
     /// `target` is free: deliver the first chit parked on it.
     fn unpark(&mut self, target: &work::Target) {
         if let Some(queue) = self.parked.get_mut(target) {
-            if let Some((waiter, object)) = queue.pop_front() {
-                self.ready.push((waiter, Arc::new(Ok(object))));
-            }
+            let first = queue.pop_front();
             if queue.is_empty() {
                 self.parked.remove(target);
+            }
+            if let Some((waiter, object)) = first {
+                self.deliver(waiter, Arc::new(Ok(object)));
             }
         }
     }
@@ -764,7 +772,7 @@ impl Scheduler {
                          (downloaded and verified for another chit)",
                         waiter.chit.size
                     );
-                    self.ready.push((waiter, Arc::new(Err(reason))));
+                    self.deliver(waiter, Arc::new(Err(reason)));
                 }
             }
             // That download's size may have been the wrong one: theirs
@@ -787,7 +795,7 @@ impl Scheduler {
         });
         let outcome = Arc::new(outcome);
         for waiter in waiters {
-            self.ready.push((waiter, Arc::clone(&outcome)));
+            self.deliver(waiter, Arc::clone(&outcome));
         }
     }
 
@@ -905,7 +913,6 @@ impl Scheduler {
     fn is_quiet(&self) -> bool {
         self.chit_steps_running() == 0
             && self.downloads.is_empty()
-            && self.ready.is_empty()
             && self.commits.is_empty()
             && self.parked.is_empty()
             && self.inflight.is_empty()
@@ -918,7 +925,8 @@ impl Scheduler {
     /// no commit is waiting or one is running.
     fn commit_deadline(&self) -> Option<tokio::time::Instant> {
         let since = self.commits_since.filter(|_| !self.committing)?;
-        let deliveries_under_way = self.chit_steps_running() > 0 || !self.ready.is_empty();
+        let deliveries_under_way =
+            self.chit_steps_running() > 0 || self.queues.deliveries_waiting() > 0;
         if self.commits.len() >= COMMIT_BATCH || !deliveries_under_way {
             Some(since)
         } else {

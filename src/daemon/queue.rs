@@ -1,4 +1,10 @@
-//! Per-consumer queues of chit names, served round-robin.
+//! Per-consumer queues of work, served round-robin.
+//!
+//! Each consumer has two queues: chits whose download has ended, waiting
+//! for their delivery (or failure), and names of chits not started yet.
+//! [`Queues::next`] takes one item from each consumer in turn, a delivery
+//! first, so neither a flood of new chits nor a download that thousands
+//! of one consumer's chits waited for holds up another consumer.
 //!
 //! A name is *known* from the moment it is queued until its local step (or
 //! its delivery after a download) is done, so the many hints a burst of
@@ -8,26 +14,50 @@ use std::collections::{HashSet, VecDeque};
 
 use super::work::Origin;
 
-#[derive(Debug, Default)]
-struct Queue {
+#[derive(Debug)]
+struct Queue<R> {
+    /// Chits whose download ended, in the order they were handed over.
+    deliveries: VecDeque<R>,
     pending: VecDeque<(String, Origin)>,
     known: HashSet<String>,
 }
 
-#[derive(Debug)]
-pub struct Queues {
-    queues: Vec<Queue>,
-    /// The consumer served next.
-    cursor: usize,
-    pending: usize,
+impl<R> Default for Queue<R> {
+    fn default() -> Self {
+        Queue {
+            deliveries: VecDeque::new(),
+            pending: VecDeque::new(),
+            known: HashSet::new(),
+        }
+    }
 }
 
-impl Queues {
-    pub fn new(consumers: usize) -> Queues {
+/// What to do next, for the consumer it belongs to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next<R> {
+    /// Deliver (or fail) a chit whose download ended.
+    Deliver(R),
+    /// Start a chit that is in `request/` or `fetch/`.
+    Start(usize, String, Origin),
+}
+
+#[derive(Debug)]
+pub struct Queues<R> {
+    queues: Vec<Queue<R>>,
+    /// The consumer served next.
+    cursor: usize,
+    /// Items in every queue, deliveries and pending names.
+    waiting: usize,
+    deliveries: usize,
+}
+
+impl<R> Queues<R> {
+    pub fn new(consumers: usize) -> Queues<R> {
         Queues {
             queues: (0..consumers).map(|_| Queue::default()).collect(),
             cursor: 0,
-            pending: 0,
+            waiting: 0,
+            deliveries: 0,
         }
     }
 
@@ -36,24 +66,46 @@ impl Queues {
         let queue = &mut self.queues[consumer];
         if queue.known.insert(name.clone()) {
             queue.pending.push_back((name, origin));
-            self.pending += 1;
+            self.waiting += 1;
         }
     }
 
-    /// The next chit, taking one from each consumer in turn.
-    pub fn next(&mut self) -> Option<(usize, String, Origin)> {
-        if self.pending == 0 {
+    /// Queue the delivery of one of `consumer`'s chits whose download
+    /// ended (its name stays known).
+    pub fn push_delivery(&mut self, consumer: usize, item: R) {
+        self.queues[consumer].deliveries.push_back(item);
+        self.waiting += 1;
+        self.deliveries += 1;
+    }
+
+    /// The next item, taking one from each consumer in turn; within a
+    /// consumer, a delivery before a new chit.
+    pub fn next(&mut self) -> Option<Next<R>> {
+        if self.waiting == 0 {
             return None;
         }
-        for offset in 0..self.queues.len() {
-            let consumer = (self.cursor + offset) % self.queues.len();
-            if let Some((name, origin)) = self.queues[consumer].pending.pop_front() {
-                self.cursor = (consumer + 1) % self.queues.len();
-                self.pending -= 1;
-                return Some((consumer, name, origin));
-            }
+        let consumers = self.queues.len();
+        for offset in 0..consumers {
+            let consumer = (self.cursor + offset) % consumers;
+            let queue = &mut self.queues[consumer];
+            let next = if let Some(item) = queue.deliveries.pop_front() {
+                self.deliveries -= 1;
+                Next::Deliver(item)
+            } else if let Some((name, origin)) = queue.pending.pop_front() {
+                Next::Start(consumer, name, origin)
+            } else {
+                continue;
+            };
+            self.cursor = (consumer + 1) % consumers;
+            self.waiting -= 1;
+            return Some(next);
         }
         None
+    }
+
+    /// Chits whose download ended, waiting for their delivery.
+    pub fn deliveries_waiting(&self) -> usize {
+        self.deliveries
     }
 
     /// The chit's work is over; a later hint may queue the name again.
@@ -79,24 +131,26 @@ impl Queues {
 mod tests {
     use super::*;
 
+    fn start(consumer: usize, name: &str) -> Next<&'static str> {
+        Next::Start(consumer, name.into(), Origin::Request)
+    }
+
     #[test]
     fn round_robin_and_deduplicated() {
-        let mut queues = Queues::new(2);
+        let mut queues = Queues::<&str>::new(2);
         for name in ["a1", "a2", "a3"] {
             queues.push(0, name.into(), Origin::Request);
         }
         queues.push(0, "a1".into(), Origin::Request);
         queues.push(1, "b1".into(), Origin::Request);
-        let order: Vec<_> = std::iter::from_fn(|| queues.next())
-            .map(|(c, n, _)| (c, n))
-            .collect();
+        let order: Vec<_> = std::iter::from_fn(|| queues.next()).collect();
         assert_eq!(
             order,
             [
-                (0, "a1".into()),
-                (1, "b1".into()),
-                (0, "a2".into()),
-                (0, "a3".into())
+                start(0, "a1"),
+                start(1, "b1"),
+                start(0, "a2"),
+                start(0, "a3")
             ]
         );
         assert!(!queues.is_empty(), "still being worked on");
@@ -106,5 +160,33 @@ mod tests {
             queues.finished(c, n);
         }
         assert!(queues.is_empty());
+    }
+
+    /// Thousands of one consumer's chits whose shared download just ended
+    /// do not hold up another consumer's new chit, and within a consumer
+    /// deliveries come first, in the order they were handed over.
+    #[test]
+    fn deliveries_take_turns_with_other_consumers() {
+        let mut queues = Queues::new(2);
+        queues.push(0, "a-new".into(), Origin::Request);
+        for item in ["a1", "a2", "a3"] {
+            queues.push_delivery(0, item);
+        }
+        queues.push(1, "b1".into(), Origin::Request);
+        queues.push_delivery(1, "b-done");
+        assert_eq!(queues.deliveries_waiting(), 4);
+        let order: Vec<_> = std::iter::from_fn(|| queues.next()).collect();
+        assert_eq!(
+            order,
+            [
+                Next::Deliver("a1"),
+                Next::Deliver("b-done"),
+                Next::Deliver("a2"),
+                start(1, "b1"),
+                Next::Deliver("a3"),
+                start(0, "a-new"),
+            ]
+        );
+        assert_eq!(queues.deliveries_waiting(), 0);
     }
 }

@@ -14,7 +14,7 @@
 //! and `If-Range` headers and the body bytes actually sent, so tests can prove
 //! "exactly one GET" or "the second GET resumed".
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -145,6 +145,8 @@ struct State {
     objects: HashMap<String, Object>,
     rules: HashMap<String, VecDeque<Rule>>,
     requests: Vec<Request>,
+    /// Paths whose requests wait (before any reply) until released.
+    held: HashSet<String>,
 }
 
 impl State {
@@ -169,6 +171,8 @@ impl State {
 struct Shared {
     addr: SocketAddr,
     state: Mutex<State>,
+    /// Woken whenever a held path is released.
+    released: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -204,6 +208,7 @@ impl Server {
         let shared = Arc::new(Shared {
             addr,
             state: Mutex::new(State::default()),
+            released: tokio::sync::Notify::new(),
         });
         let accept_shared = shared.clone();
         runtime.spawn(async move {
@@ -263,6 +268,18 @@ impl Server {
     /// Append `fault`, forever, after the rules already queued.
     pub fn then_fault(&self, path: &str, fault: Fault) {
         self.push_rule(path, fault, None);
+    }
+
+    /// Requests for `path` wait, before any reply, until [`Server::release`]
+    /// (they are recorded when they arrive).
+    pub fn hold(&self, path: &str) {
+        self.shared.lock().held.insert(path.to_string());
+    }
+
+    /// Let held requests for `path`, and later ones, be answered.
+    pub fn release(&self, path: &str) {
+        self.shared.lock().held.remove(path);
+        self.shared.released.notify_waiters();
     }
 
     /// Serve `path` normally again.

@@ -144,6 +144,67 @@ fn download_flood_from_one_consumer_does_not_starve_another_consumers_download()
     );
 }
 
+/// A flood of chits that wait for *one* download: when it ends, thousands
+/// of one consumer's chits are due for delivery at once. Another consumer's
+/// chit dropped right then must not wait behind all of them: deliveries
+/// take turns with other consumers' chits like everything else.
+#[test]
+fn thousands_of_chits_sharing_one_download_do_not_starve_another_consumer() {
+    const WAITERS: usize = 4_000;
+    let dir = TestDir::new();
+    let flood = dir.spool("flood");
+    let other = dir.spool("other");
+    let server = Server::start();
+    let shared = Content::random(1_000);
+    server.add("/shared", shared.bytes.clone());
+    server.hold("/shared");
+    let request = flood.state_dir(State::Request);
+    for i in 0..WAITERS {
+        // Straight into request/: the daemon is not running yet.
+        let chit = shared.chit(&format!("f{i}"), &[server.url("/shared")]);
+        fs::write(request.join(format!("w{i:05}")), chit).unwrap();
+    }
+    let config = ConfigFile {
+        cache: Some(dir.cache()),
+        consumers: vec![flood.clone(), other.clone()],
+        ..ConfigFile::default()
+    }
+    .write(&dir, "chitd.toml");
+    let daemon = Daemon::builder(&dir).config(&config).start();
+    poll(
+        FLOOD_DEADLINE,
+        "every chit to wait for the download",
+        || server.count("/shared") == 1 && count(&flood, State::Fetch) == WAITERS,
+    );
+    server.release("/shared");
+    poll(FLOOD_DEADLINE, "the deliveries to begin", || {
+        count(&flood, State::Downloaded) > 0
+    });
+
+    let (content, latency) = serve_the_other(&server, &other);
+    let pending = count(&flood, State::Fetch);
+    eprintln!(
+        "the other consumer was served in {latency:?}, with {pending} of {WAITERS} deliveries pending"
+    );
+    other.assert_delivered("other", "other.bin", &content);
+    // Served in turn, it is done long before most of the flood; served
+    // after the flood's deliveries, it would find at most a group commit's
+    // worth of them left in fetch/.
+    assert!(
+        pending > WAITERS / 4,
+        "the other consumer's chit waited for {} of the flood's {WAITERS} deliveries",
+        WAITERS - pending
+    );
+    poll(FLOOD_DEADLINE, "every flood chit to be delivered", || {
+        count(&flood, State::Downloaded) == WAITERS
+    });
+    assert_eq!(server.gets("/shared"), 1, "one download for all of them");
+    for i in [0, WAITERS / 2, WAITERS - 1] {
+        flood.assert_delivered(&format!("w{i:05}"), &format!("f{i}"), &shared);
+    }
+    drop(daemon);
+}
+
 /// Junk chit number `i`: one of a few malformed forms.
 fn junk(i: usize) -> String {
     const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";

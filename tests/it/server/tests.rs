@@ -253,3 +253,36 @@ fn chunked_and_until_close_framing() {
     assert_eq!(header(&head, "content-length"), None);
     assert_eq!(got, body(2500));
 }
+
+#[test]
+fn a_held_path_answers_only_once_released() {
+    let server = Server::start();
+    server.add("/a", body(100));
+    server.hold("/a");
+    let getter = {
+        let addr = server.addr();
+        std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream
+                .write_all(b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).unwrap();
+            response
+        })
+    };
+    // Recorded on arrival, unanswered while held.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.count("/a") == 0 {
+        assert!(Instant::now() < deadline, "the request never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!getter.is_finished(), "answered while held");
+    assert_eq!(server.requests_for("/a")[0].status, 0, "no reply yet");
+    server.release("/a");
+    let response = getter.join().unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    assert!(response.ends_with(&body(100)));
+    let (head, _) = raw_get(&server, "/a", &[]);
+    assert!(head.starts_with("HTTP/1.1 200"), "not held after release");
+}

@@ -136,6 +136,7 @@ async fn respond(shared: &Shared, stream: &mut TcpStream, head: Head) -> bool {
         });
         (fault, object, state.requests.len() - 1)
     };
+    wait_while_held(shared, &path).await;
     let reply = build_reply(shared, &head, &raw_path, fault.as_ref(), object);
     shared.lock().requests[index].status = reply.status;
     let head_only = head.method == "HEAD";
@@ -179,6 +180,18 @@ async fn respond(shared: &Shared, stream: &mut TcpStream, head: Head) -> bool {
         _ => send(shared, index, stream, body).await.is_ok(),
     };
     keep_alive && !head.close
+}
+
+/// Wait until `path` is not held (see `Server::hold`).
+async fn wait_while_held(shared: &Shared, path: &str) {
+    loop {
+        // Registered before the check, so a release in between is not missed.
+        let released = shared.released.notified();
+        if !shared.lock().held.contains(path) {
+            return;
+        }
+        released.await;
+    }
 }
 
 fn build_reply(
