@@ -18,7 +18,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use crate::chit::DeliveryPath;
-use crate::dir::{Dir, Kind};
+use crate::dir::{Dir, DurableDirs, Kind};
 use crate::durable::{start_writeback, with_path};
 
 /// What a delivery copies.
@@ -32,16 +32,26 @@ pub enum Source<'a> {
 }
 
 /// Deliver `source` to `path` beneath `root`.
-pub fn deliver(root: &Dir, path: &DeliveryPath, source: Source<'_>) -> io::Result<()> {
-    deliver_unsynced(root, path, source)?.sync()
+pub fn deliver(
+    root: &Dir,
+    path: &DeliveryPath,
+    source: Source<'_>,
+    durable: &DurableDirs,
+) -> io::Result<()> {
+    deliver_unsynced(root, path, source, durable)?.sync()
 }
 
 /// [`deliver`] up to and including the rename, but without the final fsync
 /// of the directory, which it returns: the caller fsyncs it (once for a
 /// batch of deliveries into the same directory) before it reports the file
 /// as durably delivered.
-pub fn deliver_unsynced(root: &Dir, path: &DeliveryPath, source: Source<'_>) -> io::Result<Dir> {
-    let parent = root.create_dirs(path.parent_components())?;
+pub fn deliver_unsynced(
+    root: &Dir,
+    path: &DeliveryPath,
+    source: Source<'_>,
+    durable: &DurableDirs,
+) -> io::Result<Dir> {
+    let parent = root.create_dirs(path.parent_components(), durable)?;
     let name = path.file_name();
     let (temp, mut target) = parent.create_temp(name)?;
     let temp_path = || parent.path().join(&temp);
@@ -212,7 +222,13 @@ mod tests {
         let path = DeliveryPath::parse("gnu/make/make-4.4.tar.gz").unwrap();
         fs::create_dir_all(target.path().join("gnu/make")).unwrap();
         fs::write(target.path().join("gnu/make/make-4.4.tar.gz"), "old").unwrap();
-        deliver(&root, &path, Source::Object(&object)).unwrap();
+        deliver(
+            &root,
+            &path,
+            Source::Object(&object),
+            &DurableDirs::default(),
+        )
+        .unwrap();
         assert_eq!(
             fs::read(target.path().join("gnu/make/make-4.4.tar.gz")).unwrap(),
             bytes
@@ -235,7 +251,13 @@ mod tests {
         let target = tempfile::tempdir().unwrap();
         let root = Dir::open_root(target.path()).unwrap();
         let path = DeliveryPath::parse("big.iso").unwrap();
-        deliver(&root, &path, Source::Object(&object)).unwrap();
+        deliver(
+            &root,
+            &path,
+            Source::Object(&object),
+            &DurableDirs::default(),
+        )
+        .unwrap();
         assert!(fs::read(target.path().join("big.iso")).unwrap() == bytes);
         // Its pages may be gone from memory, never its bytes.
         assert!(fs::read(&object).unwrap() == bytes);
@@ -250,9 +272,16 @@ mod tests {
             &root,
             &path,
             Source::Object(Path::new("/nonexistent/object")),
+            &DurableDirs::default(),
         )
         .unwrap_err();
-        deliver(&root, &path, Source::Bytes(b"held in memory")).unwrap();
+        deliver(
+            &root,
+            &path,
+            Source::Bytes(b"held in memory"),
+            &DurableDirs::default(),
+        )
+        .unwrap();
         assert_eq!(
             fs::read(target.path().join("x/small.tar")).unwrap(),
             b"held in memory"
@@ -312,6 +341,7 @@ mod tests {
             &root,
             &DeliveryPath::parse("gnu/x").unwrap(),
             Source::Object(&object),
+            &DurableDirs::default(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("gnu"), "{err}");

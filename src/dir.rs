@@ -17,12 +17,14 @@
 //! others, and the methods that act on one entry take any `AsRef<OsStr>`,
 //! so such an entry can still be moved, inspected and failed.
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 
@@ -38,6 +40,33 @@ const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
 pub struct Dir {
     fd: OwnedFd,
     path: PathBuf,
+}
+
+/// Directories whose own name is known to be durable in their parent, by
+/// (device, inode): made by this process, or found and their parent
+/// fsync'd once. A directory chitd finds already there may have been made
+/// by a run that crashed before fsyncing its parent, or by a consumer that
+/// never did: on file systems that do not order a directory's creation
+/// before a later fsync inside it (ext2, ext4 without a journal; POSIX does
+/// not promise it), a power cut could take the directory's name, and the
+/// delivered file with it, after its chit was reported in `downloaded/`.
+/// One fsync of each parent per run, the first time a directory is used,
+/// rules that out.
+#[derive(Debug, Default)]
+pub struct DurableDirs(Mutex<HashSet<(u64, u64)>>);
+
+impl DurableDirs {
+    fn contains(&self, id: (u64, u64)) -> bool {
+        self.lock().contains(&id)
+    }
+
+    fn insert(&self, id: (u64, u64)) {
+        self.lock().insert(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, u64)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What kind of file a directory entry is (without following symlinks).
@@ -102,24 +131,48 @@ impl Dir {
     }
 
     /// Open (creating as needed) the chain of subdirectories `components`,
-    /// one component at a time, never following a symlink. A directory
-    /// that had to be made is made durable at once (its parent is
-    /// fsync'd), so a file later made durable inside it cannot be lost
-    /// with the directory's own name.
+    /// one component at a time, never following a symlink. Each directory
+    /// on the way has a durable name on return (see [`DurableDirs`]), so a
+    /// file later made durable inside it cannot be lost with a directory's
+    /// own name.
     pub fn create_dirs<'a>(
         &self,
         components: impl IntoIterator<Item = &'a str>,
+        durable: &DurableDirs,
     ) -> io::Result<Dir> {
+        Ok(self.walk(components, true, durable)?.0)
+    }
+
+    /// [`Dir::create_dirs`] for a chain that must exist already: nothing is
+    /// created (a missing directory is an error of kind `NotFound`).
+    pub fn open_dirs<'a>(
+        &self,
+        components: impl IntoIterator<Item = &'a str>,
+        durable: &DurableDirs,
+    ) -> io::Result<Dir> {
+        Ok(self.walk(components, false, durable)?.0)
+    }
+
+    /// The walk of [`Dir::create_dirs`] and [`Dir::open_dirs`]; also
+    /// returns how many parents it fsync'd.
+    fn walk<'a>(
+        &self,
+        components: impl IntoIterator<Item = &'a str>,
+        create: bool,
+        durable: &DurableDirs,
+    ) -> io::Result<(Dir, usize)> {
         let mut current = self.open_dir(".")?;
         current.path = self.path.clone(); // not "<path>/.", in messages
+        let mut syncs = 0;
         for component in components {
-            current = match current.open_dir(component) {
+            let child = match current.open_dir(component) {
                 Ok(dir) => dir,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
                     match rustix::fs::mkdirat(&current.fd, component, Mode::from_raw_mode(0o755)) {
                         // EXIST: made meanwhile by another delivery, whose
-                        // fsync of the parent may not have happened yet.
-                        Ok(()) | Err(rustix::io::Errno::EXIST) => current.sync()?,
+                        // fsync of the parent may not have happened yet:
+                        // the check below syncs it unless that one did.
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                         Err(e) => {
                             return Err(current.error(e.into(), "creating directory", component));
                         }
@@ -128,8 +181,22 @@ impl Dir {
                 }
                 Err(e) => return Err(e),
             };
+            let id = child.id()?;
+            if !durable.contains(id) {
+                current.sync()?;
+                durable.insert(id);
+                syncs += 1;
+            }
+            current = child;
         }
-        Ok(current)
+        Ok((current, syncs))
+    }
+
+    /// This directory's (device, inode).
+    fn id(&self) -> io::Result<(u64, u64)> {
+        let stat = rustix::fs::fstat(&self.fd)
+            .map_err(|e| with_path(e.into(), "inspecting directory", &self.path))?;
+        Ok((stat.st_dev, stat.st_ino))
     }
 
     /// Open the regular file `name` for reading, without following a
@@ -456,12 +523,53 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         symlink(outside.path(), root.path().join("evil")).unwrap();
         let dir = Dir::open_root(root.path()).unwrap();
-        let err = dir.create_dirs(["evil", "sub"]).unwrap_err();
+        let durable = DurableDirs::default();
+        let err = dir.create_dirs(["evil", "sub"], &durable).unwrap_err();
         assert!(err.to_string().contains("evil"), "{err}");
         assert!(!outside.path().join("sub").exists());
-        let made = dir.create_dirs(["a", "b"]).unwrap();
+        let made = dir.create_dirs(["a", "b"], &durable).unwrap();
         assert!(made.path().ends_with("a/b"));
         assert!(root.path().join("a/b").is_dir());
+    }
+
+    /// Directories found (made by a consumer, or by a run that crashed
+    /// before syncing their parent) get their parent fsync'd the first time
+    /// they are used, and only then; made ones are synced as they are made.
+    #[test]
+    fn directories_on_the_way_are_made_durable_once() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("found/deeper")).unwrap();
+        let dir = Dir::open_root(root.path()).unwrap();
+        let durable = DurableDirs::default();
+        let walk = |components: &[&str], create| {
+            let (made, syncs) = dir
+                .walk(components.iter().copied(), create, &durable)
+                .unwrap();
+            assert!(made.path().ends_with(components.join("/")));
+            syncs
+        };
+        assert_eq!(
+            walk(&["found", "deeper"], false),
+            2,
+            "both found: both synced"
+        );
+        assert_eq!(walk(&["found", "deeper"], false), 0, "known durable now");
+        assert_eq!(walk(&["found", "new"], true), 1, "only the new one");
+        assert_eq!(walk(&["found", "new"], true), 0);
+        assert!(root.path().join("found/new").is_dir());
+        // Replaced by another directory (another inode): synced again.
+        let inode =
+            |p: &str| std::os::unix::fs::MetadataExt::ino(&root.path().join(p).metadata().unwrap());
+        let before = inode("found/new");
+        std::fs::remove_dir(root.path().join("found/new")).unwrap();
+        std::fs::create_dir(root.path().join("found/new")).unwrap();
+        if inode("found/new") != before {
+            assert_eq!(walk(&["found", "new"], false), 1);
+        }
+        // open_dirs creates nothing.
+        let err = dir.open_dirs(["found", "missing"], &durable).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert!(!root.path().join("found/missing").exists());
     }
 
     #[test]

@@ -38,7 +38,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::chit::{MAX_CHIT_BYTES, error_line, with_error_line};
-use crate::dir::{Dir, Kind};
+use crate::dir::{Dir, DurableDirs, Kind};
 
 /// The state directories, in the order a chit visits them.
 pub const STATES: [&str; 4] = ["request", "fetch", "downloaded", "fail"];
@@ -89,7 +89,8 @@ impl Spool {
     /// (refusing any that is a symlink).
     pub fn open(name: &str, path: &Path) -> io::Result<Spool> {
         let root = Dir::open_root(path)?;
-        let state = |dir: &str| root.create_dirs([dir]);
+        let durable = DurableDirs::default();
+        let state = |dir: &str| root.create_dirs([dir], &durable);
         Ok(Spool {
             name: name.to_owned(),
             request: state("request")?,

@@ -27,6 +27,7 @@ use crate::chase::{CHASE_MIN, Chase, Target};
 use crate::chit::Digest;
 use crate::config::Config;
 use crate::dir::Dir;
+use crate::dir::DurableDirs;
 use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job, MoreSources};
 use crate::inflight::{Finished, InFlight};
 use crate::partial::{Frontier, Partial};
@@ -111,6 +112,8 @@ pub struct Shared {
     pub mirrors: Vec<url::Url>,
     /// The delivery targets being delivered to.
     pub targets: work::Targets,
+    /// Directories in delivery directories whose names are durable.
+    pub durable_dirs: DurableDirs,
 }
 
 /// Open a consumer's directories and remove the temporaries a crash left.
@@ -188,6 +191,7 @@ pub async fn run(
         fetcher: Fetcher::new(fetch).map_err(DaemonError::Http)?,
         mirrors: config.mirrors.clone(),
         targets: work::Targets::default(),
+        durable_dirs: DurableDirs::default(),
     });
     let (hint_sender, hints) = tokio::sync::mpsc::unbounded_channel();
     let _watch = watch(&request_dirs, hint_sender).map_err(DaemonError::Watch)?;
@@ -506,8 +510,7 @@ impl Scheduler {
             // must leave nothing in the consumer's directory, not even a
             // new empty directory.
             let root = &shared.consumers[consumer].deliver;
-            let parent = path.parent_components().collect::<Vec<_>>().join("/");
-            let parent = root.open_dir(if parent.is_empty() { "." } else { &parent })?;
+            let parent = root.open_dirs(path.parent_components(), &shared.durable_dirs)?;
             let name = path.file_name().to_owned();
             let (temp, file) = parent.create_temp(&name)?;
             Ok(Target {

@@ -358,7 +358,7 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
         chit,
     } = waiter;
     let root = &shared.consumers[consumer].deliver;
-    match deliver_unsynced(root, &chit.path, object.source()) {
+    match deliver_unsynced(root, &chit.path, object.source(), &shared.durable_dirs) {
         Ok(parent) => Step::Commit(Commit {
             consumer,
             name,
