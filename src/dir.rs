@@ -80,9 +80,10 @@ pub enum Kind {
 
 impl Dir {
     /// Open a trusted root directory, creating it (and its parents) if
-    /// missing.
+    /// missing; the parent of each directory made is fsync'd, so a root
+    /// made on first start keeps its name through a power cut.
     pub fn open_root(path: &Path) -> io::Result<Dir> {
-        std::fs::create_dir_all(path).map_err(|e| with_path(e, "creating", path))?;
+        crate::durable::create_dir_all(path)?;
         let fd = rustix::fs::open(
             path,
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,

@@ -15,6 +15,25 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
         .map_err(|e| with_path(e, "syncing directory", path))
 }
 
+/// `create_dir_all`, then fsync the parent of each directory it made, so
+/// their names survive a power cut (what is later made durable inside them
+/// counts on them).
+pub fn create_dir_all(path: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = path.ancestors().take_while(|p| !p.is_dir()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path).map_err(|e| with_path(e, "creating", path))?;
+    for made in missing.iter().rev() {
+        match made.parent() {
+            Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new("."))?,
+            Some(parent) => sync_dir(parent)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 /// A process-unique suffix for temporary names: `<pid>.<n>`.
 pub fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -52,19 +52,8 @@ impl Store {
     pub fn open(root: &Path) -> io::Result<Store> {
         let objects = root.join("sha256-v1");
         let partials = root.join("partial-v1");
-        for dir in [root, &objects, &partials] {
-            if !dir.is_dir() {
-                fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
-                // Its name, durable: what is made durable inside it counts
-                // on it (progress records, objects).
-                if let Some(parent) = dir.parent() {
-                    crate::durable::sync_dir(if parent.as_os_str().is_empty() {
-                        Path::new(".")
-                    } else {
-                        parent
-                    })?;
-                }
-            }
+        for dir in [&objects, &partials] {
+            crate::durable::create_dir_all(dir)?;
         }
         let lock_path = root.join("lock");
         let lock = File::create(&lock_path).map_err(|e| with_path(e, "creating", &lock_path))?;
