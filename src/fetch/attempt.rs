@@ -50,6 +50,9 @@ pub struct Attempt<'a> {
     /// Where redirects led the last request, when elsewhere than `source`:
     /// an answer is worth little without it.
     pub redirected: std::sync::Mutex<Option<Url>>,
+    /// Whether the download has sources it has not tried yet: a slow body
+    /// is then left for them (see `pace::SLOW_BYTES`).
+    pub untried_elsewhere: &'a (dyn Fn() -> bool + Sync),
 }
 
 impl Attempt<'_> {
@@ -199,7 +202,7 @@ impl Attempt<'_> {
                 break;
             }
             match next {
-                Err(_) => continue, // the window or idle budget ran out; judged above
+                Err(_) => {} // the window or idle budget ran out; judged above
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
                     outcome = Err(FetchError::from_reqwest(e).into());
@@ -215,6 +218,18 @@ impl Attempt<'_> {
                         break; // the writer failed; its error is reported below
                     }
                     self.progress.store(offset, Ordering::Relaxed);
+                }
+            }
+            if let Some((received, window)) = pace.take_closed_window() {
+                let minimum = super::pace::slow_below(window);
+                if offset < total && received < minimum && (self.untried_elsewhere)() {
+                    outcome = Err(FetchError::Slow {
+                        received,
+                        window,
+                        minimum,
+                    }
+                    .into());
+                    break;
                 }
             }
         }

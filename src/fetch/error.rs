@@ -27,6 +27,15 @@ pub enum FetchError {
         window: Duration,
         minimum: u64,
     },
+    #[error(
+        "slow ({received} bytes in {window:?}, under {minimum} bytes per {window:?}): left for \
+         sources not tried yet, to come back to"
+    )]
+    Slow {
+        received: u64,
+        window: Duration,
+        minimum: u64,
+    },
     #[error("server announced {announced} bytes, the chit says {expected}")]
     WrongLength { announced: u64, expected: u64 },
     #[error("server sent more than the {expected} bytes the chit says")]
@@ -63,6 +72,7 @@ impl FetchError {
             | FetchError::Stalled(_)
             | FetchError::NoResponse(_)
             | FetchError::TooSlow { .. }
+            | FetchError::Slow { .. }
             | FetchError::Truncated { .. }
             | FetchError::CorruptPartial(_)
             | FetchError::Disk(_) => true,

@@ -11,9 +11,15 @@
 //! minimum pace of `pace` (a slow drip is cut and is not progress).
 //!
 //! Chits that join a running download may bring sources of their own
-//! ([`MoreSources`]): they are added at the end of the list and tried from
-//! the next round on (a backoff pause ends early for them), so a chit with
-//! a working URL does not wait for another chit's dead one to give up.
+//! ([`MoreSources`]): they are added at the end of the list, in the
+//! current round (a backoff pause ends early for them), so a chit with a
+//! working URL does not wait for another chit's dead one to give up.
+//!
+//! A source that streams, but slowly (under `pace::SLOW_BYTES` per second
+//! over a window), while the download has sources it has not tried yet, is
+//! left for them ([`FetchError::Slow`]): not ruled out, its bytes kept, and
+//! asked again in the next round. So a slow first source, perhaps named by
+//! another consumer's chit, does not hold up a fast one behind it.
 
 mod attempt;
 mod error;
@@ -231,18 +237,31 @@ impl Fetcher {
         let mut disk_full = false;
         let mut delay = self.settings.retry_delay;
         loop {
-            for url in job.more.take() {
-                if !job.sources.contains(&url) {
-                    tracing::debug!(digest = %digest, source = %redact_url(&url), "source added by a chit that joined");
-                    job.sources.push(url);
-                    answers.push(None);
-                    ruled_out.push(false);
+            let mut index = 0;
+            loop {
+                // Sources that chits joining meanwhile brought: in this round.
+                for url in job.more.take() {
+                    if !job.sources.contains(&url) {
+                        tracing::debug!(digest = %digest, source = %redact_url(&url), "source added by a chit that joined");
+                        job.sources.push(url);
+                        answers.push(None);
+                        ruled_out.push(false);
+                    }
                 }
-            }
-            for (index, source) in job.sources.iter().enumerate() {
+                let Some(source) = job.sources.get(index) else {
+                    break;
+                };
                 if ruled_out[index] {
+                    index += 1;
                     continue;
                 }
+                // Never asked in this download, besides this one.
+                let untried = answers
+                    .iter()
+                    .enumerate()
+                    .any(|(other, answer)| other != index && answer.is_none());
+                let more = &job.more;
+                let untried_elsewhere = || untried || !more.is_empty();
                 loop {
                     let attempt = Attempt {
                         client: &self.client,
@@ -252,6 +271,7 @@ impl Fetcher {
                         progress,
                         cancel,
                         redirected: std::sync::Mutex::new(None),
+                        untried_elsewhere: &untried_elsewhere,
                     };
                     tracing::debug!(digest = %digest, source = %redact_url(source), offset = partial.offset(), "requesting");
                     let (returned, result) = attempt.run(partial).await;
@@ -291,6 +311,9 @@ impl Fetcher {
                             high_water = 0;
                             continue;
                         }
+                        // Left for the sources not tried yet; asked again
+                        // (resuming) in the next round.
+                        FetchError::Slow { .. } => break,
                         e if e.is_transient() && progressed => continue,
                         e if e.is_transient() => break,
                         _ => {
@@ -299,6 +322,7 @@ impl Fetcher {
                         }
                     }
                 }
+                index += 1;
             }
             let what = if !job.more.is_empty() {
                 // Sources that joined meanwhile get their round first.

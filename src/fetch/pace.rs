@@ -12,6 +12,9 @@
 //! No byte at all for a whole `inactivity_timeout` is
 //! [`FetchError::Stalled`], as before.
 //!
+//! A window that passes but is slow (under [`SLOW_BYTES`] per [`SLOW_PER`])
+//! lets the download try sources it has not tried yet ([`FetchError::Slow`]).
+//!
 //! Only time spent waiting for the network counts: while chitd itself is
 //! busy (a slow disk holding up the writer), the clock is stopped.
 
@@ -22,6 +25,14 @@ use super::error::FetchError;
 /// The least a window must bring, per [`MIN_PROGRESS_PER`] of window.
 pub const MIN_PROGRESS_BYTES: u64 = 1024;
 pub const MIN_PROGRESS_PER: Duration = Duration::from_secs(30);
+
+/// A source that brings less than this in a window (16 KiB/s: a 100 MiB
+/// file would take almost two hours), while the download has sources it
+/// has not tried yet, is left for them ([`FetchError::Slow`]) and come back
+/// to, resuming, if none of them does better. Above the minimum pace it
+/// is progress, and with nothing else to try it is waited for.
+pub const SLOW_BYTES: u64 = 16 * 1024;
+pub const SLOW_PER: Duration = Duration::from_secs(1);
 
 /// Progress accounting for one streaming body.
 #[derive(Debug)]
@@ -35,6 +46,8 @@ pub struct Pace {
     received: u64,
     /// Network waiting time since the last byte.
     idle: Duration,
+    /// What the last window to close brought, until taken.
+    closed: Option<u64>,
 }
 
 impl Pace {
@@ -47,7 +60,14 @@ impl Pace {
             waited: Duration::ZERO,
             received: 0,
             idle: Duration::ZERO,
+            closed: None,
         }
+    }
+
+    /// The window that passed the minimum and closed since the last call,
+    /// as the bytes it brought and its length.
+    pub fn take_closed_window(&mut self) -> Option<(u64, Duration)> {
+        Some((self.closed.take()?, self.window))
     }
 
     /// How long to wait for the next chunk before calling
@@ -82,6 +102,7 @@ impl Pace {
                 });
             }
             self.remaining = self.remaining.saturating_sub(self.received);
+            self.closed = Some(self.received);
             self.waited = Duration::ZERO;
             self.received = 0;
         }
@@ -92,8 +113,19 @@ impl Pace {
 /// [`MIN_PROGRESS_BYTES`] per [`MIN_PROGRESS_PER`], scaled to `window`,
 /// rounded up, at least 1 byte.
 pub fn minimum_for(window: Duration) -> u64 {
-    let scaled = u128::from(MIN_PROGRESS_BYTES) * window.as_nanos();
-    let minimum = scaled.div_ceil(MIN_PROGRESS_PER.as_nanos()).max(1);
+    scaled(MIN_PROGRESS_BYTES, MIN_PROGRESS_PER, window)
+}
+
+/// [`SLOW_BYTES`] per [`SLOW_PER`], scaled to `window` like
+/// [`minimum_for`].
+pub fn slow_below(window: Duration) -> u64 {
+    scaled(SLOW_BYTES, SLOW_PER, window)
+}
+
+/// `bytes` per `per`, scaled to `window`, rounded up, at least 1 byte.
+fn scaled(bytes: u64, per: Duration, window: Duration) -> u64 {
+    let scaled = u128::from(bytes) * window.as_nanos();
+    let minimum = scaled.div_ceil(per.as_nanos()).max(1);
     u64::try_from(minimum).unwrap_or(u64::MAX)
 }
 
@@ -112,6 +144,8 @@ mod tests {
         assert_eq!(minimum_for(Duration::from_nanos(1)), 1);
         assert_eq!(minimum_for(Duration::ZERO), 1);
         assert_eq!(minimum_for(Duration::MAX), u64::MAX);
+        assert_eq!(slow_below(Duration::from_secs(30)), 30 * 16 * 1024);
+        assert_eq!(slow_below(Duration::from_millis(500)), 8 * 1024);
     }
 
     #[test]
@@ -122,6 +156,16 @@ mod tests {
             assert!(pace.budget() > Duration::ZERO);
             pace.waited(S / 10, 100).unwrap();
         }
+    }
+
+    #[test]
+    fn each_closed_window_is_reported_once() {
+        let mut pace = Pace::new(S, 1_000_000);
+        pace.waited(S / 2, 400).unwrap();
+        assert_eq!(pace.take_closed_window(), None, "still open");
+        pace.waited(S / 2, 600).unwrap();
+        assert_eq!(pace.take_closed_window(), Some((1_000, S)));
+        assert_eq!(pace.take_closed_window(), None, "taken");
     }
 
     #[test]

@@ -39,6 +39,66 @@ fn chit_urls_are_tried_in_order_before_any_mirror() {
     assert_eq!(asked, ["/first", "/second"]);
 }
 
+/// A first source that is slow but above the minimum pace (about 4 KB/s
+/// here: the 200 KB file would take almost a minute) is left, after one
+/// window, for the sources not tried yet; the second serves it at once.
+#[test]
+fn a_slow_source_is_left_for_sources_not_tried_yet() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(200_000);
+    server.add("/slow", content.bytes.clone());
+    server.add("/fast", content.bytes.clone());
+    let drip = Fault::SlowDrip {
+        bytes_per_tick: 200,
+        tick: Duration::from_millis(50),
+    };
+    server.set_fault("/slow", drip);
+    spool.drop_chit(
+        "f",
+        content.chit("f.bin", &[server.url("/slow"), server.url("/fast")]),
+    );
+
+    Daemon::for_spool(&dir, &spool)
+        .inactivity_timeout_ms(500)
+        .exit_when_idle()
+        .start()
+        .expect_success(Duration::from_secs(20));
+
+    spool.assert_delivered("f", "f.bin", &content);
+    let asked: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(asked, ["/slow", "/fast"]);
+    let dripped = server.bytes_served_for("/slow");
+    assert!(dripped < 20_000, "{dripped} bytes dripped before moving on");
+}
+
+/// With nothing else to try, a slow source is waited for: slow is not
+/// wrong, and above the minimum pace it is progress.
+#[test]
+fn a_slow_source_is_waited_for_when_there_is_nothing_else() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(10_000);
+    server.add("/slow", content.bytes.clone());
+    let drip = Fault::SlowDrip {
+        bytes_per_tick: 200,
+        tick: Duration::from_millis(50),
+    };
+    server.set_fault("/slow", drip);
+    spool.drop_chit("f", content.chit("f.bin", &[server.url("/slow")]));
+
+    Daemon::for_spool(&dir, &spool)
+        .inactivity_timeout_ms(500)
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+
+    spool.assert_delivered("f", "f.bin", &content);
+    assert_eq!(server.count("/slow"), 1, "one request, never cut");
+}
+
 #[test]
 fn mirrors_are_tried_in_order_after_the_chit_urls() {
     let dir = TestDir::new();

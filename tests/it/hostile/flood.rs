@@ -205,6 +205,55 @@ fn thousands_of_chits_sharing_one_download_do_not_starve_another_consumer() {
     drop(daemon);
 }
 
+/// A consumer's chit gets to a download first and names a server that is
+/// slow but steady (above the minimum pace, so never cut for it). Another
+/// consumer's chit for the same file joins that download with a source of
+/// its own: it is tried after one slow window, not after the slow server
+/// finishes (about a minute here; a hostile one could take years).
+#[test]
+fn a_slow_source_of_one_consumer_does_not_hold_up_a_shared_download() {
+    let dir = TestDir::new();
+    let first = dir.spool("first");
+    let other = dir.spool("other");
+    let server = Server::start();
+    let content = Content::random(200_000);
+    server.add("/slow", content.bytes.clone());
+    server.add("/good", content.bytes.clone());
+    let drip = crate::server::Fault::SlowDrip {
+        bytes_per_tick: 200,
+        tick: Duration::from_millis(50),
+    };
+    server.set_fault("/slow", drip);
+    let config = ConfigFile {
+        cache: Some(dir.cache()),
+        consumers: vec![first.clone(), other.clone()],
+        ..ConfigFile::default()
+    }
+    .write(&dir, "chitd.toml");
+    let _daemon = Daemon::builder(&dir)
+        .config(&config)
+        .inactivity_timeout_ms(500)
+        .start();
+    first.drop_chit("slow", content.chit("a.bin", &[server.url("/slow")]));
+    poll(FLOOD_DEADLINE, "the slow download to start", || {
+        server.bytes_served_for("/slow") > 0
+    });
+
+    let dropped = Instant::now();
+    other.drop_chit("good", content.chit("b.bin", &[server.url("/good")]));
+    other.expect_downloaded("good");
+    let latency = dropped.elapsed();
+    eprintln!("the joining chit was served in {latency:?}");
+    other.assert_delivered("good", "b.bin", &content);
+    first.expect_downloaded("slow");
+    first.assert_delivered("slow", "a.bin", &content);
+    assert_eq!(server.gets("/good"), 1);
+    assert!(
+        latency < Duration::from_secs(20),
+        "the joining chit waited {latency:?} for the slow source"
+    );
+}
+
 /// Junk chit number `i`: one of a few malformed forms.
 fn junk(i: usize) -> String {
     const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
