@@ -1,17 +1,19 @@
-//! At most one download per digest; the chits waiting for it share its
-//! outcome.
+//! At most one download per file (sha256 and size); the chits waiting for
+//! it share its outcome.
 //!
 //! A plain data structure owned by the scheduler (no locks, no tasks): a
 //! chit that misses the cache is [`InFlight::add`]ed as a waiter; the first
-//! waiter for a digest queues a download, later ones just join. The
+//! waiter for a file queues a download, later ones just join. The
 //! scheduler starts queued downloads with [`InFlight::start_next`] (as job
 //! slots allow), and when one ends, [`InFlight::finish`] hands back every
 //! waiter. Call `finish` for every started download, or its waiters hang.
 //!
-//! Chits name a digest *and* a size. A chit whose size differs from the one
-//! a download for its digest was started with cannot share it (at most one
-//! of the two sizes is right): it waits *later*, and gets the outcome
-//! after the download ends (see [`Finished::later`]).
+//! Chits name a digest *and* a size. Two chits that name one digest with
+//! different sizes cannot both be right, so they never share a download:
+//! each size gets its own ([`Key`]), and neither waits for the other. When
+//! one succeeds, the file of that digest is known, and the scheduler takes
+//! the downloads of its other sizes out with [`InFlight::take_other_sizes`]
+//! to fail their chits.
 //!
 //! Queued downloads wait in one *lane* per consumer (the consumer of the
 //! chit that queued it) and start round-robin across lanes, so a consumer
@@ -24,22 +26,30 @@ use std::sync::atomic::AtomicU64;
 
 use crate::chit::Digest;
 
+/// What one download fetches: the file of this digest, if it has this size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub digest: Digest,
+    pub size: u64,
+}
+
 #[derive(Debug)]
 struct Entry<W> {
     waiters: Vec<W>,
-    /// Waiters for the same digest with another size.
-    later: Vec<W>,
     /// Bytes done, shared with the running download (for `status`).
     progress: Arc<AtomicU64>,
-    size: u64,
+    /// In a lane, not started yet.
+    queued: bool,
+    /// Holding a job slot.
     started: bool,
 }
 
 #[derive(Debug)]
 pub struct InFlight<W> {
-    entries: HashMap<Digest, Entry<W>>,
-    /// Queued (not yet started) digests, one queue per lane.
-    lanes: Vec<VecDeque<Digest>>,
+    entries: HashMap<Key, Entry<W>>,
+    /// Queued (not yet started) downloads, one queue per lane; a key whose
+    /// entry was taken out meanwhile is skipped.
+    lanes: Vec<VecDeque<Key>>,
     /// The lane served next.
     cursor: usize,
     running: usize,
@@ -56,78 +66,68 @@ impl<W> Default for InFlight<W> {
     }
 }
 
-/// A download's end: who waited for it.
+/// A download taken out by [`InFlight::take_other_sizes`].
 #[derive(Debug, PartialEq, Eq)]
-pub struct Finished<W> {
-    /// The size the download was for.
-    pub size: u64,
-    /// The waiters of that size, to be told the outcome.
+pub struct TakenOut<W> {
+    pub key: Key,
     pub waiters: Vec<W>,
-    /// The waiters for the same digest with another size: wrong if the
-    /// download succeeded, else owed a download of their own.
-    pub later: Vec<W>,
+    /// Whether it was running (its task must be cancelled).
+    pub started: bool,
 }
 
 impl<W> InFlight<W> {
-    /// Wait for `digest` of `size` bytes. Returns true when this queued a
-    /// new download (in `lane`, the waiter's consumer).
-    pub fn add(&mut self, lane: usize, digest: Digest, size: u64, waiter: W) -> bool {
-        match self.entries.get_mut(&digest) {
-            Some(entry) if entry.size == size => {
-                entry.waiters.push(waiter);
-                false
-            }
-            Some(entry) => {
-                entry.later.push(waiter);
-                false
-            }
-            None => {
-                self.entries.insert(
-                    digest,
-                    Entry {
-                        waiters: vec![waiter],
-                        later: Vec::new(),
-                        progress: Arc::new(AtomicU64::new(0)),
-                        size,
-                        started: false,
-                    },
-                );
-                if self.lanes.len() <= lane {
-                    self.lanes.resize_with(lane + 1, VecDeque::new);
-                }
-                self.lanes[lane].push_back(digest);
-                true
-            }
+    /// Wait for the file `key`. Returns true when this queued a new
+    /// download (in `lane`, the waiter's consumer).
+    pub fn add(&mut self, lane: usize, key: Key, waiter: W) -> bool {
+        if let Some(entry) = self.entries.get_mut(&key) {
+            entry.waiters.push(waiter);
+            return false;
         }
+        self.entries.insert(
+            key,
+            Entry {
+                waiters: vec![waiter],
+                progress: Arc::new(AtomicU64::new(0)),
+                queued: true,
+                started: false,
+            },
+        );
+        if self.lanes.len() <= lane {
+            self.lanes.resize_with(lane + 1, VecDeque::new);
+        }
+        self.lanes[lane].push_back(key);
+        true
     }
 
     /// Start the next queued download if fewer than `jobs` are running.
-    /// Returns its digest, its waiters so far (whose chits describe the
-    /// job) and the progress counter to update.
-    pub fn start_next(&mut self, jobs: usize) -> Option<(Digest, &[W], Arc<AtomicU64>)> {
+    /// Returns its key, its waiters so far (whose chits describe the job)
+    /// and the progress counter to update.
+    pub fn start_next(&mut self, jobs: usize) -> Option<(Key, &[W], Arc<AtomicU64>)> {
         if self.running >= jobs {
             return None;
         }
         let lanes = self.lanes.len();
-        let (lane, digest) = (0..lanes)
-            .map(|offset| (self.cursor + offset) % lanes)
-            .find_map(|lane| Some((lane, self.lanes[lane].pop_front()?)))?;
-        self.cursor = (lane + 1) % lanes;
-        let entry = self.entries.get_mut(&digest)?;
+        let key = loop {
+            let (lane, key) = (0..lanes)
+                .map(|offset| (self.cursor + offset) % lanes)
+                .find_map(|lane| Some((lane, self.lanes[lane].pop_front()?)))?;
+            self.cursor = (lane + 1) % lanes;
+            if self.entries.get(&key).is_some_and(|entry| entry.queued) {
+                break key;
+            }
+        };
+        let entry = self.entries.get_mut(&key)?;
+        entry.queued = false;
         entry.started = true;
         self.running += 1;
-        Some((
-            digest,
-            entry.waiters.as_slice(),
-            Arc::clone(&entry.progress),
-        ))
+        Some((key, entry.waiters.as_slice(), Arc::clone(&entry.progress)))
     }
 
-    /// The transfer of `digest` is over and its result is being published:
-    /// its job slot is free. Its waiters stay (and more may join) until
-    /// [`InFlight::finish`].
-    pub fn release(&mut self, digest: &Digest) {
-        if let Some(entry) = self.entries.get_mut(digest)
+    /// The transfer of `key` is over and its result is being published:
+    /// its job slot is free for the next one. Its waiters stay (and more
+    /// may join) until [`InFlight::finish`].
+    pub fn release(&mut self, key: &Key) {
+        if let Some(entry) = self.entries.get_mut(key)
             && entry.started
         {
             entry.started = false;
@@ -135,11 +135,11 @@ impl<W> InFlight<W> {
         }
     }
 
-    /// Take the waiter of `digest` if it is the only one (the common case:
+    /// Take the waiter of `key` if it is the only one (the common case:
     /// it can be delivered by the task that publishes the download). The
     /// entry stays: chits that join later wait for [`InFlight::finish`].
-    pub fn take_lone_waiter(&mut self, digest: &Digest) -> Option<W> {
-        let entry = self.entries.get_mut(digest)?;
+    pub fn take_lone_waiter(&mut self, key: &Key) -> Option<W> {
+        let entry = self.entries.get_mut(key)?;
         if entry.waiters.len() == 1 {
             entry.waiters.pop()
         } else {
@@ -147,26 +147,52 @@ impl<W> InFlight<W> {
         }
     }
 
-    /// Take the first waiter of `digest` that is `wanted`, however many
-    /// wait (the one a download was early-delivered to).
-    pub fn take_waiter(&mut self, digest: &Digest, wanted: impl Fn(&W) -> bool) -> Option<W> {
-        let entry = self.entries.get_mut(digest)?;
+    /// Take the first waiter of `key` that is `wanted`, however many wait
+    /// (the one a download was early-delivered to).
+    pub fn take_waiter(&mut self, key: &Key, wanted: impl Fn(&W) -> bool) -> Option<W> {
+        let entry = self.entries.get_mut(key)?;
         let at = entry.waiters.iter().position(wanted)?;
         Some(entry.waiters.remove(at))
     }
 
-    /// The download of `digest` ended: every waiter, to be told the outcome
+    /// The download of `key` ended: every waiter, to be told the outcome
     /// (`None` if no download of it was queued).
-    pub fn finish(&mut self, digest: &Digest) -> Option<Finished<W>> {
-        let entry = self.entries.remove(digest)?;
+    pub fn finish(&mut self, key: &Key) -> Option<Vec<W>> {
+        let entry = self.entries.remove(key)?;
         if entry.started {
             self.running -= 1;
         }
-        Some(Finished {
-            size: entry.size,
-            waiters: entry.waiters,
-            later: entry.later,
-        })
+        Some(entry.waiters)
+    }
+
+    /// Take out the downloads of `key`'s digest with another size, queued
+    /// or running (their job slots are free at once).
+    pub fn take_other_sizes(&mut self, key: &Key) -> Vec<TakenOut<W>> {
+        let others: Vec<Key> = self
+            .entries
+            .keys()
+            .filter(|other| other.digest == key.digest && other.size != key.size)
+            .copied()
+            .collect();
+        others
+            .into_iter()
+            .filter_map(|other| {
+                let entry = self.entries.remove(&other)?;
+                if entry.started {
+                    self.running -= 1;
+                }
+                Some(TakenOut {
+                    key: other,
+                    waiters: entry.waiters,
+                    started: entry.started,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether a download of `key` is queued or running.
+    pub fn contains(&self, key: &Key) -> bool {
+        self.entries.contains_key(key)
     }
 
     /// Nothing queued, running or waiting.
@@ -174,16 +200,15 @@ impl<W> InFlight<W> {
         self.entries.is_empty()
     }
 
-    /// Running downloads: digest, bytes done, size, waiters.
-    pub fn running(&self) -> impl Iterator<Item = (&Digest, u64, u64, &[W])> {
+    /// Running downloads: key, bytes done, waiters.
+    pub fn running(&self) -> impl Iterator<Item = (&Key, u64, &[W])> {
         self.entries
             .iter()
             .filter(|(_, e)| e.started)
-            .map(|(digest, e)| {
+            .map(|(key, e)| {
                 (
-                    digest,
+                    key,
                     e.progress.load(std::sync::atomic::Ordering::Relaxed),
-                    e.size,
                     e.waiters.as_slice(),
                 )
             })
@@ -194,89 +219,123 @@ impl<W> InFlight<W> {
 mod tests {
     use super::*;
 
-    fn digest(n: u8) -> Digest {
-        Digest::from_bytes([n; 32])
+    /// File `n` of 10 bytes.
+    fn key(n: u8) -> Key {
+        sized(n, 10)
     }
 
-    fn finished<W>(inflight: &mut InFlight<W>, digest: Digest) -> Vec<W> {
-        inflight
-            .finish(&digest)
-            .map_or_else(Vec::new, |f| f.waiters)
+    fn sized(n: u8, size: u64) -> Key {
+        Key {
+            digest: Digest::from_bytes([n; 32]),
+            size,
+        }
+    }
+
+    fn finished<W>(inflight: &mut InFlight<W>, key: Key) -> Vec<W> {
+        inflight.finish(&key).unwrap_or_default()
     }
 
     #[test]
     fn a_released_slot_starts_the_next_download_while_waiters_stay() {
         let mut inflight = InFlight::default();
-        inflight.add(0, digest(1), 10, "a");
-        inflight.add(0, digest(2), 10, "b");
+        inflight.add(0, key(1), "a");
+        inflight.add(0, key(2), "b");
         assert!(inflight.start_next(1).is_some());
         assert!(inflight.start_next(1).is_none());
-        inflight.release(&digest(1));
-        inflight.release(&digest(1)); // twice is harmless
+        inflight.release(&key(1));
+        inflight.release(&key(1)); // twice is harmless
         let (second, _, _) = inflight.start_next(1).unwrap();
-        assert_eq!(second, digest(2));
-        // A chit joining while digest 1 is being published shares it.
-        assert!(!inflight.add(0, digest(1), 10, "c"));
-        assert_eq!(finished(&mut inflight, digest(1)), ["a", "c"]);
+        assert_eq!(second, key(2));
+        // A chit joining while file 1 is being published shares it.
+        assert!(!inflight.add(0, key(1), "c"));
+        assert_eq!(finished(&mut inflight, key(1)), ["a", "c"]);
         assert!(
             inflight.start_next(1).is_none(),
-            "digest 2 still holds the slot"
+            "file 2 still holds the slot"
         );
     }
 
     #[test]
-    fn one_download_per_digest_and_all_waiters_return() {
+    fn one_download_per_file_and_all_waiters_return() {
         let mut inflight = InFlight::default();
-        assert!(inflight.add(0, digest(1), 10, "a"));
-        assert!(!inflight.add(1, digest(1), 10, "b"));
-        assert!(inflight.add(0, digest(2), 10, "c"));
+        assert!(inflight.add(0, key(1), "a"));
+        assert!(!inflight.add(1, key(1), "b"));
+        assert!(inflight.add(0, key(2), "c"));
         let (first, waiters, _) = inflight.start_next(1).unwrap();
-        assert_eq!((first, waiters), (digest(1), &["a", "b"][..]));
+        assert_eq!((first, waiters), (key(1), &["a", "b"][..]));
         assert!(inflight.start_next(1).is_none(), "jobs limit");
         // A waiter joining a running download does not queue another.
-        assert!(!inflight.add(0, digest(1), 10, "d"));
+        assert!(!inflight.add(0, key(1), "d"));
         assert_eq!(inflight.running().count(), 1);
-        assert_eq!(finished(&mut inflight, digest(1)), ["a", "b", "d"]);
+        assert_eq!(finished(&mut inflight, key(1)), ["a", "b", "d"]);
         let (second, _, _) = inflight.start_next(1).unwrap();
-        assert_eq!(second, digest(2));
-        assert_eq!(finished(&mut inflight, digest(2)), ["c"]);
+        assert_eq!(second, key(2));
+        assert_eq!(finished(&mut inflight, key(2)), ["c"]);
         assert!(inflight.is_empty());
-        assert!(inflight.finish(&digest(3)).is_none());
+        assert!(inflight.finish(&key(3)).is_none());
     }
 
     #[test]
     fn a_lone_waiter_or_a_wanted_one_is_taken_and_the_others_stay() {
         let mut inflight = InFlight::default();
-        inflight.add(0, digest(1), 10, "a");
-        inflight.add(1, digest(1), 10, "b");
-        inflight.add(0, digest(1), 10, "c");
-        assert_eq!(inflight.take_lone_waiter(&digest(1)), None);
-        assert_eq!(inflight.take_waiter(&digest(1), |w| *w == "b"), Some("b"));
-        assert_eq!(inflight.take_waiter(&digest(1), |w| *w == "b"), None);
-        assert_eq!(inflight.take_waiter(&digest(2), |_| true), None);
-        assert_eq!(finished(&mut inflight, digest(1)), ["a", "c"]);
-        inflight.add(0, digest(2), 10, "d");
-        assert_eq!(inflight.take_lone_waiter(&digest(2)), Some("d"));
+        inflight.add(0, key(1), "a");
+        inflight.add(1, key(1), "b");
+        inflight.add(0, key(1), "c");
+        assert_eq!(inflight.take_lone_waiter(&key(1)), None);
+        assert_eq!(inflight.take_waiter(&key(1), |w| *w == "b"), Some("b"));
+        assert_eq!(inflight.take_waiter(&key(1), |w| *w == "b"), None);
+        assert_eq!(inflight.take_waiter(&key(2), |_| true), None);
+        assert_eq!(finished(&mut inflight, key(1)), ["a", "c"]);
+        inflight.add(0, key(2), "d");
+        assert_eq!(inflight.take_lone_waiter(&key(2)), Some("d"));
     }
 
+    /// Two sizes of one digest are two downloads, side by side; when one
+    /// is known right, the others (running or queued) are taken out, and
+    /// a stale lane entry never starts anything.
     #[test]
-    fn a_waiter_of_another_size_never_shares_the_download() {
+    fn each_size_of_a_digest_is_its_own_download() {
         let mut inflight = InFlight::default();
-        assert!(inflight.add(0, digest(1), 13, "right"));
-        assert!(!inflight.add(1, digest(1), 14, "wrong"));
-        assert!(!inflight.add(2, digest(1), 13, "right too"));
-        let (_, started_for, _) = inflight.start_next(4).unwrap();
-        assert_eq!(started_for, ["right", "right too"]);
-        assert!(inflight.start_next(4).is_none(), "one download per digest");
-        assert_eq!(inflight.take_lone_waiter(&digest(1)), None);
+        assert!(inflight.add(0, sized(1, 14), "wrong"));
+        assert!(inflight.add(1, sized(1, 13), "right"));
+        assert!(!inflight.add(2, sized(1, 13), "right too"));
+        assert!(inflight.add(2, sized(1, 15), "wrong too"));
+        let (first, _, _) = inflight.start_next(2).unwrap();
+        let (second, started_for, _) = inflight.start_next(2).unwrap();
+        assert_eq!((first, second), (sized(1, 14), sized(1, 13)));
+        assert_eq!(started_for, ["right", "right too"], "never shared");
+        assert!(inflight.start_next(2).is_none(), "two jobs");
+        inflight.release(&sized(1, 13));
+        let mut others = inflight.take_other_sizes(&sized(1, 13));
+        others.sort_by_key(|o| o.key.size);
         assert_eq!(
-            inflight.finish(&digest(1)),
-            Some(Finished {
-                size: 13,
-                waiters: vec!["right", "right too"],
-                later: vec!["wrong"],
-            })
+            others,
+            [
+                TakenOut {
+                    key: sized(1, 14),
+                    waiters: vec!["wrong"],
+                    started: true
+                },
+                TakenOut {
+                    key: sized(1, 15),
+                    waiters: vec!["wrong too"],
+                    started: false
+                },
+            ]
         );
+        assert!(inflight.contains(&sized(1, 13)));
+        assert!(!inflight.contains(&sized(1, 15)));
+        // Queued again after it was taken out: it starts once, and the
+        // stale lane entry does not start it a second time after release.
+        assert!(inflight.add(0, sized(1, 15), "again"));
+        assert_eq!(inflight.start_next(4).unwrap().0, sized(1, 15));
+        inflight.release(&sized(1, 15));
+        assert!(inflight.start_next(4).is_none());
+        assert_eq!(
+            finished(&mut inflight, sized(1, 13)),
+            ["right", "right too"]
+        );
+        assert_eq!(finished(&mut inflight, sized(1, 15)), ["again"]);
         assert!(inflight.is_empty());
     }
 
@@ -284,20 +343,17 @@ mod tests {
     fn lanes_take_turns() {
         let mut inflight = InFlight::default();
         for n in 0..100 {
-            inflight.add(0, digest(n), 10, "flood");
+            inflight.add(0, key(n), "flood");
         }
-        inflight.add(2, digest(200), 10, "other");
-        inflight.add(2, digest(201), 10, "other");
+        inflight.add(2, key(200), "other");
+        inflight.add(2, key(201), "other");
         let mut order = Vec::new();
         while let Some((next, _, _)) = inflight.start_next(1) {
             order.push(next);
             inflight.finish(&next);
         }
         assert_eq!(order.len(), 102);
-        assert_eq!(
-            &order[..4],
-            [digest(0), digest(200), digest(1), digest(201)]
-        );
+        assert_eq!(&order[..4], [key(0), key(200), key(1), key(201)]);
         assert!(inflight.is_empty());
     }
 }

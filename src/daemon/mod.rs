@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::dir::Dir;
 use crate::dir::DurableDirs;
 use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job, MoreSources};
-use crate::inflight::{Finished, InFlight};
+use crate::inflight::{InFlight, Key};
 use crate::partial::{Frontier, Partial};
 use crate::spool::Spool;
 use crate::store::Store;
@@ -215,6 +215,7 @@ pub async fn run(
         hold_stuck: false,
         chases: HashMap::new(),
         more_sources: HashMap::new(),
+        download_cancels: HashMap::new(),
         parked: HashMap::new(),
         names_checks: Vec::new(),
         removed_states: HashSet::new(),
@@ -235,8 +236,8 @@ pub async fn run(
 /// object, or the reason to fail it.
 type Delivery = (Waiter, Arc<Result<PathBuf, String>>);
 
-/// A finished download: its digest, the sources it tried, its result.
-type DownloadOutcome = (Digest, Vec<url::Url>, Result<Partial, DownloadError>);
+/// A finished download: what it fetched, the sources it tried, its result.
+type DownloadOutcome = (Key, Vec<url::Url>, Result<Partial, DownloadError>);
 
 struct Scheduler {
     shared: Arc<Shared>,
@@ -256,12 +257,12 @@ struct Scheduler {
     last_cache_sync: Option<tokio::time::Instant>,
     /// When the oldest chit in `commits` was delivered.
     commits_since: Option<tokio::time::Instant>,
-    /// Sources already tried in vain for a digest that is being retried
+    /// Sources already tried in vain for a file that is being retried
     /// from sources that chits joining later named.
-    tried: HashMap<Digest, Vec<url::Url>>,
+    tried: HashMap<Key, Vec<url::Url>>,
     /// The reasons of those earlier, failed downloads: the final reason
     /// lists every source's answer, not only the last round's.
-    earlier_failures: HashMap<Digest, Vec<String>>,
+    earlier_failures: HashMap<Key, Vec<String>>,
     jobs: usize,
     cancel: CancellationToken,
     /// Chits whose last attempt could not claim them or move them to
@@ -272,10 +273,13 @@ struct Scheduler {
     /// when nothing but stuck chits is left).
     hold_stuck: bool,
     /// Early deliveries of the downloads under way (see [`crate::chase`]).
-    chases: HashMap<Digest, Chase>,
-    /// The size and the [`MoreSources`] of each download under way: chits
-    /// of that size that join it hand it their sources.
-    more_sources: HashMap<Digest, (u64, Arc<MoreSources>)>,
+    chases: HashMap<Key, Chase>,
+    /// The [`MoreSources`] of each download under way: chits that join it
+    /// hand it their sources.
+    more_sources: HashMap<Key, Arc<MoreSources>>,
+    /// Each running download's own cancellation (a child of `cancel`): a
+    /// download of a size known wrong is stopped.
+    download_cancels: HashMap<Key, CancellationToken>,
     /// Chits waiting for their delivery target (another chit is delivering
     /// to it), with the cached object to deliver, in arrival order.
     parked: HashMap<work::Target, std::collections::VecDeque<(Waiter, PathBuf)>>,
@@ -461,30 +465,30 @@ impl Scheduler {
                 None => break,
             };
         }
-        while let Some((digest, waiters, progress)) = self.inflight.start_next(self.jobs) {
-            let mut job = job(&self.shared.mirrors, digest, waiters);
-            if let Some(tried) = self.tried.get(&digest) {
+        while let Some((key, waiters, progress)) = self.inflight.start_next(self.jobs) {
+            let mut job = job(&self.shared.mirrors, key.digest, waiters);
+            if let Some(tried) = self.tried.get(&key) {
                 job.sources.retain(|source| !tried.contains(source));
             }
             tracing::info!(
-                digest = %digest, size = job.size, waiters = waiters.len(),
+                digest = %key.digest, size = job.size, waiters = waiters.len(),
                 sources = job.sources.len(), "download started"
             );
             let first = waiters
                 .first()
                 .map(|w| (w.consumer, w.name.clone(), w.chit.path.clone()));
-            let frontier = self.start_chase(digest, job.size, first);
-            self.more_sources
-                .insert(digest, (job.size, Arc::clone(&job.more)));
+            let frontier = self.start_chase(key, first);
+            self.more_sources.insert(key, Arc::clone(&job.more));
+            let cancel = self.cancel.child_token();
+            self.download_cancels.insert(key, cancel.clone());
             let shared = Arc::clone(&self.shared);
-            let cancel = self.cancel.clone();
             self.downloads.spawn(async move {
                 let store = Arc::clone(&shared.store);
                 let download = shared
                     .fetcher
                     .download(store, &mut job, &progress, frontier, &cancel);
                 let result = Box::pin(download).await;
-                (digest, job.sources, result)
+                (key, job.sources, result)
             });
         }
     }
@@ -494,11 +498,11 @@ impl Scheduler {
     /// download must publish.
     fn start_chase(
         &mut self,
-        digest: Digest,
-        size: u64,
+        key: Key,
         first: Option<(usize, String, crate::chit::DeliveryPath)>,
     ) -> Option<Arc<Frontier>> {
         let (consumer, name, path) = first?;
+        let Key { digest, size } = key;
         if size < CHASE_MIN || Partial::fits_in_memory(size) {
             return None;
         }
@@ -521,8 +525,8 @@ impl Scheduler {
             })
         };
         let chase = Chase::start(consumer, name, part, size, Arc::clone(&frontier), prepare)?;
-        if let Some(earlier) = self.chases.insert(digest, chase) {
-            self.abort_chase(earlier, digest, None);
+        if let Some(earlier) = self.chases.insert(key, chase) {
+            self.abort_chase(earlier, key, None);
         }
         Some(frontier)
     }
@@ -530,15 +534,10 @@ impl Scheduler {
     /// Stop an early delivery and remove its temporary, on the local pool
     /// (the daemon is not idle until that is done); then fail its download's
     /// waiters, if it `failed` (so no temporary outlives a failed chit).
-    fn abort_chase(
-        &mut self,
-        chase: Chase,
-        digest: Digest,
-        failed: Option<(Vec<url::Url>, String)>,
-    ) {
+    fn abort_chase(&mut self, chase: Chase, key: Key, failed: Option<(Vec<url::Url>, String)>) {
         self.local.spawn_blocking(move || {
             chase.abort();
-            Step::ChaseAborted { digest, failed }
+            Step::ChaseAborted { key, failed }
         });
     }
 
@@ -590,13 +589,13 @@ impl Scheduler {
                     self.check_names(consumer, with_fetch);
                 }
             }
-            Step::ChaseAborted { digest, failed } => {
+            Step::ChaseAborted { key, failed } => {
                 if let Some((tried, reason)) = failed {
-                    self.settle(digest, Some(tried), Err(reason));
+                    self.settle(key, Some(tried), Err(reason));
                 }
             }
             Step::Published {
-                digest,
+                key,
                 published,
                 delivered,
             } => {
@@ -604,12 +603,12 @@ impl Scheduler {
                     self.step_done(*step);
                 }
                 if let Ok(object) = &published {
-                    tracing::info!(digest = %digest, "download finished, verified and cached");
+                    tracing::info!(digest = %key.digest, "download finished, verified and cached");
                     if let Some(dir) = object.parent() {
                         self.unsynced_cache_dirs.insert(dir.to_path_buf());
                     }
                 }
-                self.settle(digest, None, published);
+                self.settle(key, None, published);
             }
             Step::Parked {
                 waiter,
@@ -628,20 +627,25 @@ impl Scheduler {
                 }
             }
             Step::Wait(waiter) => {
-                let (digest, size) = (waiter.chit.digest, waiter.chit.size);
-                // Joining a running download of its size: that download
-                // tries this chit's sources too.
-                if let Some((running, more)) = self.more_sources.get(&digest)
-                    && *running == size
-                {
-                    let tried = self.tried.get(&digest);
-                    let sources = job(&self.shared.mirrors, digest, std::slice::from_ref(&waiter))
-                        .sources
-                        .into_iter()
-                        .filter(|source| tried.is_none_or(|tried| !tried.contains(source)));
+                let key = Key {
+                    digest: waiter.chit.digest,
+                    size: waiter.chit.size,
+                };
+                // Joining a running download: it tries this chit's sources
+                // too.
+                if let Some(more) = self.more_sources.get(&key) {
+                    let tried = self.tried.get(&key);
+                    let sources = job(
+                        &self.shared.mirrors,
+                        key.digest,
+                        std::slice::from_ref(&waiter),
+                    )
+                    .sources
+                    .into_iter()
+                    .filter(|source| tried.is_none_or(|tried| !tried.contains(source)));
                     more.add(sources);
                 }
-                self.inflight.add(waiter.consumer, digest, size, waiter);
+                self.inflight.add(waiter.consumer, key, waiter);
             }
         }
     }
@@ -682,40 +686,43 @@ impl Scheduler {
         }
     }
 
-    fn download_done(&mut self, (digest, tried, result): DownloadOutcome) {
-        self.more_sources.remove(&digest);
+    fn download_done(&mut self, (key, tried, result): DownloadOutcome) {
+        self.more_sources.remove(&key);
+        self.download_cancels.remove(&key);
         match result {
             Ok(partial) => {
                 // The transfer is over: its slot is free for the next one,
                 // while the local pool publishes (fdatasync and rename: for
                 // many small files, this is where the time goes).
-                self.inflight.release(&digest);
+                self.inflight.release(&key);
                 // The waiter a chase copied for is delivered with the
                 // publish, whoever else waits; else a lone waiter.
-                let chase = self.chases.remove(&digest);
+                let chase = self.chases.remove(&key);
                 let lone = chase
                     .as_ref()
                     .and_then(|chase| {
-                        self.inflight.take_waiter(&digest, |w| {
+                        self.inflight.take_waiter(&key, |w| {
                             (w.consumer, &w.name) == (chase.consumer, &chase.name)
                         })
                     })
-                    .or_else(|| self.inflight.take_lone_waiter(&digest));
+                    .or_else(|| self.inflight.take_lone_waiter(&key));
                 let shared = Arc::clone(&self.shared);
                 self.local
-                    .spawn_blocking(move || work::publish(&shared, partial, digest, lone, chase));
+                    .spawn_blocking(move || work::publish(&shared, partial, key, lone, chase));
             }
             Err(error) => {
                 let failed = match error {
                     DownloadError::Failed(reason) => {
-                        tracing::warn!(digest = %digest, "download failed: {reason}");
+                        tracing::warn!(digest = %key.digest, size = key.size, "download failed: {reason}");
                         Some((tried, reason))
                     }
+                    // Shut down, or stopped because its size is known
+                    // wrong (its chits were failed then).
                     DownloadError::Shutdown => None,
                 };
-                match (self.chases.remove(&digest), failed) {
-                    (Some(chase), failed) => self.abort_chase(chase, digest, failed),
-                    (None, Some((tried, reason))) => self.settle(digest, Some(tried), Err(reason)),
+                match (self.chases.remove(&key), failed) {
+                    (Some(chase), failed) => self.abort_chase(chase, key, failed),
+                    (None, Some((tried, reason))) => self.settle(key, Some(tried), Err(reason)),
                     (None, None) => {}
                 }
             }
@@ -724,71 +731,44 @@ impl Scheduler {
 
     /// A download is over: hand its outcome to every waiter, or, when it
     /// failed (`tried`: the sources it tried) and a waiter names sources
-    /// nobody tried yet, queue another download for them all.
-    fn settle(
-        &mut self,
-        digest: Digest,
-        tried: Option<Vec<url::Url>>,
-        outcome: Result<PathBuf, String>,
-    ) {
-        let Some(Finished {
-            size,
-            waiters,
-            later,
-        }) = self.inflight.finish(&digest)
-        else {
+    /// nobody tried yet, queue another download for them all. When it
+    /// succeeded, the file of its digest is known: downloads of the digest
+    /// with another size are stopped, and their chits failed.
+    fn settle(&mut self, key: Key, tried: Option<Vec<url::Url>>, outcome: Result<PathBuf, String>) {
+        let Some(waiters) = self.inflight.finish(&key) else {
             return;
         };
         if let (Err(_), Some(tried)) = (&outcome, tried) {
             // A chit that joined after the download started may name sources
             // nobody tried yet: then all waiters get another download, from
             // those sources only.
-            let tried_before = self.tried.entry(digest).or_default();
+            let tried_before = self.tried.entry(key).or_default();
             tried_before.extend(tried);
             let untried = waiters.iter().any(|waiter| {
-                job(&self.shared.mirrors, digest, std::slice::from_ref(waiter))
-                    .sources
-                    .iter()
-                    .any(|source| !tried_before.contains(source))
+                job(
+                    &self.shared.mirrors,
+                    key.digest,
+                    std::slice::from_ref(waiter),
+                )
+                .sources
+                .iter()
+                .any(|source| !tried_before.contains(source))
             });
             if untried {
                 if let Err(reason) = outcome {
-                    self.earlier_failures
-                        .entry(digest)
-                        .or_default()
-                        .push(reason);
+                    self.earlier_failures.entry(key).or_default().push(reason);
                 }
-                for waiter in waiters.into_iter().chain(later) {
-                    let size = waiter.chit.size;
-                    self.inflight.add(waiter.consumer, digest, size, waiter);
+                for waiter in waiters {
+                    self.inflight.add(waiter.consumer, key, waiter);
                 }
                 return;
             }
         }
-        match &outcome {
-            // The file of this digest is `size` bytes: chits that say
-            // otherwise are wrong.
-            Ok(_) => {
-                for waiter in later {
-                    let reason = format!(
-                        "the chit says {} bytes, but the file with this sha256 is {size} bytes \
-                         (downloaded and verified for another chit)",
-                        waiter.chit.size
-                    );
-                    self.deliver(waiter, Arc::new(Err(reason)));
-                }
-            }
-            // That download's size may have been the wrong one: theirs
-            // gets a download of its own.
-            Err(_) => {
-                for waiter in later {
-                    let size = waiter.chit.size;
-                    self.inflight.add(waiter.consumer, digest, size, waiter);
-                }
-            }
+        if outcome.is_ok() {
+            self.fail_other_sizes(key);
         }
-        self.tried.remove(&digest);
-        let earlier = self.earlier_failures.remove(&digest).unwrap_or_default();
+        self.tried.remove(&key);
+        let earlier = self.earlier_failures.remove(&key).unwrap_or_default();
         let outcome = outcome.map_err(|last| {
             earlier
                 .into_iter()
@@ -799,6 +779,32 @@ impl Scheduler {
         let outcome = Arc::new(outcome);
         for waiter in waiters {
             self.deliver(waiter, Arc::clone(&outcome));
+        }
+    }
+
+    /// The file of `key.digest` is `key.size` bytes (verified): chits
+    /// that name the digest with another size are wrong. Their downloads
+    /// are taken out (a running one is cancelled: it could never verify)
+    /// and the chits failed.
+    fn fail_other_sizes(&mut self, key: Key) {
+        for other in self.inflight.take_other_sizes(&key) {
+            if let Some(cancel) = self.download_cancels.remove(&other.key) {
+                cancel.cancel();
+            }
+            self.tried.remove(&other.key);
+            self.earlier_failures.remove(&other.key);
+            tracing::info!(
+                digest = %key.digest, size = other.key.size, waiters = other.waiters.len(),
+                "download stopped: the file of this sha256 is {} bytes", key.size
+            );
+            let reason = Arc::new(Err(format!(
+                "the chit says {} bytes, but the file with this sha256 is {} bytes \
+                 (downloaded and verified for another chit)",
+                other.key.size, key.size
+            )));
+            for waiter in other.waiters {
+                self.deliver(waiter, Arc::clone(&reason));
+            }
         }
     }
 
@@ -939,21 +945,18 @@ impl Scheduler {
 
     fn write_status(&self) {
         for (index, consumer) in self.shared.consumers.iter().enumerate() {
-            let downloads = self
-                .inflight
-                .running()
-                .flat_map(|(digest, done, total, waiters)| {
-                    waiters
-                        .iter()
-                        .filter(move |w| w.consumer == index)
-                        .map(move |w| status_file::InFlightChit {
-                            chit: w.name.clone(),
-                            digest: digest.to_string(),
-                            path: w.chit.path.to_string(),
-                            done,
-                            total,
-                        })
-                });
+            let downloads = self.inflight.running().flat_map(|(key, done, waiters)| {
+                waiters
+                    .iter()
+                    .filter(move |w| w.consumer == index)
+                    .map(move |w| status_file::InFlightChit {
+                        chit: w.name.clone(),
+                        digest: key.digest.to_string(),
+                        path: w.chit.path.to_string(),
+                        done,
+                        total: key.size,
+                    })
+            });
             consumer.status.write(downloads.collect());
         }
     }

@@ -9,6 +9,7 @@ use crate::chit::{Chit, Digest};
 use crate::deliver::{Source, deliver_unsynced};
 use crate::dir::Dir;
 use crate::durable::sync_dir;
+use crate::inflight::Key;
 use crate::spool::{Claim, ReadError};
 use crate::store::Lookup;
 
@@ -120,13 +121,13 @@ pub enum Step {
     /// download failed (the sources tried, the reason), or was replaced or
     /// stopped.
     ChaseAborted {
-        digest: Digest,
+        key: Key,
         failed: Option<(Vec<url::Url>, String)>,
     },
     /// A verified download was published into the cache (or could not be),
     /// and its lone waiter delivered (or failed) by the same task.
     Published {
-        digest: Digest,
+        key: Key,
         published: Result<PathBuf, String>,
         delivered: Option<Box<Step>>,
     },
@@ -253,7 +254,7 @@ pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Object<'_>, &str>
 pub fn publish(
     shared: &Shared,
     partial: crate::partial::Partial,
-    digest: Digest,
+    key: Key,
     lone: Option<Waiter>,
     chase: Option<Chase>,
 ) -> Step {
@@ -264,7 +265,7 @@ pub fn publish(
     }
     let published = shared
         .store
-        .publish(partial, &digest)
+        .publish(partial, &key.digest)
         .map_err(|e| format!("cannot publish into the cache: {e}"));
     let chased = chase.and_then(|chase| {
         let for_lone = lone
@@ -292,7 +293,7 @@ pub fn publish(
         })
     });
     Step::Published {
-        digest,
+        key,
         published: published.map(|object| object.path),
         delivered,
     }

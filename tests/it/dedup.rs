@@ -100,8 +100,9 @@ fn wrong_size_chit(content: &Content, path: &str, urls: &[String]) -> String {
 }
 
 /// Two chits name one digest but different sizes: at most one is right, so
-/// they never share a download, whichever comes first; and a wrong size
-/// never evicts the cached object.
+/// they never share a download, and neither waits for the other's,
+/// whichever comes first; once one is verified, the other is failed (its
+/// download stopped); and a wrong size never evicts the cached object.
 #[test]
 fn a_chit_with_the_wrong_size_never_shares_a_download_nor_evicts_the_object() {
     let dir = TestDir::new();
@@ -112,16 +113,16 @@ fn a_chit_with_the_wrong_size_never_shares_a_download_nor_evicts_the_object() {
     server.set_fault(
         "/slow",
         Fault::SlowDrip {
-            bytes_per_tick: 2048,
+            bytes_per_tick: 512,
             tick: Duration::from_millis(50),
         },
     );
-    server.add("/busy", content.bytes.clone());
-    server.set_fault("/busy", Fault::Status(503));
     server.add("/good", content.bytes.clone());
     let spool = dir.spool("c");
 
-    // The right chit first: the wrong one joins while it downloads.
+    // The right chit first: the wrong one comes while it downloads, gets a
+    // download of its own, and fails on its own answer, long before the
+    // right one is through.
     let mut daemon = Daemon::for_spool(&dir, &spool).exit_when_idle().start();
     spool.drop_chit("right1", content.chit("right1.bin", &[server.url("/slow")]));
     wait_until(TIMEOUT, "the download to start", || {
@@ -131,39 +132,62 @@ fn a_chit_with_the_wrong_size_never_shares_a_download_nor_evicts_the_object() {
         "wrong1",
         wrong_size_chit(&content, "wrong1.bin", &[server.url("/slow")]),
     );
+    let reason = spool.expect_failed("wrong1");
+    assert!(
+        spool.states_of("right1") == [State::Fetch],
+        "the wrong chit waited for the right one's download"
+    );
     daemon.expect_success(TIMEOUT);
     spool.assert_delivered("right1", "right1.bin", &content);
-    let reason = spool.expect_failed("wrong1");
-    assert_eq!(
-        reason,
-        format!(
-            "the chit says {} bytes, but the file with this sha256 is {size} bytes \
-             (downloaded and verified for another chit)",
+    assert!(
+        reason.ends_with(&format!(
+            "server announced {size} bytes, the chit says {}",
             size + 1
-        )
+        )),
+        "{reason}"
     );
     assert!(!spool.delivered_path("wrong1.bin").exists());
 
-    // The wrong chit first, on a source that keeps failing: the right one
-    // waits for it to give up, then gets a download of its own.
+    // The wrong chit first, from a server that announces its size and
+    // sends at a slow but steady pace (the whole would take an hour): the
+    // right one does not wait for it. Once it is verified, the wrong
+    // chit's download is stopped and the chit failed.
     std::fs::remove_dir_all(dir.cache()).unwrap();
-    let mut daemon = Daemon::for_spool(&dir, &spool)
-        .give_up_after("2s")
-        .exit_when_idle()
-        .start();
-    spool.drop_chit(
-        "wrong2",
-        wrong_size_chit(&content, "wrong2.bin", &[server.url("/busy")]),
+    let hostile_size = 64 * 1024 * 1024;
+    server.add("/hostile", vec![0u8; hostile_size]);
+    server.set_fault(
+        "/hostile",
+        Fault::SlowDrip {
+            bytes_per_tick: 1024,
+            tick: Duration::from_millis(50),
+        },
     );
+    let mut daemon = Daemon::for_spool(&dir, &spool).exit_when_idle().start();
+    let hostile = content
+        .chit("wrong2.bin", &[server.url("/hostile")])
+        .replacen(&format!("\n{size}\n"), &format!("\n{hostile_size}\n"), 1);
+    spool.drop_chit("wrong2", hostile);
     wait_until(TIMEOUT, "the wrong chit's download to start", || {
-        (server.gets("/busy") > 0).then_some(())
+        (server.bytes_served_for("/hostile") > 0).then_some(())
     });
     spool.drop_chit("right2", content.chit("right2.bin", &[server.url("/good")]));
     daemon.expect_success(TIMEOUT);
     spool.assert_delivered("right2", "right2.bin", &content);
     let reason = spool.expect_failed("wrong2");
-    assert!(reason.contains("503"), "{reason}");
+    assert_eq!(
+        reason,
+        format!(
+            "the chit says {hostile_size} bytes, but the file with this sha256 is {size} bytes \
+             (downloaded and verified for another chit)"
+        )
+    );
     assert_eq!(server.gets("/good"), 1, "{:?}", server.requests());
+    assert!(!spool.delivered_path("wrong2.bin").exists());
+    let dripped = server.bytes_served_for("/hostile");
+    assert!(
+        dripped < 1024 * 1024,
+        "{dripped} bytes: the download went on"
+    );
 
     // Cached now: a wrong size fails without any request, and the object
     // stays for the right one.
