@@ -251,7 +251,9 @@ impl Store {
     /// cache; and the partial downloads nothing can resume: a `.part`
     /// without its progress record (cut before its first checkpoint), a
     /// record without its `.part` (left by a crash right after a publish),
-    /// and any nobody has touched for [`ORPHAN_GRACE`].
+    /// any of a digest already in the cache (of another size, known wrong:
+    /// a download stopped for it), and any nobody has touched for
+    /// [`ORPHAN_GRACE`].
     fn remove_temporaries(&self) -> io::Result<()> {
         let now = SystemTime::now();
         let entries = walk(&self.root)?;
@@ -273,11 +275,17 @@ impl Store {
                     Some("progress") => !has(&entry.with_extension("part")),
                     _ => false,
                 };
+            let superseded = in_partials
+                && name
+                    .get(..64)
+                    .and_then(|hex| Digest::parse_hex(hex).ok())
+                    .is_some_and(|digest| self.object_path(&digest).is_file());
             let stale_partial = in_partials
                 && fs::metadata(entry)
                     .and_then(|m| m.modified())
                     .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > ORPHAN_GRACE);
-            if (name.starts_with('.') && name != ".") || unresumable || stale_partial {
+            if (name.starts_with('.') && name != ".") || unresumable || superseded || stale_partial
+            {
                 tracing::info!(path = %entry.display(), "removing leftover from an earlier run");
                 fs::remove_file(entry).map_err(|e| with_path(e, "removing", entry))?;
             }
@@ -470,9 +478,29 @@ mod tests {
         let partials = dir.path().join("partial-v1");
         let file = |name: &str| partials.join(name);
         // A pair, resumable; a .part cut before its first checkpoint; a
-        // record whose .part was published just before a crash.
-        for name in ["a.part", "a.progress", "b.part", "c.progress"] {
-            fs::write(file(name), "x").unwrap();
+        // record whose .part was published just before a crash; a pair of
+        // a digest already cached (with another size: a download stopped
+        // as wrong), and a pair of one that is not.
+        let cached = Digest::from_bytes([7; 32]);
+        let store = Store::open(dir.path()).unwrap();
+        let object = store.object_path(&cached);
+        fs::create_dir_all(object.parent().unwrap()).unwrap();
+        fs::write(&object, "cached").unwrap();
+        drop(store);
+        let missing = Digest::from_bytes([8; 32]);
+        let wrong = Partial::part_path(&partials, &cached, 99);
+        let other = Partial::part_path(&partials, &missing, 99);
+        for path in [
+            file("a.part"),
+            file("a.progress"),
+            file("b.part"),
+            file("c.progress"),
+            wrong.clone(),
+            wrong.with_extension("progress"),
+            other.clone(),
+            other.with_extension("progress"),
+        ] {
+            fs::write(path, "x").unwrap();
         }
         drop(Store::open(dir.path()).unwrap());
         let mut left: Vec<_> = fs::read_dir(&partials)
@@ -480,6 +508,16 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["a.part", "a.progress"]);
+        let other = format!("{missing}-99");
+        assert_eq!(
+            left,
+            [
+                format!("{other}.part"),
+                format!("{other}.progress"),
+                "a.part".into(),
+                "a.progress".into()
+            ]
+        );
+        assert!(object.exists(), "the object stays");
     }
 }
