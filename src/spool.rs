@@ -149,7 +149,9 @@ impl Spool {
                 "the chit is {length} bytes; the limit is {MAX_CHIT_BYTES}"
             )));
         }
-        let mut bytes = Vec::new();
+        // Room for all of it and one byte more: one read, and one that
+        // finds the end (it may have grown meanwhile: `take` still bounds it).
+        let mut bytes = Vec::with_capacity(usize::try_from(length).unwrap_or(0) + 1);
         file.take(MAX_CHIT_BYTES as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| ReadError::Refused(format!("cannot read the chit: {e}")))?;
