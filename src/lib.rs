@@ -28,8 +28,8 @@
 //!   If-Range resume, validators, retry and failover, hashing while
 //!   streaming (`attempt.rs`: one request; `error.rs`: what each answer
 //!   means; `pace.rs`: the minimum-progress rule against slow drips).
-//! - [`inflight`]: at most one download per digest; waiting chits share the
-//!   outcome.
+//! - [`inflight`]: at most one download per file (sha256 and size); waiting
+//!   chits share the outcome.
 //! - [`deliver`]: cache → `<deliver>/<path>`: temp name, copy, fsync, rename;
 //!   the directory fsync comes with the group commit.
 //! - [`chase`]: early delivery: a big download's `.part` copied beside its
