@@ -98,7 +98,7 @@ pub struct Consumer {
     pub spool: Spool,
     pub deliver: Dir,
     /// The delivery directory's device and inode: consumers that share one
-    /// share its delivery targets (see [`work::Target`]).
+    /// share its delivery targets (see `work::Target`).
     pub deliver_root: (u64, u64),
     pub status: StatusFile,
 }
