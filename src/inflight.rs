@@ -10,10 +10,14 @@
 //!
 //! Chits name a digest *and* a size. Two chits that name one digest with
 //! different sizes cannot both be right, so they never share a download:
-//! each size gets its own ([`Key`]), and neither waits for the other. When
-//! one succeeds, the file of that digest is known, and the scheduler takes
-//! the downloads of its other sizes out with [`InFlight::take_other_sizes`]
-//! to fail their chits.
+//! each size gets its own ([`Key`]). One that comes while a download of
+//! another size of its digest is queued or running is *held*: it waits, out
+//! of the lanes, for that one to end (when it succeeds, the file of that
+//! digest is known, and the scheduler takes the held ones out with
+//! [`InFlight::take_other_sizes`] to fail their chits, with no request of
+//! their own), but only for so long: [`InFlight::release_overdue`] lets it
+//! start beside a download that has run longer than the scheduler allows,
+//! so a wrong size from a slow server cannot hold the right one up.
 //!
 //! Queued downloads wait in one *lane* per consumer (the consumer of the
 //! chit that queued it) and start round-robin across lanes, so a consumer
@@ -23,6 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use crate::chit::Digest;
 
@@ -38,15 +43,22 @@ struct Entry<W> {
     waiters: Vec<W>,
     /// Bytes done, shared with the running download (for `status`).
     progress: Arc<AtomicU64>,
+    /// The lane it queues in.
+    lane: usize,
+    /// Waiting, out of the lanes, for the download of another size of its
+    /// digest.
+    held: bool,
     /// In a lane, not started yet.
     queued: bool,
-    /// Holding a job slot.
-    started: bool,
+    /// Holding a job slot, since then.
+    started: Option<Instant>,
 }
 
 #[derive(Debug)]
 pub struct InFlight<W> {
     entries: HashMap<Key, Entry<W>>,
+    /// The sizes with an entry, per digest.
+    sizes: HashMap<Digest, Vec<u64>>,
     /// Queued (not yet started) downloads, one queue per lane; a key whose
     /// entry was taken out meanwhile is skipped.
     lanes: Vec<VecDeque<Key>>,
@@ -59,6 +71,7 @@ impl<W> Default for InFlight<W> {
     fn default() -> Self {
         InFlight {
             entries: HashMap::new(),
+            sizes: HashMap::new(),
             lanes: Vec::new(),
             cursor: 0,
             running: 0,
@@ -77,26 +90,92 @@ pub struct TakenOut<W> {
 
 impl<W> InFlight<W> {
     /// Wait for the file `key`. Returns true when this queued a new
-    /// download (in `lane`, the waiter's consumer).
+    /// download (in `lane`, the waiter's consumer), held or not.
     pub fn add(&mut self, lane: usize, key: Key, waiter: W) -> bool {
         if let Some(entry) = self.entries.get_mut(&key) {
             entry.waiters.push(waiter);
             return false;
         }
+        let held = self.has_unheld(&key.digest);
         self.entries.insert(
             key,
             Entry {
                 waiters: vec![waiter],
                 progress: Arc::new(AtomicU64::new(0)),
-                queued: true,
-                started: false,
+                lane,
+                held,
+                queued: false,
+                started: None,
             },
         );
+        self.sizes.entry(key.digest).or_default().push(key.size);
+        if !held {
+            self.enqueue(key);
+        }
+        true
+    }
+
+    /// Whether `digest` has a download that is not held.
+    fn has_unheld(&self, digest: &Digest) -> bool {
+        self.sizes.get(digest).is_some_and(|sizes| {
+            sizes.iter().any(|&size| {
+                self.entries
+                    .get(&Key {
+                        digest: *digest,
+                        size,
+                    })
+                    .is_some_and(|e| !e.held)
+            })
+        })
+    }
+
+    fn enqueue(&mut self, key: Key) {
+        let Some(entry) = self.entries.get_mut(&key) else {
+            return;
+        };
+        entry.held = false;
+        entry.queued = true;
+        let lane = entry.lane;
         if self.lanes.len() <= lane {
             self.lanes.resize_with(lane + 1, VecDeque::new);
         }
         self.lanes[lane].push_back(key);
-        true
+    }
+
+    /// Queue the held downloads of `digest`.
+    fn release_held(&mut self, digest: &Digest) {
+        let held: Vec<Key> = self
+            .sizes
+            .get(digest)
+            .into_iter()
+            .flatten()
+            .map(|&size| Key {
+                digest: *digest,
+                size,
+            })
+            .filter(|key| self.entries.get(key).is_some_and(|e| e.held))
+            .collect();
+        for key in held {
+            self.enqueue(key);
+        }
+    }
+
+    /// Queue the downloads held behind one that started at least `limit`
+    /// before `now`.
+    pub fn release_overdue(&mut self, now: Instant, limit: Duration) {
+        let overdue: Vec<Digest> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.started
+                    .is_some_and(|since| now.duration_since(since) >= limit)
+            })
+            .map(|(key, _)| key.digest)
+            .filter(|digest| self.sizes.get(digest).is_some_and(|sizes| sizes.len() > 1))
+            .collect();
+        for digest in overdue {
+            self.release_held(&digest);
+        }
     }
 
     /// Start the next queued download if fewer than `jobs` are running.
@@ -118,7 +197,7 @@ impl<W> InFlight<W> {
         };
         let entry = self.entries.get_mut(&key)?;
         entry.queued = false;
-        entry.started = true;
+        entry.started = Some(Instant::now());
         self.running += 1;
         Some((key, entry.waiters.as_slice(), Arc::clone(&entry.progress)))
     }
@@ -128,9 +207,8 @@ impl<W> InFlight<W> {
     /// may join) until [`InFlight::finish`].
     pub fn release(&mut self, key: &Key) {
         if let Some(entry) = self.entries.get_mut(key)
-            && entry.started
+            && entry.started.take().is_some()
         {
-            entry.started = false;
             self.running -= 1;
         }
     }
@@ -156,41 +234,58 @@ impl<W> InFlight<W> {
     }
 
     /// The download of `key` ended: every waiter, to be told the outcome
-    /// (`None` if no download of it was queued).
+    /// (`None` if no download of it was queued). Downloads of its digest
+    /// held behind it are queued, unless another one still runs.
     pub fn finish(&mut self, key: &Key) -> Option<Vec<W>> {
-        let entry = self.entries.remove(key)?;
-        if entry.started {
-            self.running -= 1;
+        let entry = self.remove(key)?;
+        if !self.has_unheld(&key.digest) {
+            self.release_held(&key.digest);
         }
         Some(entry.waiters)
     }
 
-    /// Take out the downloads of `key`'s digest with another size, queued
-    /// or running (their job slots are free at once).
+    fn remove(&mut self, key: &Key) -> Option<Entry<W>> {
+        let entry = self.entries.remove(key)?;
+        if entry.started.is_some() {
+            self.running -= 1;
+        }
+        if let Some(sizes) = self.sizes.get_mut(&key.digest) {
+            sizes.retain(|&size| size != key.size);
+            if sizes.is_empty() {
+                self.sizes.remove(&key.digest);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Take out the downloads of `key`'s digest with another size, held,
+    /// queued or running (their job slots are free at once).
     pub fn take_other_sizes(&mut self, key: &Key) -> Vec<TakenOut<W>> {
         let others: Vec<Key> = self
-            .entries
-            .keys()
-            .filter(|other| other.digest == key.digest && other.size != key.size)
-            .copied()
+            .sizes
+            .get(&key.digest)
+            .into_iter()
+            .flatten()
+            .filter(|&&size| size != key.size)
+            .map(|&size| Key {
+                digest: key.digest,
+                size,
+            })
             .collect();
         others
             .into_iter()
             .filter_map(|other| {
-                let entry = self.entries.remove(&other)?;
-                if entry.started {
-                    self.running -= 1;
-                }
+                let entry = self.remove(&other)?;
                 Some(TakenOut {
                     key: other,
                     waiters: entry.waiters,
-                    started: entry.started,
+                    started: entry.started.is_some(),
                 })
             })
             .collect()
     }
 
-    /// Whether a download of `key` is queued or running.
+    /// Whether a download of `key` is held, queued or running.
     pub fn contains(&self, key: &Key) -> bool {
         self.entries.contains_key(key)
     }
@@ -204,7 +299,7 @@ impl<W> InFlight<W> {
     pub fn running(&self) -> impl Iterator<Item = (&Key, u64, &[W])> {
         self.entries
             .iter()
-            .filter(|(_, e)| e.started)
+            .filter(|(_, e)| e.started.is_some())
             .map(|(key, e)| {
                 (
                     key,
@@ -290,21 +385,29 @@ mod tests {
         assert_eq!(inflight.take_lone_waiter(&key(2)), Some("d"));
     }
 
-    /// Two sizes of one digest are two downloads, side by side; when one
-    /// is known right, the others (running or queued) are taken out, and
-    /// a stale lane entry never starts anything.
+    /// Two sizes of one digest are two downloads. The later is held
+    /// behind the first until it ends or runs too long; when one is
+    /// verified, the others (running, queued or held) are taken out; and a
+    /// stale lane entry never starts anything.
     #[test]
-    fn each_size_of_a_digest_is_its_own_download() {
+    fn each_size_of_a_digest_is_its_own_download_held_for_a_while() {
+        let hour = Duration::from_secs(3600);
         let mut inflight = InFlight::default();
         assert!(inflight.add(0, sized(1, 14), "wrong"));
         assert!(inflight.add(1, sized(1, 13), "right"));
         assert!(!inflight.add(2, sized(1, 13), "right too"));
         assert!(inflight.add(2, sized(1, 15), "wrong too"));
-        let (first, _, _) = inflight.start_next(2).unwrap();
-        let (second, started_for, _) = inflight.start_next(2).unwrap();
-        assert_eq!((first, second), (sized(1, 14), sized(1, 13)));
+        assert_eq!(inflight.start_next(4).unwrap().0, sized(1, 14));
+        assert!(inflight.start_next(4).is_none(), "the others are held");
+        let now = Instant::now();
+        inflight.release_overdue(now, hour);
+        assert!(inflight.start_next(4).is_none(), "not overdue yet");
+        inflight.release_overdue(now + 2 * hour, hour);
+        let (second, started_for, _) = inflight.start_next(4).unwrap();
+        assert_eq!(second, sized(1, 13));
         assert_eq!(started_for, ["right", "right too"], "never shared");
-        assert!(inflight.start_next(2).is_none(), "two jobs");
+        assert_eq!(inflight.start_next(4).unwrap().0, sized(1, 15));
+        assert_eq!(inflight.running().count(), 3);
         inflight.release(&sized(1, 13));
         let mut others = inflight.take_other_sizes(&sized(1, 13));
         others.sort_by_key(|o| o.key.size);
@@ -319,24 +422,44 @@ mod tests {
                 TakenOut {
                     key: sized(1, 15),
                     waiters: vec!["wrong too"],
-                    started: false
+                    started: true
                 },
             ]
         );
-        assert!(inflight.contains(&sized(1, 13)));
-        assert!(!inflight.contains(&sized(1, 15)));
-        // Queued again after it was taken out: it starts once, and the
-        // stale lane entry does not start it a second time after release.
+        assert_eq!(inflight.running().count(), 0, "their slots are free");
+        // Another size comes while the right one is published: held until
+        // it is finished, then queued once; the stale lane entry from
+        // before does not start it a second time.
         assert!(inflight.add(0, sized(1, 15), "again"));
-        assert_eq!(inflight.start_next(4).unwrap().0, sized(1, 15));
-        inflight.release(&sized(1, 15));
         assert!(inflight.start_next(4).is_none());
         assert_eq!(
             finished(&mut inflight, sized(1, 13)),
             ["right", "right too"]
         );
+        assert_eq!(inflight.start_next(4).unwrap().0, sized(1, 15));
+        inflight.release(&sized(1, 15));
+        assert!(inflight.start_next(4).is_none());
         assert_eq!(finished(&mut inflight, sized(1, 15)), ["again"]);
         assert!(inflight.is_empty());
+    }
+
+    /// When the first size's download fails, the one held behind it gets
+    /// its turn at once.
+    #[test]
+    fn a_held_size_starts_when_the_first_fails() {
+        let mut inflight = InFlight::default();
+        inflight.add(0, sized(1, 14), "first");
+        inflight.add(1, sized(1, 13), "held");
+        inflight.add(0, key(2), "other file");
+        assert_eq!(inflight.start_next(1).unwrap().0, sized(1, 14));
+        assert_eq!(finished(&mut inflight, sized(1, 14)), ["first"]);
+        let mut started = Vec::new();
+        while let Some((next, _, _)) = inflight.start_next(1) {
+            started.push(next);
+            inflight.release(&next);
+        }
+        started.sort_by_key(|k| k.digest.as_bytes()[0]);
+        assert_eq!(started, [sized(1, 13), key(2)]);
     }
 
     #[test]

@@ -405,7 +405,13 @@ impl Scheduler {
                         }
                     }
                 }
-                _ = status.tick() => self.write_status(),
+                _ = status.tick() => {
+                    // A download of another size of a digest waits for the
+                    // one under way no longer than an inactivity window.
+                    let limit = self.shared.fetcher.settings().inactivity_timeout;
+                    self.inflight.release_overdue(std::time::Instant::now(), limit);
+                    self.write_status();
+                }
                 _ = sleep_until(linger) => {}
             }
         }
