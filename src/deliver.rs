@@ -31,20 +31,10 @@ pub enum Source<'a> {
     Bytes(&'a [u8]),
 }
 
-/// Deliver `source` to `path` beneath `root`.
-pub fn deliver(
-    root: &Dir,
-    path: &DeliveryPath,
-    source: Source<'_>,
-    durable: &DurableDirs,
-) -> io::Result<()> {
-    deliver_unsynced(root, path, source, durable)?.sync()
-}
-
-/// [`deliver`] up to and including the rename, but without the final fsync
-/// of the directory, which it returns: the caller fsyncs it (once for a
-/// batch of deliveries into the same directory) before it reports the file
-/// as durably delivered.
+/// Deliver `source` to `path` beneath `root`, up to and including the
+/// rename, but without the final fsync of the directory, which it returns:
+/// the caller fsyncs it (once for a batch of deliveries into the same
+/// directory) before it reports the file as durably delivered.
 pub fn deliver_unsynced(
     root: &Dir,
     path: &DeliveryPath,
@@ -211,6 +201,11 @@ mod tests {
     use super::*;
     use std::fs;
 
+    /// One delivery, made durable (the daemon syncs directories per batch).
+    fn deliver(root: &Dir, path: &DeliveryPath, source: Source<'_>) -> io::Result<()> {
+        deliver_unsynced(root, path, source, &DurableDirs::default())?.sync()
+    }
+
     #[test]
     fn delivers_into_new_subdirectories_and_replaces_existing() {
         let cache = tempfile::tempdir().unwrap();
@@ -222,13 +217,7 @@ mod tests {
         let path = DeliveryPath::parse("gnu/make/make-4.4.tar.gz").unwrap();
         fs::create_dir_all(target.path().join("gnu/make")).unwrap();
         fs::write(target.path().join("gnu/make/make-4.4.tar.gz"), "old").unwrap();
-        deliver(
-            &root,
-            &path,
-            Source::Object(&object),
-            &DurableDirs::default(),
-        )
-        .unwrap();
+        deliver(&root, &path, Source::Object(&object)).unwrap();
         assert_eq!(
             fs::read(target.path().join("gnu/make/make-4.4.tar.gz")).unwrap(),
             bytes
@@ -251,13 +240,7 @@ mod tests {
         let target = tempfile::tempdir().unwrap();
         let root = Dir::open_root(target.path()).unwrap();
         let path = DeliveryPath::parse("big.iso").unwrap();
-        deliver(
-            &root,
-            &path,
-            Source::Object(&object),
-            &DurableDirs::default(),
-        )
-        .unwrap();
+        deliver(&root, &path, Source::Object(&object)).unwrap();
         assert!(fs::read(target.path().join("big.iso")).unwrap() == bytes);
         // Its pages may be gone from memory, never its bytes.
         assert!(fs::read(&object).unwrap() == bytes);
@@ -272,16 +255,9 @@ mod tests {
             &root,
             &path,
             Source::Object(Path::new("/nonexistent/object")),
-            &DurableDirs::default(),
         )
         .unwrap_err();
-        deliver(
-            &root,
-            &path,
-            Source::Bytes(b"held in memory"),
-            &DurableDirs::default(),
-        )
-        .unwrap();
+        deliver(&root, &path, Source::Bytes(b"held in memory")).unwrap();
         assert_eq!(
             fs::read(target.path().join("x/small.tar")).unwrap(),
             b"held in memory"
@@ -341,7 +317,6 @@ mod tests {
             &root,
             &DeliveryPath::parse("gnu/x").unwrap(),
             Source::Object(&object),
-            &DurableDirs::default(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("gnu"), "{err}");

@@ -193,8 +193,8 @@ impl Dir {
         Ok((current, syncs))
     }
 
-    /// This directory's (device, inode).
-    fn id(&self) -> io::Result<(u64, u64)> {
+    /// This directory's (device, inode), from its descriptor.
+    pub fn id(&self) -> io::Result<(u64, u64)> {
         let stat = rustix::fs::fstat(&self.fd)
             .map_err(|e| with_path(e.into(), "inspecting directory", &self.path))?;
         Ok((stat.st_dev, stat.st_ino))

@@ -281,7 +281,7 @@ impl Spool {
     /// Chit names in a state directory (dot-files are not chits).
     pub fn chits(&self, state: &Dir) -> io::Result<Vec<String>> {
         let mut names = state.names()?;
-        names.retain(|name| !name.starts_with('.'));
+        names.retain(|name| is_chit_name(OsStr::new(name)));
         Ok(names)
     }
 
@@ -396,10 +396,7 @@ impl Spool {
 
     /// Log that the non-UTF-8 chit cannot move on: at WARN the first time.
     fn stuck(&self, chit: &OsStr, error: &str) {
-        let mut stuck = self
-            .stuck_not_utf8
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut stuck = self.stuck_lock();
         if stuck.insert(chit.to_owned()) {
             tracing::warn!(consumer = %self.name, chit = ?chit, "{error} (its name is not UTF-8; retried at each scan, not logged again)");
         } else {
@@ -410,10 +407,7 @@ impl Spool {
     /// The chits with names that are not UTF-8 that could not be moved
     /// (rendered with their bytes escaped, like `bad\xFF`).
     pub fn stuck_names_not_utf8(&self) -> Vec<String> {
-        let stuck = self
-            .stuck_not_utf8
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let stuck = self.stuck_lock();
         stuck
             .iter()
             .map(|chit| chit.as_bytes().escape_ascii().to_string())
@@ -421,21 +415,18 @@ impl Spool {
     }
 
     fn is_stuck(&self, chit: &OsStr) -> bool {
-        let stuck = self
-            .stuck_not_utf8
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let stuck = self.stuck_lock();
         stuck.contains(chit)
     }
 
     fn unstuck(&self, chit: &OsStr) {
-        let mut stuck = self
-            .stuck_not_utf8
+        self.stuck_lock().remove(chit);
+    }
+
+    fn stuck_lock(&self) -> std::sync::MutexGuard<'_, HashSet<OsString>> {
+        self.stuck_not_utf8
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if !stuck.is_empty() {
-            stuck.remove(chit);
-        }
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Remove the dot-named temporaries chitd itself left in `fetch/` (a
@@ -460,7 +451,7 @@ fn lossy(chit: &OsStr) -> Cow<'_, str> {
 }
 
 /// Not a dot-file (those are the consumer's, or chitd's temporaries).
-fn is_chit_name(name: &OsStr) -> bool {
+pub fn is_chit_name(name: &OsStr) -> bool {
     name.as_bytes().first().is_some_and(|&b| b != b'.')
 }
 

@@ -226,11 +226,7 @@ impl Store {
                 Ok(()) => crate::durable::sync_dir(&self.objects)?,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 // `sha256-v1/` itself was removed behind chitd's back.
-                Err(_) => {
-                    fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
-                    crate::durable::sync_dir(&self.root)?;
-                    crate::durable::sync_dir(&self.objects)?;
-                }
+                Err(_) => crate::durable::create_dir_all(dir)?,
             }
             made.store(true, Ordering::Relaxed);
             Ok(())

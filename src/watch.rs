@@ -8,7 +8,6 @@
 //! timer, so a lost event costs latency, never a chit.
 
 use std::collections::HashMap;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use notify::event::{EventKind, ModifyKind, RenameMode};
@@ -67,7 +66,7 @@ pub fn watch(request_dirs: &[PathBuf], hints: UnboundedSender<Hint>) -> notify::
             let Some((&consumer, name)) = consumer.zip(path.file_name()) else {
                 return;
             };
-            if name.as_bytes().starts_with(b".") {
+            if !crate::spool::is_chit_name(name) {
                 return; // a dot-file, UTF-8 or not: never a chit
             }
             let _ = hints.send(match name.to_str() {
@@ -99,6 +98,7 @@ fn with_remedy(error: notify::Error, dir: &Path) -> notify::Error {
 mod tests {
     use super::*;
     use std::fs;
+    use std::os::unix::ffi::OsStrExt;
 
     #[tokio::test]
     async fn a_chit_renamed_in_is_a_hint() {

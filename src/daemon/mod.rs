@@ -134,15 +134,10 @@ fn open_consumer(consumer: &crate::config::Consumer) -> Result<Consumer, DaemonE
         name: name(),
         error,
     })?;
-    let deliver_root = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(deliver.path())
-            .map(|m| (m.dev(), m.ino()))
-            .map_err(|error| DaemonError::Deliver {
-                name: name(),
-                error,
-            })?
-    };
+    let deliver_root = deliver.id().map_err(|error| DaemonError::Deliver {
+        name: name(),
+        error,
+    })?;
     if let Err(e) = crate::deliver::remove_temporaries(&deliver) {
         tracing::warn!(consumer = %consumer.name, "cannot look for leftover delivery temporaries: {e}");
     }
@@ -214,8 +209,7 @@ pub async fn run(
         stuck: HashMap::new(),
         hold_stuck: false,
         chases: HashMap::new(),
-        more_sources: HashMap::new(),
-        download_cancels: HashMap::new(),
+        under_way: HashMap::new(),
         parked: HashMap::new(),
         names_checks: Vec::new(),
         removed_states: HashSet::new(),
@@ -274,12 +268,8 @@ struct Scheduler {
     hold_stuck: bool,
     /// Early deliveries of the downloads under way (see [`crate::chase`]).
     chases: HashMap<Key, Chase>,
-    /// The [`MoreSources`] of each download under way: chits that join it
-    /// hand it their sources.
-    more_sources: HashMap<Key, Arc<MoreSources>>,
-    /// Each running download's own cancellation (a child of `cancel`): a
-    /// download of a size known wrong is stopped.
-    download_cancels: HashMap<Key, CancellationToken>,
+    /// The downloads under way.
+    under_way: HashMap<Key, UnderWay>,
     /// Chits waiting for their delivery target (another chit is delivering
     /// to it), with the cached object to deliver, in arrival order.
     parked: HashMap<work::Target, std::collections::VecDeque<(Waiter, PathBuf)>>,
@@ -287,6 +277,14 @@ struct Scheduler {
     names_checks: Vec<NamesCheck>,
     /// State directories found removed (logged once each).
     removed_states: HashSet<PathBuf>,
+}
+
+/// A download under way: where chits that join it hand it their sources,
+/// and its own cancellation (a child of the scheduler's: a download of a
+/// size known wrong is stopped).
+struct UnderWay {
+    more: Arc<MoreSources>,
+    cancel: CancellationToken,
 }
 
 /// A consumer's check for chits whose names are not UTF-8: whether one
@@ -484,9 +482,12 @@ impl Scheduler {
                 .first()
                 .map(|w| (w.consumer, w.name.clone(), w.chit.path.clone()));
             let frontier = self.start_chase(key, first);
-            self.more_sources.insert(key, Arc::clone(&job.more));
             let cancel = self.cancel.child_token();
-            self.download_cancels.insert(key, cancel.clone());
+            let under_way = UnderWay {
+                more: Arc::clone(&job.more),
+                cancel: cancel.clone(),
+            };
+            self.under_way.insert(key, under_way);
             let shared = Arc::clone(&self.shared);
             self.downloads.spawn(async move {
                 let store = Arc::clone(&shared.store);
@@ -639,21 +640,22 @@ impl Scheduler {
                 };
                 // Joining a running download: it tries this chit's sources
                 // too.
-                if let Some(more) = self.more_sources.get(&key) {
+                if let Some(under_way) = self.under_way.get(&key) {
                     let tried = self.tried.get(&key);
-                    let sources = job(
-                        &self.shared.mirrors,
-                        key.digest,
-                        std::slice::from_ref(&waiter),
-                    )
-                    .sources
-                    .into_iter()
-                    .filter(|source| tried.is_none_or(|tried| !tried.contains(source)));
-                    more.add(sources);
+                    let sources = self
+                        .sources_of(&waiter)
+                        .into_iter()
+                        .filter(|source| tried.is_none_or(|tried| !tried.contains(source)));
+                    under_way.more.add(sources);
                 }
                 self.inflight.add(waiter.consumer, key, waiter);
             }
         }
+    }
+
+    /// Where one chit's file can come from: its URLs, then each mirror.
+    fn sources_of(&self, waiter: &Waiter) -> Vec<url::Url> {
+        sources(&self.shared.mirrors, std::slice::from_ref(waiter))
     }
 
     /// Queue the delivery (or failure) of a chit whose download ended.
@@ -693,8 +695,7 @@ impl Scheduler {
     }
 
     fn download_done(&mut self, (key, tried, result): DownloadOutcome) {
-        self.more_sources.remove(&key);
-        self.download_cancels.remove(&key);
+        self.under_way.remove(&key);
         match result {
             Ok(partial) => {
                 // The transfer is over: its slot is free for the next one,
@@ -748,17 +749,12 @@ impl Scheduler {
             // A chit that joined after the download started may name sources
             // nobody tried yet: then all waiters get another download, from
             // those sources only.
-            let tried_before = self.tried.entry(key).or_default();
-            tried_before.extend(tried);
+            self.tried.entry(key).or_default().extend(tried);
+            let tried_before = &self.tried[&key];
             let untried = waiters.iter().any(|waiter| {
-                job(
-                    &self.shared.mirrors,
-                    key.digest,
-                    std::slice::from_ref(waiter),
-                )
-                .sources
-                .iter()
-                .any(|source| !tried_before.contains(source))
+                self.sources_of(waiter)
+                    .iter()
+                    .any(|source| !tried_before.contains(source))
             });
             if untried {
                 if let Err(reason) = outcome {
@@ -794,8 +790,8 @@ impl Scheduler {
     /// and the chits failed.
     fn fail_other_sizes(&mut self, key: Key) {
         for other in self.inflight.take_other_sizes(&key) {
-            if let Some(cancel) = self.download_cancels.remove(&other.key) {
-                cancel.cancel();
+            if let Some(under_way) = self.under_way.get(&other.key) {
+                under_way.cancel.cancel();
             }
             self.tried.remove(&other.key);
             self.earlier_failures.remove(&other.key);
@@ -1018,9 +1014,20 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// A download for `waiters`: their sources (see [`sources`]).
+fn job(mirrors: &[url::Url], digest: Digest, waiters: &[Waiter]) -> Job {
+    let sources = sources(mirrors, waiters);
+    Job {
+        digest,
+        size: waiters[0].chit.size,
+        more: Arc::new(MoreSources::new(&sources)),
+        sources,
+    }
+}
+
 /// Sources for a download: every waiting chit's URLs (in order, once),
 /// then each mirror as `<mirror>/<path>` for each distinct path.
-fn job(mirrors: &[url::Url], digest: Digest, waiters: &[Waiter]) -> Job {
+fn sources(mirrors: &[url::Url], waiters: &[Waiter]) -> Vec<url::Url> {
     let mut sources: Vec<url::Url> = Vec::new();
     let mut push = |url: url::Url| {
         if !sources.contains(&url) {
@@ -1037,10 +1044,5 @@ fn job(mirrors: &[url::Url], digest: Digest, waiters: &[Waiter]) -> Job {
             .map(|w| w.chit.path.under(mirror))
             .for_each(&mut push);
     }
-    Job {
-        digest,
-        size: waiters[0].chit.size,
-        more: Arc::new(MoreSources::new(&sources)),
-        sources,
-    }
+    sources
 }

@@ -192,7 +192,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
             );
         }
     };
-    match shared.store.lookup(&chit.digest, chit.size) {
+    let reason = match shared.store.lookup(&chit.digest, chit.size) {
         Ok(Lookup::Hit(object)) => {
             let object = Object {
                 path: &object,
@@ -203,33 +203,30 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
                 name,
                 chit,
             };
-            deliver_chit(shared, waiter, object, "cache")
+            return deliver_chit(shared, waiter, object, "cache");
         }
-        Ok(Lookup::Miss) => Step::Wait(Waiter {
-            consumer,
-            name,
-            chit,
-        }),
-        found => {
-            let reason = match found {
-                Ok(Lookup::OtherSize(actual)) => format!(
-                    "the chit says {} bytes, but the file with this sha256 is {actual} bytes \
-                     (verified, in the cache)",
-                    chit.size
-                ),
-                Err(e) => format!("cannot read the cache: {e}"),
-                Ok(Lookup::Hit(_) | Lookup::Miss) => unreachable!("matched above"),
-            };
-            fail_step(
-                shared,
+        Ok(Lookup::Miss) => {
+            return Step::Wait(Waiter {
                 consumer,
                 name,
-                Some(&chit.digest),
-                Some(&bytes),
-                &reason,
-            )
+                chit,
+            });
         }
-    }
+        Ok(Lookup::OtherSize(actual)) => format!(
+            "the chit says {} bytes, but the file with this sha256 is {actual} bytes \
+             (verified, in the cache)",
+            chit.size
+        ),
+        Err(e) => format!("cannot read the cache: {e}"),
+    };
+    fail_step(
+        shared,
+        consumer,
+        name,
+        Some(&chit.digest),
+        Some(&bytes),
+        &reason,
+    )
 }
 
 /// A download ended: deliver the object, or fail the chit with the reason.

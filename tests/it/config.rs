@@ -100,12 +100,7 @@ fn a_spool_inside_another_consumers_delivery_dir_exits_2_naming_both() {
         spool: a.deliver.join("bspool"),
         ..dir.spool("b")
     };
-    let config = ConfigFile {
-        cache: Some(dir.cache()),
-        consumers: vec![a.clone(), b.clone()],
-        ..ConfigFile::default()
-    }
-    .write(&dir, "chitd.toml");
+    let config = ConfigFile::for_consumers(&dir, &[&a, &b]);
 
     let output = run_cli(
         &dir,

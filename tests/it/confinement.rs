@@ -125,12 +125,7 @@ fn a_consumer_that_breaks_its_own_spool_does_not_stop_the_others() {
     let content = Content::random(1_000);
     server.add("/f", content.bytes.clone());
     good.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
-    let config = crate::util::ConfigFile {
-        cache: Some(dir.cache()),
-        consumers: vec![good.clone(), evil.clone()],
-        ..Default::default()
-    }
-    .write(&dir, "chitd.toml");
+    let config = crate::util::ConfigFile::for_consumers(&dir, &[&good, &evil]);
 
     let mut daemon = Daemon::builder(&dir)
         .config(&config)

@@ -94,9 +94,23 @@ fn same_digest_under_different_urls_is_fetched_once() {
 
 /// A chit for `content` that names one byte too many.
 fn wrong_size_chit(content: &Content, path: &str, urls: &[String]) -> String {
+    chit_of_size(content, content.len() + 1, path, urls)
+}
+
+/// A chit for `content` that says it is `size` bytes.
+fn chit_of_size(content: &Content, size: usize, path: &str, urls: &[String]) -> String {
     let right = format!("{}\n{}\n", content.sha256, content.len());
-    let wrong = format!("{}\n{}\n", content.sha256, content.len() + 1);
-    content.chit(path, urls).replacen(&right, &wrong, 1)
+    let said = format!("{}\n{size}\n", content.sha256);
+    content.chit(path, urls).replacen(&right, &said, 1)
+}
+
+/// The reason a chit saying `said` bytes fails once the file of its sha256
+/// was downloaded and verified as `size` bytes.
+fn verified_elsewhere(said: usize, size: usize) -> String {
+    format!(
+        "the chit says {said} bytes, but the file with this sha256 is {size} bytes \
+         (downloaded and verified for another chit)"
+    )
 }
 
 /// Two chits name one digest but different sizes: at most one is right, so
@@ -137,14 +151,7 @@ fn a_chit_with_the_wrong_size_never_shares_a_download_nor_evicts_the_object() {
     daemon.expect_success(TIMEOUT);
     spool.assert_delivered("right1", "right1.bin", &content);
     let reason = spool.expect_failed("wrong1");
-    assert_eq!(
-        reason,
-        format!(
-            "the chit says {} bytes, but the file with this sha256 is {size} bytes \
-             (downloaded and verified for another chit)",
-            size + 1
-        )
-    );
+    assert_eq!(reason, verified_elsewhere(size + 1, size));
     assert!(!spool.delivered_path("wrong1.bin").exists());
     assert_eq!(server.gets("/slow"), 1, "one upstream download");
 
@@ -167,9 +174,12 @@ fn a_chit_with_the_wrong_size_never_shares_a_download_nor_evicts_the_object() {
         .inactivity_timeout_ms(500)
         .exit_when_idle()
         .start();
-    let hostile = content
-        .chit("wrong2.bin", &[server.url("/hostile")])
-        .replacen(&format!("\n{size}\n"), &format!("\n{hostile_size}\n"), 1);
+    let hostile = chit_of_size(
+        &content,
+        hostile_size,
+        "wrong2.bin",
+        &[server.url("/hostile")],
+    );
     spool.drop_chit("wrong2", hostile);
     wait_until(TIMEOUT, "the wrong chit's download to start", || {
         (server.bytes_served_for("/hostile") > 0).then_some(())
@@ -178,13 +188,7 @@ fn a_chit_with_the_wrong_size_never_shares_a_download_nor_evicts_the_object() {
     daemon.expect_success(TIMEOUT);
     spool.assert_delivered("right2", "right2.bin", &content);
     let reason = spool.expect_failed("wrong2");
-    assert_eq!(
-        reason,
-        format!(
-            "the chit says {hostile_size} bytes, but the file with this sha256 is {size} bytes \
-             (downloaded and verified for another chit)"
-        )
-    );
+    assert_eq!(reason, verified_elsewhere(hostile_size, size));
     assert_eq!(server.gets("/good"), 1, "{:?}", server.requests());
     assert!(!spool.delivered_path("wrong2.bin").exists());
     let dripped = server.bytes_served_for("/hostile");
@@ -247,12 +251,7 @@ fn chits_for_one_path_are_delivered_one_at_a_time() {
         );
         pairs.push((path, one, two, second));
     }
-    let config = ConfigFile {
-        cache: Some(dir.cache()),
-        consumers: vec![a.clone(), b.clone()],
-        ..ConfigFile::default()
-    }
-    .write(&dir, "chitd.toml");
+    let config = ConfigFile::for_consumers(&dir, &[&a, &b]);
     Daemon::builder(&dir)
         .config(&config)
         .exit_when_idle()

@@ -80,6 +80,18 @@ pub enum Fault {
     UntilClose,
 }
 
+impl Fault {
+    /// Slow but steady: 4 KB/s (200 bytes every 50 ms), above the minimum
+    /// pace (never cut for it) and under the 16 KiB/s below which a source
+    /// is left for sources not tried yet.
+    pub fn slow_but_steady() -> Fault {
+        Fault::SlowDrip {
+            bytes_per_tick: 200,
+            tick: Duration::from_millis(50),
+        }
+    }
+}
+
 /// One request as the server saw it.
 #[derive(Clone, Debug)]
 pub struct Request {

@@ -50,11 +50,7 @@ fn a_slow_source_is_left_for_sources_not_tried_yet() {
     let content = Content::random(200_000);
     server.add("/slow", content.bytes.clone());
     server.add("/fast", content.bytes.clone());
-    let drip = Fault::SlowDrip {
-        bytes_per_tick: 200,
-        tick: Duration::from_millis(50),
-    };
-    server.set_fault("/slow", drip);
+    server.set_fault("/slow", crate::server::Fault::slow_but_steady());
     spool.drop_chit(
         "f",
         content.chit("f.bin", &[server.url("/slow"), server.url("/fast")]),
@@ -82,11 +78,7 @@ fn a_slow_source_is_waited_for_when_there_is_nothing_else() {
     let server = Server::start();
     let content = Content::random(10_000);
     server.add("/slow", content.bytes.clone());
-    let drip = Fault::SlowDrip {
-        bytes_per_tick: 200,
-        tick: Duration::from_millis(50),
-    };
-    server.set_fault("/slow", drip);
+    server.set_fault("/slow", crate::server::Fault::slow_but_steady());
     spool.drop_chit("f", content.chit("f.bin", &[server.url("/slow")]));
 
     Daemon::for_spool(&dir, &spool)

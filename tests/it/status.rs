@@ -46,12 +46,7 @@ fn status_json_counts_chits_per_consumer_and_state() {
     }
     alpha.put_chit(State::Fail, "x1", &text);
     beta.put_chit(State::Fetch, "f1", &text);
-    let config = ConfigFile {
-        cache: Some(dir.cache()),
-        consumers: vec![alpha.clone(), beta.clone()],
-        ..ConfigFile::default()
-    }
-    .write(&dir, "chitd.toml");
+    let config = ConfigFile::for_consumers(&dir, &[&alpha, &beta]);
 
     let output = run_cli(
         &dir,

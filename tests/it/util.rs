@@ -393,6 +393,17 @@ impl ConfigFile {
     pub fn write(&self, dir: &TestDir, relative: &str) -> PathBuf {
         dir.write(relative, self.render())
     }
+
+    /// The common multi-consumer configuration: `dir`'s cache and
+    /// `consumers`, written to `<dir>/chitd.toml`; its path.
+    pub fn for_consumers(dir: &TestDir, consumers: &[&TestSpool]) -> PathBuf {
+        ConfigFile {
+            cache: Some(dir.cache()),
+            consumers: consumers.iter().map(|&spool| spool.clone()).collect(),
+            ..ConfigFile::default()
+        }
+        .write(dir, "chitd.toml")
+    }
 }
 
 /// A URL on 127.0.0.1 where nothing listens: connections are refused.

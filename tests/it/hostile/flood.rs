@@ -37,12 +37,7 @@ fn flood_of_100000_chits_in_bounded_memory_does_not_starve_another_consumer() {
         fs::write(request.join(format!("junk{i:06}")), junk(i)).unwrap();
     }
     eprintln!("wrote {FLOOD} chits in {:?}", started.elapsed());
-    let config = ConfigFile {
-        cache: Some(dir.cache()),
-        consumers: vec![flood.clone(), other.clone()],
-        ..ConfigFile::default()
-    }
-    .write(&dir, "chitd.toml");
+    let config = ConfigFile::for_consumers(&dir, &[&flood, &other]);
     let mut daemon = Daemon::builder(&dir).config(&config).start();
     let started = Instant::now();
 
@@ -164,12 +159,7 @@ fn thousands_of_chits_sharing_one_download_do_not_starve_another_consumer() {
         let chit = shared.chit(&format!("f{i}"), &[server.url("/shared")]);
         fs::write(request.join(format!("w{i:05}")), chit).unwrap();
     }
-    let config = ConfigFile {
-        cache: Some(dir.cache()),
-        consumers: vec![flood.clone(), other.clone()],
-        ..ConfigFile::default()
-    }
-    .write(&dir, "chitd.toml");
+    let config = ConfigFile::for_consumers(&dir, &[&flood, &other]);
     let daemon = Daemon::builder(&dir).config(&config).start();
     poll(
         FLOOD_DEADLINE,
@@ -219,17 +209,8 @@ fn a_slow_source_of_one_consumer_does_not_hold_up_a_shared_download() {
     let content = Content::random(200_000);
     server.add("/slow", content.bytes.clone());
     server.add("/good", content.bytes.clone());
-    let drip = crate::server::Fault::SlowDrip {
-        bytes_per_tick: 200,
-        tick: Duration::from_millis(50),
-    };
-    server.set_fault("/slow", drip);
-    let config = ConfigFile {
-        cache: Some(dir.cache()),
-        consumers: vec![first.clone(), other.clone()],
-        ..ConfigFile::default()
-    }
-    .write(&dir, "chitd.toml");
+    server.set_fault("/slow", crate::server::Fault::slow_but_steady());
+    let config = ConfigFile::for_consumers(&dir, &[&first, &other]);
     let _daemon = Daemon::builder(&dir)
         .config(&config)
         .inactivity_timeout_ms(500)
