@@ -50,6 +50,9 @@ pub struct Attempt<'a> {
     /// Where redirects led the last request, when elsewhere than `source`:
     /// an answer is worth little without it.
     pub redirected: std::sync::Mutex<Option<Url>>,
+    /// When the body's last byte arrived, if any did: the download's
+    /// no-progress clock starts there, not when the attempt gave up.
+    pub last_byte: std::sync::Mutex<Option<Instant>>,
     /// Whether the download has sources it has not tried yet: a slow body
     /// is then left for them (see `pace::SLOW_BYTES`).
     pub untried_elsewhere: &'a (dyn Fn() -> bool + Sync),
@@ -185,6 +188,7 @@ impl Attempt<'_> {
         let mut body = response.bytes_stream();
         let mut outcome: Result<(), Stop> = Ok(());
         let mut pace = Pace::new(self.inactivity, total - offset);
+        let mut last_byte = None;
         loop {
             let waiting = Instant::now();
             let next = tokio::select! {
@@ -209,6 +213,7 @@ impl Attempt<'_> {
                     break;
                 }
                 Ok(Some(Ok(chunk))) => {
+                    last_byte = Some(Instant::now());
                     if offset + chunk.len() as u64 > total {
                         outcome = Err(FetchError::TooLong { expected: total }.into());
                         break;
@@ -233,6 +238,7 @@ impl Attempt<'_> {
                 }
             }
         }
+        *self.last_byte.lock().unwrap_or_else(|e| e.into_inner()) = last_byte;
         let (mut partial, written) = sink.finish().await;
         if let Err(e) = written {
             return (partial, Err(FetchError::Disk(e).into()));

@@ -263,14 +263,34 @@ impl Fetcher {
                 let more = &job.more;
                 let untried_elsewhere = || untried || !more.is_empty();
                 loop {
+                    // How long this attempt may wait for bytes: never past
+                    // `give_up_after` without progress, except that a
+                    // source not asked yet gets a whole window of its own
+                    // (a chit is not failed before each source was asked).
+                    let window = self
+                        .settings
+                        .inactivity_timeout
+                        .min(self.settings.give_up_after);
+                    let inactivity = match answers[index] {
+                        None => window,
+                        Some(_) => window.min(
+                            self.settings
+                                .give_up_after
+                                .saturating_sub(last_progress.elapsed()),
+                        ),
+                    };
+                    if inactivity.is_zero() {
+                        break; // its time is up: on to the give-up check
+                    }
                     let attempt = Attempt {
                         client: &self.client,
                         source,
                         digest,
-                        inactivity: self.settings.inactivity_timeout,
+                        inactivity,
                         progress,
                         cancel,
                         redirected: std::sync::Mutex::new(None),
+                        last_byte: std::sync::Mutex::new(None),
                         untried_elsewhere: &untried_elsewhere,
                     };
                     tracing::debug!(digest = %digest, source = %redact_url(source), offset = partial.offset(), "requesting");
@@ -285,7 +305,11 @@ impl Fetcher {
                     }
                     let progressed = advanced && !too_slow;
                     if progressed {
-                        last_progress = Instant::now();
+                        last_progress = attempt
+                            .last_byte
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .unwrap_or_else(Instant::now);
                     }
                     let error = match result {
                         Ok(()) => return Ok(partial),

@@ -274,6 +274,40 @@ fn stalled_and_never_answering_servers_are_cut() {
     setup.still_serving();
 }
 
+/// A `give_up_after` shorter than the inactivity timeout (30 s by default)
+/// bounds a stall too: a server that never answers, and one that stops
+/// after a few bytes, each fail the chit about `give_up_after` after their
+/// last byte, not after a whole inactivity timeout (or two).
+#[test]
+fn give_up_after_shorter_than_the_inactivity_timeout_bounds_a_stall() {
+    let setup = Setup::new();
+    let (_, chit) = setup.serve("/stall", 10_000);
+    setup
+        .server
+        .set_fault("/stall", Fault::Stall { after: 1000 });
+    let silent = Evil::start(|mut stream| {
+        read_head(&mut stream);
+        drain(&mut stream);
+    });
+    let content = Content::random(100);
+    let _daemon = Daemon::for_spool(&setup.dir, &setup.spool)
+        .give_up_after("2s")
+        .start();
+    let started = Instant::now();
+    setup.spool.drop_chit("stall", chit);
+    setup
+        .spool
+        .drop_chit("silent", content.chit("silent.bin", &[silent.url()]));
+
+    for (name, answer) in [("stall", "no data for 2s"), ("silent", "within 2s")] {
+        let reason = setup.spool.expect_failed(name);
+        assert_reason(&reason, &["no progress for 2s", answer]);
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed < FAST, "a 2 s give_up_after took {elapsed:?}");
+    setup.still_serving();
+}
+
 /// Response heads are bounded (hyper: at most 100 header fields and about
 /// 400 KiB of head): a 1 MiB header and 200 headers are refused without
 /// being held, and a `Content-Length` of an exabyte is refused without
