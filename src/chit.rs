@@ -136,8 +136,12 @@ impl DeliveryPath {
     /// Beyond the contract it also rejects any ASCII control character (a chit
     /// line cannot hold a line break, and a tab or an escape in a file name only
     /// hides it from the person reading a listing), a leading or trailing space
-    /// (a chit line would lose it to trimming), and a leading `# error:` (reserved
-    /// for the lines chitd appends to failed chits).
+    /// (a chit line would lose it to trimming), a leading `# error:` (reserved
+    /// for the lines chitd appends to failed chits), and a file name of the
+    /// form of chitd's temporary files (`.<name>.chitd-<pid>.<n>`, see
+    /// [`Dir::is_temp_name`](crate::dir::Dir::is_temp_name)): the start-up
+    /// sweep removes those from delivery trees, so a file delivered under one
+    /// would vanish at the next start.
     pub fn parse(text: &str) -> Result<Self, PathError> {
         let path = || excerpt(text);
         if text.is_empty() {
@@ -188,6 +192,10 @@ impl DeliveryPath {
                 }
                 _ => {}
             }
+        }
+        let name = text.rsplit('/').next().unwrap_or(text);
+        if crate::dir::Dir::is_temp_name(name) {
+            return Err(PathError::TemporaryName { path: path() });
         }
         Ok(Self(text.to_owned()))
     }
@@ -269,6 +277,11 @@ pub enum PathError {
     DotDotComponent { path: String },
     #[error("path {path:?} has a component of {bytes} bytes; the limit is {MAX_COMPONENT_BYTES}")]
     ComponentTooLong { path: String, bytes: usize },
+    #[error(
+        "path {path:?} names a file like chitd's temporary files (\".<name>.chitd-<pid>.<n>\"), \
+         which chitd removes from delivery directories when it starts"
+    )]
+    TemporaryName { path: String },
 }
 
 /// One parsed chit.

@@ -179,6 +179,12 @@ fn path_accepts() {
         "per%cent/q?uery#frag",
         "C:/windows-looking",
         "trailing.dot.",
+        // Near chitd's temporary names, but not one: a directory of that
+        // form (the sweep removes files only), no digits, a suffix after.
+        ".d.chitd-1.2/file",
+        ".x.chitd-",
+        ".x.chitd-1.2.bak",
+        "x.chitd-1.2",
         "\u{80}c1-control-is-not-ascii",
         &component_255,
         &long_path,
@@ -230,6 +236,8 @@ fn path_rejections() {
         ("a/../../x", PathError::DotDotComponent { path: p("a/../../x") }, r#"path "a/../../x" has a ".." component"#.into()),
         ("a/..", PathError::DotDotComponent { path: p("a/..") }, r#"path "a/.." has a ".." component"#.into()),
         (&long_component, PathError::ComponentTooLong { path: format!("{}…", "x".repeat(80)), bytes: 256 }, format!("path \"{}…\" has a component of 256 bytes; the limit is 255", "x".repeat(80))),
+        (".x.chitd-1.2", PathError::TemporaryName { path: p(".x.chitd-1.2") }, r#"path ".x.chitd-1.2" names a file like chitd's temporary files (".<name>.chitd-<pid>.<n>"), which chitd removes from delivery directories when it starts"#.into()),
+        ("sub/.bar.txt.chitd-99999.1", PathError::TemporaryName { path: p("sub/.bar.txt.chitd-99999.1") }, r#"path "sub/.bar.txt.chitd-99999.1" names a file like chitd's temporary files (".<name>.chitd-<pid>.<n>"), which chitd removes from delivery directories when it starts"#.into()),
         (&long_path, PathError::TooLong { path: long_path_excerpt.clone(), bytes: 1025 }, format!("path \"{long_path_excerpt}\" is 1025 bytes; the limit is 1024")),
     ];
     for (text, error, message) in cases {

@@ -75,6 +75,12 @@ fn bad_chits() -> Vec<(&'static str, Vec<u8>, Vec<&'static str>)> {
             vec!["line 3", "a\\b"],
         ),
         (
+            // chitd's own temporary name: swept at start, so refused.
+            "temporary-name",
+            chit(&[DIGEST, "4", "sub/.b.tar.gz.chitd-7.1"]),
+            vec!["line 3", "temporary files"],
+        ),
+        (
             "long-component",
             chit(&[DIGEST, "4", &long_component]),
             vec!["line 3"],
