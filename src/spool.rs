@@ -270,7 +270,7 @@ impl Spool {
     }
 
     /// The state directories removed (or replaced) since the spool was
-    /// opened: their chits go unseen until chitd is restarted.
+    /// opened (see `daemon::Consumers::refresh`).
     pub fn removed_states(&self) -> Vec<&Dir> {
         [&self.request, &self.fetch, &self.downloaded, &self.failed]
             .into_iter()

@@ -26,7 +26,22 @@ pub enum Hint {
 
 /// Keeps the watches alive; dropping it stops them.
 pub struct Watch {
-    _watcher: RecommendedWatcher,
+    watcher: RecommendedWatcher,
+}
+
+impl Watch {
+    /// Watch `dir`, one of the directories given to [`watch`], again: it
+    /// was removed and made anew. Call it while the old directory is still
+    /// open: the old watch is removed first, since the old directory's
+    /// end (when its last descriptor closes) would otherwise take the new
+    /// watch of the same path with it.
+    pub fn rewatch(&mut self, dir: &Path) -> notify::Result<()> {
+        // Not watched any more is fine: the point is that it is not.
+        let _ = self.watcher.unwatch(dir);
+        self.watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|e| with_remedy(e, dir))
+    }
 }
 
 /// Watch each of `request_dirs` (index = consumer number).
@@ -81,7 +96,7 @@ pub fn watch(request_dirs: &[PathBuf], hints: UnboundedSender<Hint>) -> notify::
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|e| with_remedy(e, dir))?;
     }
-    Ok(Watch { _watcher: watcher })
+    Ok(Watch { watcher })
 }
 
 fn with_remedy(error: notify::Error, dir: &Path) -> notify::Error {

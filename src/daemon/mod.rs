@@ -8,6 +8,7 @@
 //! waiting for a download holds no task and no slot, so a slow download
 //! never blocks cache hits.
 
+mod consumer;
 mod queue;
 pub mod status_file;
 mod work;
@@ -26,15 +27,14 @@ use self::work::{Origin, Step, Waiter};
 use crate::chase::{CHASE_MIN, Chase, Target};
 use crate::chit::Digest;
 use crate::config::Config;
-use crate::dir::Dir;
 use crate::dir::DurableDirs;
 use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job, MoreSources};
 use crate::inflight::{InFlight, Key};
 use crate::partial::{Frontier, Partial};
-use crate::spool::Spool;
 use crate::store::Store;
 use crate::watch::{Hint, watch};
 
+pub use self::consumer::{Consumer, Consumers};
 pub use self::status_file::{STATUS_FILE, StatusFile};
 
 /// Chits whose local step (claim, parse, lookup, delivery) runs at once.
@@ -92,21 +92,10 @@ pub enum DaemonError {
     Stuck(String),
 }
 
-/// One consumer's directories, opened once.
-#[derive(Debug)]
-pub struct Consumer {
-    pub spool: Spool,
-    pub deliver: Dir,
-    /// The delivery directory's device and inode: consumers that share one
-    /// share its delivery targets (see `work::Target`).
-    pub deliver_root: (u64, u64),
-    pub status: StatusFile,
-}
-
 /// Read-only state shared with every task.
 #[derive(Debug)]
 pub struct Shared {
-    pub consumers: Vec<Consumer>,
+    pub consumers: Consumers,
     pub store: Arc<Store>,
     pub fetcher: Fetcher,
     pub mirrors: Vec<url::Url>,
@@ -114,41 +103,6 @@ pub struct Shared {
     pub targets: work::Targets,
     /// Directories in delivery directories whose names are durable.
     pub durable_dirs: DurableDirs,
-}
-
-/// Open a consumer's directories and remove the temporaries a crash left.
-fn open_consumer(consumer: &crate::config::Consumer) -> Result<Consumer, DaemonError> {
-    let name = || consumer.name.clone();
-    let spool =
-        Spool::open(&consumer.name, &consumer.spool).map_err(|error| DaemonError::Spool {
-            name: name(),
-            error,
-        })?;
-    spool
-        .remove_temporaries()
-        .map_err(|error| DaemonError::Spool {
-            name: name(),
-            error,
-        })?;
-    let deliver = Dir::open_root(&consumer.deliver).map_err(|error| DaemonError::Deliver {
-        name: name(),
-        error,
-    })?;
-    let deliver_root = deliver.id().map_err(|error| DaemonError::Deliver {
-        name: name(),
-        error,
-    })?;
-    if let Err(e) = crate::deliver::remove_temporaries(&deliver) {
-        tracing::warn!(consumer = %consumer.name, "cannot look for leftover delivery temporaries: {e}");
-    }
-    let status = StatusFile::new(&consumer.spool);
-    status.remove_temporaries();
-    Ok(Consumer {
-        spool,
-        deliver,
-        deliver_root,
-        status,
-    })
 }
 
 /// Serve until `shutdown` resolves (or, with `exit_when_idle`, until no
@@ -164,10 +118,10 @@ pub async fn run(
     for consumer in &config.consumers {
         // A consumer can make its own spool unusable (a symlink where a
         // state directory should be); that must not stop everyone else's.
-        match open_consumer(consumer) {
+        match Consumer::open_at_start(consumer) {
             Ok(opened) => {
                 request_dirs.push(opened.spool.request.path().to_path_buf());
-                consumers.push(opened);
+                consumers.push((consumer.clone(), opened));
             }
             Err(e) if config.consumers.len() > 1 => {
                 tracing::error!(consumer = %consumer.name, "not serving this consumer: {e}");
@@ -180,18 +134,18 @@ pub async fn run(
     }
     let mut fetch = options.fetch.clone();
     fetch.give_up_after = config.give_up_after;
+    let (hint_sender, hints) = tokio::sync::mpsc::unbounded_channel();
+    let watch = watch(&request_dirs, hint_sender).map_err(DaemonError::Watch)?;
     let shared = Arc::new(Shared {
-        consumers,
+        consumers: Consumers::new(consumers, watch),
         store: Arc::new(store),
         fetcher: Fetcher::new(fetch).map_err(DaemonError::Http)?,
         mirrors: config.mirrors.clone(),
         targets: work::Targets::default(),
         durable_dirs: DurableDirs::default(),
     });
-    let (hint_sender, hints) = tokio::sync::mpsc::unbounded_channel();
-    let _watch = watch(&request_dirs, hint_sender).map_err(DaemonError::Watch)?;
     let mut scheduler = Scheduler {
-        queues: Queues::new(shared.consumers.len()),
+        queues: Queues::new(shared.consumers.count()),
         shared,
         inflight: InFlight::default(),
         local: JoinSet::new(),
@@ -214,11 +168,11 @@ pub async fn run(
         names_checks: Vec::new(),
         removed_states: HashSet::new(),
     };
-    scheduler.names_checks = (0..scheduler.shared.consumers.len())
+    scheduler.names_checks = (0..scheduler.shared.consumers.count())
         .map(|_| NamesCheck::default())
         .collect();
     scheduler.scan(true);
-    for consumer in 0..scheduler.shared.consumers.len() {
+    for consumer in 0..scheduler.shared.consumers.count() {
         scheduler.check_names(consumer, true);
     }
     scheduler
@@ -276,7 +230,7 @@ struct Scheduler {
     /// Per consumer: the check for chits whose names are not UTF-8.
     names_checks: Vec<NamesCheck>,
     /// State directories found removed (logged once each).
-    removed_states: HashSet<PathBuf>,
+    removed_states: HashSet<(usize, PathBuf)>,
 }
 
 /// A download under way: where chits that join it hand it their sources,
@@ -321,7 +275,7 @@ impl Scheduler {
                 // The directories are the truth: look once more, including
                 // fetch/ (anything there now is nobody's work), and fail the
                 // chits whose names are not UTF-8 (here, before deciding).
-                for consumer in 0..self.shared.consumers.len() {
+                for consumer in 0..self.shared.consumers.count() {
                     work::fail_names_not_utf8(&self.shared, consumer, true);
                 }
                 self.scan(true);
@@ -330,6 +284,7 @@ impl Scheduler {
                 let odd: Vec<String> = self
                     .shared
                     .consumers
+                    .all()
                     .iter()
                     .flat_map(|c| {
                         c.spool
@@ -352,7 +307,7 @@ impl Scheduler {
                     let all: Vec<String> = left
                         .iter()
                         .map(|(consumer, name)| {
-                            format!("{}/{name}", self.shared.consumers[*consumer].spool.name)
+                            format!("{}/{name}", self.shared.consumers.name(*consumer))
                         })
                         .chain(odd)
                         .collect();
@@ -398,7 +353,7 @@ impl Scheduler {
                     let idle = self.is_idle();
                     self.scan(idle);
                     if idle && !exit_when_idle {
-                        for consumer in 0..self.shared.consumers.len() {
+                        for consumer in 0..self.shared.consumers.count() {
                             self.check_names(consumer, true);
                         }
                     }
@@ -520,8 +475,10 @@ impl Scheduler {
             // Only into a directory that exists: a download that fails
             // must leave nothing in the consumer's directory, not even a
             // new empty directory.
-            let root = &shared.consumers[consumer].deliver;
-            let parent = root.open_dirs(path.parent_components(), &shared.durable_dirs)?;
+            let opened = shared.consumers.for_delivery(consumer);
+            let parent = opened
+                .deliver
+                .open_dirs(path.parent_components(), &shared.durable_dirs)?;
             let name = path.file_name().to_owned();
             let (temp, file) = parent.create_temp(&name)?;
             Ok(Target {
@@ -564,7 +521,7 @@ impl Scheduler {
                     .min(STUCK_RETRY_MAX);
                 if self.hold_stuck {
                     tracing::warn!(
-                        consumer = %self.shared.consumers[consumer].spool.name, chit = %key.1,
+                        consumer = %self.shared.consumers.name(consumer), chit = %key.1,
                         "stuck (see the error above); trying again in {}",
                         humantime::format_duration(delay)
                     );
@@ -818,7 +775,7 @@ impl Scheduler {
                 Hint::Rescan(consumer) => {
                     rescan.insert(consumer);
                 }
-                Hint::RescanAll => rescan.extend(0..self.shared.consumers.len()),
+                Hint::RescanAll => rescan.extend(0..self.shared.consumers.count()),
             }
         }
         for consumer in rescan {
@@ -848,19 +805,42 @@ impl Scheduler {
     /// Queue every chit in each `request/` (and `fetch/`, at start and when
     /// idle) that is not already queued or being worked on.
     fn scan(&mut self, with_fetch: bool) {
-        for consumer in 0..self.shared.consumers.len() {
+        for consumer in 0..self.shared.consumers.count() {
             self.scan_consumer(consumer, with_fetch);
         }
     }
 
-    fn scan_consumer(&mut self, consumer: usize, with_fetch: bool) {
-        let spool = &self.shared.consumers[consumer].spool;
-        for removed in spool.removed_states() {
-            if self.removed_states.insert(removed.path().to_path_buf()) {
+    fn scan_consumer(&mut self, consumer: usize, mut with_fetch: bool) {
+        let consumers = &self.shared.consumers;
+        let refreshed = consumers.refresh(consumer);
+        let opened = consumers.get(consumer);
+        let spool = &opened.spool;
+        let removed = opened.removed();
+        let known = |(c, _): &(usize, PathBuf)| *c == consumer;
+        match refreshed {
+            // New directories: what their fetch/ holds is nobody's work.
+            Ok(Some(_)) => with_fetch = true,
+            Ok(None) => {}
+            Err(e) if !self.removed_states.iter().any(known) => {
+                tracing::error!(consumer = %spool.name, "cannot open the directories again: {e}");
+            }
+            Err(e) => {
+                tracing::debug!(consumer = %spool.name, "cannot open the directories again: {e}")
+            }
+        }
+        if removed.is_empty() {
+            self.removed_states.retain(|entry| !known(entry));
+        }
+        for removed in removed {
+            if self
+                .removed_states
+                .insert((consumer, removed.to_path_buf()))
+            {
                 tracing::error!(
                     consumer = %spool.name,
-                    "{} was removed or replaced while chitd runs: its chits go unseen until chitd is restarted",
-                    removed.path().display()
+                    "{} was removed while chitd runs: this consumer is served again once {} exists",
+                    removed.display(),
+                    spool.request.path().display()
                 );
             }
         }
@@ -946,7 +926,7 @@ impl Scheduler {
     }
 
     fn write_status(&self) {
-        for (index, consumer) in self.shared.consumers.iter().enumerate() {
+        for (index, consumer) in self.shared.consumers.all().iter().enumerate() {
             let downloads = self.inflight.running().flat_map(|(key, done, waiters)| {
                 waiters
                     .iter()
@@ -1000,7 +980,7 @@ impl Scheduler {
                 "some work did not stop within {SHUTDOWN_GRACE:?}; its chits stay in fetch/"
             );
         }
-        for consumer in &self.shared.consumers {
+        for consumer in self.shared.consumers.all() {
             consumer.status.remove();
         }
     }

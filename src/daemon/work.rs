@@ -82,7 +82,7 @@ impl Object<'_> {
 /// The delivery target of `chit` for `consumer`.
 pub fn target(shared: &Shared, consumer: usize, chit: &Chit) -> Target {
     Target {
-        root: shared.consumers[consumer].deliver_root,
+        root: shared.consumers.get(consumer).deliver_root,
         path: chit.path.to_string(),
     }
 }
@@ -149,7 +149,8 @@ pub struct Commit {
 
 /// Claim (when in `request/`), read, parse, and try the cache.
 pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> Step {
-    let spool = &shared.consumers[consumer].spool;
+    let opened = shared.consumers.get(consumer);
+    let spool = &opened.spool;
     let done = |name| Step::Done { consumer, name };
     if origin == Origin::Request {
         match spool.claim(&name) {
@@ -355,7 +356,8 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
         name,
         chit,
     } = waiter;
-    let root = &shared.consumers[consumer].deliver;
+    let opened = shared.consumers.for_delivery(consumer);
+    let root = &opened.deliver;
     match deliver_unsynced(root, &chit.path, object.source(), &shared.durable_dirs) {
         Ok(parent) => Step::Commit(Commit {
             consumer,
@@ -368,7 +370,16 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
         }),
         Err(e) => {
             shared.targets.release(&target);
-            let reason = format!("cannot deliver {}: {e}", chit.path);
+            let reason = if root.is_removed() {
+                format!(
+                    "cannot deliver {}: the delivery directory {} was removed while chitd runs \
+                     (it is made again once the consumer's request/ exists)",
+                    chit.path,
+                    root.path().display()
+                )
+            } else {
+                format!("cannot deliver {}: {e}", chit.path)
+            };
             fail_read_again(shared, consumer, name, &chit.digest, &reason)
         }
     }
@@ -396,7 +407,7 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
             stuck.push((consumer, name));
         }
     };
-    let mut durable: Vec<Vec<&Commit>> = (0..shared.consumers.len()).map(|_| Vec::new()).collect();
+    let mut durable: Vec<Vec<&Commit>> = (0..shared.consumers.count()).map(|_| Vec::new()).collect();
     for entry in &batch {
         match synced.iter().find(|(path, _)| *path == entry.parent.path()) {
             Some((_, Err(e))) => {
@@ -409,7 +420,8 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
         }
     }
     for (consumer, entries) in durable.iter().enumerate().filter(|(_, e)| !e.is_empty()) {
-        let spool = &shared.consumers[consumer].spool;
+        let opened = shared.consumers.get(consumer);
+        let spool = &opened.spool;
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         let completed = spool.complete_all(&names);
         for (entry, renamed) in entries.iter().zip(completed.renamed) {
@@ -472,7 +484,8 @@ pub fn sync_cache_dirs(dirs: Vec<PathBuf>) -> Step {
 /// Fail the chits of `consumer` whose names are not UTF-8 (see
 /// [`crate::spool::Spool::fail_names_not_utf8`]); an error is logged.
 pub fn fail_names_not_utf8(shared: &Shared, consumer: usize, with_fetch: bool) {
-    let spool = &shared.consumers[consumer].spool;
+    let opened = shared.consumers.get(consumer);
+    let spool = &opened.spool;
     if let Err(e) = spool.fail_names_not_utf8(with_fetch) {
         tracing::error!(consumer = %spool.name, "cannot fail the chits whose names are not UTF-8: {e}");
     }
@@ -487,7 +500,7 @@ fn fail_read_again(
     digest: &Digest,
     reason: &str,
 ) -> Step {
-    let original = shared.consumers[consumer].spool.read(&name).ok();
+    let original = shared.consumers.get(consumer).spool.read(&name).ok();
     fail_step(
         shared,
         consumer,
@@ -508,7 +521,8 @@ fn fail_step(
     original: Option<&[u8]>,
     reason: &str,
 ) -> Step {
-    let spool = &shared.consumers[consumer].spool;
+    let opened = shared.consumers.get(consumer);
+    let spool = &opened.spool;
     let digest = digest.map(ToString::to_string).unwrap_or_default();
     match spool.fail(&name, original, reason) {
         Ok(()) => {

@@ -165,6 +165,56 @@ fn chit_renamed_into_request_is_picked_up_within_a_second() {
     );
 }
 
+/// A consumer that wipes its spool and delivery directories while the
+/// daemon runs (a CI job resetting its workspace) and makes only
+/// `request/` again is served again: the other state directories and the
+/// delivery directory are made anew, and `request/` is watched again. Then
+/// a delivery directory removed and not made again is made for the next
+/// delivery.
+#[test]
+fn a_consumer_that_wipes_and_remakes_its_directories_is_served_again() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let files: Vec<Content> = (0..5).map(|_| Content::random(1_000)).collect();
+    for (n, content) in files.iter().enumerate() {
+        server.add(&format!("/{n}"), content.bytes.clone());
+    }
+    let chit = |n: usize| files[n].chit(&format!("{n}.bin"), &[server.url(&format!("/{n}"))]);
+    let _daemon = Daemon::for_spool(&dir, &spool).start();
+    spool.drop_chit("0", chit(0));
+    spool.expect_downloaded("0");
+
+    fs::remove_dir_all(&spool.spool).unwrap();
+    fs::remove_dir_all(&spool.deliver).unwrap();
+    fs::create_dir_all(spool.state_dir(State::Request)).unwrap();
+    spool.drop_chit("1", chit(1));
+    spool.expect_downloaded("1");
+    spool.assert_delivered("1", "1.bin", &files[1]);
+    assert!(!spool.delivered_path("0.bin").exists());
+
+    // Watched again: each chit leaves request/ at once, not at a rescan.
+    for n in [2, 3] {
+        let dropped = Instant::now();
+        spool.drop_chit(&n.to_string(), chit(n));
+        let request = spool.state_dir(State::Request).join(n.to_string());
+        wait_until(TIMEOUT, "the chit to leave request/", || {
+            (!request.exists()).then_some(())
+        });
+        let picked_up = dropped.elapsed();
+        assert!(
+            picked_up < Duration::from_millis(500),
+            "chit {n} sat in request/ for {picked_up:?}: request/ is not watched again"
+        );
+        spool.expect_downloaded(&n.to_string());
+    }
+
+    fs::remove_dir_all(&spool.deliver).unwrap();
+    spool.drop_chit("4", chit(4));
+    spool.expect_downloaded("4");
+    spool.assert_delivered("4", "4.bin", &files[4]);
+}
+
 #[test]
 fn chits_present_at_start_in_request_and_fetch_are_processed() {
     let dir = TestDir::new();
