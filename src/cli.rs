@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::builder::{ArgPredicate, RangedU64ValueParser};
 
-/// A download daemon for sandboxed builders: chits in, verified files out.
+/// A download daemon for sandboxed package builders: chits in, verified distfiles out.
 ///
 /// Consumers drop chits (sha256, size, path, URLs) into request/ of their
 /// spool directory; the daemon fetches each file once into a shared, verified

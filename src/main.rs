@@ -169,7 +169,7 @@ fn request(args: &RequestArgs) -> ExitCode {
             eprintln!("chitd: {name} is not terminal yet; timed out waiting");
             ExitCode::from(124)
         }
-        Err(e @ RequestError::Invalid(_)) => fatal(2, format!("{e}")),
+        Err(e @ RequestError::Invalid(..)) => fatal(2, format!("{e}")),
         Err(e) => fatal(1, format!("{e}")),
     }
 }

@@ -23,9 +23,10 @@ pub enum Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    /// The arguments do not make a valid chit (a usage error).
-    #[error("invalid request: {0}")]
-    Invalid(#[from] ChitError),
+    /// The arguments do not make a valid chit (a usage error): the
+    /// argument, and what is wrong with it.
+    #[error("invalid {0}: {1}")]
+    Invalid(&'static str, String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("cannot watch the spool: {0}")]
@@ -35,12 +36,11 @@ pub enum RequestError {
 /// Write the chit; with `--wait`, wait for it. Returns the chit's name and
 /// the outcome.
 pub fn request(args: &RequestArgs) -> Result<(String, Outcome), RequestError> {
-    let mut text = format!("{}\n{}\n{}\n", args.sha256, args.size, args.path);
-    for url in &args.urls {
-        text.push_str(url);
-        text.push('\n');
+    let chit = chit_of(args)?;
+    if args.spool.exists() && !args.spool.is_dir() {
+        let error = format!("{} is not a directory", args.spool.display());
+        return Err(RequestError::Invalid("--spool", error));
     }
-    let chit = Chit::parse(text.as_bytes())?;
     let spool = Spool::open("request", &args.spool)?;
     // Watch before the chit exists, so its arrival cannot be missed.
     let (sender, events) = mpsc::channel();
@@ -84,6 +84,43 @@ pub fn request(args: &RequestArgs) -> Result<(String, Outcome), RequestError> {
         }
         let _ = events.recv_timeout(wait);
     }
+}
+
+/// The chit the arguments make, or what is wrong with which argument.
+fn chit_of(args: &RequestArgs) -> Result<Chit, RequestError> {
+    let arguments = [
+        ("SHA256", args.sha256.as_str()),
+        ("SIZE", args.size.as_str()),
+        ("PATH", args.path.as_str()),
+    ];
+    let urls = args.urls.iter().map(|url| ("URL", url.as_str()));
+    let arguments: Vec<(&'static str, &str)> = arguments.into_iter().chain(urls).collect();
+    // One argument, one line of the chit: a line break would shift the rest.
+    if let Some((name, _)) = arguments.iter().find(|(_, a)| a.contains(['\n', '\r'])) {
+        return Err(RequestError::Invalid(
+            name,
+            "it contains a line break".into(),
+        ));
+    }
+    let mut text = String::new();
+    for (_, argument) in &arguments {
+        text.push_str(argument);
+        text.push('\n');
+    }
+    Chit::parse(text.as_bytes()).map_err(|e| {
+        let message = e.to_string();
+        let Some((name, line)) = e.line().and_then(|n| Some((arguments.get(n - 1)?.0, n))) else {
+            return RequestError::Invalid("request", message);
+        };
+        let message = match &e {
+            ChitError::EmptyLine { .. } => "it is empty".to_owned(),
+            ChitError::CommentInHeader { .. } => "it begins with \"#\"".to_owned(),
+            _ => message
+                .strip_prefix(&format!("line {line}: "))
+                .map_or(message.clone(), str::to_owned),
+        };
+        RequestError::Invalid(name, message)
+    })
 }
 
 fn terminal(spool: &Spool, name: &str) -> Option<Outcome> {

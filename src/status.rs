@@ -25,6 +25,9 @@ pub struct Report {
 pub struct ConsumerStatus {
     pub name: String,
     pub spool: PathBuf,
+    /// Whether the spool directory exists (`chitd run` makes it; until
+    /// then every count is 0).
+    pub exists: bool,
     pub request: usize,
     pub fetch: usize,
     pub downloaded: usize,
@@ -39,17 +42,29 @@ pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
         consumers: Vec::new(),
     };
     for (name, spool) in spools {
+        let exists = match std::fs::metadata(spool) {
+            Ok(meta) if meta.is_dir() => true,
+            Ok(_) => {
+                let e = io::Error::new(io::ErrorKind::NotADirectory, "not a directory");
+                return Err(with_path(e, "reading spool", spool));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(with_path(e, "reading spool", spool)),
+        };
         let mut counts = [0usize; 4];
-        for (count, state) in counts.iter_mut().zip(STATES) {
-            *count = count_chits(&spool.join(state))?;
+        if exists {
+            for (count, state) in counts.iter_mut().zip(STATES) {
+                *count = count_chits(&spool.join(state))?;
+            }
         }
-        let published = StatusFile::read(spool);
+        let published = exists.then(|| StatusFile::read(spool)).flatten();
         if let Some(published) = &published {
             report.daemon_pid = Some(published.pid);
         }
         report.consumers.push(ConsumerStatus {
             name: name.clone(),
             spool: spool.clone(),
+            exists,
             request: counts[0],
             fetch: counts[1],
             downloaded: counts[2],
@@ -63,13 +78,8 @@ pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
 fn count_chits(dir: &Path) -> io::Result<usize> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let spool = dir.parent().unwrap_or(dir);
-            if spool.is_dir() {
-                return Ok(0);
-            }
-            return Err(with_path(e, "reading spool", spool));
-        }
+        // Not made yet (`chitd run` makes it).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(with_path(e, "reading", dir)),
     };
     let mut count = 0;
@@ -95,6 +105,15 @@ pub fn render(report: &Report) -> String {
         }
     }
     for c in &report.consumers {
+        if !c.exists {
+            _ = writeln!(
+                out,
+                "{}: no spool yet ({} does not exist; `chitd run` makes it)",
+                c.name,
+                c.spool.display()
+            );
+            continue;
+        }
         _ = writeln!(
             out,
             "{}: request {}  fetch {}  downloaded {}  fail {}   ({})",
@@ -138,6 +157,16 @@ mod tests {
         let c = &report.consumers[0];
         assert_eq!((c.request, c.fetch, c.downloaded, c.fail), (1, 0, 0, 1));
         assert!(render(&report).contains("request 1"));
-        assert!(status(&[("x".into(), dir.path().join("missing"))]).is_err());
+        // A spool not made yet is reported, not an error; a file is one.
+        let missing = status(&[("x".into(), dir.path().join("missing"))]).unwrap();
+        let x = &missing.consumers[0];
+        assert!(!x.exists);
+        assert_eq!((x.request, x.fetch, x.downloaded, x.fail), (0, 0, 0, 0));
+        assert!(
+            render(&missing).contains("x: no spool yet"),
+            "{}",
+            render(&missing)
+        );
+        assert!(status(&[("f".into(), dir.path().join("request/a"))]).is_err());
     }
 }

@@ -407,7 +407,8 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
             stuck.push((consumer, name));
         }
     };
-    let mut durable: Vec<Vec<&Commit>> = (0..shared.consumers.count()).map(|_| Vec::new()).collect();
+    let mut durable: Vec<Vec<&Commit>> =
+        (0..shared.consumers.count()).map(|_| Vec::new()).collect();
     for entry in &batch {
         match synced.iter().find(|(path, _)| *path == entry.parent.path()) {
             Some((_, Err(e))) => {

@@ -120,57 +120,81 @@ fn request_usage_errors_exit_2_and_write_nothing() {
     bad_digest.sha256.truncate(63);
     let spool_arg = spool.spool.to_string_lossy().into_owned();
     let size = content.len().to_string();
-    let cases: Vec<(&str, Vec<OsString>)> = vec![
+    let a_file = dir.write("a-file", "not a spool");
+    let args = |list: &[&str]| -> Vec<OsString> {
+        std::iter::once("request")
+            .chain(list.iter().copied())
+            .map(OsString::from)
+            .collect()
+    };
+    // What was run, and what stderr must say (the argument at fault).
+    let cases: Vec<(&str, Vec<OsString>, &str)> = vec![
         (
             "bad digest",
             request_args(&spool, &[], &bad_digest, "f.bin", &[]),
+            "invalid SHA256: digest must be 64 hex digits",
         ),
         (
             "bad path",
             request_args(&spool, &[], &content, "../f.bin", &[]),
+            "invalid PATH: path \"../f.bin\" has a \"..\" component",
+        ),
+        (
+            "path with a line break",
+            request_args(&spool, &[], &content, "f\nbin", &[]),
+            "invalid PATH: it contains a line break",
         ),
         (
             "ftp url",
             request_args(&spool, &[], &content, "f.bin", &["ftp://h/f".into()]),
+            "invalid URL: URL \"ftp://h/f\" has scheme \"ftp\"",
         ),
         (
             "missing path",
-            ["request", "--spool", &spool_arg, &content.sha256, &size]
-                .map(OsString::from)
-                .to_vec(),
+            args(&["--spool", &spool_arg, &content.sha256, &size]),
+            "",
         ),
         (
             "missing spool",
-            ["request", &content.sha256, &size, "f.bin"]
-                .map(OsString::from)
-                .to_vec(),
+            args(&[&content.sha256, &size, "f.bin"]),
+            "",
         ),
         (
             "bad size",
-            [
-                "request",
-                "--spool",
-                &spool_arg,
-                &content.sha256,
-                "-1",
-                "f.bin",
-            ]
-            .map(OsString::from)
-            .to_vec(),
+            args(&["--spool", &spool_arg, &content.sha256, "-1", "f.bin"]),
+            "unexpected argument '-1'",
         ),
-        ("unknown subcommand", vec!["frobnicate".into()]),
+        (
+            "signed size",
+            args(&["--spool", &spool_arg, &content.sha256, "+1", "f.bin"]),
+            "invalid SIZE: size \"+1\" is not a decimal byte count",
+        ),
+        (
+            "spool that is a file",
+            args(&[
+                "--spool",
+                a_file.to_str().unwrap(),
+                &content.sha256,
+                &size,
+                "f.bin",
+            ]),
+            "is not a directory",
+        ),
+        ("unknown subcommand", vec!["frobnicate".into()], ""),
         (
             "run with a bad flag value",
             vec!["run".into(), "--jobs".into(), "many".into()],
+            "",
         ),
     ];
-    for (what, args) in cases {
+    for (what, args, says) in cases {
         let output = run_cli(&dir, &args, TIMEOUT);
         assert_eq!(output.code, Some(2), "{what}: {output:?}");
         assert!(
             !output.stderr.trim().is_empty(),
             "{what}: no message on stderr"
         );
+        assert!(output.stderr.contains(says), "{what}: {output:?}");
     }
     for state in State::ALL {
         assert!(spool.entries_in(state).is_empty(), "{}", spool.describe());

@@ -93,6 +93,44 @@ fn status_json_counts_chits_per_consumer_and_state() {
         "{status}"
     );
     assert_eq!(counts(&status, 0).1, [2, 0, 3, 1], "{status}");
+    assert_eq!(status["consumers"][0]["exists"], true, "{status}");
+}
+
+/// Before the first `chitd run`, a configured spool that does not exist
+/// yet is reported as such, with zero counts, not an error.
+#[test]
+fn status_of_a_spool_not_made_yet_says_so() {
+    let dir = TestDir::new();
+    let made = dir.spool("made");
+    let config = dir.write(
+        "chitd.toml",
+        format!(
+            "[[consumer]]\nname = \"made\"\nspool = {:?}\ndeliver = {:?}\n\
+             [[consumer]]\nname = \"later\"\nspool = \"later/spool\"\ndeliver = \"later/d\"\n",
+            made.spool, made.deliver
+        ),
+    );
+    let status = |json: bool| {
+        let mut args: Vec<OsString> =
+            vec!["status".into(), "--config".into(), config.clone().into()];
+        if json {
+            args.push("--json".into());
+        }
+        let output = run_cli(&dir, args, TIMEOUT);
+        assert_eq!(output.code, Some(0), "{output:?}");
+        output.stdout
+    };
+    let json: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!(
+        counts(&json, 1),
+        ("later".to_string(), [0, 0, 0, 0]),
+        "{json}"
+    );
+    assert_eq!(json["consumers"][1]["exists"], false, "{json}");
+    assert_eq!(json["consumers"][0]["exists"], true, "{json}");
+    let text = status(false);
+    assert!(text.contains("later: no spool yet"), "{text}");
+    assert!(!dir.join("later").exists(), "status made a directory");
 }
 
 #[test]
