@@ -207,6 +207,16 @@ impl Attempt<'_> {
             }
             match next {
                 Err(_) => {} // the window or idle budget ran out; judged above
+                // Ended by the server's own framing (a body whose length
+                // was announced and cut short is an error, not this).
+                Ok(None) if offset < total => {
+                    outcome = Err(FetchError::EndedShort {
+                        received: offset,
+                        expected: total,
+                    }
+                    .into());
+                    break;
+                }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
                     outcome = Err(FetchError::from_reqwest(e).into());

@@ -42,6 +42,14 @@ pub enum FetchError {
     TooLong { expected: u64 },
     #[error("connection closed after {received} of {expected} bytes")]
     Truncated { received: u64, expected: u64 },
+    /// A body with no `Content-Length` (chunked, or until the connection
+    /// closes) that the server ended properly, short: the file it has is
+    /// shorter than the chit says (often an error page sent with 200).
+    #[error(
+        "the response ended properly after {received} bytes, but the chit says {expected}: \
+         the server has a shorter file"
+    )]
+    EndedShort { received: u64, expected: u64 },
     #[error("sha256 mismatch: got {got}")]
     DigestMismatch { got: Digest, resumed: bool },
     /// A resumed prefix no longer matches its checkpoint (changed on disk).
@@ -78,6 +86,7 @@ impl FetchError {
             | FetchError::Disk(_) => true,
             FetchError::Redirect(_)
             | FetchError::WrongLength { .. }
+            | FetchError::EndedShort { .. }
             | FetchError::TooLong { .. }
             | FetchError::DigestMismatch { .. }
             | FetchError::BadRange(_)

@@ -196,6 +196,50 @@ fn body_without_length_longer_than_the_chit_fails_fast() {
     assert!(!spool.delivered_path("f.bin").exists());
 }
 
+/// A body without a length (chunked, or until the connection closes) that
+/// the server ends properly but short is a wrong size, a permanent answer:
+/// the chit fails within seconds, not after `give_up_after` (60 s), and
+/// names what the server did. (A body whose announced length is cut short
+/// is a broken connection instead, resumed: see `failures`.)
+#[test]
+fn body_without_length_shorter_than_the_chit_fails_fast() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(5_000);
+    let shorter = content.bytes[..1_234].to_vec();
+    for (path, framing) in [("/close", Fault::UntilClose), ("/chunked", Fault::Chunked)] {
+        server.add(path, shorter.clone());
+        server.set_fault(path, framing);
+    }
+    let _daemon = Daemon::for_spool(&dir, &spool).start();
+    let started = std::time::Instant::now();
+    spool.drop_chit("close", content.chit("close.bin", &[server.url("/close")]));
+    spool.drop_chit(
+        "chunked",
+        content.chit("chunked.bin", &[server.url("/chunked")]),
+    );
+
+    for name in ["close", "chunked"] {
+        let reason = spool.expect_failed(name);
+        assert!(
+            reason.contains("ended properly after 1234 bytes, but the chit says 5000"),
+            "reason: {reason}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        server.gets("/close"),
+        1,
+        "a permanent answer is not asked again"
+    );
+    assert!(!spool.delivered_path("close.bin").exists());
+}
+
 /// A chit joining a download that keeps failing hands it its own sources:
 /// the working one is tried at once, not after the first chit's dead
 /// source gives up (here, after an hour), and both chits get the file.
