@@ -78,6 +78,14 @@ pub enum Kind {
     Other,
 }
 
+/// What a name holds, compared with a directory (see [`Dir::holds_dir`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+    Same,
+    OtherDir,
+    Other,
+}
+
 impl Dir {
     /// Open a trusted root directory, creating it (and its parents) if
     /// missing; the parent of each directory made is fsync'd, so a root
@@ -307,6 +315,32 @@ impl Dir {
             FileType::Directory => Kind::Dir,
             FileType::Symlink => Kind::Symlink,
             _ => Kind::Other,
+        })
+    }
+
+    /// What the entry `name` (not followed if a symlink) holds, compared
+    /// with `dir`: `dir` itself, another directory, or something else
+    /// (nothing, or not a directory).
+    pub fn holds_dir(&self, name: &str, dir: &Dir) -> Holds {
+        let Ok(entry) = rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            return Holds::Other;
+        };
+        if FileType::from_raw_mode(entry.st_mode) != FileType::Directory {
+            return Holds::Other;
+        }
+        match dir.id() {
+            Ok(id) if id == (entry.st_dev, entry.st_ino) => Holds::Same,
+            _ => Holds::OtherDir,
+        }
+    }
+
+    /// Another handle on this directory.
+    pub fn try_clone(&self) -> io::Result<Dir> {
+        let fd = rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)
+            .map_err(|e| with_path(e.into(), "duplicating the handle of", &self.path))?;
+        Ok(Dir {
+            fd,
+            path: self.path.clone(),
         })
     }
 

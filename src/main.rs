@@ -180,6 +180,14 @@ fn status(args: &StatusArgs) -> ExitCode {
         Ok(spools) => spools,
         Err(e) => return fatal(2, format!("{e}")),
     };
+    // A spool named on the command line is expected to be there (a typo
+    // should not read as an empty spool); configured ones may not be made
+    // yet.
+    if let Some(spool) = &args.spool
+        && !spool.exists()
+    {
+        return fatal(1, format!("no spool directory at {}", spool.display()));
+    }
     match status::status(&spools) {
         Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
             Ok(json) => {

@@ -38,7 +38,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::chit::{MAX_CHIT_BYTES, error_line, with_error_line};
-use crate::dir::{Dir, DurableDirs, Kind};
+use crate::dir::{Dir, DurableDirs, Holds, Kind};
 
 /// The state directories, in the order a chit visits them.
 pub const STATES: [&str; 4] = ["request", "fetch", "downloaded", "fail"];
@@ -46,6 +46,9 @@ pub const STATES: [&str; 4] = ["request", "fetch", "downloaded", "fail"];
 #[derive(Debug)]
 pub struct Spool {
     pub name: String,
+    /// The spool directory itself, as opened at start: state directories
+    /// are only ever (re)opened beneath it.
+    root: Dir,
     pub request: Dir,
     pub fetch: Dir,
     pub downloaded: Dir,
@@ -88,7 +91,10 @@ impl Spool {
     /// Open a consumer's spool, creating the state directories if missing
     /// (refusing any that is a symlink).
     pub fn open(name: &str, path: &Path) -> io::Result<Spool> {
-        let root = Dir::open_root(path)?;
+        Spool::beneath(name, Dir::open_root(path)?)
+    }
+
+    fn beneath(name: &str, root: Dir) -> io::Result<Spool> {
         let durable = DurableDirs::default();
         let state = |dir: &str| root.create_dirs([dir], &durable);
         Ok(Spool {
@@ -97,8 +103,37 @@ impl Spool {
             fetch: state("fetch")?,
             downloaded: state("downloaded")?,
             failed: state("fail")?,
+            root,
             stuck_not_utf8: Mutex::default(),
         })
+    }
+
+    /// Whether the consumer made any state directory anew (removed or
+    /// renamed the one chitd opened, then made a new one of that name):
+    /// then [`Spool::reopen`] serves the new ones. A state directory only
+    /// removed so far is not (the consumer may be clearing its spool).
+    pub fn remade(&self) -> bool {
+        self.states()
+            .any(|(name, dir)| self.root.holds_dir(name, dir) == Holds::OtherDir)
+    }
+
+    /// The state directories opened anew beneath the spool directory
+    /// opened at start (never by path: a symlink planted in place of the
+    /// spool redirects nothing), making the missing ones.
+    pub fn reopen(&self) -> io::Result<Spool> {
+        Spool::beneath(&self.name, self.root.try_clone()?)
+    }
+
+    /// Whether the spool directory itself was removed since it was opened:
+    /// nothing can be made in it any more.
+    pub fn root_removed(&self) -> bool {
+        self.root.is_removed()
+    }
+
+    fn states(&self) -> impl Iterator<Item = (&'static str, &Dir)> {
+        STATES
+            .into_iter()
+            .zip([&self.request, &self.fetch, &self.downloaded, &self.failed])
     }
 
     /// `request/X → fetch/X`.
@@ -269,12 +304,12 @@ impl Spool {
         }
     }
 
-    /// The state directories removed (or replaced) since the spool was
-    /// opened (see `daemon::Consumers::refresh`).
-    pub fn removed_states(&self) -> Vec<&Dir> {
-        [&self.request, &self.fetch, &self.downloaded, &self.failed]
-            .into_iter()
-            .filter(|dir| dir.is_removed())
+    /// The state directories removed or renamed away since they were
+    /// opened: their names hold nothing, or another directory.
+    pub fn lost_states(&self) -> Vec<&Dir> {
+        self.states()
+            .filter(|(name, dir)| self.root.holds_dir(name, dir) != Holds::Same)
+            .map(|(_, dir)| dir)
             .collect()
     }
 
@@ -460,7 +495,7 @@ fn removed(dir: &Dir) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
         format!(
-            "{} was removed or replaced while chitd runs; restart chitd to serve the new one",
+            "{} was removed or replaced while chitd runs; chitd serves a new one at its next scan once it is made again",
             dir.path().display()
         ),
     )

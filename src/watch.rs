@@ -25,6 +25,7 @@ pub enum Hint {
 }
 
 /// Keeps the watches alive; dropping it stops them.
+#[derive(Debug)]
 pub struct Watch {
     watcher: RecommendedWatcher,
 }

@@ -1,15 +1,16 @@
-//! A consumer's directories, and opening them anew when the consumer
-//! replaces them.
+//! A consumer's directories, and its state directories opened anew when
+//! the consumer makes them anew.
 //!
-//! chitd works through directory handles opened at start (never through
-//! paths a consumer could swap). A consumer may still remove its spool or
-//! delivery directory and make it again (a CI job wiping its workspace):
-//! the handles then point at removed directories, where no chit arrives
-//! and no delivery can be made. [`Consumers::refresh`] notices that and
-//! opens the directories anew, as at start, once the consumer's `request/`
-//! exists again; the watch on `request/` follows.
+//! chitd works through directory handles opened at start, never through
+//! paths a consumer could swap. A consumer may still clear its spool
+//! (`rm -rf spool/*`, a CI job wiping its workspace) and make `request/`
+//! again: the handles then point at removed directories, where no chit
+//! arrives. [`Consumer::refresh`] notices a state directory made anew and
+//! opens the state directories again, beneath the spool directory opened
+//! at start (so nothing planted in place of a root can redirect them), and
+//! the watch on `request/` follows. The roots themselves are never opened
+//! again: one removed while chitd runs is served again after a restart.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::{DaemonError, StatusFile};
@@ -18,181 +19,106 @@ use crate::dir::Dir;
 use crate::spool::Spool;
 use crate::watch::Watch;
 
-/// One consumer's directories, as opened.
+/// One consumer: its delivery directory and status file, fixed for the
+/// run, and its spool's state directories, opened anew when the consumer
+/// makes them anew.
 #[derive(Debug)]
 pub struct Consumer {
-    pub spool: Spool,
+    pub name: String,
     pub deliver: Dir,
     /// The delivery directory's device and inode: consumers that share one
     /// share its delivery targets (see `work::Target`).
     pub deliver_root: (u64, u64),
     pub status: StatusFile,
+    /// The state directories, and how many times they were opened anew: a
+    /// chit claimed from older ones went with them.
+    spool: RwLock<(u64, Arc<Spool>)>,
 }
 
 impl Consumer {
-    /// Open a consumer's directories, making the missing ones.
+    /// Open a consumer's directories at start, making the missing ones, and
+    /// remove the temporaries a crash left in them.
     pub fn open(consumer: &config::Consumer) -> Result<Consumer, DaemonError> {
         let name = || consumer.name.clone();
-        let spool =
-            Spool::open(&consumer.name, &consumer.spool).map_err(|error| DaemonError::Spool {
-                name: name(),
-                error,
-            })?;
-        let deliver = Dir::open_root(&consumer.deliver).map_err(|error| DaemonError::Deliver {
+        let spool_error = |error| DaemonError::Spool {
             name: name(),
             error,
-        })?;
-        let deliver_root = deliver.id().map_err(|error| DaemonError::Deliver {
+        };
+        let deliver_error = |error| DaemonError::Deliver {
             name: name(),
             error,
-        })?;
+        };
+        let spool = Spool::open(&consumer.name, &consumer.spool).map_err(spool_error)?;
+        spool.remove_temporaries().map_err(spool_error)?;
+        let deliver = Dir::open_root(&consumer.deliver).map_err(deliver_error)?;
+        let deliver_root = deliver.id().map_err(deliver_error)?;
+        if let Err(e) = crate::deliver::remove_temporaries(&deliver) {
+            tracing::warn!(consumer = %consumer.name, "cannot look for leftover delivery temporaries: {e}");
+        }
+        let status = StatusFile::new(&consumer.spool);
+        status.remove_temporaries();
         Ok(Consumer {
-            spool,
+            name: consumer.name.clone(),
             deliver,
             deliver_root,
-            status: StatusFile::new(&consumer.spool),
+            status,
+            spool: RwLock::new((0, Arc::new(spool))),
         })
     }
 
-    /// Open a consumer's directories at start, and remove the temporaries
-    /// a crash left in them.
-    pub fn open_at_start(consumer: &config::Consumer) -> Result<Consumer, DaemonError> {
-        let opened = Consumer::open(consumer)?;
-        opened
-            .spool
-            .remove_temporaries()
-            .map_err(|error| DaemonError::Spool {
-                name: consumer.name.clone(),
-                error,
-            })?;
-        if let Err(e) = crate::deliver::remove_temporaries(&opened.deliver) {
-            tracing::warn!(consumer = %consumer.name, "cannot look for leftover delivery temporaries: {e}");
+    /// The state directories as opened now.
+    pub fn spool(&self) -> Arc<Spool> {
+        Arc::clone(&self.opened().1)
+    }
+
+    /// How many times the state directories were opened anew: a chit
+    /// claimed at another generation is not in these.
+    pub fn generation(&self) -> u64 {
+        self.opened().0
+    }
+
+    /// [`Consumer::spool`] and [`Consumer::generation`], read together.
+    pub fn spool_at(&self) -> (u64, Arc<Spool>) {
+        let opened = self.opened();
+        (opened.0, Arc::clone(&opened.1))
+    }
+
+    fn opened(&self) -> std::sync::RwLockReadGuard<'_, (u64, Arc<Spool>)> {
+        self.spool.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Open the state directories anew if the consumer made one of them
+    /// anew, and watch the new `request/` (with `watch`). Returns whether
+    /// they were opened anew.
+    pub fn refresh(&self, watch: &Mutex<Watch>) -> std::io::Result<bool> {
+        let (generation, current) = self.spool_at();
+        if !current.remade() {
+            return Ok(false);
         }
-        opened.status.remove_temporaries();
-        Ok(opened)
-    }
-
-    /// The directories removed (or replaced) since they were opened.
-    pub fn removed(&self) -> Vec<&Path> {
-        let mut removed: Vec<&Path> = self
-            .spool
-            .removed_states()
-            .into_iter()
-            .map(Dir::path)
-            .collect();
-        if self.deliver.is_removed() {
-            removed.push(self.deliver.path());
-        }
-        removed
-    }
-}
-
-/// Every consumer served, by number: its configuration and its directories
-/// as opened now.
-pub struct Consumers {
-    slots: Vec<(config::Consumer, RwLock<Arc<Consumer>>)>,
-    /// The watch on each `request/`, renewed with the directory.
-    watch: Mutex<Watch>,
-}
-
-impl std::fmt::Debug for Consumers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.slots.iter().map(|(config, _)| &config.name))
-            .finish()
-    }
-}
-
-impl Consumers {
-    /// `opened[n]` was opened from `configs[n]`; `watch` watches each
-    /// one's `request/`.
-    pub fn new(opened: Vec<(config::Consumer, Consumer)>, watch: Watch) -> Consumers {
-        let slots = opened
-            .into_iter()
-            .map(|(config, consumer)| (config, RwLock::new(Arc::new(consumer))))
-            .collect();
-        Consumers {
-            slots,
-            watch: Mutex::new(watch),
-        }
-    }
-
-    pub fn count(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Consumer `index`'s directories as opened now.
-    pub fn get(&self, index: usize) -> Arc<Consumer> {
-        let (_, opened) = &self.slots[index];
-        Arc::clone(&opened.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// Every consumer's directories as opened now, by number.
-    pub fn all(&self) -> Vec<Arc<Consumer>> {
-        (0..self.count()).map(|index| self.get(index)).collect()
-    }
-
-    /// Consumer `index`'s directories for a delivery: opened anew first if
-    /// its delivery directory was removed and can be (see
-    /// [`Consumers::refresh`]).
-    pub fn for_delivery(&self, index: usize) -> Arc<Consumer> {
-        let current = self.get(index);
-        if !current.deliver.is_removed() {
-            return current;
-        }
-        match self.refresh(index) {
-            Ok(Some(fresh)) => fresh,
-            Ok(None) => current,
-            Err(e) => {
-                tracing::error!(consumer = %self.name(index), "cannot open the directories again: {e}");
-                current
+        let fresh = Arc::new(current.reopen()?);
+        {
+            let mut opened = self.spool.write().unwrap_or_else(PoisonError::into_inner);
+            if opened.0 != generation {
+                return Ok(true); // opened anew meanwhile
             }
+            *opened = (generation + 1, Arc::clone(&fresh));
         }
-    }
-
-    /// Consumer `index`'s name (for messages).
-    pub fn name(&self, index: usize) -> &str {
-        &self.slots[index].0.name
-    }
-
-    /// Open consumer `index`'s directories anew if one of them was removed
-    /// and its `request/` exists again (making the other missing ones, as
-    /// at start), and watch the new `request/`. `Ok(Some(..))` when they
-    /// were opened anew (by this call or a concurrent one), `Ok(None)` when
-    /// nothing was removed, or `request/` is not back yet.
-    pub fn refresh(&self, index: usize) -> Result<Option<Arc<Consumer>>, DaemonError> {
-        let (config, opened) = &self.slots[index];
-        let current = self.get(index);
-        let removed = current.removed();
-        if removed.is_empty() || !config.spool.join("request").is_dir() {
-            return Ok(None);
-        }
-        let mut slot = opened.write().unwrap_or_else(PoisonError::into_inner);
-        if !Arc::ptr_eq(&slot, &current) {
-            return Ok(Some(Arc::clone(&slot))); // opened anew meanwhile
-        }
-        let fresh = Arc::new(Consumer::open(config)?);
-        *slot = Arc::clone(&fresh);
-        drop(slot);
-        let removed: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
         tracing::warn!(
-            consumer = %config.name,
-            "{} removed and made again while chitd runs: serving the new directories",
-            removed.join(", ")
+            consumer = %self.name,
+            "state directories made anew while chitd runs: serving the new ones"
         );
         // `current` holds the old directories open until the new watch is
         // in place (see `Watch::rewatch`).
-        let request = fresh.spool.request.path();
-        if let Err(e) = self
-            .watch
+        let request = fresh.request.path();
+        if let Err(e) = watch
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .rewatch(request)
         {
             // The rescans still find its chits, a little later.
-            tracing::error!(consumer = %config.name, "cannot watch {} again: {e}", request.display());
+            tracing::error!(consumer = %self.name, "cannot watch {} again: {e}", request.display());
         }
         drop(current);
-        Ok(Some(fresh))
+        Ok(true)
     }
 }

@@ -32,9 +32,9 @@ use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job, MoreSources};
 use crate::inflight::{InFlight, Key};
 use crate::partial::{Frontier, Partial};
 use crate::store::Store;
-use crate::watch::{Hint, watch};
+use crate::watch::{Hint, Watch, watch};
 
-pub use self::consumer::{Consumer, Consumers};
+pub use self::consumer::Consumer;
 pub use self::status_file::{STATUS_FILE, StatusFile};
 
 /// Chits whose local step (claim, parse, lookup, delivery) runs at once.
@@ -95,7 +95,10 @@ pub enum DaemonError {
 /// Read-only state shared with every task.
 #[derive(Debug)]
 pub struct Shared {
-    pub consumers: Consumers,
+    pub consumers: Vec<Consumer>,
+    /// The watch on each consumer's `request/`, renewed when the consumer
+    /// makes it anew.
+    pub watch: std::sync::Mutex<Watch>,
     pub store: Arc<Store>,
     pub fetcher: Fetcher,
     pub mirrors: Vec<url::Url>,
@@ -118,10 +121,10 @@ pub async fn run(
     for consumer in &config.consumers {
         // A consumer can make its own spool unusable (a symlink where a
         // state directory should be); that must not stop everyone else's.
-        match Consumer::open_at_start(consumer) {
+        match Consumer::open(consumer) {
             Ok(opened) => {
-                request_dirs.push(opened.spool.request.path().to_path_buf());
-                consumers.push((consumer.clone(), opened));
+                request_dirs.push(opened.spool().request.path().to_path_buf());
+                consumers.push(opened);
             }
             Err(e) if config.consumers.len() > 1 => {
                 tracing::error!(consumer = %consumer.name, "not serving this consumer: {e}");
@@ -137,7 +140,8 @@ pub async fn run(
     let (hint_sender, hints) = tokio::sync::mpsc::unbounded_channel();
     let watch = watch(&request_dirs, hint_sender).map_err(DaemonError::Watch)?;
     let shared = Arc::new(Shared {
-        consumers: Consumers::new(consumers, watch),
+        consumers,
+        watch: std::sync::Mutex::new(watch),
         store: Arc::new(store),
         fetcher: Fetcher::new(fetch).map_err(DaemonError::Http)?,
         mirrors: config.mirrors.clone(),
@@ -145,7 +149,7 @@ pub async fn run(
         durable_dirs: DurableDirs::default(),
     });
     let mut scheduler = Scheduler {
-        queues: Queues::new(shared.consumers.count()),
+        queues: Queues::new(shared.consumers.len()),
         shared,
         inflight: InFlight::default(),
         local: JoinSet::new(),
@@ -166,13 +170,14 @@ pub async fn run(
         under_way: HashMap::new(),
         parked: HashMap::new(),
         names_checks: Vec::new(),
-        removed_states: HashSet::new(),
+        lost_dirs: HashSet::new(),
+        refresh_failing: HashSet::new(),
     };
-    scheduler.names_checks = (0..scheduler.shared.consumers.count())
+    scheduler.names_checks = (0..scheduler.shared.consumers.len())
         .map(|_| NamesCheck::default())
         .collect();
     scheduler.scan(true);
-    for consumer in 0..scheduler.shared.consumers.count() {
+    for consumer in 0..scheduler.shared.consumers.len() {
         scheduler.check_names(consumer, true);
     }
     scheduler
@@ -229,8 +234,12 @@ struct Scheduler {
     parked: HashMap<work::Target, std::collections::VecDeque<(Waiter, PathBuf)>>,
     /// Per consumer: the check for chits whose names are not UTF-8.
     names_checks: Vec<NamesCheck>,
-    /// State directories found removed (logged once each).
-    removed_states: HashSet<(usize, PathBuf)>,
+    /// Directories found removed or replaced, per consumer (logged once
+    /// each).
+    lost_dirs: HashSet<(usize, PathBuf)>,
+    /// Consumers whose new state directories could not be opened (logged
+    /// once).
+    refresh_failing: HashSet<usize>,
 }
 
 /// A download under way: where chits that join it hand it their sources,
@@ -275,7 +284,7 @@ impl Scheduler {
                 // The directories are the truth: look once more, including
                 // fetch/ (anything there now is nobody's work), and fail the
                 // chits whose names are not UTF-8 (here, before deciding).
-                for consumer in 0..self.shared.consumers.count() {
+                for consumer in 0..self.shared.consumers.len() {
                     work::fail_names_not_utf8(&self.shared, consumer, true);
                 }
                 self.scan(true);
@@ -284,13 +293,12 @@ impl Scheduler {
                 let odd: Vec<String> = self
                     .shared
                     .consumers
-                    .all()
                     .iter()
                     .flat_map(|c| {
-                        c.spool
+                        c.spool()
                             .stuck_names_not_utf8()
                             .into_iter()
-                            .map(|name| format!("{}/{name}", c.spool.name))
+                            .map(|name| format!("{}/{name}", c.name))
                     })
                     .collect();
                 if self.queues.is_empty() && odd.is_empty() {
@@ -307,7 +315,7 @@ impl Scheduler {
                     let all: Vec<String> = left
                         .iter()
                         .map(|(consumer, name)| {
-                            format!("{}/{name}", self.shared.consumers.name(*consumer))
+                            format!("{}/{name}", self.shared.consumers[*consumer].name)
                         })
                         .chain(odd)
                         .collect();
@@ -353,7 +361,7 @@ impl Scheduler {
                     let idle = self.is_idle();
                     self.scan(idle);
                     if idle && !exit_when_idle {
-                        for consumer in 0..self.shared.consumers.count() {
+                        for consumer in 0..self.shared.consumers.len() {
                             self.check_names(consumer, true);
                         }
                     }
@@ -475,10 +483,8 @@ impl Scheduler {
             // Only into a directory that exists: a download that fails
             // must leave nothing in the consumer's directory, not even a
             // new empty directory.
-            let opened = shared.consumers.for_delivery(consumer);
-            let parent = opened
-                .deliver
-                .open_dirs(path.parent_components(), &shared.durable_dirs)?;
+            let root = &shared.consumers[consumer].deliver;
+            let parent = root.open_dirs(path.parent_components(), &shared.durable_dirs)?;
             let name = path.file_name().to_owned();
             let (temp, file) = parent.create_temp(&name)?;
             Ok(Target {
@@ -521,7 +527,7 @@ impl Scheduler {
                     .min(STUCK_RETRY_MAX);
                 if self.hold_stuck {
                     tracing::warn!(
-                        consumer = %self.shared.consumers.name(consumer), chit = %key.1,
+                        consumer = %self.shared.consumers[consumer].name, chit = %key.1,
                         "stuck (see the error above); trying again in {}",
                         humantime::format_duration(delay)
                     );
@@ -775,7 +781,7 @@ impl Scheduler {
                 Hint::Rescan(consumer) => {
                     rescan.insert(consumer);
                 }
-                Hint::RescanAll => rescan.extend(0..self.shared.consumers.count()),
+                Hint::RescanAll => rescan.extend(0..self.shared.consumers.len()),
             }
         }
         for consumer in rescan {
@@ -805,42 +811,50 @@ impl Scheduler {
     /// Queue every chit in each `request/` (and `fetch/`, at start and when
     /// idle) that is not already queued or being worked on.
     fn scan(&mut self, with_fetch: bool) {
-        for consumer in 0..self.shared.consumers.count() {
+        for consumer in 0..self.shared.consumers.len() {
             self.scan_consumer(consumer, with_fetch);
         }
     }
 
     fn scan_consumer(&mut self, consumer: usize, mut with_fetch: bool) {
-        let consumers = &self.shared.consumers;
-        let refreshed = consumers.refresh(consumer);
-        let opened = consumers.get(consumer);
-        let spool = &opened.spool;
-        let removed = opened.removed();
-        let known = |(c, _): &(usize, PathBuf)| *c == consumer;
-        match refreshed {
-            // New directories: what their fetch/ holds is nobody's work.
-            Ok(Some(_)) => with_fetch = true,
-            Ok(None) => {}
-            Err(e) if !self.removed_states.iter().any(known) => {
-                tracing::error!(consumer = %spool.name, "cannot open the directories again: {e}");
+        let opened = &self.shared.consumers[consumer];
+        match opened.refresh(&self.shared.watch) {
+            // New state directories: what their fetch/ holds is nobody's work.
+            Ok(true) => {
+                with_fetch = true;
+                self.refresh_failing.remove(&consumer);
+            }
+            Ok(false) => {}
+            Err(e) if self.refresh_failing.insert(consumer) => {
+                tracing::error!(consumer = %opened.name, "cannot open the new state directories: {e}");
             }
             Err(e) => {
-                tracing::debug!(consumer = %spool.name, "cannot open the directories again: {e}")
+                tracing::debug!(consumer = %opened.name, "cannot open the new state directories: {e}");
             }
         }
-        if removed.is_empty() {
-            self.removed_states.retain(|entry| !known(entry));
+        let spool = opened.spool();
+        let mut lost: Vec<(PathBuf, &str)> = Vec::new();
+        let remedy = if spool.root_removed() {
+            "this consumer is served again after a restart of chitd"
+        } else {
+            "chitd serves a new one once it is made again"
+        };
+        for dir in spool.lost_states() {
+            lost.push((dir.path().to_path_buf(), remedy));
         }
-        for removed in removed {
-            if self
-                .removed_states
-                .insert((consumer, removed.to_path_buf()))
-            {
+        if opened.deliver.is_removed() {
+            let remedy = "deliveries to this consumer fail until chitd is restarted";
+            lost.push((opened.deliver.path().to_path_buf(), remedy));
+        }
+        if lost.is_empty() {
+            self.lost_dirs.retain(|(c, _)| *c != consumer);
+        }
+        for (path, remedy) in lost {
+            if self.lost_dirs.insert((consumer, path.clone())) {
                 tracing::error!(
-                    consumer = %spool.name,
-                    "{} was removed while chitd runs: this consumer is served again once {} exists",
-                    removed.display(),
-                    spool.request.path().display()
+                    consumer = %opened.name,
+                    "{} was removed or replaced while chitd runs: {remedy}",
+                    path.display()
                 );
             }
         }
@@ -926,7 +940,7 @@ impl Scheduler {
     }
 
     fn write_status(&self) {
-        for (index, consumer) in self.shared.consumers.all().iter().enumerate() {
+        for (index, consumer) in self.shared.consumers.iter().enumerate() {
             let downloads = self.inflight.running().flat_map(|(key, done, waiters)| {
                 waiters
                     .iter()
@@ -980,7 +994,7 @@ impl Scheduler {
                 "some work did not stop within {SHUTDOWN_GRACE:?}; its chits stay in fetch/"
             );
         }
-        for consumer in self.shared.consumers.all() {
+        for consumer in &self.shared.consumers {
             consumer.status.remove();
         }
     }

@@ -29,6 +29,21 @@ pub struct Waiter {
     pub consumer: usize,
     pub name: String,
     pub chit: Chit,
+    /// The generation of the consumer's state directories the chit was
+    /// claimed in (see [`Consumer::generation`](super::Consumer::generation)).
+    pub generation: u64,
+}
+
+/// Whether a chit claimed at `generation` went with state directories the
+/// consumer has since made anew: then it is nobody's work any more (not
+/// delivered, not moved; a chit of its name in the new ones is another).
+fn gone_with_its_spool(shared: &Shared, consumer: usize, name: &str, generation: u64) -> bool {
+    let opened = &shared.consumers[consumer];
+    let gone = opened.generation() != generation;
+    if gone {
+        tracing::info!(consumer = %opened.name, chit = %name, "dropped: its state directories were made anew meanwhile");
+    }
+    gone
 }
 
 /// A delivery target: a path beneath a delivery directory (identified by
@@ -82,7 +97,7 @@ impl Object<'_> {
 /// The delivery target of `chit` for `consumer`.
 pub fn target(shared: &Shared, consumer: usize, chit: &Chit) -> Target {
     Target {
-        root: shared.consumers.get(consumer).deliver_root,
+        root: shared.consumers[consumer].deliver_root,
         path: chit.path.to_string(),
     }
 }
@@ -141,6 +156,7 @@ pub struct Commit {
     pub digest: Digest,
     pub path: String,
     pub from: &'static str,
+    pub generation: u64,
     /// The delivery directory that holds the new file; fsync'd by the commit.
     pub parent: Dir,
     /// Held until the commit is over.
@@ -149,8 +165,7 @@ pub struct Commit {
 
 /// Claim (when in `request/`), read, parse, and try the cache.
 pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> Step {
-    let opened = shared.consumers.get(consumer);
-    let spool = &opened.spool;
+    let (generation, spool) = shared.consumers[consumer].spool_at();
     let done = |name| Step::Done { consumer, name };
     if origin == Origin::Request {
         match spool.claim(&name) {
@@ -203,6 +218,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
                 consumer,
                 name,
                 chit,
+                generation,
             };
             return deliver_chit(shared, waiter, object, "cache");
         }
@@ -211,6 +227,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
                 consumer,
                 name,
                 chit,
+                generation,
             });
         }
         Ok(Lookup::OtherSize(actual)) => format!(
@@ -232,6 +249,12 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
 
 /// A download ended: deliver the object, or fail the chit with the reason.
 pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Object<'_>, &str>) -> Step {
+    if gone_with_its_spool(shared, waiter.consumer, &waiter.name, waiter.generation) {
+        return Step::Done {
+            consumer: waiter.consumer,
+            name: waiter.name,
+        };
+    }
     match outcome {
         Ok(object) => deliver_chit(shared, waiter, object, "download"),
         Err(reason) => fail_read_again(
@@ -305,6 +328,13 @@ fn deliver_chased(
     chased: Chased,
     outcome: Result<Object<'_>, &str>,
 ) -> Step {
+    if gone_with_its_spool(shared, waiter.consumer, &waiter.name, waiter.generation) {
+        chased.discard();
+        return Step::Done {
+            consumer: waiter.consumer,
+            name: waiter.name,
+        };
+    }
     let target = target(shared, waiter.consumer, &waiter.chit);
     if !shared.targets.take(&target) {
         chased.discard();
@@ -326,6 +356,7 @@ fn deliver_chased(
                 digest: waiter.chit.digest,
                 path: waiter.chit.path.to_string(),
                 from: "download",
+                generation: waiter.generation,
                 parent: chased.parent,
                 target,
             })
@@ -342,6 +373,12 @@ fn deliver_chased(
 /// commit, holding its target); on failure, fail the chit. Parked if
 /// another chit is delivering to the same target.
 fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'static str) -> Step {
+    if gone_with_its_spool(shared, waiter.consumer, &waiter.name, waiter.generation) {
+        return Step::Done {
+            consumer: waiter.consumer,
+            name: waiter.name,
+        };
+    }
     let target = target(shared, waiter.consumer, &waiter.chit);
     if !shared.targets.take(&target) {
         tracing::debug!(chit = %waiter.name, path = %waiter.chit.path, "another chit is delivering to this path; waiting for it");
@@ -355,9 +392,9 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
         consumer,
         name,
         chit,
+        generation,
     } = waiter;
-    let opened = shared.consumers.for_delivery(consumer);
-    let root = &opened.deliver;
+    let root = &shared.consumers[consumer].deliver;
     match deliver_unsynced(root, &chit.path, object.source(), &shared.durable_dirs) {
         Ok(parent) => Step::Commit(Commit {
             consumer,
@@ -365,6 +402,7 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
             digest: chit.digest,
             path: chit.path.to_string(),
             from,
+            generation,
             parent,
             target,
         }),
@@ -373,7 +411,7 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
             let reason = if root.is_removed() {
                 format!(
                     "cannot deliver {}: the delivery directory {} was removed while chitd runs \
-                     (it is made again once the consumer's request/ exists)",
+                     (chitd delivers into a new one after a restart)",
                     chit.path,
                     root.path().display()
                 )
@@ -407,9 +445,11 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
             stuck.push((consumer, name));
         }
     };
-    let mut durable: Vec<Vec<&Commit>> =
-        (0..shared.consumers.count()).map(|_| Vec::new()).collect();
+    let mut durable: Vec<Vec<&Commit>> = (0..shared.consumers.len()).map(|_| Vec::new()).collect();
     for entry in &batch {
+        if gone_with_its_spool(shared, entry.consumer, &entry.name, entry.generation) {
+            continue;
+        }
         match synced.iter().find(|(path, _)| *path == entry.parent.path()) {
             Some((_, Err(e))) => {
                 fail(
@@ -421,8 +461,7 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
         }
     }
     for (consumer, entries) in durable.iter().enumerate().filter(|(_, e)| !e.is_empty()) {
-        let opened = shared.consumers.get(consumer);
-        let spool = &opened.spool;
+        let spool = shared.consumers[consumer].spool();
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         let completed = spool.complete_all(&names);
         for (entry, renamed) in entries.iter().zip(completed.renamed) {
@@ -485,8 +524,7 @@ pub fn sync_cache_dirs(dirs: Vec<PathBuf>) -> Step {
 /// Fail the chits of `consumer` whose names are not UTF-8 (see
 /// [`crate::spool::Spool::fail_names_not_utf8`]); an error is logged.
 pub fn fail_names_not_utf8(shared: &Shared, consumer: usize, with_fetch: bool) {
-    let opened = shared.consumers.get(consumer);
-    let spool = &opened.spool;
+    let spool = shared.consumers[consumer].spool();
     if let Err(e) = spool.fail_names_not_utf8(with_fetch) {
         tracing::error!(consumer = %spool.name, "cannot fail the chits whose names are not UTF-8: {e}");
     }
@@ -501,7 +539,7 @@ fn fail_read_again(
     digest: &Digest,
     reason: &str,
 ) -> Step {
-    let original = shared.consumers.get(consumer).spool.read(&name).ok();
+    let original = shared.consumers[consumer].spool().read(&name).ok();
     fail_step(
         shared,
         consumer,
@@ -522,8 +560,7 @@ fn fail_step(
     original: Option<&[u8]>,
     reason: &str,
 ) -> Step {
-    let opened = shared.consumers.get(consumer);
-    let spool = &opened.spool;
+    let spool = shared.consumers[consumer].spool();
     let digest = digest.map(ToString::to_string).unwrap_or_default();
     match spool.fail(&name, original, reason) {
         Ok(()) => {

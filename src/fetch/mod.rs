@@ -231,6 +231,20 @@ impl Fetcher {
         }
         let mut answers: Vec<Option<String>> = vec![None; job.sources.len()];
         let mut ruled_out = vec![false; job.sources.len()];
+        // Left for untried sources while still making progress (`Slow`),
+        // and not asked again since: not judged by time it did not have.
+        let mut yielded = vec![false; job.sources.len()];
+        let give_up_after = self.settings.give_up_after;
+        let left = |last_progress: Instant| {
+            // Whole milliseconds: the window is shown in answers.
+            let left = give_up_after.saturating_sub(last_progress.elapsed());
+            Duration::from_millis(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+        };
+        // How long an attempt may wait for bytes: never past
+        // `give_up_after` without progress, except that a source not asked
+        // yet (or left while it progressed) gets a whole window of its own:
+        // a chit is not failed before each source was asked.
+        let window = self.settings.inactivity_timeout.min(give_up_after);
         let mut high_water = partial.offset();
         let mut last_progress = Instant::now();
         let mut restarted_after_resume = false;
@@ -246,6 +260,7 @@ impl Fetcher {
                         job.sources.push(url);
                         answers.push(None);
                         ruled_out.push(false);
+                        yielded.push(false);
                     }
                 }
                 let Some(source) = job.sources.get(index) else {
@@ -263,25 +278,15 @@ impl Fetcher {
                 let more = &job.more;
                 let untried_elsewhere = || untried || !more.is_empty();
                 loop {
-                    // How long this attempt may wait for bytes: never past
-                    // `give_up_after` without progress, except that a
-                    // source not asked yet gets a whole window of its own
-                    // (a chit is not failed before each source was asked).
-                    let window = self
-                        .settings
-                        .inactivity_timeout
-                        .min(self.settings.give_up_after);
-                    let inactivity = match answers[index] {
-                        None => window,
-                        Some(_) => window.min(
-                            self.settings
-                                .give_up_after
-                                .saturating_sub(last_progress.elapsed()),
-                        ),
+                    let inactivity = if answers[index].is_none() || yielded[index] {
+                        window
+                    } else {
+                        window.min(left(last_progress))
                     };
                     if inactivity.is_zero() {
                         break; // its time is up: on to the give-up check
                     }
+                    yielded[index] = false;
                     let attempt = Attempt {
                         client: &self.client,
                         source,
@@ -337,7 +342,10 @@ impl Fetcher {
                         }
                         // Left for the sources not tried yet; asked again
                         // (resuming) in the next round.
-                        FetchError::Slow { .. } => break,
+                        FetchError::Slow { .. } => {
+                            yielded[index] = true;
+                            break;
+                        }
                         e if e.is_transient() && progressed => continue,
                         e if e.is_transient() => break,
                         _ => {
@@ -353,8 +361,8 @@ impl Fetcher {
                 None
             } else if ruled_out.iter().all(|&out| out) {
                 Some("every source failed".to_owned())
-            } else if last_progress.elapsed() >= self.settings.give_up_after {
-                let after = humantime::format_duration(self.settings.give_up_after);
+            } else if left(last_progress).is_zero() && !yielded.contains(&true) {
+                let after = humantime::format_duration(give_up_after);
                 Some(format!("no progress for {after}"))
             } else {
                 None
@@ -372,11 +380,11 @@ impl Fetcher {
                     &answers,
                 )));
             }
-            let pause = delay.min(
-                self.settings
-                    .give_up_after
-                    .saturating_sub(last_progress.elapsed()),
-            );
+            let pause = if yielded.contains(&true) {
+                Duration::ZERO // back to the source it left, at once
+            } else {
+                delay.min(left(last_progress))
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return Err(DownloadError::Shutdown),
                 _ = tokio::time::sleep(pause) => {}

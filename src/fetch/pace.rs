@@ -3,13 +3,14 @@
 //! The contract says a download that keeps making progress never times out;
 //! a server that sends one byte every few seconds would then hold a download
 //! slot forever. So "progress" has a floor: while a body streams, every
-//! window of `inactivity_timeout` must bring at least
+//! window (the attempt's: `inactivity_timeout`, or less when
+//! `give_up_after` is shorter or partly spent) must bring at least
 //! [`MIN_PROGRESS_BYTES`] per [`MIN_PROGRESS_PER`] (1 KiB per 30 s, about
 //! 34 bytes/s: a 1 MiB file would take 8.5 hours; the slowest real links
 //! are a hundred times faster), scaled to the window, or all that was
 //! still missing. Less is [`FetchError::TooSlow`]: the attempt is cut like
 //! a stalled one and does not count as progress towards `give_up_after`.
-//! No byte at all for a whole `inactivity_timeout` is
+//! No byte at all for a whole window is
 //! [`FetchError::Stalled`], as before.
 //!
 //! A window that passes but is slow (under [`SLOW_BYTES`] per [`SLOW_PER`])

@@ -165,18 +165,16 @@ fn chit_renamed_into_request_is_picked_up_within_a_second() {
     );
 }
 
-/// A consumer that wipes its spool and delivery directories while the
-/// daemon runs (a CI job resetting its workspace) and makes only
-/// `request/` again is served again: the other state directories and the
-/// delivery directory are made anew, and `request/` is watched again. Then
-/// a delivery directory removed and not made again is made for the next
-/// delivery.
+/// A consumer that clears its spool while the daemon runs (a CI job
+/// resetting its workspace: `rm -rf spool/* deliver/*`) and makes only
+/// `request/` again is served again: the other state directories are made
+/// anew beneath the spool directory, and `request/` is watched again.
 #[test]
-fn a_consumer_that_wipes_and_remakes_its_directories_is_served_again() {
+fn a_consumer_that_clears_and_remakes_its_spool_is_served_again() {
     let dir = TestDir::new();
     let spool = dir.spool("c");
     let server = Server::start();
-    let files: Vec<Content> = (0..5).map(|_| Content::random(1_000)).collect();
+    let files: Vec<Content> = (0..4).map(|_| Content::random(1_000)).collect();
     for (n, content) in files.iter().enumerate() {
         server.add(&format!("/{n}"), content.bytes.clone());
     }
@@ -185,13 +183,14 @@ fn a_consumer_that_wipes_and_remakes_its_directories_is_served_again() {
     spool.drop_chit("0", chit(0));
     spool.expect_downloaded("0");
 
-    fs::remove_dir_all(&spool.spool).unwrap();
-    fs::remove_dir_all(&spool.deliver).unwrap();
-    fs::create_dir_all(spool.state_dir(State::Request)).unwrap();
+    for state in State::ALL {
+        fs::remove_dir_all(spool.state_dir(state)).unwrap();
+    }
+    fs::remove_file(spool.delivered_path("0.bin")).unwrap();
+    fs::create_dir(spool.state_dir(State::Request)).unwrap();
     spool.drop_chit("1", chit(1));
     spool.expect_downloaded("1");
     spool.assert_delivered("1", "1.bin", &files[1]);
-    assert!(!spool.delivered_path("0.bin").exists());
 
     // Watched again: each chit leaves request/ at once, not at a rescan.
     for n in [2, 3] {
@@ -208,11 +207,46 @@ fn a_consumer_that_wipes_and_remakes_its_directories_is_served_again() {
         );
         spool.expect_downloaded(&n.to_string());
     }
+}
 
-    fs::remove_dir_all(&spool.deliver).unwrap();
-    spool.drop_chit("4", chit(4));
-    spool.expect_downloaded("4");
-    spool.assert_delivered("4", "4.bin", &files[4]);
+/// A chit being downloaded when its consumer clears the spool went with
+/// it: its file is not delivered into the cleared workspace, and a new
+/// chit of the same name, for another file, is served.
+#[test]
+fn a_chit_in_flight_when_its_spool_is_cleared_goes_with_it() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let old = Content::random(64 * 1024);
+    let new = Content::random(1_000);
+    server.add("/old", old.bytes.clone());
+    server.add("/new", new.bytes.clone());
+    server.hold("/old");
+    let _daemon = Daemon::for_spool(&dir, &spool).start();
+    spool.drop_chit("x", old.chit("old.bin", &[server.url("/old")]));
+    wait_until(TIMEOUT, "the download of old.bin to start", || {
+        (server.count("/old") > 0).then_some(())
+    });
+
+    for state in State::ALL {
+        fs::remove_dir_all(spool.state_dir(state)).unwrap();
+    }
+    fs::create_dir(spool.state_dir(State::Request)).unwrap();
+    spool.drop_chit("x", new.chit("new.bin", &[server.url("/new")]));
+    // Made anew (and so the old chit's generation gone) before the old
+    // download ends.
+    wait_until(TIMEOUT, "the state directories to be made again", || {
+        spool.state_dir(State::Fail).is_dir().then_some(())
+    });
+    server.release("/old");
+
+    spool.expect_downloaded("x");
+    spool.assert_delivered("x", "new.bin", &new);
+    assert!(
+        !spool.delivered_path("old.bin").exists(),
+        "the chit of the cleared spool was delivered"
+    );
+    assert_eq!(spool.chits_in(State::Fail), Vec::<String>::new());
 }
 
 #[test]

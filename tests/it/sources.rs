@@ -91,6 +91,37 @@ fn a_slow_source_is_waited_for_when_there_is_nothing_else() {
     assert_eq!(server.count("/slow"), 1, "one request, never cut");
 }
 
+/// A slow source left for an untried one that then stalls is come back to,
+/// and waited for, even when the stall took the whole of a short
+/// `give_up_after`: it was making progress when it was left, so the time
+/// the other took is not held against it.
+#[test]
+fn a_slow_source_left_for_a_stalled_one_is_come_back_to() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(12_000);
+    server.add("/slow", content.bytes.clone());
+    server.add("/stall", content.bytes.clone());
+    server.set_fault("/slow", crate::server::Fault::slow_but_steady());
+    server.set_fault("/stall", crate::server::Fault::Stall { after: 0 });
+    spool.drop_chit(
+        "f",
+        content.chit("f.bin", &[server.url("/slow"), server.url("/stall")]),
+    );
+
+    Daemon::for_spool(&dir, &spool)
+        .inactivity_timeout_ms(1_000)
+        .give_up_after("1s")
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+
+    spool.assert_delivered("f", "f.bin", &content);
+    let asked: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(asked, ["/slow", "/stall", "/slow"]);
+}
+
 #[test]
 fn mirrors_are_tried_in_order_after_the_chit_urls() {
     let dir = TestDir::new();

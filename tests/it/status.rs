@@ -131,6 +131,18 @@ fn status_of_a_spool_not_made_yet_says_so() {
     let text = status(false);
     assert!(text.contains("later: no spool yet"), "{text}");
     assert!(!dir.join("later").exists(), "status made a directory");
+    // Named on the command line, a missing spool is an error (a typo?).
+    let typo: Vec<OsString> = vec![
+        "status".into(),
+        "--spool".into(),
+        dir.join("later/spoool").into(),
+    ];
+    let output = run_cli(&dir, typo, TIMEOUT);
+    assert_eq!(output.code, Some(1), "{output:?}");
+    assert!(
+        output.stderr.contains("no spool directory at"),
+        "{output:?}"
+    );
 }
 
 #[test]

@@ -483,9 +483,47 @@ fn roots_swapped_for_symlinks_while_running_redirect_nothing() {
     setup.outside.assert_untouched();
 }
 
-/// A consumer that removes and re-makes a state directory while chitd runs:
-/// chitd keeps the directory it opened, so the new one goes unseen; it says
-/// so, and a chit it cannot claim stays where it is (never lost).
+/// The same with the roots removed (not moved) and symlinks put in their
+/// place, to a directory laid out as a spool with a chit waiting in it and
+/// to the outside: chitd never opens a root by its path again while it
+/// runs, so it serves neither; it says the roots are gone until a restart.
+#[test]
+fn roots_removed_and_replaced_by_symlinks_while_running_redirect_nothing() {
+    let setup = Setup::new();
+    let spool = &setup.spool;
+    let (_, chit) = setup.serve("/file", 4096);
+    let mut daemon = setup.start();
+    spool.drop_chit("before", &chit);
+    spool.expect_downloaded("before");
+
+    let elsewhere = setup.dir.join("elsewhere");
+    for state in State::ALL {
+        fs::create_dir_all(elsewhere.join(state.dir_name())).unwrap();
+    }
+    fs::write(elsewhere.join("request/theirs"), &chit).unwrap();
+    fs::remove_dir_all(&spool.spool).unwrap();
+    fs::remove_dir_all(&spool.deliver).unwrap();
+    symlink(&elsewhere, &spool.spool).unwrap();
+    symlink(setup.outside.root.join("subdir"), &spool.deliver).unwrap();
+
+    wait_until(TIMEOUT, "the removed roots to be reported", || {
+        let log = daemon.log();
+        (log.contains("served again after a restart of chitd")
+            && log.contains("deliveries to this consumer fail until chitd is restarted"))
+        .then_some(())
+    });
+    // The scan that reported them looked for new state directories first.
+    assert!(
+        elsewhere.join("request/theirs").exists(),
+        "a chit elsewhere was claimed"
+    );
+    daemon.sigterm();
+    setup.outside.assert_untouched();
+}
+
+/// A consumer that removes a state directory while chitd runs: chitd says
+/// so, a chit it cannot claim meanwhile stays where it is (never lost), and
+/// once the consumer makes the directory again chitd serves the new one.
 #[test]
 fn state_directory_replaced_while_running_is_reported_and_loses_nothing() {
     let setup = Setup::new();
@@ -495,17 +533,22 @@ fn state_directory_replaced_while_running_is_reported_and_loses_nothing() {
     setup.spool.expect_downloaded("before");
     let fetch = setup.spool.state_dir(State::Fetch);
     fs::remove_dir(&fetch).unwrap();
-    fs::create_dir(&fetch).unwrap();
     setup.spool.drop_chit("after", &chit);
-    wait_until(TIMEOUT, "the replaced fetch/ to be reported", || {
+    wait_until(TIMEOUT, "the removed fetch/ to be reported", || {
         let log = daemon.log();
         (log.contains("cannot claim the chit")
             && log.contains("was removed or replaced while chitd runs"))
         .then_some(())
     });
     assert_eq!(setup.spool.states_of("after"), [State::Request]);
+
+    fs::create_dir(&fetch).unwrap();
+    setup.spool.expect_downloaded("after");
+    assert!(daemon.log().contains("state directories made anew"));
     daemon.sigterm();
-    setup
-        .spool
-        .assert_delivered("before", "good-file.bin", &content);
+    for name in ["before", "after"] {
+        setup
+            .spool
+            .assert_delivered(name, "good-file.bin", &content);
+    }
 }
