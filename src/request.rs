@@ -102,6 +102,18 @@ fn chit_of(args: &RequestArgs) -> Result<Chit, RequestError> {
             "it contains a line break".into(),
         ));
     }
+    // In a chit these lines would be comments, silently dropped.
+    for url in &args.urls {
+        let url = url.trim();
+        if url.is_empty() || url.starts_with('#') {
+            let what = if url.is_empty() {
+                "it is empty"
+            } else {
+                "it begins with \"#\""
+            };
+            return Err(RequestError::Invalid("URL", what.into()));
+        }
+    }
     let mut text = String::new();
     for (_, argument) in &arguments {
         text.push_str(argument);

@@ -150,6 +150,11 @@ fn request_usage_errors_exit_2_and_write_nothing() {
             "invalid URL: URL \"ftp://h/f\" has scheme \"ftp\"",
         ),
         (
+            "empty url",
+            request_args(&spool, &[], &content, "f.bin", &["".into()]),
+            "invalid URL: it is empty",
+        ),
+        (
             "missing path",
             args(&["--spool", &spool_arg, &content.sha256, &size]),
             "",
