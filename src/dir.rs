@@ -320,18 +320,21 @@ impl Dir {
 
     /// What the entry `name` (not followed if a symlink) holds, compared
     /// with `dir`: `dir` itself, another directory, or something else
-    /// (nothing, or not a directory).
-    pub fn holds_dir(&self, name: &str, dir: &Dir) -> Holds {
-        let Ok(entry) = rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
-            return Holds::Other;
+    /// (nothing, or not a directory). An error is one of looking.
+    pub fn holds_dir(&self, name: &str, dir: &Dir) -> io::Result<Holds> {
+        let entry = match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(entry) => entry,
+            Err(rustix::io::Errno::NOENT) => return Ok(Holds::Other),
+            Err(e) => return Err(self.error(e.into(), "inspecting", name)),
         };
         if FileType::from_raw_mode(entry.st_mode) != FileType::Directory {
-            return Holds::Other;
+            return Ok(Holds::Other);
         }
-        match dir.id() {
-            Ok(id) if id == (entry.st_dev, entry.st_ino) => Holds::Same,
-            _ => Holds::OtherDir,
-        }
+        Ok(if dir.id()? == (entry.st_dev, entry.st_ino) {
+            Holds::Same
+        } else {
+            Holds::OtherDir
+        })
     }
 
     /// Another handle on this directory.

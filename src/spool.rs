@@ -49,6 +49,8 @@ pub struct Spool {
     /// The spool directory itself, as opened at start: state directories
     /// are only ever (re)opened beneath it.
     root: Dir,
+    /// `fetch/`'s device and inode, as opened.
+    fetch_id: (u64, u64),
     pub request: Dir,
     pub fetch: Dir,
     pub downloaded: Dir,
@@ -97,10 +99,13 @@ impl Spool {
     fn beneath(name: &str, root: Dir) -> io::Result<Spool> {
         let durable = DurableDirs::default();
         let state = |dir: &str| root.create_dirs([dir], &durable);
+        let request = state("request")?;
+        let fetch = state("fetch")?;
         Ok(Spool {
             name: name.to_owned(),
-            request: state("request")?,
-            fetch: state("fetch")?,
+            fetch_id: fetch.id()?,
+            request,
+            fetch,
             downloaded: state("downloaded")?,
             failed: state("fail")?,
             root,
@@ -114,7 +119,7 @@ impl Spool {
     /// removed so far is not (the consumer may be clearing its spool).
     pub fn remade(&self) -> bool {
         self.states()
-            .any(|(name, dir)| self.root.holds_dir(name, dir) == Holds::OtherDir)
+            .any(|(name, dir)| matches!(self.root.holds_dir(name, dir), Ok(Holds::OtherDir)))
     }
 
     /// The state directories opened anew beneath the spool directory
@@ -122,6 +127,12 @@ impl Spool {
     /// spool redirects nothing), making the missing ones.
     pub fn reopen(&self) -> io::Result<Spool> {
         Spool::beneath(&self.name, self.root.try_clone()?)
+    }
+
+    /// The `fetch/` directory's (device, inode), as opened: a chit claimed
+    /// into another one is not in this spool.
+    pub fn fetch_id(&self) -> (u64, u64) {
+        self.fetch_id
     }
 
     /// Whether the spool directory itself was removed since it was opened:
@@ -308,7 +319,13 @@ impl Spool {
     /// opened: their names hold nothing, or another directory.
     pub fn lost_states(&self) -> Vec<&Dir> {
         self.states()
-            .filter(|(name, dir)| self.root.holds_dir(name, dir) != Holds::Same)
+            .filter(|(name, dir)| {
+                dir.is_removed()
+                    || matches!(
+                        self.root.holds_dir(name, dir),
+                        Ok(Holds::Other | Holds::OtherDir)
+                    )
+            })
             .map(|(_, dir)| dir)
             .collect()
     }
@@ -495,7 +512,8 @@ fn removed(dir: &Dir) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
         format!(
-            "{} was removed or replaced while chitd runs; chitd serves a new one at its next scan once it is made again",
+            "{} was removed or replaced while chitd runs; chitd serves a new one made in its place \
+             (after a restart, if the spool directory itself was removed)",
             dir.path().display()
         ),
     )

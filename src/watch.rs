@@ -9,10 +9,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use notify::event::{EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
+
+use crate::dir::Dir;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hint {
@@ -28,30 +31,60 @@ pub enum Hint {
 #[derive(Debug)]
 pub struct Watch {
     watcher: RecommendedWatcher,
+    /// The path each `request/` is watched by, to its consumer's number.
+    consumers: Arc<Mutex<HashMap<PathBuf, usize>>>,
 }
 
 impl Watch {
-    /// Watch `dir`, one of the directories given to [`watch`], again: it
-    /// was removed and made anew. Call it while the old directory is still
-    /// open: the old watch is removed first, since the old directory's
-    /// end (when its last descriptor closes) would otherwise take the new
-    /// watch of the same path with it.
-    pub fn rewatch(&mut self, dir: &Path) -> notify::Result<()> {
+    /// Watch `new`, the `request/` made anew in place of `old` (watched
+    /// now). Call it while `old` is still open: its watch is removed first,
+    /// since its end (when its last descriptor closes) would otherwise take
+    /// the new watch of the same path with it.
+    pub fn rewatch(&mut self, old: &Dir, new: &Dir) -> notify::Result<()> {
+        let (old_path, new_path) = (watch_path(old), watch_path(new));
+        let consumer = lock(&self.consumers).remove(&old_path);
         // Not watched any more is fine: the point is that it is not.
-        let _ = self.watcher.unwatch(dir);
+        let _ = self.watcher.unwatch(&old_path);
+        let Some(consumer) = consumer else {
+            return Ok(());
+        };
+        lock(&self.consumers).insert(new_path.clone(), consumer);
         self.watcher
-            .watch(dir, RecursiveMode::NonRecursive)
-            .map_err(|e| with_remedy(e, dir))
+            .watch(&new_path, RecursiveMode::NonRecursive)
+            .map_err(|e| with_remedy(e, new.path()))
     }
 }
 
+/// The path `dir` is watched by: `/proc/self/fd/<fd>`, which names the
+/// very directory chitd opened, whatever its name holds now (a symlink
+/// swapped in cannot redirect the watch), or its path where `/proc` is not
+/// mounted.
+fn watch_path(dir: &Dir) -> PathBuf {
+    use std::os::fd::{AsFd, AsRawFd};
+    let proc = Path::new("/proc/self/fd");
+    if proc.is_dir() {
+        proc.join(dir.as_fd().as_raw_fd().to_string())
+    } else {
+        dir.path().to_path_buf()
+    }
+}
+
+fn lock(
+    map: &Mutex<HashMap<PathBuf, usize>>,
+) -> std::sync::MutexGuard<'_, HashMap<PathBuf, usize>> {
+    map.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Watch each of `request_dirs` (index = consumer number).
-pub fn watch(request_dirs: &[PathBuf], hints: UnboundedSender<Hint>) -> notify::Result<Watch> {
+pub fn watch(request_dirs: &[&Dir], hints: UnboundedSender<Hint>) -> notify::Result<Watch> {
     let consumers: HashMap<PathBuf, usize> = request_dirs
         .iter()
         .enumerate()
-        .map(|(index, dir)| (dir.clone(), index))
+        .map(|(index, dir)| (watch_path(dir), index))
         .collect();
+    let consumers = Arc::new(Mutex::new(consumers));
+    let known = Arc::clone(&consumers);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let event = match event {
             Ok(event) => event,
@@ -78,8 +111,8 @@ pub fn watch(request_dirs: &[PathBuf], hints: UnboundedSender<Hint>) -> notify::
         }
         // For a rename within the directory the last path is the new name.
         if let Some(path) = event.paths.last() {
-            let consumer = path.parent().and_then(|dir| consumers.get(dir));
-            let Some((&consumer, name)) = consumer.zip(path.file_name()) else {
+            let consumer = path.parent().and_then(|dir| lock(&known).get(dir).copied());
+            let Some((consumer, name)) = consumer.zip(path.file_name()) else {
                 return;
             };
             if !crate::spool::is_chit_name(name) {
@@ -94,10 +127,10 @@ pub fn watch(request_dirs: &[PathBuf], hints: UnboundedSender<Hint>) -> notify::
     })?;
     for dir in request_dirs {
         watcher
-            .watch(dir, RecursiveMode::NonRecursive)
-            .map_err(|e| with_remedy(e, dir))?;
+            .watch(&watch_path(dir), RecursiveMode::NonRecursive)
+            .map_err(|e| with_remedy(e, dir.path()))?;
     }
-    Ok(Watch { watcher })
+    Ok(Watch { watcher, consumers })
 }
 
 fn with_remedy(error: notify::Error, dir: &Path) -> notify::Error {
@@ -122,7 +155,8 @@ mod tests {
         let request = root.path().join("request");
         fs::create_dir(&request).unwrap();
         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
-        let _watch = watch(std::slice::from_ref(&request), sender).unwrap();
+        let opened = Dir::open_root(&request).unwrap();
+        let _watch = watch(&[&opened], sender).unwrap();
         fs::write(root.path().join("x"), "chit").unwrap();
         fs::write(request.join(".hidden"), "temp").unwrap();
         let not_utf8 = |name: &[u8]| request.join(std::ffi::OsStr::from_bytes(name));
@@ -138,5 +172,48 @@ mod tests {
         // A name that is not UTF-8 cannot be a hint: only a scan finds it.
         fs::write(not_utf8(b"bad\xff"), "chit").unwrap();
         assert_eq!(next().await, Hint::Rescan(0));
+    }
+
+    /// The watch is on the directory chitd opened, not on whatever its
+    /// name holds when the watch is made: a symlink swapped in (to another
+    /// consumer's `request/`, say) redirects nothing, at start or at a
+    /// rewatch.
+    #[tokio::test]
+    async fn the_opened_directory_is_watched_not_its_name() {
+        let root = tempfile::tempdir().unwrap();
+        let (request, moved, other) = (
+            root.path().join("request"),
+            root.path().join("moved"),
+            root.path().join("other"),
+        );
+        for dir in [&request, &other] {
+            fs::create_dir(dir).unwrap();
+        }
+        let opened = Dir::open_root(&request).unwrap();
+        fs::rename(&request, &moved).unwrap();
+        std::os::unix::fs::symlink(&other, &request).unwrap();
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut watch = watch(&[&opened], sender).unwrap();
+        let mut next = async || {
+            tokio::time::timeout(std::time::Duration::from_secs(10), receiver.recv())
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        fs::write(other.join("theirs"), "chit").unwrap();
+        fs::write(moved.join("ours"), "chit").unwrap();
+        assert_eq!(next().await, Hint::Chit(0, "ours".into()));
+
+        // Made anew: the new directory is watched, then its name swapped.
+        let remade = root.path().join("remade");
+        fs::create_dir(&remade).unwrap();
+        let fresh = Dir::open_root(&remade).unwrap();
+        fs::rename(&remade, root.path().join("remade-moved")).unwrap();
+        std::os::unix::fs::symlink(&other, &remade).unwrap();
+        watch.rewatch(&opened, &fresh).unwrap();
+        fs::write(other.join("theirs-again"), "chit").unwrap();
+        fs::write(moved.join("old"), "chit").unwrap();
+        fs::write(root.path().join("remade-moved/new"), "chit").unwrap();
+        assert_eq!(next().await, Hint::Chit(0, "new".into()));
     }
 }

@@ -30,9 +30,8 @@ pub struct Consumer {
     /// share its delivery targets (see `work::Target`).
     pub deliver_root: (u64, u64),
     pub status: StatusFile,
-    /// The state directories, and how many times they were opened anew: a
-    /// chit claimed from older ones went with them.
-    spool: RwLock<(u64, Arc<Spool>)>,
+    /// The state directories, as opened now.
+    spool: RwLock<Arc<Spool>>,
 }
 
 impl Consumer {
@@ -62,46 +61,30 @@ impl Consumer {
             deliver,
             deliver_root,
             status,
-            spool: RwLock::new((0, Arc::new(spool))),
+            spool: RwLock::new(Arc::new(spool)),
         })
     }
 
     /// The state directories as opened now.
     pub fn spool(&self) -> Arc<Spool> {
-        Arc::clone(&self.opened().1)
-    }
-
-    /// How many times the state directories were opened anew: a chit
-    /// claimed at another generation is not in these.
-    pub fn generation(&self) -> u64 {
-        self.opened().0
-    }
-
-    /// [`Consumer::spool`] and [`Consumer::generation`], read together.
-    pub fn spool_at(&self) -> (u64, Arc<Spool>) {
-        let opened = self.opened();
-        (opened.0, Arc::clone(&opened.1))
-    }
-
-    fn opened(&self) -> std::sync::RwLockReadGuard<'_, (u64, Arc<Spool>)> {
-        self.spool.read().unwrap_or_else(PoisonError::into_inner)
+        Arc::clone(&self.spool.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Open the state directories anew if the consumer made one of them
     /// anew, and watch the new `request/` (with `watch`). Returns whether
     /// they were opened anew.
     pub fn refresh(&self, watch: &Mutex<Watch>) -> std::io::Result<bool> {
-        let (generation, current) = self.spool_at();
+        let current = self.spool();
         if !current.remade() {
             return Ok(false);
         }
         let fresh = Arc::new(current.reopen()?);
         {
             let mut opened = self.spool.write().unwrap_or_else(PoisonError::into_inner);
-            if opened.0 != generation {
+            if !Arc::ptr_eq(&opened, &current) {
                 return Ok(true); // opened anew meanwhile
             }
-            *opened = (generation + 1, Arc::clone(&fresh));
+            *opened = Arc::clone(&fresh);
         }
         tracing::warn!(
             consumer = %self.name,
@@ -109,14 +92,13 @@ impl Consumer {
         );
         // `current` holds the old directories open until the new watch is
         // in place (see `Watch::rewatch`).
-        let request = fresh.request.path();
-        if let Err(e) = watch
+        let renewed = watch
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .rewatch(request)
-        {
+            .rewatch(&current.request, &fresh.request);
+        if let Err(e) = renewed {
             // The rescans still find its chits, a little later.
-            tracing::error!(consumer = %self.name, "cannot watch {} again: {e}", request.display());
+            tracing::error!(consumer = %self.name, "cannot watch {} again: {e}", fresh.request.path().display());
         }
         drop(current);
         Ok(true)

@@ -27,10 +27,11 @@ use self::work::{Origin, Step, Waiter};
 use crate::chase::{CHASE_MIN, Chase, Target};
 use crate::chit::Digest;
 use crate::config::Config;
-use crate::dir::DurableDirs;
+use crate::dir::{Dir, DurableDirs};
 use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job, MoreSources};
 use crate::inflight::{InFlight, Key};
 use crate::partial::{Frontier, Partial};
+use crate::spool::Spool;
 use crate::store::Store;
 use crate::watch::{Hint, Watch, watch};
 
@@ -117,13 +118,11 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let store = Store::open(&config.cache).map_err(DaemonError::Cache)?;
     let mut consumers = Vec::new();
-    let mut request_dirs: Vec<PathBuf> = Vec::new();
     for consumer in &config.consumers {
         // A consumer can make its own spool unusable (a symlink where a
         // state directory should be); that must not stop everyone else's.
         match Consumer::open(consumer) {
             Ok(opened) => {
-                request_dirs.push(opened.spool().request.path().to_path_buf());
                 consumers.push(opened);
             }
             Err(e) if config.consumers.len() > 1 => {
@@ -138,7 +137,11 @@ pub async fn run(
     let mut fetch = options.fetch.clone();
     fetch.give_up_after = config.give_up_after;
     let (hint_sender, hints) = tokio::sync::mpsc::unbounded_channel();
-    let watch = watch(&request_dirs, hint_sender).map_err(DaemonError::Watch)?;
+    let watch = {
+        let spools: Vec<Arc<Spool>> = consumers.iter().map(Consumer::spool).collect();
+        let request_dirs: Vec<&Dir> = spools.iter().map(|spool| &spool.request).collect();
+        watch(&request_dirs, hint_sender).map_err(DaemonError::Watch)?
+    };
     let shared = Arc::new(Shared {
         consumers,
         watch: std::sync::Mutex::new(watch),
@@ -823,6 +826,9 @@ impl Scheduler {
             Ok(true) => {
                 with_fetch = true;
                 self.refresh_failing.remove(&consumer);
+                // Stuck in the old directories: they are gone, and a chit of
+                // the name in the new ones is another.
+                self.stuck.retain(|(c, _), _| *c != consumer);
             }
             Ok(false) => {}
             Err(e) if self.refresh_failing.insert(consumer) => {

@@ -3,6 +3,7 @@
 //! download; and, once a download ends, deliver or fail its waiters.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::chase::{Chase, Chased};
 use crate::chit::{Chit, Digest};
@@ -10,7 +11,7 @@ use crate::deliver::{Source, deliver_unsynced};
 use crate::dir::Dir;
 use crate::durable::sync_dir;
 use crate::inflight::Key;
-use crate::spool::{Claim, ReadError};
+use crate::spool::{Claim, ReadError, Spool};
 use crate::store::Lookup;
 
 use super::Shared;
@@ -29,21 +30,27 @@ pub struct Waiter {
     pub consumer: usize,
     pub name: String,
     pub chit: Chit,
-    /// The generation of the consumer's state directories the chit was
-    /// claimed in (see [`Consumer::generation`](super::Consumer::generation)).
-    pub generation: u64,
+    /// The `fetch/` it was claimed into ([`Spool::fetch_id`]).
+    pub claimed_in: (u64, u64),
 }
 
-/// Whether a chit claimed at `generation` went with state directories the
-/// consumer has since made anew: then it is nobody's work any more (not
-/// delivered, not moved; a chit of its name in the new ones is another).
-fn gone_with_its_spool(shared: &Shared, consumer: usize, name: &str, generation: u64) -> bool {
+/// The consumer's spool as opened now, unless the chit was claimed into
+/// a `fetch/` the consumer has since removed and made anew: then the chit
+/// went with it and is nobody's work any more (not delivered, not moved; a
+/// chit of its name in the new one is another).
+fn spool_of(
+    shared: &Shared,
+    consumer: usize,
+    name: &str,
+    claimed_in: (u64, u64),
+) -> Option<Arc<Spool>> {
     let opened = &shared.consumers[consumer];
-    let gone = opened.generation() != generation;
-    if gone {
-        tracing::info!(consumer = %opened.name, chit = %name, "dropped: its state directories were made anew meanwhile");
+    let spool = opened.spool();
+    if spool.fetch_id() == claimed_in {
+        return Some(spool);
     }
-    gone
+    tracing::info!(consumer = %opened.name, chit = %name, "dropped: its fetch/ was removed and made anew meanwhile");
+    None
 }
 
 /// A delivery target: a path beneath a delivery directory (identified by
@@ -156,7 +163,7 @@ pub struct Commit {
     pub digest: Digest,
     pub path: String,
     pub from: &'static str,
-    pub generation: u64,
+    pub claimed_in: (u64, u64),
     /// The delivery directory that holds the new file; fsync'd by the commit.
     pub parent: Dir,
     /// Held until the commit is over.
@@ -165,7 +172,8 @@ pub struct Commit {
 
 /// Claim (when in `request/`), read, parse, and try the cache.
 pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> Step {
-    let (generation, spool) = shared.consumers[consumer].spool_at();
+    let spool = shared.consumers[consumer].spool();
+    let claimed_in = spool.fetch_id();
     let done = |name| Step::Done { consumer, name };
     if origin == Origin::Request {
         match spool.claim(&name) {
@@ -192,14 +200,14 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         Ok(bytes) => bytes,
         Err(ReadError::Gone) => return done(name),
         Err(ReadError::Refused(reason)) => {
-            return fail_step(shared, consumer, name, None, None, &reason);
+            return fail_step(&spool, consumer, name, None, None, &reason);
         }
     };
     let chit = match Chit::parse(&bytes) {
         Ok(chit) => chit,
         Err(e) => {
             return fail_step(
-                shared,
+                &spool,
                 consumer,
                 name,
                 None,
@@ -218,7 +226,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
                 consumer,
                 name,
                 chit,
-                generation,
+                claimed_in,
             };
             return deliver_chit(shared, waiter, object, "cache");
         }
@@ -227,7 +235,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
                 consumer,
                 name,
                 chit,
-                generation,
+                claimed_in,
             });
         }
         Ok(Lookup::OtherSize(actual)) => format!(
@@ -238,7 +246,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         Err(e) => format!("cannot read the cache: {e}"),
     };
     fail_step(
-        shared,
+        &spool,
         consumer,
         name,
         Some(&chit.digest),
@@ -249,16 +257,16 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
 
 /// A download ended: deliver the object, or fail the chit with the reason.
 pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Object<'_>, &str>) -> Step {
-    if gone_with_its_spool(shared, waiter.consumer, &waiter.name, waiter.generation) {
+    let Some(spool) = spool_of(shared, waiter.consumer, &waiter.name, waiter.claimed_in) else {
         return Step::Done {
             consumer: waiter.consumer,
             name: waiter.name,
         };
-    }
+    };
     match outcome {
         Ok(object) => deliver_chit(shared, waiter, object, "download"),
         Err(reason) => fail_read_again(
-            shared,
+            &spool,
             waiter.consumer,
             waiter.name,
             &waiter.chit.digest,
@@ -328,7 +336,7 @@ fn deliver_chased(
     chased: Chased,
     outcome: Result<Object<'_>, &str>,
 ) -> Step {
-    if gone_with_its_spool(shared, waiter.consumer, &waiter.name, waiter.generation) {
+    if spool_of(shared, waiter.consumer, &waiter.name, waiter.claimed_in).is_none() {
         chased.discard();
         return Step::Done {
             consumer: waiter.consumer,
@@ -356,7 +364,7 @@ fn deliver_chased(
                 digest: waiter.chit.digest,
                 path: waiter.chit.path.to_string(),
                 from: "download",
-                generation: waiter.generation,
+                claimed_in: waiter.claimed_in,
                 parent: chased.parent,
                 target,
             })
@@ -373,12 +381,12 @@ fn deliver_chased(
 /// commit, holding its target); on failure, fail the chit. Parked if
 /// another chit is delivering to the same target.
 fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'static str) -> Step {
-    if gone_with_its_spool(shared, waiter.consumer, &waiter.name, waiter.generation) {
+    let Some(spool) = spool_of(shared, waiter.consumer, &waiter.name, waiter.claimed_in) else {
         return Step::Done {
             consumer: waiter.consumer,
             name: waiter.name,
         };
-    }
+    };
     let target = target(shared, waiter.consumer, &waiter.chit);
     if !shared.targets.take(&target) {
         tracing::debug!(chit = %waiter.name, path = %waiter.chit.path, "another chit is delivering to this path; waiting for it");
@@ -392,7 +400,7 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
         consumer,
         name,
         chit,
-        generation,
+        claimed_in,
     } = waiter;
     let root = &shared.consumers[consumer].deliver;
     match deliver_unsynced(root, &chit.path, object.source(), &shared.durable_dirs) {
@@ -402,7 +410,7 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
             digest: chit.digest,
             path: chit.path.to_string(),
             from,
-            generation,
+            claimed_in,
             parent,
             target,
         }),
@@ -418,7 +426,7 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
             } else {
                 format!("cannot deliver {}: {e}", chit.path)
             };
-            fail_read_again(shared, consumer, name, &chit.digest, &reason)
+            fail_read_again(&spool, consumer, name, &chit.digest, &reason)
         }
     }
 }
@@ -437,31 +445,38 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
         }
     }
     let mut stuck = Vec::new();
-    let mut fail = |entry: &Commit, reason: String| {
+    let mut fail = |spool: &Spool, entry: &Commit, reason: String| {
         let name = entry.name.clone();
         if let Step::Stuck { consumer, name } =
-            fail_read_again(shared, entry.consumer, name, &entry.digest, &reason)
+            fail_read_again(spool, entry.consumer, name, &entry.digest, &reason)
         {
             stuck.push((consumer, name));
         }
     };
-    let mut durable: Vec<Vec<&Commit>> = (0..shared.consumers.len()).map(|_| Vec::new()).collect();
+    // Each consumer's spool once, for the whole batch.
+    let mut durable: Vec<(Option<Arc<Spool>>, Vec<&Commit>)> = (0..shared.consumers.len())
+        .map(|_| (None, Vec::new()))
+        .collect();
     for entry in &batch {
-        if gone_with_its_spool(shared, entry.consumer, &entry.name, entry.generation) {
+        let (spool, entries) = &mut durable[entry.consumer];
+        let spool = spool.get_or_insert_with(|| shared.consumers[entry.consumer].spool());
+        if spool.fetch_id() != entry.claimed_in {
+            let consumer = &shared.consumers[entry.consumer].name;
+            tracing::info!(consumer = %consumer, chit = %entry.name, "dropped: its fetch/ was removed and made anew meanwhile");
             continue;
         }
         match synced.iter().find(|(path, _)| *path == entry.parent.path()) {
             Some((_, Err(e))) => {
-                fail(
-                    entry,
-                    format!("cannot make the delivery of {} durable: {e}", entry.path),
-                );
+                let reason = format!("cannot make the delivery of {} durable: {e}", entry.path);
+                fail(spool, entry, reason);
             }
-            _ => durable[entry.consumer].push(entry),
+            _ => entries.push(entry),
         }
     }
-    for (consumer, entries) in durable.iter().enumerate().filter(|(_, e)| !e.is_empty()) {
-        let spool = shared.consumers[consumer].spool();
+    for (spool, entries) in &durable {
+        let (Some(spool), false) = (spool, entries.is_empty()) else {
+            continue;
+        };
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         let completed = spool.complete_all(&names);
         for (entry, renamed) in entries.iter().zip(completed.renamed) {
@@ -471,6 +486,7 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
                     from = entry.from, "downloaded: fetch/ → downloaded/"
                 ),
                 Err(e) => fail(
+                    spool,
                     entry,
                     format!(
                         "{} was delivered, but the chit cannot move to downloaded/: {e}",
@@ -533,15 +549,15 @@ pub fn fail_names_not_utf8(shared: &Shared, consumer: usize, with_fetch: bool) {
 /// [`fail_step`] for a chit whose bytes were not kept after its parse:
 /// they are read again, so `fail/` gets them with the reason.
 fn fail_read_again(
-    shared: &Shared,
+    spool: &Spool,
     consumer: usize,
     name: String,
     digest: &Digest,
     reason: &str,
 ) -> Step {
-    let original = shared.consumers[consumer].spool().read(&name).ok();
+    let original = spool.read(&name).ok();
     fail_step(
-        shared,
+        spool,
         consumer,
         name,
         Some(digest),
@@ -553,14 +569,13 @@ fn fail_read_again(
 /// `fetch/ → fail/` with the reason; never loses the chit. Done, or stuck
 /// when it could not move (it stays in `fetch/` and the error is logged).
 fn fail_step(
-    shared: &Shared,
+    spool: &Spool,
     consumer: usize,
     name: String,
     digest: Option<&Digest>,
     original: Option<&[u8]>,
     reason: &str,
 ) -> Step {
-    let spool = shared.consumers[consumer].spool();
     let digest = digest.map(ToString::to_string).unwrap_or_default();
     match spool.fail(&name, original, reason) {
         Ok(()) => {

@@ -249,6 +249,37 @@ fn a_chit_in_flight_when_its_spool_is_cleared_goes_with_it() {
     assert_eq!(spool.chits_in(State::Fail), Vec::<String>::new());
 }
 
+/// Clearing only `downloaded/` (`rm -rf downloaded; mkdir downloaded`)
+/// while a chit downloads leaves that chit alone: it is still in the same
+/// `fetch/`, and ends in the new `downloaded/`.
+#[test]
+fn remaking_downloaded_while_a_chit_downloads_does_not_drop_it() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(64 * 1024);
+    server.add("/f", content.bytes.clone());
+    server.hold("/f");
+    let daemon = Daemon::for_spool(&dir, &spool).start();
+    spool.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
+    wait_until(TIMEOUT, "the download to start", || {
+        (server.count("/f") > 0).then_some(())
+    });
+
+    fs::remove_dir(spool.state_dir(State::Downloaded)).unwrap();
+    fs::create_dir(spool.state_dir(State::Downloaded)).unwrap();
+    wait_until(TIMEOUT, "the new downloaded/ to be opened", || {
+        daemon
+            .log()
+            .contains("state directories made anew")
+            .then_some(())
+    });
+    server.release("/f");
+
+    spool.expect_downloaded("f");
+    spool.assert_delivered("f", "f.bin", &content);
+}
+
 #[test]
 fn chits_present_at_start_in_request_and_fetch_are_processed() {
     let dir = TestDir::new();
