@@ -233,6 +233,32 @@ impl<W> InFlight<W> {
         Some(entry.waiters.remove(at))
     }
 
+    /// Take out every waiter that is `gone`, wherever it waits. A download
+    /// left with no waiter is taken out too if it has not started (held or
+    /// queued); one running (or being published) goes on: its file is
+    /// cached for whoever asks next.
+    pub fn drop_waiters(&mut self, gone: impl Fn(&W) -> bool) -> Vec<W> {
+        let mut dropped = Vec::new();
+        let mut empty = Vec::new();
+        for (key, entry) in &mut self.entries {
+            let (out, kept) = std::mem::take(&mut entry.waiters)
+                .into_iter()
+                .partition(|waiter| gone(waiter));
+            entry.waiters = kept;
+            dropped.extend::<Vec<W>>(out);
+            if entry.waiters.is_empty() && (entry.queued || entry.held) {
+                empty.push(*key);
+            }
+        }
+        for key in empty {
+            self.remove(&key);
+            if !self.has_unheld(&key.digest) {
+                self.release_held(&key.digest);
+            }
+        }
+        dropped
+    }
+
     /// The download of `key` ended: every waiter, to be told the outcome
     /// (`None` if no download of it was queued). Downloads of its digest
     /// held behind it are queued, unless another one still runs.
@@ -383,6 +409,35 @@ mod tests {
         assert_eq!(finished(&mut inflight, key(1)), ["a", "c"]);
         inflight.add(0, key(2), "d");
         assert_eq!(inflight.take_lone_waiter(&key(2)), Some("d"));
+    }
+
+    /// Dropped waiters leave every download they waited for; one left
+    /// with nobody is taken out if it had not started (held ones behind it
+    /// then queue), and runs on if it had.
+    #[test]
+    fn dropped_waiters_leave_and_unstarted_downloads_of_nobody_go() {
+        let mut inflight = InFlight::default();
+        inflight.add(0, key(1), "old-a");
+        inflight.add(1, key(1), "b");
+        inflight.add(0, key(2), "old-c");
+        inflight.add(0, sized(3, 10), "old-d");
+        inflight.add(1, sized(3, 20), "e"); // held behind size 10
+        let (running, _, _) = inflight.start_next(1).unwrap();
+        assert_eq!(running, key(1));
+        let mut dropped = inflight.drop_waiters(|w| w.starts_with("old"));
+        dropped.sort_unstable();
+        assert_eq!(dropped, ["old-a", "old-c", "old-d"]);
+        assert!(!inflight.contains(&key(2)), "queued for nobody");
+        assert!(!inflight.contains(&sized(3, 10)));
+        assert!(inflight.contains(&sized(3, 20)));
+        assert_eq!(finished(&mut inflight, key(1)), ["b"]);
+        let (next, waiters, _) = inflight.start_next(1).unwrap();
+        assert_eq!((next, waiters), (sized(3, 20), &["e"][..]), "released");
+        // A running download that loses its last waiter runs on.
+        assert_eq!(inflight.drop_waiters(|w| *w == "e"), ["e"]);
+        assert_eq!(inflight.running().count(), 1);
+        assert_eq!(finished(&mut inflight, sized(3, 20)), Vec::<&str>::new());
+        assert!(inflight.is_empty());
     }
 
     /// Two sizes of one digest are two downloads. The later is held

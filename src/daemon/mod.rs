@@ -811,6 +811,27 @@ impl Scheduler {
         });
     }
 
+    /// Forget the chits of `consumer` waiting for a download or a target
+    /// that were claimed into a `fetch/` since made anew (see
+    /// `work::spool_of`): their names are free for new chits at once, and a
+    /// download that has not started for anybody else never does.
+    fn drop_gone_waiters(&mut self, consumer: usize) {
+        let opened = &self.shared.consumers[consumer];
+        let fetch_id = opened.spool().fetch_id();
+        let gone = |w: &Waiter| w.consumer == consumer && w.claimed_in != fetch_id;
+        let mut dropped = self.inflight.drop_waiters(gone);
+        for queue in self.parked.values_mut() {
+            let (out, kept): (Vec<_>, Vec<_>) = queue.drain(..).partition(|(w, _)| gone(w));
+            *queue = kept.into();
+            dropped.extend(out.into_iter().map(|(w, _)| w));
+        }
+        self.parked.retain(|_, queue| !queue.is_empty());
+        for waiter in dropped {
+            tracing::info!(consumer = %opened.name, chit = %waiter.name, "dropped: its fetch/ was removed and made anew meanwhile");
+            self.queues.finished(consumer, &waiter.name);
+        }
+    }
+
     /// Queue every chit in each `request/` (and `fetch/`, at start and when
     /// idle) that is not already queued or being worked on.
     fn scan(&mut self, with_fetch: bool) {
@@ -820,8 +841,9 @@ impl Scheduler {
     }
 
     fn scan_consumer(&mut self, consumer: usize, mut with_fetch: bool) {
-        let opened = &self.shared.consumers[consumer];
-        match opened.refresh(&self.shared.watch) {
+        let shared = Arc::clone(&self.shared);
+        let opened = &shared.consumers[consumer];
+        match opened.refresh(&shared.watch) {
             // New state directories: what their fetch/ holds is nobody's work.
             Ok(true) => {
                 with_fetch = true;
@@ -829,6 +851,7 @@ impl Scheduler {
                 // Stuck in the old directories: they are gone, and a chit of
                 // the name in the new ones is another.
                 self.stuck.retain(|(c, _), _| *c != consumer);
+                self.drop_gone_waiters(consumer);
             }
             Ok(false) => {}
             Err(e) if self.refresh_failing.insert(consumer) => {

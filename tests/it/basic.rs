@@ -210,8 +210,9 @@ fn a_consumer_that_clears_and_remakes_its_spool_is_served_again() {
 }
 
 /// A chit being downloaded when its consumer clears the spool went with
-/// it: its file is not delivered into the cleared workspace, and a new
-/// chit of the same name, for another file, is served.
+/// it: a new chit of the same name, for another file, is served at once
+/// (not after that download), and the old chit's file is not delivered
+/// into the cleared workspace when its download ends.
 #[test]
 fn a_chit_in_flight_when_its_spool_is_cleared_goes_with_it() {
     let dir = TestDir::new();
@@ -222,7 +223,7 @@ fn a_chit_in_flight_when_its_spool_is_cleared_goes_with_it() {
     server.add("/old", old.bytes.clone());
     server.add("/new", new.bytes.clone());
     server.hold("/old");
-    let _daemon = Daemon::for_spool(&dir, &spool).start();
+    let daemon = Daemon::for_spool(&dir, &spool).start();
     spool.drop_chit("x", old.chit("old.bin", &[server.url("/old")]));
     wait_until(TIMEOUT, "the download of old.bin to start", || {
         (server.count("/old") > 0).then_some(())
@@ -238,10 +239,19 @@ fn a_chit_in_flight_when_its_spool_is_cleared_goes_with_it() {
     wait_until(TIMEOUT, "the state directories to be made again", || {
         spool.state_dir(State::Fail).is_dir().then_some(())
     });
-    server.release("/old");
 
     spool.expect_downloaded("x");
     spool.assert_delivered("x", "new.bin", &new);
+    // The old download runs on (its file is cached for whoever asks).
+    server.release("/old");
+    wait_until(TIMEOUT, "the old download to be cached", || {
+        let log = daemon.log();
+        let cached = format!(
+            "download finished, verified and cached digest={}",
+            old.sha256
+        );
+        log.contains(&cached).then_some(())
+    });
     assert!(
         !spool.delivered_path("old.bin").exists(),
         "the chit of the cleared spool was delivered"
