@@ -566,8 +566,13 @@ fn give_up_after(value: &Value) -> Result<Duration, String> {
             ));
         }
     };
+    // Whole milliseconds: no network answers faster than that.
+    let duration = Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
     if duration.is_zero() {
-        return Err("must be longer than zero, or every chit would fail at its first pause".into());
+        return Err(
+            "must be at least 1ms (longer, in practice), or every chit would fail at its first pause"
+                .into(),
+        );
     }
     Ok(duration)
 }

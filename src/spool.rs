@@ -216,7 +216,17 @@ impl Spool {
     pub fn complete_all(&self, chits: &[&str]) -> Completed {
         let renamed: Vec<io::Result<()>> = chits
             .iter()
-            .map(|chit| self.fetch.rename(chit, &self.downloaded, chit))
+            .map(|chit| {
+                self.fetch
+                    .rename(chit, &self.downloaded, chit)
+                    .map_err(|e| {
+                        if self.downloaded.is_removed() {
+                            removed(&self.downloaded)
+                        } else {
+                            e
+                        }
+                    })
+            })
             .collect();
         let synced = if renamed.iter().any(Result::is_ok) {
             self.downloaded.sync()

@@ -163,12 +163,23 @@ fn durations() {
         ("\"90\"", Duration::from_secs(90)),
         ("90", Duration::from_secs(90)),
         ("1.5", Duration::from_millis(1500)),
+        // Whole milliseconds.
+        ("\"1.2345s\"", Duration::from_millis(1234)),
     ] {
         let config = parse(&format!("give_up_after = {text}\n")).expect(text);
         assert_eq!(config.give_up_after, expected, "{text}");
     }
     for text in [
-        "\"soon\"", "\"0s\"", "0", "-1", "\"\"", "\"-5s\"", "0.0", "-0.5", "nan",
+        "\"soon\"",
+        "\"0s\"",
+        "0",
+        "-1",
+        "\"\"",
+        "\"-5s\"",
+        "0.0",
+        "-0.5",
+        "nan",
+        "\"100us\"",
     ] {
         let message = key_error(&format!("\ngive_up_after = {text}\n"), "give_up_after", 2);
         assert!(message.contains("give_up_after"), "{message}");

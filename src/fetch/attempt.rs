@@ -237,7 +237,11 @@ impl Attempt<'_> {
             }
             if let Some((received, window)) = pace.take_closed_window() {
                 let minimum = super::pace::slow_below(window);
-                if offset < total && received < minimum && (self.untried_elsewhere)() {
+                // Slow, not stalling: bytes kept coming into the window's
+                // second half (a source that sent a few and went silent is
+                // left to the stall timer, not come back to as slow).
+                let streaming = pace.idle() < window / 2;
+                if offset < total && received < minimum && streaming && (self.untried_elsewhere)() {
                     outcome = Err(FetchError::Slow {
                         received,
                         window,

@@ -14,13 +14,13 @@ pub enum FetchError {
     Transport(String),
     #[error("redirect refused: {0}")]
     Redirect(String),
-    #[error("no data for {0:?} (inactivity timeout)")]
+    #[error("no data for {} (inactivity timeout)", human(*.0))]
     Stalled(Duration),
-    #[error("no complete response head within {0:?} (inactivity timeout)")]
+    #[error("no complete response head within {} (inactivity timeout)", human(*.0))]
     NoResponse(Duration),
     #[error(
-        "server too slow: {received} bytes in {window:?}, below the minimum of {minimum} \
-         bytes per {window:?} (a slow drip)"
+        "server too slow: {received} bytes in {}, below the minimum of {minimum} \
+         bytes per {} (a slow drip)", human(*.window), human(*.window)
     )]
     TooSlow {
         received: u64,
@@ -28,8 +28,8 @@ pub enum FetchError {
         minimum: u64,
     },
     #[error(
-        "slow ({received} bytes in {window:?}, under {minimum} bytes per {window:?}): left for \
-         sources not tried yet, to come back to"
+        "slow ({received} bytes in {}, under {minimum} bytes per {}): left for \
+         sources not tried yet, to come back to", human(*.window), human(*.window)
     )]
     Slow {
         received: u64,
@@ -63,6 +63,12 @@ pub enum FetchError {
     Local(String),
     #[error("{0}")]
     Disk(std::io::Error),
+}
+
+/// A duration as the `# error:` lines and the configuration write it
+/// ("2s 500ms").
+fn human(duration: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(duration)
 }
 
 impl FetchError {

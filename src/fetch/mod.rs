@@ -236,15 +236,13 @@ impl Fetcher {
         let mut yielded = vec![false; job.sources.len()];
         let give_up_after = self.settings.give_up_after;
         let left = |last_progress: Instant| {
-            // Whole milliseconds: the window is shown in answers.
-            let left = give_up_after.saturating_sub(last_progress.elapsed());
-            Duration::from_millis(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+            whole_ms(give_up_after.saturating_sub(last_progress.elapsed()))
         };
         // How long an attempt may wait for bytes: never past
         // `give_up_after` without progress, except that a source not asked
         // yet (or left while it progressed) gets a whole window of its own:
         // a chit is not failed before each source was asked.
-        let window = self.settings.inactivity_timeout.min(give_up_after);
+        let window = whole_ms(self.settings.inactivity_timeout.min(give_up_after));
         let mut high_water = partial.offset();
         let mut last_progress = Instant::now();
         let mut restarted_after_resume = false;
@@ -393,6 +391,11 @@ impl Fetcher {
             delay = (delay * 2).min(self.settings.max_retry_delay);
         }
     }
+}
+
+/// `duration` cut to whole milliseconds: windows are shown in answers.
+fn whole_ms(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// "every source failed: http://a/x: HTTP 404 Not Found; http://b/x: ..."

@@ -65,6 +65,11 @@ impl Pace {
         }
     }
 
+    /// Network waiting time since the last byte.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
     /// The window that passed the minimum and closed since the last call,
     /// as the bytes it brought and its length.
     pub fn take_closed_window(&mut self) -> Option<(u64, Duration)> {

@@ -122,6 +122,31 @@ fn a_slow_source_left_for_a_stalled_one_is_come_back_to() {
     assert_eq!(asked, ["/slow", "/stall", "/slow"]);
 }
 
+/// A source that sends a few bytes and goes silent is stalled, not slow:
+/// it is not come back to with a window of its own, so with another source
+/// that answers 404 the chit fails about `give_up_after` after that source's
+/// last byte, not twice that.
+#[test]
+fn a_source_that_goes_silent_is_not_come_back_to_as_slow() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(20_000);
+    server.add("/stall", content.bytes.clone());
+    server.set_fault("/stall", crate::server::Fault::Stall { after: 1000 });
+    let _daemon = Daemon::for_spool(&dir, &spool).give_up_after("3s").start();
+    let started = std::time::Instant::now();
+    spool.drop_chit(
+        "f",
+        content.chit("f.bin", &[server.url("/stall"), server.url("/missing")]),
+    );
+
+    let reason = spool.expect_failed("f");
+    let took = started.elapsed();
+    assert!(reason.contains("no progress for 3s"), "reason: {reason}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
 #[test]
 fn mirrors_are_tried_in_order_after_the_chit_urls() {
     let dir = TestDir::new();
