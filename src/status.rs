@@ -69,10 +69,23 @@ pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
             fetch: counts[1],
             downloaded: counts[2],
             fail: counts[3],
-            in_flight: published.map(|p| p.downloads).unwrap_or_default(),
+            // Published up to a second ago: only chits still in fetch/.
+            in_flight: published
+                .map(|p| p.downloads)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|d| is_chit_in(&spool.join("fetch"), &d.chit))
+                .collect(),
         });
     }
     Ok(report)
+}
+
+/// Whether `dir` holds a chit named `name` (a plain name, never followed:
+/// the published file is in a directory the consumer can write).
+fn is_chit_in(dir: &Path, name: &str) -> bool {
+    let plain = crate::spool::is_chit_name(name.as_ref()) && !name.contains('/');
+    plain && std::fs::symlink_metadata(dir.join(name)).is_ok()
 }
 
 fn count_chits(dir: &Path) -> io::Result<usize> {
@@ -168,5 +181,33 @@ mod tests {
             render(&missing)
         );
         assert!(status(&[("f".into(), dir.path().join("request/a"))]).is_err());
+    }
+
+    /// The daemon publishes its downloads once a second: a chit that left
+    /// fetch/ since (or a name that is not a chit's) is not shown in flight.
+    #[test]
+    fn in_flight_shows_only_chits_still_in_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        for state in STATES {
+            std::fs::create_dir(dir.path().join(state)).unwrap();
+        }
+        std::fs::write(dir.path().join("fetch/here"), "").unwrap();
+        std::fs::write(dir.path().join("downloaded/done"), "").unwrap();
+        let chit = |name: &str| InFlightChit {
+            chit: name.into(),
+            digest: "d".into(),
+            path: "p".into(),
+            done: 1,
+            total: 2,
+        };
+        StatusFile::new(dir.path()).write(vec![chit("here"), chit("done"), chit("../fetch/here")]);
+        let report = status(&[("c".into(), dir.path().to_path_buf())]).unwrap();
+        assert_eq!(report.daemon_pid, Some(std::process::id()));
+        let shown: Vec<&str> = report.consumers[0]
+            .in_flight
+            .iter()
+            .map(|d| d.chit.as_str())
+            .collect();
+        assert_eq!(shown, ["here"]);
     }
 }
