@@ -567,7 +567,7 @@ fn give_up_after(value: &Value) -> Result<Duration, String> {
         }
     };
     // Whole milliseconds: no network answers faster than that.
-    let duration = Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+    let duration = whole_ms(duration);
     if duration.is_zero() {
         return Err(
             "must be at least 1ms (longer, in practice), or every chit would fail at its first pause"
@@ -575,6 +575,12 @@ fn give_up_after(value: &Value) -> Result<Duration, String> {
         );
     }
     Ok(duration)
+}
+
+/// `duration` cut to whole milliseconds (as `give_up_after` and the
+/// windows in `# error:` lines are shown).
+pub fn whole_ms(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A TOML value as a person would name it in a sentence.

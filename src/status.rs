@@ -157,12 +157,18 @@ pub fn render(report: &Report) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn counts_chits_not_dot_files() {
+    /// A spool with its four state directories.
+    fn spool() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for state in STATES {
             std::fs::create_dir(dir.path().join(state)).unwrap();
         }
+        dir
+    }
+
+    #[test]
+    fn counts_chits_not_dot_files() {
+        let dir = spool();
         std::fs::write(dir.path().join("request/a"), "").unwrap();
         std::fs::write(dir.path().join("request/.a"), "").unwrap();
         std::fs::write(dir.path().join("fail/b"), "").unwrap();
@@ -187,10 +193,7 @@ mod tests {
     /// fetch/ since (or a name that is not a chit's) is not shown in flight.
     #[test]
     fn in_flight_shows_only_chits_still_in_fetch() {
-        let dir = tempfile::tempdir().unwrap();
-        for state in STATES {
-            std::fs::create_dir(dir.path().join(state)).unwrap();
-        }
+        let dir = spool();
         std::fs::write(dir.path().join("fetch/here"), "").unwrap();
         std::fs::write(dir.path().join("downloaded/done"), "").unwrap();
         let chit = |name: &str| InFlightChit {

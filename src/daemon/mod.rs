@@ -812,13 +812,17 @@ impl Scheduler {
     }
 
     /// Forget the chits of `consumer` waiting for a download or a target
-    /// that were claimed into a `fetch/` since made anew (see
-    /// `work::spool_of`): their names are free for new chits at once, and a
-    /// download that has not started for anybody else never does.
+    /// that went with the `fetch/` they were claimed into
+    /// ([`work::went_with_its_fetch`]): their names are free for new chits
+    /// at once, and a download that has not started for anybody else never
+    /// does.
     fn drop_gone_waiters(&mut self, consumer: usize) {
-        let opened = &self.shared.consumers[consumer];
-        let fetch_id = opened.spool().fetch_id();
-        let gone = |w: &Waiter| w.consumer == consumer && w.claimed_in != fetch_id;
+        let shared = Arc::clone(&self.shared);
+        let spool = shared.consumers[consumer].spool();
+        let gone = |w: &Waiter| {
+            w.consumer == consumer
+                && work::went_with_its_fetch(&shared, &spool, consumer, &w.name, w.claimed_in)
+        };
         let mut dropped = self.inflight.drop_waiters(gone);
         for queue in self.parked.values_mut() {
             let (out, kept): (Vec<_>, Vec<_>) = queue.drain(..).partition(|(w, _)| gone(w));
@@ -827,7 +831,6 @@ impl Scheduler {
         }
         self.parked.retain(|_, queue| !queue.is_empty());
         for waiter in dropped {
-            tracing::info!(consumer = %opened.name, chit = %waiter.name, "dropped: its fetch/ was removed and made anew meanwhile");
             self.queues.finished(consumer, &waiter.name);
         }
     }

@@ -34,23 +34,36 @@ pub struct Waiter {
     pub claimed_in: (u64, u64),
 }
 
-/// The consumer's spool as opened now, unless the chit was claimed into
-/// a `fetch/` the consumer has since removed and made anew: then the chit
-/// went with it and is nobody's work any more (not delivered, not moved; a
-/// chit of its name in the new one is another).
+/// Whether a chit claimed into the `fetch/` of device and inode
+/// `claimed_in` went with it: the consumer removed that `fetch/` and made
+/// one anew (`spool` is as opened now). Such a chit is nobody's work any
+/// more (not delivered, not moved; a chit of its name in the new one is
+/// another); it is logged here.
+pub fn went_with_its_fetch(
+    shared: &Shared,
+    spool: &Spool,
+    consumer: usize,
+    name: &str,
+    claimed_in: (u64, u64),
+) -> bool {
+    let gone = spool.fetch_id() != claimed_in;
+    if gone {
+        let consumer = &shared.consumers[consumer].name;
+        tracing::info!(consumer = %consumer, chit = %name, "dropped: its fetch/ was removed and made anew meanwhile");
+    }
+    gone
+}
+
+/// The consumer's spool as opened now, unless the chit went with the
+/// `fetch/` it was claimed into ([`went_with_its_fetch`]).
 fn spool_of(
     shared: &Shared,
     consumer: usize,
     name: &str,
     claimed_in: (u64, u64),
 ) -> Option<Arc<Spool>> {
-    let opened = &shared.consumers[consumer];
-    let spool = opened.spool();
-    if spool.fetch_id() == claimed_in {
-        return Some(spool);
-    }
-    tracing::info!(consumer = %opened.name, chit = %name, "dropped: its fetch/ was removed and made anew meanwhile");
-    None
+    let spool = shared.consumers[consumer].spool();
+    (!went_with_its_fetch(shared, &spool, consumer, name, claimed_in)).then_some(spool)
 }
 
 /// A delivery target: a path beneath a delivery directory (identified by
@@ -460,9 +473,7 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
     for entry in &batch {
         let (spool, entries) = &mut durable[entry.consumer];
         let spool = spool.get_or_insert_with(|| shared.consumers[entry.consumer].spool());
-        if spool.fetch_id() != entry.claimed_in {
-            let consumer = &shared.consumers[entry.consumer].name;
-            tracing::info!(consumer = %consumer, chit = %entry.name, "dropped: its fetch/ was removed and made anew meanwhile");
+        if went_with_its_fetch(shared, spool, entry.consumer, &entry.name, entry.claimed_in) {
             continue;
         }
         match synced.iter().find(|(path, _)| *path == entry.parent.path()) {

@@ -35,6 +35,7 @@ use url::Url;
 use self::attempt::{Attempt, Stop};
 pub use self::error::FetchError;
 use crate::chit::{Digest, redact_url};
+use crate::config::whole_ms;
 use crate::partial::{Frontier, Partial};
 use crate::store::Store;
 
@@ -391,11 +392,6 @@ impl Fetcher {
             delay = (delay * 2).min(self.settings.max_retry_delay);
         }
     }
-}
-
-/// `duration` cut to whole milliseconds: windows are shown in answers.
-fn whole_ms(duration: Duration) -> Duration {
-    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// "every source failed: http://a/x: HTTP 404 Not Found; http://b/x: ..."

@@ -183,11 +183,8 @@ fn a_consumer_that_clears_and_remakes_its_spool_is_served_again() {
     spool.drop_chit("0", chit(0));
     spool.expect_downloaded("0");
 
-    for state in State::ALL {
-        fs::remove_dir_all(spool.state_dir(state)).unwrap();
-    }
+    spool.clear_and_make_request();
     fs::remove_file(spool.delivered_path("0.bin")).unwrap();
-    fs::create_dir(spool.state_dir(State::Request)).unwrap();
     spool.drop_chit("1", chit(1));
     spool.expect_downloaded("1");
     spool.assert_delivered("1", "1.bin", &files[1]);
@@ -229,12 +226,9 @@ fn a_chit_in_flight_when_its_spool_is_cleared_goes_with_it() {
         (server.count("/old") > 0).then_some(())
     });
 
-    for state in State::ALL {
-        fs::remove_dir_all(spool.state_dir(state)).unwrap();
-    }
-    fs::create_dir(spool.state_dir(State::Request)).unwrap();
+    spool.clear_and_make_request();
     spool.drop_chit("x", new.chit("new.bin", &[server.url("/new")]));
-    // Made anew (and so the old chit's generation gone) before the old
+    // Made anew (and so the old chit gone with its fetch/) before the old
     // download ends.
     wait_until(TIMEOUT, "the state directories to be made again", || {
         spool.state_dir(State::Fail).is_dir().then_some(())

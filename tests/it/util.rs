@@ -202,6 +202,15 @@ impl TestSpool {
         self.spool.join(state.dir_name())
     }
 
+    /// Clear the spool as a CI job resetting its workspace would
+    /// (`rm -rf spool/*`), then make only `request/` again.
+    pub fn clear_and_make_request(&self) {
+        for state in State::ALL {
+            fs::remove_dir_all(self.state_dir(state)).expect("remove state dir");
+        }
+        fs::create_dir(self.state_dir(State::Request)).expect("make request/");
+    }
+
     /// Drop a chit the contract's way: write `request/.name.tmp`, rename it
     /// to `request/name`.
     pub fn drop_chit(&self, name: &str, text: impl AsRef<[u8]>) {
