@@ -29,7 +29,7 @@ fn main() -> std::io::Result<()> {
         eprintln!("usage: durablefloor SOURCE CACHE DELIVER [THREADS]");
         std::process::exit(2);
     };
-    let threads: usize = rest.first().map_or(Ok(32), |t| t.parse()).unwrap_or(32);
+    let threads: usize = rest.first().map_or(Ok(128), |t| t.parse()).unwrap_or(128);
     let (cache, deliver) = (PathBuf::from(cache), PathBuf::from(deliver));
     let mut files = Vec::new();
     for entry in fs::read_dir(source)? {
