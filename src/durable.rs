@@ -99,11 +99,42 @@ pub fn start_writeback(file: &File, start: u64, length: u64) {
     }
 }
 
-/// Attach what was being done and to which path to an I/O error, keeping
-/// its kind so callers can still match on it.
-pub fn with_path(error: io::Error, doing: &str, path: &Path) -> io::Error {
-    io::Error::new(error.kind(), format!("{doing} {}: {error}", path.display()))
+/// Whether `error` means this process ran out of descriptors or memory
+/// (`EMFILE`, `ENFILE`, `ENOMEM`): a passing state of chitd or the system,
+/// never a fault of the chit at hand, which is tried again later instead
+/// of being failed for it. Sees through [`with_path`].
+pub fn out_of_resources(error: &io::Error) -> bool {
+    match error.raw_os_error() {
+        Some(os) => matches!(os, libc::EMFILE | libc::ENFILE | libc::ENOMEM),
+        None => error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<PathError>())
+            .is_some_and(|inner| out_of_resources(&inner.error)),
+    }
 }
+
+/// Attach what was being done and to which path to an I/O error, keeping
+/// its kind so callers can still match on it (and the error itself, for
+/// [`out_of_resources`]).
+pub fn with_path(error: io::Error, doing: &str, path: &Path) -> io::Error {
+    let message = format!("{doing} {}: {error}", path.display());
+    io::Error::new(error.kind(), PathError { message, error })
+}
+
+/// An I/O error with what was being done and where ([`with_path`]).
+#[derive(Debug)]
+struct PathError {
+    message: String,
+    error: io::Error,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PathError {}
 
 #[cfg(test)]
 mod tests {
@@ -118,6 +149,29 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "temporary file left behind");
+    }
+
+    #[test]
+    fn out_of_resources_is_seen_through_paths() {
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        let wrapped = with_path(emfile, "opening", Path::new("/spool/fetch/x"));
+        let twice = with_path(wrapped, "delivering", Path::new("/deliver/x"));
+        assert!(out_of_resources(&twice));
+        assert_eq!(
+            twice.to_string(),
+            format!(
+                "delivering /deliver/x: opening /spool/fetch/x: {}",
+                io::Error::from_raw_os_error(libc::EMFILE)
+            )
+        );
+        let missing = with_path(
+            io::Error::from_raw_os_error(libc::ENOENT),
+            "opening",
+            Path::new("/x"),
+        );
+        assert!(!out_of_resources(&missing));
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        assert!(!out_of_resources(&io::Error::other("no OS error")));
     }
 
     #[test]

@@ -51,6 +51,7 @@ fn run(args: &RunArgs) -> ExitCode {
         Ok(resolved) => resolved,
         Err(e) => return fatal(2, format!("{e}")),
     };
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fatal(1, format!("cannot start the async runtime: {e}")),
@@ -80,6 +81,34 @@ fn run(args: &RunArgs) -> ExitCode {
     match runtime.block_on(daemon::run(config, options, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fatal(1, format!("{e}")),
+    }
+}
+
+/// Raise the soft limit on open files to the hard one, as a server that
+/// holds a descriptor per chit in work should: [`daemon::LOCAL_SLOTS`]
+/// deliveries at once hold a few each, on top of the spools, downloads and
+/// connections, and the soft default is often 1024. A failure only leaves
+/// the limit as it was (a chit that meets it is retried, never failed).
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // The kernel's own ceiling on it (`fs.nr_open`) by default: the hard
+    // limit may be "unlimited", which no process can have.
+    const CEILING: u64 = 1 << 20;
+    let limit = getrlimit(Resource::Nofile);
+    let Some(from) = limit.current else {
+        return;
+    };
+    let to = limit.maximum.unwrap_or(CEILING).min(CEILING);
+    if from >= to {
+        return;
+    }
+    let raised = Rlimit {
+        current: Some(to),
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(from, to, "raised the open files limit"),
+        Err(e) => tracing::debug!(from, "cannot raise the open files limit: {e}"),
     }
 }
 

@@ -39,6 +39,7 @@ use std::sync::Mutex;
 
 use crate::chit::{MAX_CHIT_BYTES, error_line, with_error_line};
 use crate::dir::{Dir, DurableDirs, Holds, Kind};
+use crate::durable::out_of_resources;
 
 /// The state directories, in the order a chit visits them.
 pub const STATES: [&str; 4] = ["request", "fetch", "downloaded", "fail"];
@@ -87,6 +88,9 @@ pub enum ReadError {
     Gone,
     /// It is not something chitd will read; the reason goes to its `# error:`.
     Refused(String),
+    /// chitd cannot read it now: out of descriptors or memory
+    /// ([`out_of_resources`]). The chit stays where it is, for a later try.
+    Unavailable(String),
 }
 
 impl Spool {
@@ -178,6 +182,9 @@ impl Spool {
                     "the chit is not a regular file: {e}"
                 )));
             }
+            Err(e) if out_of_resources(&e) => {
+                return Err(ReadError::Unavailable(format!("cannot open the chit: {e}")));
+            }
             Err(e) => return Err(ReadError::Refused(format!("cannot open the chit: {e}"))),
         };
         let (links, length) = file
@@ -200,7 +207,14 @@ impl Spool {
         let mut bytes = Vec::with_capacity(usize::try_from(length).unwrap_or(0) + 1);
         file.take(MAX_CHIT_BYTES as u64 + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| ReadError::Refused(format!("cannot read the chit: {e}")))?;
+            .map_err(|e| {
+                let reason = format!("cannot read the chit: {e}");
+                if out_of_resources(&e) {
+                    ReadError::Unavailable(reason)
+                } else {
+                    ReadError::Refused(reason)
+                }
+            })?;
         Ok(bytes)
     }
 
@@ -432,6 +446,11 @@ impl Spool {
             Err(ReadError::Refused(why)) => {
                 reason = format!("{reason}; besides, {why}");
                 None
+            }
+            // Failed without its lines, it would lose them: later.
+            Err(ReadError::Unavailable(why)) => {
+                self.stuck(chit, &why);
+                return false;
             }
         };
         // As for any chit read in fetch/: it supersedes earlier outcomes

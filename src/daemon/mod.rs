@@ -38,7 +38,8 @@ use crate::watch::{Hint, Watch, watch};
 pub use self::consumer::Consumer;
 pub use self::status_file::{STATUS_FILE, StatusFile};
 
-/// Chits whose local step (claim, parse, lookup, delivery) runs at once.
+/// Chits whose local step (claim, parse, lookup, delivery) runs at once,
+/// at most (fewer under a low open files limit: see [`LocalLimits`]).
 /// Each delivery waits for its file's flush, and a disk serves the flushes
 /// in flight together: on the 2-core VM of BENCHMARKS.md, 2,000 new 4 KiB
 /// files are fdatasync'd in 1.1 s from one thread, 0.19 s from 32, 0.08-0.11 s
@@ -70,6 +71,59 @@ pub const STUCK_RETRY_FIRST: Duration = RESCAN_INTERVAL;
 pub const STUCK_RETRY_MAX: Duration = Duration::from_secs(300);
 /// After SIGTERM, how long downloads get to checkpoint.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How much local work may be under way at once, from the open files
+/// limit: every local step holds a few descriptors (the chit, the cache
+/// object, the delivery's directory and temporary), and so does every
+/// delivered chit waiting for its group commit (its delivery directory,
+/// shared with the others delivered into it, but chits may each have their
+/// own). A budget that fits the limit keeps chitd from running out of
+/// descriptors under a low one (then chits would be stuck, not failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalLimits {
+    /// Local steps at once ([`LOCAL_SLOTS`] at most).
+    pub slots: usize,
+    /// No new chit starts while this many delivered chits wait for a group
+    /// commit (one is running, and slower than the deliveries): each holds
+    /// its target and a descriptor, and the backlog would only grow, while
+    /// the commit is what they all wait for.
+    pub commit_backlog: usize,
+}
+
+impl LocalLimits {
+    /// Descriptors a slot may account for: its own step's (up to 4), and
+    /// two waiting commits' directories, as many again in the running
+    /// commit (measured: 906 open at most with 128 slots, one delivery
+    /// directory per chit).
+    const PER_SLOT: u64 = 8;
+    /// Descriptors kept for what does not grow with the slots (runtime,
+    /// watches, spools, cache, logs, status file), and per download (its
+    /// files, connection, early delivery).
+    const BASE: u64 = 64;
+    const PER_JOB: u64 = 16;
+
+    /// For an open files limit of `open_files` (`None`: unlimited) and
+    /// `jobs` downloads at once.
+    pub fn for_open_files(open_files: Option<u64>, jobs: usize) -> LocalLimits {
+        let reserved = Self::BASE + Self::PER_JOB * jobs as u64;
+        let slots = open_files.map_or(LOCAL_SLOTS, |limit| {
+            let fit = limit.saturating_sub(reserved) / Self::PER_SLOT;
+            usize::try_from(fit)
+                .unwrap_or(usize::MAX)
+                .clamp(1, LOCAL_SLOTS)
+        });
+        LocalLimits {
+            slots,
+            commit_backlog: 2 * slots,
+        }
+    }
+
+    /// For this process's open files limit.
+    pub fn for_this_process(jobs: usize) -> LocalLimits {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        LocalLimits::for_open_files(limit, jobs)
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -156,13 +210,25 @@ pub async fn run(
         targets: work::Targets::default(),
         durable_dirs: DurableDirs::default(),
     });
+    let jobs = config.jobs.max(1);
+    let limits = LocalLimits::for_this_process(jobs);
+    if limits.slots < LOCAL_SLOTS {
+        tracing::info!(
+            slots = limits.slots,
+            "the open files limit allows {} chits in local work at once (of {LOCAL_SLOTS}); \
+             raise it (ulimit -n, LimitNOFILE=) for more",
+            limits.slots
+        );
+    }
     let mut scheduler = Scheduler {
+        limits,
         queues: Queues::new(shared.consumers.len()),
         shared,
         inflight: InFlight::default(),
         local: JoinSet::new(),
         downloads: JoinSet::new(),
         commits: Vec::new(),
+        commit_dirs: HashMap::new(),
         committing: false,
         unsynced_cache_dirs: BTreeSet::new(),
         syncing_cache_dirs: false,
@@ -170,7 +236,7 @@ pub async fn run(
         commits_since: None,
         tried: HashMap::new(),
         earlier_failures: HashMap::new(),
-        jobs: config.jobs.max(1),
+        jobs,
         cancel: CancellationToken::new(),
         stuck: HashMap::new(),
         hold_stuck: false,
@@ -202,6 +268,7 @@ type DownloadOutcome = (Key, Vec<url::Url>, Result<Partial, DownloadError>);
 
 struct Scheduler {
     shared: Arc<Shared>,
+    limits: LocalLimits,
     /// Chits to start and chits whose download ended, per consumer.
     queues: Queues<Delivery>,
     inflight: InFlight<Waiter>,
@@ -209,6 +276,10 @@ struct Scheduler {
     downloads: JoinSet<DownloadOutcome>,
     /// Delivered chits waiting for the next group commit.
     commits: Vec<work::Commit>,
+    /// The delivery directories of `commits` by device and inode, each
+    /// held open once: a chit delivered into one of them shares it (its own
+    /// descriptor is closed at once).
+    commit_dirs: HashMap<(u64, u64), Arc<Dir>>,
     /// Whether a group commit is running.
     committing: bool,
     /// Cache directories that received new objects since the last round of
@@ -402,6 +473,7 @@ impl Scheduler {
         {
             self.committing = true;
             self.commits_since = None;
+            self.commit_dirs.clear();
             let batch = std::mem::take(&mut self.commits);
             let shared = Arc::clone(&self.shared);
             self.local
@@ -420,7 +492,9 @@ impl Scheduler {
             self.local
                 .spawn_blocking(move || work::sync_cache_dirs(dirs.into_iter().collect()));
         }
-        while self.local.len() < LOCAL_SLOTS {
+        while self.local.len() < self.limits.slots
+            && self.commits.len() < self.limits.commit_backlog
+        {
             let shared = Arc::clone(&self.shared);
             match self.queues.next() {
                 Some(Next::Deliver((waiter, outcome))) => self.local.spawn_blocking(move || {
@@ -543,9 +617,16 @@ impl Scheduler {
                 let at = tokio::time::Instant::now() + delay;
                 self.stuck.insert(key, StuckRetry { at, delay });
             }
-            Step::Commit(commit) => {
+            Step::Commit(mut commit) => {
                 self.commits_since
                     .get_or_insert_with(tokio::time::Instant::now);
+                if let Some(id) = commit.parent_id {
+                    let parent = self
+                        .commit_dirs
+                        .entry(id)
+                        .or_insert_with(|| Arc::clone(&commit.parent));
+                    commit.parent = Arc::clone(parent);
+                }
                 self.commits.push(commit);
             }
             Step::Committed { done, stuck } => {
@@ -969,7 +1050,8 @@ impl Scheduler {
         let since = self.commits_since.filter(|_| !self.committing)?;
         let deliveries_under_way =
             self.chit_steps_running() > 0 || self.queues.deliveries_waiting() > 0;
-        if self.commits.len() >= COMMIT_BATCH || !deliveries_under_way {
+        let full = COMMIT_BATCH.min(self.limits.commit_backlog);
+        if self.commits.len() >= full || !deliveries_under_way {
             Some(since)
         } else {
             Some(since + COMMIT_LINGER)
@@ -1076,4 +1158,38 @@ fn sources(mirrors: &[url::Url], waiters: &[Waiter]) -> Vec<url::Url> {
             .for_each(&mut push);
     }
     sources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_limits_fit_the_open_files_limit() {
+        let unlimited = LocalLimits::for_open_files(None, 4);
+        assert_eq!(unlimited.slots, LOCAL_SLOTS);
+        assert_eq!(unlimited.commit_backlog, 2 * LOCAL_SLOTS);
+        // A server's usual limit: all the slots.
+        assert_eq!(
+            LocalLimits::for_open_files(Some(65536), 4).slots,
+            LOCAL_SLOTS
+        );
+        // The common soft default, not raised: what fits, with room for
+        // the downloads and the rest.
+        let default = LocalLimits::for_open_files(Some(1024), 4);
+        assert!(
+            default.slots < LOCAL_SLOTS && default.slots >= 100,
+            "{default:?}"
+        );
+        for (limit, jobs) in [(1024, 4), (256, 4), (256, 8), (200, 1)] {
+            let limits = LocalLimits::for_open_files(Some(limit), jobs);
+            let reserved = LocalLimits::BASE + LocalLimits::PER_JOB * jobs as u64;
+            let used = reserved + LocalLimits::PER_SLOT * limits.slots as u64;
+            assert!(used <= limit, "{limit} {jobs}: {limits:?} needs {used}");
+            assert_eq!(limits.commit_backlog, 2 * limits.slots);
+        }
+        // Even under a limit too low for the reserve: one at a time.
+        assert_eq!(LocalLimits::for_open_files(Some(32), 4).slots, 1);
+        assert_eq!(LocalLimits::for_open_files(Some(0), 64).slots, 1);
+    }
 }

@@ -9,7 +9,7 @@ use crate::chase::{Chase, Chased};
 use crate::chit::{Chit, Digest};
 use crate::deliver::{Source, deliver_unsynced};
 use crate::dir::Dir;
-use crate::durable::sync_dir;
+use crate::durable::{out_of_resources, sync_dir};
 use crate::inflight::Key;
 use crate::spool::{Claim, ReadError, Spool};
 use crate::store::Lookup;
@@ -177,8 +177,13 @@ pub struct Commit {
     pub path: String,
     pub from: &'static str,
     pub claimed_in: (u64, u64),
-    /// The delivery directory that holds the new file; fsync'd by the commit.
-    pub parent: Dir,
+    /// The delivery directory that holds the new file; fsync'd by the
+    /// commit. Shared by the chits of a batch delivered into the same one
+    /// (see `Scheduler::commit_dirs`): a batch holds a descriptor per
+    /// directory, not per chit.
+    pub parent: Arc<Dir>,
+    /// Its device and inode, if they could be read.
+    pub parent_id: Option<(u64, u64)>,
     /// Held until the commit is over.
     pub target: Target,
 }
@@ -205,7 +210,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         }
     }
     let read = spool.read(&name);
-    if !matches!(read, Err(ReadError::Gone)) {
+    if !matches!(read, Err(ReadError::Gone | ReadError::Unavailable(_))) {
         // This request supersedes any outcome of an earlier one of its name.
         spool.clear_outcomes(&name);
     }
@@ -214,6 +219,10 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         Err(ReadError::Gone) => return done(name),
         Err(ReadError::Refused(reason)) => {
             return fail_step(&spool, consumer, name, None, None, &reason);
+        }
+        Err(ReadError::Unavailable(reason)) => {
+            tracing::error!(consumer = %spool.name, chit = %name, "{reason}");
+            return Step::Stuck { consumer, name };
         }
     };
     let chit = match Chit::parse(&bytes) {
@@ -378,7 +387,8 @@ fn deliver_chased(
                 path: waiter.chit.path.to_string(),
                 from: "download",
                 claimed_in: waiter.claimed_in,
-                parent: chased.parent,
+                parent_id: chased.parent.id().ok(),
+                parent: Arc::new(chased.parent),
                 target,
             })
         }
@@ -424,9 +434,15 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
             path: chit.path.to_string(),
             from,
             claimed_in,
-            parent,
+            parent_id: parent.id().ok(),
+            parent: Arc::new(parent),
             target,
         }),
+        Err(e) if out_of_resources(&e) => {
+            shared.targets.release(&target);
+            tracing::error!(consumer = %spool.name, chit = %name, digest = %chit.digest, "cannot deliver {}: {e}", chit.path);
+            Step::Stuck { consumer, name }
+        }
         Err(e) => {
             shared.targets.release(&target);
             let reason = if root.is_removed() {
@@ -451,10 +467,14 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
 /// cannot move to `fail/` either).
 pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
     tracing::debug!(chits = batch.len(), "group commit");
-    let mut synced: Vec<(&Path, std::io::Result<()>)> = Vec::new();
+    // Each directory once (chits delivered into one share it).
+    let mut synced: Vec<(&Arc<Dir>, std::io::Result<()>)> = Vec::new();
     for entry in &batch {
-        if !synced.iter().any(|(path, _)| *path == entry.parent.path()) {
-            synced.push((entry.parent.path(), entry.parent.sync()));
+        if !synced
+            .iter()
+            .any(|(dir, _)| Arc::ptr_eq(dir, &entry.parent))
+        {
+            synced.push((&entry.parent, entry.parent.sync()));
         }
     }
     let mut stuck = Vec::new();
@@ -476,7 +496,10 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
         if went_with_its_fetch(shared, spool, entry.consumer, &entry.name, entry.claimed_in) {
             continue;
         }
-        match synced.iter().find(|(path, _)| *path == entry.parent.path()) {
+        match synced
+            .iter()
+            .find(|(dir, _)| Arc::ptr_eq(dir, &entry.parent))
+        {
             Some((_, Err(e))) => {
                 let reason = format!("cannot make the delivery of {} durable: {e}", entry.path);
                 fail(spool, entry, reason);
@@ -566,7 +589,16 @@ fn fail_read_again(
     digest: &Digest,
     reason: &str,
 ) -> Step {
-    let original = spool.read(&name).ok();
+    let original = match spool.read(&name) {
+        Ok(bytes) => Some(bytes),
+        // Failed without its lines, the chit would lose them: it stays in
+        // fetch/, and its next try starts over.
+        Err(ReadError::Unavailable(why)) => {
+            tracing::error!(consumer = %spool.name, chit = %name, digest = %digest, reason, "cannot fail the chit now: {why}");
+            return Step::Stuck { consumer, name };
+        }
+        Err(ReadError::Gone | ReadError::Refused(_)) => None,
+    };
     fail_step(
         spool,
         consumer,

@@ -14,11 +14,13 @@
 //!   what the fault server cannot say.
 //! - `flood`: 100,000 chits in one spool; another consumer is still served.
 //! - `disk_full`: ENOSPC while downloading and while delivering.
+//! - `descriptors`: a low limit on open files.
 //!
 //! The security model these tests check is written down in
 //! `docs-security-model.md`.
 
 mod chits;
+mod descriptors;
 mod disk_full;
 mod evil;
 mod files;

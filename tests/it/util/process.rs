@@ -100,6 +100,7 @@ pub struct DaemonBuilder {
     cwd: PathBuf,
     args: Vec<OsString>,
     env: Vec<(String, String)>,
+    open_files: Option<u64>,
 }
 
 impl DaemonBuilder {
@@ -153,6 +154,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Run under this limit on open files, soft and hard (so chitd cannot
+    /// raise it).
+    pub fn open_files_limit(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
+        self
+    }
+
     /// Raw extra arguments.
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
         self.args
@@ -171,6 +179,21 @@ impl DaemonBuilder {
             .stderr(file);
         for (key, value) in &self.env {
             command.env(key, value);
+        }
+        if let Some(limit) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            let limit = rustix::process::Rlimit {
+                current: Some(limit),
+                maximum: Some(limit),
+            };
+            // SAFETY: between fork and exec the closure only makes one
+            // system call, allocating nothing.
+            unsafe {
+                command.pre_exec(move || {
+                    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
+                        .map_err(std::io::Error::from)
+                });
+            }
         }
         let child = command.spawn().expect("spawn chitd run");
         Daemon {
@@ -196,6 +219,7 @@ impl Daemon {
             cwd: dir.path().to_path_buf(),
             args: Vec::new(),
             env: Vec::new(),
+            open_files: None,
         }
     }
 
