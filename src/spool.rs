@@ -187,10 +187,17 @@ impl Spool {
             }
             Err(e) => return Err(ReadError::Refused(format!("cannot open the chit: {e}"))),
         };
-        let (links, length) = file
-            .metadata()
-            .map(|m| (m.nlink(), m.len()))
-            .unwrap_or((0, 0));
+        let (links, length) = match file.metadata() {
+            Ok(metadata) => (metadata.nlink(), metadata.len()),
+            Err(e) => {
+                let reason = format!("cannot inspect the chit: {e}");
+                return Err(if out_of_resources(&e) {
+                    ReadError::Unavailable(reason)
+                } else {
+                    ReadError::Refused(reason)
+                });
+            }
+        };
         if links != 1 {
             return Err(ReadError::Refused(format!(
                 "the chit has {links} hard links; chitd neither reads nor rewrites a file linked elsewhere"
@@ -447,8 +454,13 @@ impl Spool {
                 reason = format!("{reason}; besides, {why}");
                 None
             }
-            // Failed without its lines, it would lose them: later.
+            // Failed without its lines, it would lose them: later. It
+            // supersedes earlier outcomes now all the same (the next try,
+            // by a stuck chit, does not clear them).
             Err(ReadError::Unavailable(why)) => {
+                if !self.is_stuck(chit) {
+                    self.clear_outcomes_os(chit);
+                }
                 self.stuck(chit, &why);
                 return false;
             }

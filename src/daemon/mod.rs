@@ -69,6 +69,11 @@ pub const CACHE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// the daemon exits 1 instead, naming it.)
 pub const STUCK_RETRY_FIRST: Duration = RESCAN_INTERVAL;
 pub const STUCK_RETRY_MAX: Duration = Duration::from_secs(300);
+/// A chit that chitd was short of descriptors or memory for
+/// ([`Step::Short`]) is tried again at the next scan of an idle daemon (in
+/// `fetch/`, where it was left; everything else is done by then, so what
+/// it needs is free); this many times in a row, and it is stuck.
+pub const SHORT_TRIES: u32 = 3;
 /// After SIGTERM, how long downloads get to checkpoint.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -91,21 +96,27 @@ pub struct LocalLimits {
 }
 
 impl LocalLimits {
-    /// Descriptors a slot may account for: its own step's (up to 4), and
-    /// two waiting commits' directories, as many again in the running
-    /// commit (measured: 906 open at most with 128 slots, one delivery
-    /// directory per chit).
+    /// Descriptors a slot may account for: its own step's (up to 4: the
+    /// chit, or the cache object, the delivery's directory and temporary),
+    /// and the directories of two chits waiting for a commit (the running
+    /// one and the next: with the steps under way, at most
+    /// `commit_backlog` each). Measured: 906 open at most with 128 slots,
+    /// 30,000 chits each delivered into a directory of its own.
     const PER_SLOT: u64 = 8;
     /// Descriptors kept for what does not grow with the slots (runtime,
     /// watches, spools, cache, logs, status file), and per download (its
     /// files, connection, early delivery).
     const BASE: u64 = 64;
     const PER_JOB: u64 = 16;
+    /// The spool, its four state directories and the delivery directory,
+    /// twice while they are opened anew.
+    const PER_CONSUMER: u64 = 12;
 
-    /// For an open files limit of `open_files` (`None`: unlimited) and
-    /// `jobs` downloads at once.
-    pub fn for_open_files(open_files: Option<u64>, jobs: usize) -> LocalLimits {
-        let reserved = Self::BASE + Self::PER_JOB * jobs as u64;
+    /// For an open files limit of `open_files` (`None`: unlimited), `jobs`
+    /// downloads at once and `consumers` consumers.
+    pub fn for_open_files(open_files: Option<u64>, jobs: usize, consumers: usize) -> LocalLimits {
+        let reserved =
+            Self::BASE + Self::PER_JOB * jobs as u64 + Self::PER_CONSUMER * consumers as u64;
         let slots = open_files.map_or(LOCAL_SLOTS, |limit| {
             let fit = limit.saturating_sub(reserved) / Self::PER_SLOT;
             usize::try_from(fit)
@@ -119,9 +130,9 @@ impl LocalLimits {
     }
 
     /// For this process's open files limit.
-    pub fn for_this_process(jobs: usize) -> LocalLimits {
+    pub fn for_this_process(jobs: usize, consumers: usize) -> LocalLimits {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-        LocalLimits::for_open_files(limit, jobs)
+        LocalLimits::for_open_files(limit, jobs, consumers)
     }
 }
 
@@ -211,7 +222,7 @@ pub async fn run(
         durable_dirs: DurableDirs::default(),
     });
     let jobs = config.jobs.max(1);
-    let limits = LocalLimits::for_this_process(jobs);
+    let limits = LocalLimits::for_this_process(jobs, shared.consumers.len());
     if limits.slots < LOCAL_SLOTS {
         tracing::info!(
             slots = limits.slots,
@@ -239,6 +250,7 @@ pub async fn run(
         jobs,
         cancel: CancellationToken::new(),
         stuck: HashMap::new(),
+        short: HashMap::new(),
         hold_stuck: false,
         chases: HashMap::new(),
         under_way: HashMap::new(),
@@ -300,6 +312,9 @@ struct Scheduler {
     /// Chits whose last attempt could not claim them or move them to
     /// `fail/` (see [`Step::Stuck`]), and when scans may queue them again.
     stuck: HashMap<(usize, String), StuckRetry>,
+    /// Chits left in `fetch/` because chitd was short of descriptors or
+    /// memory ([`Step::Short`]), and how many times in a row.
+    short: HashMap<(usize, String), u32>,
     /// Whether scans leave stuck chits alone until their retry is due
     /// (serving), or queue them at once (`--exit-when-idle`, which exits
     /// when nothing but stuck chits is left).
@@ -492,8 +507,10 @@ impl Scheduler {
             self.local
                 .spawn_blocking(move || work::sync_cache_dirs(dirs.into_iter().collect()));
         }
+        // Chits delivered or being worked on that will wait for a commit:
+        // at most `commit_backlog` (see `LocalLimits`).
         while self.local.len() < self.limits.slots
-            && self.commits.len() < self.limits.commit_backlog
+            && self.commits.len() + self.chit_steps_running() < self.limits.commit_backlog
         {
             let shared = Arc::clone(&self.shared);
             match self.queues.next() {
@@ -514,7 +531,12 @@ impl Scheduler {
                 None => break,
             };
         }
-        while let Some((key, waiters, progress)) = self.inflight.start_next(self.jobs) {
+        // A finished download is published on the local pool, beside the
+        // slots: room for one per download at most, so publishes waiting
+        // for the disk hold up new downloads, not their own descriptors.
+        while self.local.len() < self.limits.slots + self.jobs
+            && let Some((key, waiters, progress)) = self.inflight.start_next(self.jobs)
+        {
             let mut job = job(&self.shared.mirrors, key.digest, waiters);
             if let Some(tried) = self.tried.get(&key) {
                 job.sources.retain(|source| !tried.contains(source));
@@ -597,7 +619,23 @@ impl Scheduler {
         match step {
             Step::Done { consumer, name } => {
                 self.queues.finished(consumer, &name);
+                if !self.short.is_empty() {
+                    self.short.remove(&(consumer, name.clone()));
+                }
                 self.stuck.remove(&(consumer, name));
+            }
+            Step::Short { consumer, name } => {
+                self.queues.finished(consumer, &name);
+                let key = (consumer, name);
+                let tries = self.short.entry(key.clone()).or_insert(0);
+                *tries += 1;
+                if *tries >= SHORT_TRIES {
+                    self.short.remove(&key);
+                    self.step_done(Step::Stuck {
+                        consumer: key.0,
+                        name: key.1,
+                    });
+                }
             }
             Step::Stuck { consumer, name } => {
                 self.queues.finished(consumer, &name);
@@ -629,15 +667,14 @@ impl Scheduler {
                 }
                 self.commits.push(commit);
             }
-            Step::Committed { done, stuck } => {
+            Step::Committed { done, left } => {
                 // The targets it held are free: `unpark_freed` follows.
                 self.committing = false;
                 for (consumer, name) in done {
-                    self.queues.finished(consumer, &name);
-                    self.stuck.remove(&(consumer, name));
+                    self.step_done(Step::Done { consumer, name });
                 }
-                for (consumer, name) in stuck {
-                    self.step_done(Step::Stuck { consumer, name });
+                for step in left {
+                    self.step_done(step);
                 }
             }
             Step::CacheDirsSynced => self.syncing_cache_dirs = false,
@@ -940,6 +977,7 @@ impl Scheduler {
                 // Stuck in the old directories: they are gone, and a chit of
                 // the name in the new ones is another.
                 self.stuck.retain(|(c, _), _| *c != consumer);
+                self.short.retain(|(c, _), _| *c != consumer);
                 self.drop_gone_waiters(consumer);
             }
             Ok(false) => {}
@@ -1166,30 +1204,35 @@ mod tests {
 
     #[test]
     fn local_limits_fit_the_open_files_limit() {
-        let unlimited = LocalLimits::for_open_files(None, 4);
+        let unlimited = LocalLimits::for_open_files(None, 4, 1);
         assert_eq!(unlimited.slots, LOCAL_SLOTS);
         assert_eq!(unlimited.commit_backlog, 2 * LOCAL_SLOTS);
         // A server's usual limit: all the slots.
         assert_eq!(
-            LocalLimits::for_open_files(Some(65536), 4).slots,
+            LocalLimits::for_open_files(Some(65536), 4, 10).slots,
             LOCAL_SLOTS
         );
         // The common soft default, not raised: what fits, with room for
         // the downloads and the rest.
-        let default = LocalLimits::for_open_files(Some(1024), 4);
+        let default = LocalLimits::for_open_files(Some(1024), 4, 1);
         assert!(
             default.slots < LOCAL_SLOTS && default.slots >= 100,
             "{default:?}"
         );
-        for (limit, jobs) in [(1024, 4), (256, 4), (256, 8), (200, 1)] {
-            let limits = LocalLimits::for_open_files(Some(limit), jobs);
-            let reserved = LocalLimits::BASE + LocalLimits::PER_JOB * jobs as u64;
+        for (limit, jobs, consumers) in [(1024, 4, 1), (256, 4, 1), (256, 8, 3), (400, 1, 10)] {
+            let limits = LocalLimits::for_open_files(Some(limit), jobs, consumers);
+            let reserved = LocalLimits::BASE
+                + LocalLimits::PER_JOB * jobs as u64
+                + LocalLimits::PER_CONSUMER * consumers as u64;
             let used = reserved + LocalLimits::PER_SLOT * limits.slots as u64;
-            assert!(used <= limit, "{limit} {jobs}: {limits:?} needs {used}");
+            assert!(
+                used <= limit,
+                "{limit} {jobs} {consumers}: {limits:?} needs {used}"
+            );
             assert_eq!(limits.commit_backlog, 2 * limits.slots);
         }
         // Even under a limit too low for the reserve: one at a time.
-        assert_eq!(LocalLimits::for_open_files(Some(32), 4).slots, 1);
-        assert_eq!(LocalLimits::for_open_files(Some(0), 64).slots, 1);
+        assert_eq!(LocalLimits::for_open_files(Some(32), 4, 1).slots, 1);
+        assert_eq!(LocalLimits::for_open_files(Some(0), 64, 1).slots, 1);
     }
 }

@@ -130,6 +130,11 @@ pub enum Step {
     /// The chit could not be claimed, or not moved to `fail/` (the error is
     /// logged): it stays where it is, and only a later scan retries it.
     Stuck { consumer: usize, name: String },
+    /// chitd was short of descriptors or memory for the chit
+    /// ([`out_of_resources`]; logged): no fault of the chit, which stays
+    /// where it is (in `fetch/`) for the scan of an idle daemon to try
+    /// again; stuck after a few such tries (`daemon::SHORT_TRIES`).
+    Short { consumer: usize, name: String },
     /// The chit needs its digest downloaded.
     Wait(Waiter),
     /// The chit's file is in the cache at `object`, but another chit is
@@ -142,11 +147,12 @@ pub enum Step {
     /// The file is delivered (renamed into place); the chit waits for the
     /// next group commit to make it durable and move it to `downloaded/`.
     Commit(Commit),
-    /// A group commit ended: these chits are terminal, or stuck (see
-    /// [`Step::Stuck`]), and their targets free again.
+    /// A group commit ended: these chits are terminal, or left in `fetch/`
+    /// (`left`: [`Step::Stuck`] or [`Step::Short`]), and their targets free
+    /// again.
     Committed {
         done: Vec<(usize, String)>,
-        stuck: Vec<(usize, String)>,
+        left: Vec<Step>,
     },
     /// A round of cache directory fsyncs ended (see [`sync_cache_dirs`]).
     CacheDirsSynced,
@@ -222,7 +228,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         }
         Err(ReadError::Unavailable(reason)) => {
             tracing::error!(consumer = %spool.name, chit = %name, "{reason}");
-            return Step::Stuck { consumer, name };
+            return Step::Short { consumer, name };
         }
     };
     let chit = match Chit::parse(&bytes) {
@@ -265,6 +271,10 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
              (verified, in the cache)",
             chit.size
         ),
+        Err(e) if out_of_resources(&e) => {
+            tracing::error!(consumer = %spool.name, chit = %name, digest = %chit.digest, "cannot look in the cache: {e}");
+            return Step::Short { consumer, name };
+        }
         Err(e) => format!("cannot read the cache: {e}"),
     };
     fail_step(
@@ -441,7 +451,7 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
         Err(e) if out_of_resources(&e) => {
             shared.targets.release(&target);
             tracing::error!(consumer = %spool.name, chit = %name, digest = %chit.digest, "cannot deliver {}: {e}", chit.path);
-            Step::Stuck { consumer, name }
+            Step::Short { consumer, name }
         }
         Err(e) => {
             shared.targets.release(&target);
@@ -477,13 +487,12 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
             synced.push((&entry.parent, entry.parent.sync()));
         }
     }
-    let mut stuck = Vec::new();
+    let mut left = Vec::new();
     let mut fail = |spool: &Spool, entry: &Commit, reason: String| {
         let name = entry.name.clone();
-        if let Step::Stuck { consumer, name } =
-            fail_read_again(spool, entry.consumer, name, &entry.digest, &reason)
-        {
-            stuck.push((consumer, name));
+        let step = fail_read_again(spool, entry.consumer, name, &entry.digest, &reason);
+        if matches!(step, Step::Stuck { .. } | Step::Short { .. }) {
+            left.push(step);
         }
     };
     // Each consumer's spool once, for the whole batch.
@@ -538,12 +547,25 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
     for entry in &batch {
         shared.targets.release(&entry.target);
     }
+    let is_left = |consumer: usize, name: &str| {
+        left.iter().any(|step| match step {
+            Step::Stuck {
+                consumer: c,
+                name: n,
+            }
+            | Step::Short {
+                consumer: c,
+                name: n,
+            } => *c == consumer && n == name,
+            _ => false,
+        })
+    };
     let done = batch
         .into_iter()
         .map(|e| (e.consumer, e.name))
-        .filter(|chit| !stuck.contains(chit))
+        .filter(|(consumer, name)| !is_left(*consumer, name))
         .collect();
-    Step::Committed { done, stuck }
+    Step::Committed { done, left }
 }
 
 /// Make the renames that published new cache objects durable: one fsync
@@ -595,7 +617,7 @@ fn fail_read_again(
         // fetch/, and its next try starts over.
         Err(ReadError::Unavailable(why)) => {
             tracing::error!(consumer = %spool.name, chit = %name, digest = %digest, reason, "cannot fail the chit now: {why}");
-            return Step::Stuck { consumer, name };
+            return Step::Short { consumer, name };
         }
         Err(ReadError::Gone | ReadError::Refused(_)) => None,
     };
