@@ -157,7 +157,7 @@ pub enum DaemonError {
     NoConsumer,
     #[error("cannot watch the spools: {0}")]
     Watch(notify::Error),
-    #[error("cannot build the HTTP client: {0}")]
+    #[error("cannot build the HTTP client: {}", crate::fetch::with_causes(.0))]
     Http(reqwest::Error),
     #[error(
         "not idle, but stuck: {0} cannot leave request/ or fetch/ (see the errors above); \

@@ -1,6 +1,5 @@
 //! What one source answered, and what chitd does about it.
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use crate::chit::Digest;
@@ -106,17 +105,7 @@ impl FetchError {
     pub fn from_reqwest(error: reqwest::Error) -> FetchError {
         let redirect = error.is_redirect();
         let timeout = error.is_timeout();
-        let error = error.without_url();
-        let mut text = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            let cause_text = cause.to_string();
-            if !text.contains(&cause_text) {
-                text.push_str(": ");
-                text.push_str(&cause_text);
-            }
-            source = cause.source();
-        }
+        let text = with_causes(&error.without_url());
         if redirect {
             FetchError::Redirect(text)
         } else if timeout {
@@ -125,6 +114,22 @@ impl FetchError {
             FetchError::Transport(text)
         }
     }
+}
+
+/// `error` and each of its causes that it does not already quote, joined
+/// by ": " (reqwest's own text is often only "error sending request").
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use self::attempt::{Attempt, Stop};
-pub use self::error::FetchError;
+pub use self::error::{FetchError, with_causes};
 use crate::chit::{Digest, redact_url};
 use crate::config::whole_ms;
 use crate::partial::{Frontier, Partial};

