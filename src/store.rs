@@ -156,6 +156,12 @@ impl Store {
         Ok(Intact::Yes)
     }
 
+    /// Whether this run published `digest` (or checked its object): a
+    /// lookup that missed it may have raced its publish.
+    pub fn published_or_checked(&self, digest: &Digest) -> bool {
+        self.intact_lock().contains(digest)
+    }
+
     fn intact_lock(&self) -> std::sync::MutexGuard<'_, HashSet<Digest>> {
         self.intact.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -32,7 +32,7 @@ use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job, MoreSources};
 use crate::inflight::{InFlight, Key};
 use crate::partial::{Frontier, Partial};
 use crate::spool::Spool;
-use crate::store::Store;
+use crate::store::{Lookup, Store};
 use crate::watch::{Hint, Watch, watch};
 
 pub use self::consumer::Consumer;
@@ -728,6 +728,18 @@ impl Scheduler {
                     digest: waiter.chit.digest,
                     size: waiter.chit.size,
                 };
+                // Its lookup missed a download that was being published,
+                // and is over now: deliver from the cache, not download it
+                // again. (One `stat`, only when the digest is one this run
+                // published or checked and no download of it is left.)
+                if !self.inflight.contains(&key)
+                    && self.shared.store.published_or_checked(&key.digest)
+                    && let Ok(Lookup::Hit(object)) = self.shared.store.lookup(&key.digest, key.size)
+                {
+                    tracing::debug!(digest = %key.digest, chit = %waiter.name, "published while the chit looked for it");
+                    self.deliver(waiter, Arc::new(Ok(object)));
+                    return;
+                }
                 // Joining a running download: it tries this chit's sources
                 // too.
                 if let Some(under_way) = self.under_way.get(&key) {
