@@ -93,6 +93,19 @@ pub enum ReadError {
     Unavailable(String),
 }
 
+impl ReadError {
+    /// What `doing` met: unavailable if chitd was short of descriptors or
+    /// memory, else refused.
+    fn of(doing: &str, error: &io::Error) -> ReadError {
+        let reason = format!("{doing}: {error}");
+        if out_of_resources(error) {
+            ReadError::Unavailable(reason)
+        } else {
+            ReadError::Refused(reason)
+        }
+    }
+}
+
 impl Spool {
     /// Open a consumer's spool, creating the state directories if missing
     /// (refusing any that is a symlink).
@@ -182,22 +195,12 @@ impl Spool {
                     "the chit is not a regular file: {e}"
                 )));
             }
-            Err(e) if out_of_resources(&e) => {
-                return Err(ReadError::Unavailable(format!("cannot open the chit: {e}")));
-            }
-            Err(e) => return Err(ReadError::Refused(format!("cannot open the chit: {e}"))),
+            Err(e) => return Err(ReadError::of("cannot open the chit", &e)),
         };
-        let (links, length) = match file.metadata() {
-            Ok(metadata) => (metadata.nlink(), metadata.len()),
-            Err(e) => {
-                let reason = format!("cannot inspect the chit: {e}");
-                return Err(if out_of_resources(&e) {
-                    ReadError::Unavailable(reason)
-                } else {
-                    ReadError::Refused(reason)
-                });
-            }
-        };
+        let (links, length) = file
+            .metadata()
+            .map(|metadata| (metadata.nlink(), metadata.len()))
+            .map_err(|e| ReadError::of("cannot inspect the chit", &e))?;
         if links != 1 {
             return Err(ReadError::Refused(format!(
                 "the chit has {links} hard links; chitd neither reads nor rewrites a file linked elsewhere"
@@ -214,14 +217,7 @@ impl Spool {
         let mut bytes = Vec::with_capacity(usize::try_from(length).unwrap_or(0) + 1);
         file.take(MAX_CHIT_BYTES as u64 + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| {
-                let reason = format!("cannot read the chit: {e}");
-                if out_of_resources(&e) {
-                    ReadError::Unavailable(reason)
-                } else {
-                    ReadError::Refused(reason)
-                }
-            })?;
+            .map_err(|e| ReadError::of("cannot read the chit", &e))?;
         Ok(bytes)
     }
 

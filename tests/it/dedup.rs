@@ -90,10 +90,7 @@ fn chits_that_looked_while_the_download_was_published_do_not_download_again() {
         let content = Content::random(4096);
         server.add("/small.bin", content.bytes.clone());
         let spool = dir.spool("c");
-        for i in 0..CHITS {
-            let chit = content.chit(&format!("d{i:04}/small.bin"), &[server.url("/small.bin")]);
-            spool.drop_chit(&format!("c{i:04}"), chit);
-        }
+        spool.drop_chits_into_own_dirs(&content, &server.url("/small.bin"), "small.bin", CHITS);
         Daemon::run_until_idle(&dir, &spool);
         assert_eq!(
             spool.chits_in(crate::util::State::Downloaded).len(),

@@ -220,6 +220,16 @@ impl TestSpool {
         fs::rename(&temporary, request.join(name)).expect("rename chit into request/");
     }
 
+    /// Drop `count` chits for `content` from `url`, `c0000`, `c0001`…,
+    /// each delivered into a directory of its own: `d0000/<file>`,
+    /// `d0001/<file>`… (the most descriptors per chit for chitd).
+    pub fn drop_chits_into_own_dirs(&self, content: &Content, url: &str, file: &str, count: usize) {
+        for i in 0..count {
+            let chit = content.chit(&format!("d{i:04}/{file}"), &[url.to_string()]);
+            self.drop_chit(&format!("c{i:04}"), chit);
+        }
+    }
+
     /// Put a chit straight into a state directory (for start-up and status
     /// scenarios).
     pub fn put_chit(&self, state: State, name: &str, text: impl AsRef<[u8]>) {

@@ -8,7 +8,7 @@ use crate::util::{Content, Daemon, State, TIMEOUT, TestDir};
 
 /// Soft and hard: chitd cannot raise it.
 const LIMIT: u64 = 200;
-/// Each into a directory of its own: the most descriptors per chit.
+/// Each into a directory of its own.
 const CHITS: usize = 600;
 
 #[test]
@@ -18,10 +18,7 @@ fn under_a_low_open_files_limit_every_chit_is_delivered() {
     let content = Content::random(4096);
     server.add("/f.bin", content.bytes.clone());
     let spool = dir.spool("low");
-    for i in 0..CHITS {
-        let chit = content.chit(&format!("d{i:04}/f.bin"), &[server.url("/f.bin")]);
-        spool.drop_chit(&format!("c{i:04}"), chit);
-    }
+    spool.drop_chits_into_own_dirs(&content, &server.url("/f.bin"), "f.bin", CHITS);
     let mut daemon = Daemon::for_spool(&dir, &spool)
         .open_files_limit(LIMIT)
         .exit_when_idle()
