@@ -77,6 +77,9 @@ fn run(args: &RunArgs) -> ExitCode {
     let options = Options {
         exit_when_idle: args.exit_when_idle,
         fetch: fetch_settings_from_env(),
+        rescan_interval: env_millis("CHITD_RESCAN_INTERVAL_MS")
+            .filter(|interval| !interval.is_zero())
+            .unwrap_or(daemon::RESCAN_INTERVAL),
     };
     match runtime.block_on(daemon::run(config, options, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -144,22 +147,24 @@ impl<W: std::io::Write> std::io::Write for OneLine<W> {
     }
 }
 
+/// A test and tuning knob in milliseconds, if set to a number.
+fn env_millis(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis)
+}
+
 /// Test and tuning knobs: `CHITD_RETRY_DELAY_MS` (first backoff between
 /// retry rounds) and `CHITD_INACTIVITY_TIMEOUT_MS` (no data for this long
 /// cuts a connection).
 fn fetch_settings_from_env() -> FetchSettings {
-    let millis = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_millis)
-    };
     let mut settings = FetchSettings::default();
-    if let Some(delay) = millis("CHITD_RETRY_DELAY_MS") {
+    if let Some(delay) = env_millis("CHITD_RETRY_DELAY_MS") {
         settings.retry_delay = delay;
         settings.max_retry_delay = settings.max_retry_delay.max(delay);
     }
-    if let Some(timeout) = millis("CHITD_INACTIVITY_TIMEOUT_MS") {
+    if let Some(timeout) = env_millis("CHITD_INACTIVITY_TIMEOUT_MS") {
         settings.inactivity_timeout = timeout;
     }
     settings

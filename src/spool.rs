@@ -435,10 +435,10 @@ impl Spool {
             Ok(mut bytes) => {
                 // Failed before but stuck in fetch/: not the line again.
                 let line = error_line(&reason);
-                if let Some(kept) = bytes.strip_suffix(line.as_bytes()) {
-                    if kept.is_empty() || kept.ends_with(b"\n") {
-                        bytes.truncate(kept.len());
-                    }
+                if let Some(kept) = bytes.strip_suffix(line.as_bytes())
+                    && (kept.is_empty() || kept.ends_with(b"\n"))
+                {
+                    bytes.truncate(kept.len());
                 }
                 Some(bytes)
             }

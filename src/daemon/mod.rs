@@ -139,10 +139,22 @@ impl LocalLimits {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub exit_when_idle: bool,
     pub fetch: FetchSettings,
+    /// Safety-net rescan of every `request/` ([`RESCAN_INTERVAL`]).
+    pub rescan_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            exit_when_idle: false,
+            fetch: FetchSettings::default(),
+            rescan_interval: RESCAN_INTERVAL,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,9 +281,7 @@ pub async fn run(
     for consumer in 0..scheduler.shared.consumers.len() {
         scheduler.check_names(consumer, true);
     }
-    scheduler
-        .serve(options.exit_when_idle, hints, shutdown)
-        .await
+    scheduler.serve(&options, hints, shutdown).await
 }
 
 /// A chit whose download ended, and that download's outcome: the cache
@@ -365,13 +375,14 @@ struct StuckRetry {
 impl Scheduler {
     async fn serve(
         &mut self,
-        exit_when_idle: bool,
+        options: &Options,
         mut hints: tokio::sync::mpsc::UnboundedReceiver<Hint>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
+        let exit_when_idle = options.exit_when_idle;
         self.hold_stuck = !exit_when_idle;
-        let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+        let mut rescan = tokio::time::interval(options.rescan_interval);
         rescan.tick().await;
         let mut status = tokio::time::interval(STATUS_INTERVAL);
         loop {
@@ -693,6 +704,7 @@ impl Scheduler {
             }
             Step::Published {
                 key,
+                source,
                 published,
                 delivered,
             } => {
@@ -700,7 +712,7 @@ impl Scheduler {
                     self.step_done(*step);
                 }
                 if let Ok(object) = &published {
-                    tracing::info!(digest = %key.digest, "download finished, verified and cached");
+                    tracing::info!(digest = %key.digest, source = %source.unwrap_or_default(), "download finished, verified and cached");
                     if let Some(dir) = object.parent() {
                         self.unsynced_cache_dirs.insert(dir.to_path_buf());
                     }

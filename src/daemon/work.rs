@@ -169,6 +169,8 @@ pub enum Step {
     /// and its lone waiter delivered (or failed) by the same task.
     Published {
         key: Key,
+        /// The source of the bytes (the last one, after a switch), redacted.
+        source: Option<String>,
         published: Result<PathBuf, String>,
         delivered: Option<Box<Step>>,
     },
@@ -199,11 +201,11 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
     let spool = shared.consumers[consumer].spool();
     let claimed_in = spool.fetch_id();
     let done = |name| Step::Done { consumer, name };
+    // Logged once the digest is known (or known to be unreadable).
+    let mut claimed = false;
     if origin == Origin::Request {
         match spool.claim(&name) {
-            Ok(Claim::Claimed) => {
-                tracing::info!(consumer = %spool.name, chit = %name, "claimed: request/ → fetch/")
-            }
+            Ok(Claim::Claimed) => claimed = true,
             Ok(Claim::Gone) => return done(name),
             Ok(Claim::Busy) => {
                 tracing::debug!(consumer = %spool.name, chit = %name, "a chit of this name is still in fetch/; leaving request/ for later");
@@ -220,6 +222,15 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         // This request supersedes any outcome of an earlier one of its name.
         spool.clear_outcomes(&name);
     }
+    let parsed = read.as_ref().ok().map(|bytes| Chit::parse(bytes));
+    if claimed {
+        let digest = parsed
+            .as_ref()
+            .and_then(|parsed| parsed.as_ref().ok())
+            .map(|chit| chit.digest.to_string())
+            .unwrap_or_default();
+        tracing::info!(consumer = %spool.name, chit = %name, digest = %digest, "claimed: request/ → fetch/");
+    }
     let bytes = match read {
         Ok(bytes) => bytes,
         Err(ReadError::Gone) => return done(name),
@@ -231,7 +242,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
             return Step::Short { consumer, name };
         }
     };
-    let chit = match Chit::parse(&bytes) {
+    let chit = match parsed.unwrap_or_else(|| Chit::parse(&bytes)) {
         Ok(chit) => chit,
         Err(e) => {
             return fail_step(
@@ -320,6 +331,10 @@ pub fn publish(
     chase: Option<Chase>,
 ) -> Step {
     let (generation, total) = (partial.followed_generation(), partial.total());
+    let source = partial
+        .source
+        .as_deref()
+        .map(crate::chit::redact_unparsed_url);
     if let Some(chase) = &chase {
         // The chaser copies the tail while the `.part` is synced.
         chase.wrap_up();
@@ -355,6 +370,7 @@ pub fn publish(
     });
     Step::Published {
         key,
+        source,
         published: published.map(|object| object.path),
         delivered,
     }
@@ -576,7 +592,7 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
 /// The fsyncs run on a few threads at once, so the disk can serve their
 /// flushes together.
 pub fn sync_cache_dirs(dirs: Vec<PathBuf>) -> Step {
-    const THREADS: usize = 8;
+    const THREADS: usize = 64;
     tracing::debug!(dirs = dirs.len(), "syncing cache directories");
     let chunk = dirs.len().div_ceil(THREADS).max(1);
     std::thread::scope(|scope| {
@@ -644,11 +660,11 @@ fn fail_step(
     let digest = digest.map(ToString::to_string).unwrap_or_default();
     match spool.fail(&name, original, reason) {
         Ok(()) => {
-            tracing::info!(consumer = %spool.name, chit = %name, digest, reason, "failed: fetch/ → fail/");
+            tracing::info!(consumer = %spool.name, chit = %name, digest = %digest, reason, "failed: fetch/ → fail/");
             Step::Done { consumer, name }
         }
         Err(e) => {
-            tracing::error!(consumer = %spool.name, chit = %name, digest, reason, "cannot move the chit to fail/: {e}");
+            tracing::error!(consumer = %spool.name, chit = %name, digest = %digest, reason, "cannot move the chit to fail/: {e}");
             Step::Stuck { consumer, name }
         }
     }

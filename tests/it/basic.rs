@@ -5,7 +5,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::server::Server;
+use crate::server::{Fault, Server};
 use crate::util::{ConfigFile, Content, Daemon, State, TIMEOUT, TestDir, TestSpool, wait_until};
 
 #[test]
@@ -144,7 +144,8 @@ fn chit_renamed_into_request_is_picked_up_within_a_second() {
     let content = Content::random(1_000);
     server.add("/warm", warm_up.bytes.clone());
     server.add("/f", content.bytes.clone());
-    let _daemon = Daemon::for_spool(&dir, &spool).start();
+    // With no rescan to fall back on, only the watcher can see the chits.
+    let _daemon = Daemon::for_spool(&dir, &spool).without_rescan().start();
 
     // The daemon is surely watching once it has finished a first chit.
     spool.drop_chit("warm", warm_up.chit("warm.bin", &[server.url("/warm")]));
@@ -306,6 +307,85 @@ fn chits_present_at_start_in_request_and_fetch_are_processed() {
 
     Daemon::run_until_idle(&dir, &spool);
 
+    spool.assert_delivered("q", "q.bin", &queued);
+    spool.assert_delivered("c", "c.bin", &claimed);
+}
+
+/// Each state change is one info line naming the consumer, the chit and
+/// the digest; the download's line names the source that served it.
+#[test]
+fn each_state_change_is_logged_with_consumer_chit_digest_and_source() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let good = Content::random(1_000);
+    let bad = Content::random(1_000);
+    server.add("/good", good.bytes.clone());
+    server.add("/bad", bad.bytes.clone());
+    server.set_fault("/bad", Fault::NotFound);
+    spool.drop_chit("good", good.chit("good.bin", &[server.url("/good")]));
+    spool.drop_chit("bad", bad.chit("bad.bin", &[server.url("/bad")]));
+
+    let mut daemon = Daemon::for_spool(&dir, &spool).exit_when_idle().start();
+    daemon.expect_success(TIMEOUT);
+
+    let log = daemon.log();
+    let line = |needles: &[&str]| {
+        let found: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" INFO ") && needles.iter().all(|n| l.contains(n)))
+            .collect();
+        assert_eq!(found.len(), 1, "want one line with {needles:?} in:\n{log}");
+    };
+    let consumer = "consumer=default";
+    for (chit, content) in [("chit=good", &good), ("chit=bad", &bad)] {
+        let digest = format!("digest={}", content.sha256);
+        line(&["claimed: request/ → fetch/", consumer, chit, &digest]);
+    }
+    let good_digest = format!("digest={}", good.sha256);
+    let source = format!("source={}", server.url("/good"));
+    line(&[
+        "download finished, verified and cached",
+        &good_digest,
+        &source,
+    ]);
+    line(&[
+        "downloaded: fetch/ → downloaded/",
+        consumer,
+        "chit=good",
+        &good_digest,
+    ]);
+    let bad_digest = format!("digest={}", bad.sha256);
+    line(&["failed: fetch/ → fail/", consumer, "chit=bad", &bad_digest]);
+}
+
+/// Chits already in `request/` and `fetch/` when a long-running daemon
+/// starts are found by its start-up scan: no watcher event announces them,
+/// and the safety-net rescan is pushed out of reach.
+#[test]
+fn start_up_scan_finds_chits_left_in_request_and_fetch() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let queued = Content::random(2_000);
+    let claimed = Content::random(2_000);
+    server.add("/q", queued.bytes.clone());
+    server.add("/c", claimed.bytes.clone());
+    spool.put_chit(
+        State::Request,
+        "q",
+        queued.chit("q.bin", &[server.url("/q")]),
+    );
+    spool.put_chit(
+        State::Fetch,
+        "c",
+        claimed.chit("c.bin", &[server.url("/c")]),
+    );
+
+    let _daemon = Daemon::for_spool(&dir, &spool).without_rescan().start();
+
+    spool.expect_downloaded("q");
+    spool.expect_downloaded("c");
     spool.assert_delivered("q", "q.bin", &queued);
     spool.assert_delivered("c", "c.bin", &claimed);
 }

@@ -8,8 +8,10 @@
 
 use std::ffi::OsString;
 
-use crate::server::Server;
-use crate::util::{ConfigFile, Content, Daemon, State, TIMEOUT, TestDir, run_cli};
+use crate::server::{Fault, Server};
+use crate::util::{
+    ConfigFile, Content, Daemon, State, TIMEOUT, TestDir, run_cli, sha256_hex, wait_until,
+};
 
 /// Name and `[request, fetch, downloaded, fail]` counts of consumer `index`.
 fn counts(status: &serde_json::Value, index: usize) -> (String, [u64; 4]) {
@@ -167,4 +169,55 @@ fn status_works_while_the_daemon_runs() {
     let status: serde_json::Value =
         serde_json::from_str(&output.stdout).expect("status --json prints JSON");
     assert_eq!(counts(&status, 0).1, [0, 0, 1, 0], "{status}");
+}
+
+/// A download under way shows in `status --json` with the daemon's pid,
+/// the chit, its digest and path, and bytes done of the total; the text
+/// form shows it too. The server sends half the file and stalls, so the
+/// download is caught in flight at a known point (it would wait 30 s for
+/// more before resuming; the test ends before that).
+#[test]
+fn status_shows_downloads_in_flight_with_bytes_done_and_total() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(200_000);
+    server.add("/f", content.bytes.clone());
+    server.set_fault("/f", Fault::Stall { after: 100_000 });
+    let mut daemon = Daemon::for_spool(&dir, &spool).start();
+    spool.drop_chit("f", content.chit("sub/f.bin", &[server.url("/f")]));
+
+    let status = |json: bool| {
+        let mut args: Vec<OsString> = vec![
+            "status".into(),
+            "--spool".into(),
+            spool.spool.clone().into(),
+        ];
+        if json {
+            args.push("--json".into());
+        }
+        let output = run_cli(&dir, args, TIMEOUT);
+        assert_eq!(output.code, Some(0), "{output:?}");
+        output.stdout
+    };
+    let json = wait_until(
+        TIMEOUT,
+        "the stalled download to show 100,000 bytes done",
+        || {
+            let json: serde_json::Value =
+                serde_json::from_str(&status(true)).expect("status --json prints JSON");
+            (json["consumers"][0]["in_flight"][0]["done"] == 100_000).then_some(json)
+        },
+    );
+    let in_flight = &json["consumers"][0]["in_flight"];
+    assert_eq!(in_flight.as_array().map(Vec::len), Some(1), "{json}");
+    assert_eq!(in_flight[0]["chit"], "f", "{json}");
+    assert_eq!(in_flight[0]["digest"], sha256_hex(&content.bytes), "{json}");
+    assert_eq!(in_flight[0]["path"], "sub/f.bin", "{json}");
+    assert_eq!(in_flight[0]["total"], 200_000, "{json}");
+    assert_eq!(json["daemon_pid"], daemon.pid(), "{json}");
+    assert_eq!(counts(&json, 0).1, [0, 1, 0, 0], "{json}");
+    let text = status(false);
+    assert!(text.contains("sub/f.bin"), "{text}");
+    assert!(text.contains("50"), "no percentage in: {text}");
 }

@@ -118,10 +118,10 @@ async fn respond(shared: &Shared, stream: &mut TcpStream, head: Head) -> bool {
     let (fault, object, index) = {
         let mut state = shared.lock();
         let fault = state.take_fault(&path);
-        if fault == Some(Fault::ChangeEtag) {
-            if let Some(object) = state.objects.get_mut(&path) {
-                object.generation += 1;
-            }
+        if fault == Some(Fault::ChangeEtag)
+            && let Some(object) = state.objects.get_mut(&path)
+        {
+            object.generation += 1;
         }
         let object = state.objects.get(&path).cloned();
         state.requests.push(Request {

@@ -149,6 +149,12 @@ impl DaemonBuilder {
         self.env("CHITD_INACTIVITY_TIMEOUT_MS", &ms.to_string())
     }
 
+    /// Push the safety-net rescan (default every 2 s) out of a test's
+    /// reach: chits are then seen only by the start-up scan and the watcher.
+    pub fn without_rescan(self) -> Self {
+        self.env("CHITD_RESCAN_INTERVAL_MS", "3600000")
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
         self
