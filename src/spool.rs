@@ -13,12 +13,16 @@
 //!   regular file with one link, over [`MAX_CHIT_BYTES`]) gets the line
 //!   appended in place instead, so that it keeps its bytes unread.
 //!
-//! chitd's own transitions never leave a chit in two directories. A consumer
-//! that re-uses a name while the old chit is still terminal does: then the
-//! newer request wins. Once `fetch/X` is read, [`Spool::clear_outcomes`]
-//! removes the old `downloaded/X` and `fail/X`, and `X` ends in whichever
-//! state the new request reaches. A crash in between is harmless: `fetch/X`
-//! is still there and the next start clears them again.
+//! A chit can still show up in two directories: after a power cut (the
+//! rename out of `fetch/` is made durable by an fsync of the target
+//! directory only), or when a consumer re-uses a name while the old chit
+//! is still terminal. The same chit (the same lines) in `fetch/` and a
+//! terminal state: the terminal copy wins ([`Spool::terminal_twin`],
+//! [`Spool::drop_fetched`]). Another chit under the name: the newer request
+//! wins; once `fetch/X` is read, [`Spool::clear_outcomes`] removes the old
+//! `downloaded/X` and `fail/X`, and `X` ends in whichever state the new
+//! request reaches. A crash in between is harmless: `fetch/X` is still
+//! there and the next start clears them again.
 //!
 //! All access is confined with [`Dir`]: a chit that is a symlink, FIFO,
 //! device or hard link is refused without being read through.
@@ -187,38 +191,34 @@ impl Spool {
     }
 
     fn read_os(&self, chit: &OsStr) -> Result<Vec<u8>, ReadError> {
-        let file = match self.fetch.open_regular(chit) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Gone),
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                return Err(ReadError::Refused(format!(
-                    "the chit is not a regular file: {e}"
-                )));
-            }
-            Err(e) => return Err(ReadError::of("cannot open the chit", &e)),
-        };
-        let (links, length) = file
-            .metadata()
-            .map(|metadata| (metadata.nlink(), metadata.len()))
-            .map_err(|e| ReadError::of("cannot inspect the chit", &e))?;
-        if links != 1 {
-            return Err(ReadError::Refused(format!(
-                "the chit has {links} hard links; chitd neither reads nor rewrites a file linked elsewhere"
-            )));
-        }
-        if length > MAX_CHIT_BYTES as u64 {
-            // Not read at all (nor copied into fail/): it could be gigabytes.
-            return Err(ReadError::Refused(format!(
-                "the chit is {length} bytes; the limit is {MAX_CHIT_BYTES}"
-            )));
-        }
-        // Room for all of it and one byte more: one read, and one that
-        // finds the end (it may have grown meanwhile: `take` still bounds it).
-        let mut bytes = Vec::with_capacity(usize::try_from(length).unwrap_or(0) + 1);
-        file.take(MAX_CHIT_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| ReadError::of("cannot read the chit", &e))?;
-        Ok(bytes)
+        read_chit_in(&self.fetch, chit)
+    }
+
+    /// The terminal state, `downloaded` or `fail`, that holds the same
+    /// chit as `fetch/X` (`bytes`, as read from there): the lines alike,
+    /// but for the `# error:` line a chit in `fail/` ends with. A chit
+    /// found in `fetch/` and in a terminal state with the same lines is
+    /// one chit in two places (a crash of some other writer, or a copy
+    /// made by hand): the terminal copy wins ([`Spool::drop_fetched`]). A
+    /// terminal copy with other lines is the outcome of an earlier request
+    /// of the name, and the newer one in `fetch/` wins
+    /// ([`Spool::clear_outcomes`]).
+    pub fn terminal_twin(&self, chit: &str, bytes: &[u8]) -> Option<&'static str> {
+        let chit = OsStr::new(chit);
+        [("downloaded", &self.downloaded), ("fail", &self.failed)]
+            .into_iter()
+            .find(|(state, dir)| {
+                read_chit_in(dir, chit).is_ok_and(|copy| {
+                    copy == bytes || (*state == "fail" && is_failed_copy_of(&copy, bytes))
+                })
+            })
+            .map(|(state, _)| state)
+    }
+
+    /// Remove `fetch/X`, a twin of a terminal chit ([`Spool::terminal_twin`]).
+    pub fn drop_fetched(&self, chit: &str) -> io::Result<()> {
+        self.fetch.remove_file(chit)?;
+        self.fetch.sync()
     }
 
     /// `fetch/X → downloaded/X`, durably.
@@ -554,6 +554,58 @@ fn removed(dir: &Dir) -> io::Error {
             dir.path().display()
         ),
     )
+}
+
+/// Read the chit `name` in `dir`: a regular file with one link, at most
+/// [`MAX_CHIT_BYTES`], never read through a symlink.
+fn read_chit_in(dir: &Dir, chit: &OsStr) -> Result<Vec<u8>, ReadError> {
+    let file = match dir.open_regular(chit) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Gone),
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+            return Err(ReadError::Refused(format!(
+                "the chit is not a regular file: {e}"
+            )));
+        }
+        Err(e) => return Err(ReadError::of("cannot open the chit", &e)),
+    };
+    let (links, length) = file
+        .metadata()
+        .map(|metadata| (metadata.nlink(), metadata.len()))
+        .map_err(|e| ReadError::of("cannot inspect the chit", &e))?;
+    if links != 1 {
+        return Err(ReadError::Refused(format!(
+            "the chit has {links} hard links; chitd neither reads nor rewrites a file linked elsewhere"
+        )));
+    }
+    if length > MAX_CHIT_BYTES as u64 {
+        // Not read at all (nor copied into fail/): it could be gigabytes.
+        return Err(ReadError::Refused(format!(
+            "the chit is {length} bytes; the limit is {MAX_CHIT_BYTES}"
+        )));
+    }
+    // Room for all of it and one byte more: one read, and one that
+    // finds the end (it may have grown meanwhile: `take` still bounds it).
+    let mut bytes = Vec::with_capacity(usize::try_from(length).unwrap_or(0) + 1);
+    file.take(MAX_CHIT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ReadError::of("cannot read the chit", &e))?;
+    Ok(bytes)
+}
+
+/// Whether `copy`, from `fail/`, is the chit `bytes` with a reason line
+/// appended ([`with_error_line`]).
+fn is_failed_copy_of(copy: &[u8], bytes: &[u8]) -> bool {
+    let Some(rest) = copy.strip_prefix(bytes) else {
+        return false;
+    };
+    let rest = if bytes.is_empty() || bytes.ends_with(b"\n") {
+        rest
+    } else {
+        rest.strip_prefix(b"\n").unwrap_or(b"")
+    };
+    let line = rest.strip_suffix(b"\n").unwrap_or(rest);
+    line.starts_with(b"# error: ") && !line.contains(&b'\n')
 }
 
 #[cfg(test)]

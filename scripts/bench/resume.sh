@@ -10,7 +10,7 @@
 #                                 the kill, ~2.5 s in, is hit precisely; the
 #                                 result depends on where the kill falls
 #                                 between a tool's checkpoints: chitd's are
-#                                 every 64 MiB or 2 s)
+#                                 every 32 MiB or 2 s)
 #   RUNS=5                        kill-and-resume rounds per tool (the table
 #                                 shows min/median/max of the re-fetched bytes)
 #   BENCH_DIR, CHITD, CHITD_BUILT, KEEP, NO_INSTALL, NO_CHITD: see lib.sh

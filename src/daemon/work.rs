@@ -218,6 +218,22 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         }
     }
     let read = spool.read(&name);
+    if origin == Origin::Fetch
+        && let Ok(bytes) = &read
+        && let Some(state) = spool.terminal_twin(&name, bytes)
+    {
+        // One chit in two places: the terminal copy wins.
+        return match spool.drop_fetched(&name) {
+            Ok(()) => {
+                tracing::info!(consumer = %spool.name, chit = %name, "the same chit is in fetch/ and {state}/: {state}/ wins; removed it from fetch/");
+                done(name)
+            }
+            Err(e) => {
+                tracing::error!(consumer = %spool.name, chit = %name, "the same chit is in fetch/ and {state}/, and cannot be removed from fetch/: {e}");
+                Step::Stuck { consumer, name }
+            }
+        };
+    }
     if !matches!(read, Err(ReadError::Gone | ReadError::Unavailable(_))) {
         // This request supersedes any outcome of an earlier one of its name.
         spool.clear_outcomes(&name);
@@ -589,7 +605,7 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
 /// No delivery waits for this (a delivered file is durable on its own): a
 /// crash before it may lose a cache name, never the bytes under one, and
 /// the object is then downloaded again.
-/// The fsyncs run on a few threads at once, so the disk can serve their
+/// The fsyncs run on up to 64 threads at once, so the disk can serve their
 /// flushes together.
 pub fn sync_cache_dirs(dirs: Vec<PathBuf>) -> Step {
     const THREADS: usize = 64;

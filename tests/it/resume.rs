@@ -491,7 +491,8 @@ fn startup_removes_delivery_and_status_temporaries_and_nothing_else() {
 }
 
 /// The "two copies" rule: a chit name found in `request/` or `fetch/` and
-/// also in `downloaded/` or `fail/` is a newer request under a re-used name.
+/// also in `downloaded/` or `fail/` with other lines is a newer request
+/// under a re-used name (with the same lines, see the next test).
 /// It is processed normally and its outcome replaces the old one: at the end
 /// the name is in exactly one directory, the one the new request reached.
 #[test]
@@ -534,4 +535,44 @@ fn reused_chit_name_newer_request_wins() {
     let failed = spool.read_chit(State::Fail, "c");
     assert!(failed.starts_with(&missing_chit), "{failed}");
     assert!(failed.contains("404"), "{failed}");
+}
+
+/// The other half of the "two copies" rule: the same chit (the same lines;
+/// in `fail/` with its `# error:` line) in `fetch/` and in a terminal state
+/// after a crash is one chit in two places, and the terminal copy wins:
+/// `fetch/X` is removed, the terminal copy (and its reason) kept, nothing
+/// downloaded again.
+#[test]
+fn the_same_chit_in_fetch_and_a_terminal_state_stays_terminal() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let done = Content::random(1_000);
+    let failed = Content::random(2_000);
+    server.add("/done", done.bytes.clone());
+    server.add("/failed", failed.bytes.clone());
+    let done_chit = done.chit("done.bin", &[server.url("/done")]);
+    let failed_chit = failed.chit("failed.bin", &[server.url("/failed")]);
+    let failure = format!("{failed_chit}# error: HTTP 404 Not Found\n");
+    spool.put_chit(State::Downloaded, "d", &done_chit);
+    spool.put_chit(State::Fetch, "d", &done_chit);
+    spool.put_chit(State::Fail, "f", &failure);
+    spool.put_chit(State::Fetch, "f", &failed_chit);
+
+    Daemon::run_until_idle(&dir, &spool);
+
+    assert_eq!(
+        spool.states_of("d"),
+        [State::Downloaded],
+        "{}",
+        spool.describe()
+    );
+    assert_eq!(spool.read_chit(State::Downloaded, "d"), done_chit);
+    assert_eq!(spool.states_of("f"), [State::Fail], "{}", spool.describe());
+    assert_eq!(spool.read_chit(State::Fail, "f"), failure);
+    assert_eq!(
+        server.total_requests(),
+        0,
+        "a terminal chit was fetched again"
+    );
 }
