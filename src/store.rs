@@ -254,10 +254,10 @@ impl Store {
     /// without its progress record (cut before its first checkpoint), a
     /// record without its `.part` (left by a crash right after a publish),
     /// any of a digest already in the cache (of another size, known wrong:
-    /// a download stopped for it), and any nobody has touched for
-    /// [`ORPHAN_GRACE`].
+    /// a download stopped for it). Partials that only look orphaned are
+    /// left to [`Store::remove_orphaned_partials`]: a chit in `fetch/` may
+    /// be about to resume one.
     fn remove_temporaries(&self) -> io::Result<()> {
-        let now = SystemTime::now();
         let entries = walk(&self.root)?;
         let partials: HashSet<&Path> = entries
             .iter()
@@ -282,17 +282,63 @@ impl Store {
                     .get(..64)
                     .and_then(|hex| Digest::parse_hex(hex).ok())
                     .is_some_and(|digest| self.object_path(&digest).is_file());
-            let stale_partial = in_partials
-                && fs::metadata(entry)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > ORPHAN_GRACE);
-            if (name.starts_with('.') && name != ".") || unresumable || superseded || stale_partial
-            {
+            if (name.starts_with('.') && name != ".") || unresumable || superseded {
                 tracing::info!(path = %entry.display(), "removing leftover from an earlier run");
                 fs::remove_file(entry).map_err(|e| with_path(e, "removing", entry))?;
             }
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// Remove the partial downloads (`.part` and progress record) that
+    /// nothing has written for [`ORPHAN_GRACE`]. The daemon calls this
+    /// when no chit is being worked on: every chit left in a `fetch/` has
+    /// then had its turn, and one that wanted a partial resumed it (and so
+    /// wrote to it). Returns how many partials were removed.
+    pub fn remove_orphaned_partials(&self) -> io::Result<usize> {
+        let now = SystemTime::now();
+        let mut newest: std::collections::BTreeMap<PathBuf, SystemTime> = Default::default();
+        for entry in
+            fs::read_dir(&self.partials).map_err(|e| with_path(e, "reading", &self.partials))?
+        {
+            let entry = entry.map_err(|e| with_path(e, "reading", &self.partials))?;
+            let path = entry.path();
+            let is_partial = matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("part" | "progress")
+            );
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if !is_partial
+                || !metadata.is_file()
+                || entry.file_name().as_encoded_bytes().starts_with(b".")
+            {
+                continue;
+            }
+            let written = metadata.modified().unwrap_or(now);
+            let stem = path.with_extension("");
+            let slot = newest.entry(stem).or_insert(written);
+            *slot = (*slot).max(written);
+        }
+        let mut removed = 0;
+        for (stem, written) in newest {
+            if now.duration_since(written).unwrap_or_default() <= ORPHAN_GRACE {
+                continue;
+            }
+            for path in [stem.with_extension("progress"), stem.with_extension("part")] {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(with_path(e, "removing", &path)),
+                }
+            }
+            tracing::info!(partial = %stem.display(), "removed a partial download no chit has asked for in {} days", ORPHAN_GRACE.as_secs() / 86_400);
+            removed += 1;
+        }
+        Ok(removed)
     }
 }
 
@@ -471,6 +517,40 @@ mod tests {
         fs::write(&temp, "torn").unwrap();
         let _store = Store::open(dir.path()).unwrap();
         assert!(!temp.exists());
+    }
+
+    #[test]
+    fn partials_untouched_for_the_grace_period_are_removed_the_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let partials = dir.path().join("partial-v1");
+        let old = SystemTime::now() - ORPHAN_GRACE - Duration::from_secs(3600);
+        let recent = SystemTime::now() - ORPHAN_GRACE + Duration::from_secs(3600);
+        // "a": both files old; "b": an old .part with a record written
+        // recently (its last checkpoint); "c": both recent.
+        for (name, written) in [
+            ("a.part", old),
+            ("a.progress", old),
+            ("b.part", old),
+            ("b.progress", recent),
+            ("c.part", recent),
+            ("c.progress", recent),
+        ] {
+            let file = fs::File::create(partials.join(name)).unwrap();
+            file.set_modified(written).unwrap();
+        }
+        assert_eq!(store.remove_orphaned_partials().unwrap(), 1);
+        let mut left: Vec<_> = fs::read_dir(&partials)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["b.part", "b.progress", "c.part", "c.progress"]);
+        // Opening the cache again (a restart) removes none of them: a chit
+        // in fetch/ may be about to resume one.
+        drop(store);
+        drop(Store::open(dir.path()).unwrap());
+        assert_eq!(fs::read_dir(&partials).unwrap().count(), 4);
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub use self::status_file::{STATUS_FILE, StatusFile};
 /// overlap). Idle slots cost nothing: the blocking pool's threads exit
 /// after 10 s without work.
 pub const LOCAL_SLOTS: usize = 128;
+/// How often an idle daemon looks for orphaned partial downloads (and once
+/// at its first idle moment).
+pub const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Safety-net rescan of every `request/`, in case an event was lost.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the in-flight progress file is refreshed.
@@ -258,6 +262,7 @@ pub async fn run(
         committing: false,
         unsynced_cache_dirs: BTreeSet::new(),
         syncing_cache_dirs: false,
+        orphans_swept: None,
         last_cache_sync: None,
         commits_since: None,
         tried: HashMap::new(),
@@ -311,6 +316,8 @@ struct Scheduler {
     /// their fsyncs, and whether a round is running.
     unsynced_cache_dirs: BTreeSet<PathBuf>,
     syncing_cache_dirs: bool,
+    /// When orphaned partial downloads were last looked for.
+    orphans_swept: Option<tokio::time::Instant>,
     last_cache_sync: Option<tokio::time::Instant>,
     /// When the oldest chit in `commits` was delivered.
     commits_since: Option<tokio::time::Instant>,
@@ -410,6 +417,7 @@ impl Scheduler {
                     })
                     .collect();
                 if self.queues.is_empty() && odd.is_empty() {
+                    self.sweep_orphans().await;
                     tracing::info!("idle: no chit in any request/ or fetch/; exiting");
                     break;
                 }
@@ -471,6 +479,12 @@ impl Scheduler {
                     if idle && !exit_when_idle {
                         for consumer in 0..self.shared.consumers.len() {
                             self.check_names(consumer, true);
+                        }
+                        if self
+                            .orphans_swept
+                            .is_none_or(|last| last.elapsed() >= ORPHAN_SWEEP_INTERVAL)
+                        {
+                            self.sweep_orphans().await;
                         }
                     }
                 }
@@ -1080,6 +1094,21 @@ impl Scheduler {
                 }
                 kept
             });
+        }
+    }
+
+    /// Remove the partial downloads no chit has written to for
+    /// [`crate::store::ORPHAN_GRACE`]; only while no chit is worked on
+    /// (see [`crate::store::Store::remove_orphaned_partials`]).
+    async fn sweep_orphans(&mut self) {
+        self.orphans_swept = Some(tokio::time::Instant::now());
+        let shared = Arc::clone(&self.shared);
+        let swept =
+            tokio::task::spawn_blocking(move || shared.store.remove_orphaned_partials()).await;
+        match swept {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("cannot remove orphaned partial downloads: {e}"),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
 

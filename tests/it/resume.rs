@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::server::{Fault, Request, Server};
 use crate::util::{Content, Daemon, State, TIMEOUT, TestDir, TestSpool, sha256_hex, wait_until};
@@ -443,6 +443,43 @@ fn orphaned_partial_is_kept_and_resumed_when_its_chit_returns() {
     let requests = case.run_to_delivery(30_000);
     let expected_range = format!("bytes={}-", offset_of(&record));
     assert_eq!(requests[0].range.as_deref(), Some(expected_range.as_str()));
+}
+
+/// Partials are removed only when nothing has written them for the grace
+/// period (7 days) and no chit wants them. A partial that old whose chit is
+/// still in `fetch/` (chitd was down for longer) is resumed, not removed
+/// at start; one that old that no chit asks for is removed once the daemon
+/// is idle.
+#[test]
+fn aged_partials_are_resumed_by_their_chit_and_removed_without_one() {
+    let case = Case::new(2 * MIB);
+    let record = case.kill_after_checkpoint(stall());
+    let aged = SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
+    let orphan = case
+        .partial("part")
+        .with_file_name(format!("{}-5.part", "ab".repeat(32)));
+    fs::write(&orphan, "x").unwrap();
+    fs::write(orphan.with_extension("progress"), "y").unwrap();
+    for path in [
+        case.partial("part"),
+        case.record_path(),
+        orphan.clone(),
+        orphan.with_extension("progress"),
+    ] {
+        let file = fs::File::options().append(true).open(&path).unwrap();
+        file.set_modified(aged).unwrap();
+    }
+
+    let requests = case.run_to_delivery(30_000);
+
+    let expected_range = format!("bytes={}-", offset_of(&record));
+    assert_eq!(requests[0].range.as_deref(), Some(expected_range.as_str()));
+    case.assert_little_waste();
+    assert!(!orphan.exists(), "the orphaned .part is left");
+    assert!(
+        !orphan.with_extension("progress").exists(),
+        "the orphaned record is left"
+    );
 }
 
 // ---- start-up recovery in delivery directories and spools ----
