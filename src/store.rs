@@ -77,7 +77,30 @@ impl Store {
             _lock: lock,
         };
         store.remove_temporaries()?;
+        store.make_fanout()?;
         Ok(store)
+    }
+
+    /// Make the 256 fan-out directories of `sha256-v1/` that a new cache
+    /// lacks, with one fsync of `sha256-v1/` for them all: a first run then
+    /// publishes into directories that exist, instead of its first
+    /// publishes each making one and syncing their parent on the way.
+    fn make_fanout(&self) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        let mut made = false;
+        for (byte, flag) in self.fanout_made.iter().enumerate() {
+            let dir = self.objects.join(format!("{byte:02x}"));
+            match fs::create_dir(&dir) {
+                Ok(()) => made = true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(with_path(e, "creating", &dir)),
+            }
+            flag.store(true, Ordering::Relaxed);
+        }
+        if made {
+            crate::durable::sync_dir(&self.objects)?;
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
