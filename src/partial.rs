@@ -221,8 +221,10 @@ pub struct Partial {
     /// Where the bytes so far came from; `None` at offset 0.
     pub source: Option<String>,
     pub validator: Validator,
-    /// True when the bytes before this run's first byte came from an
-    /// earlier run (a record), so a digest mismatch may be the resume's fault.
+    /// True when the bytes came from more than one response: a progress
+    /// record of an earlier run, or a ranged request in this run (after a
+    /// break, or from another source). A digest mismatch may then be the
+    /// resume's fault, so the download is tried once more from 0.
     pub resumed: bool,
     /// The background re-hash of a resumed prefix (see the module doc).
     prefix_check: Option<std::thread::JoinHandle<Result<(), String>>>,

@@ -145,6 +145,8 @@ impl Attempt<'_> {
                     partial.source = Some(self.source.to_string());
                     partial.validator = validator(headers);
                 }
+                // The bytes come from more than one response from now on.
+                partial.resumed |= partial.offset() > 0;
                 Ok(true)
             }
             StatusCode::OK => {

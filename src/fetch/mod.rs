@@ -5,7 +5,11 @@
 //! (404, wrong size, wrong digest, refused redirect...) rules that source out;
 //! a transient one (refused, reset, stalled, 5xx, 429) is retried in the next
 //! round, after a backoff. A source that was making progress when it broke
-//! is asked again at once, for the rest only (`Range` + `If-Range`). The
+//! is asked again at once, for the rest only (`Range` + `If-Range`). A
+//! sha256 mismatch of bytes that came from more than one response (an
+//! earlier run's, an earlier break's, another source's) may be the resume's
+//! fault: the partial is discarded and fetched once more from 0, from the
+//! first source, before any source is ruled out for it. The
 //! download fails when every source has answered permanently, or when
 //! `give_up_after` passes without progress: new bytes, at no less than the
 //! minimum pace of `pace` (a slow drip is cut and is not progress).
@@ -251,6 +255,8 @@ impl Fetcher {
         let mut delay = self.settings.retry_delay;
         loop {
             let mut index = 0;
+            // Set to go back to the first source (once more from 0).
+            let mut from_the_first = false;
             loop {
                 // Sources that chits joining meanwhile brought: in this round.
                 for url in job.more.take() {
@@ -334,10 +340,14 @@ impl Fetcher {
                         | FetchError::CorruptPartial(_)
                             if !restarted_after_resume =>
                         {
-                            // The resumed prefix may be the culprit: once more from 0.
+                            // The resumed prefix (from an earlier run, an
+                            // earlier response or another source) may be the
+                            // culprit, not this source: once more from 0,
+                            // from the first source again.
                             restarted_after_resume = true;
                             high_water = 0;
-                            continue;
+                            from_the_first = true;
+                            break;
                         }
                         // Left for the sources not tried yet; asked again
                         // (resuming) in the next round.
@@ -353,7 +363,11 @@ impl Fetcher {
                         }
                     }
                 }
-                index += 1;
+                index = if std::mem::take(&mut from_the_first) {
+                    0
+                } else {
+                    index + 1
+                };
             }
             let what = if !job.more.is_empty() {
                 // Sources that joined meanwhile get their round first.

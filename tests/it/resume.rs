@@ -21,28 +21,48 @@ const MIB: usize = 1 << 20;
 /// the object: less than this many times its size.
 const MAX_RATIO: f64 = 1.25;
 
-/// One consumer wanting `/f` as `f.bin` (chit `f`, already dropped).
+/// One consumer wanting `/f` (or the sources of
+/// [`Case::with_sources`]) as `f.bin` (chit `f`, already dropped).
 struct Case {
     dir: TestDir,
     spool: TestSpool,
     server: Server,
     content: Content,
+    /// The paths the chit names, in order.
+    paths: Vec<&'static str>,
 }
 
 impl Case {
     fn new(size: usize) -> Case {
+        Case::with_sources(size, &["/f"])
+    }
+
+    /// The chit names each of `paths` on the server, in order, each
+    /// serving the content.
+    fn with_sources(size: usize, paths: &[&'static str]) -> Case {
         let dir = TestDir::new();
         let spool = dir.spool("c");
         let server = Server::start();
         let content = Content::random(size);
-        server.add("/f", content.bytes.clone());
-        spool.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
+        for path in paths {
+            server.add(path, content.bytes.clone());
+        }
+        let urls: Vec<String> = paths.iter().map(|path| server.url(path)).collect();
+        spool.drop_chit("f", content.chit("f.bin", &urls));
         Case {
             dir,
             spool,
             server,
             content,
+            paths: paths.to_vec(),
         }
+    }
+
+    /// The requests for the chit's sources, in the order they came.
+    fn requests(&self) -> Vec<Request> {
+        let mut requests = self.server.requests();
+        requests.retain(|r| self.paths.contains(&r.path.as_str()));
+        requests
     }
 
     fn partial(&self, extension: &str) -> PathBuf {
@@ -54,10 +74,10 @@ impl Case {
         self.partial("progress")
     }
 
-    /// Run a daemon until idle and expect `/f` delivered, its partial gone.
-    /// Returns the requests for `/f` that this run made.
+    /// Run a daemon until idle and expect the file delivered, its partial
+    /// gone. Returns the requests for its sources that this run made.
     fn run_to_delivery(&self, inactivity_ms: u64) -> Vec<Request> {
-        let before = self.server.count("/f");
+        let before = self.requests().len();
         Daemon::for_spool(&self.dir, &self.spool)
             .inactivity_timeout_ms(inactivity_ms)
             .exit_when_idle()
@@ -67,7 +87,7 @@ impl Case {
         for leftover in [self.record_path(), self.partial("part")] {
             assert!(!leftover.exists(), "{} left", leftover.display());
         }
-        self.server.requests_for("/f").split_off(before)
+        self.requests().split_off(before)
     }
 
     /// Body bytes served for `/f` over the object's size: below
@@ -126,6 +146,14 @@ fn offset_of(record: &str) -> u64 {
     field(record, "offset")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Each request as (`Range`, `If-Range`, status), for comparing whole
+/// exchanges at once.
+fn exchanges(requests: &[Request]) -> Vec<(Option<&str>, Option<&str>, u16)> {
+    let each = requests.iter();
+    each.map(|r| (r.range.as_deref(), r.if_range.as_deref(), r.status))
+        .collect()
 }
 
 /// Set `key` to `value` and give the record a valid checksum again, as a
@@ -283,6 +311,66 @@ fn replaced_object_that_does_not_match_fails_naming_the_digest_mismatch() {
     assert_eq!(case.spool.delivery_temporaries(), Vec::<PathBuf>::new());
 }
 
+/// Bytes of two responses that do not make the file may be the resume's
+/// fault (here a stale prefix, cut short, and the right rest), not the
+/// answering source's: the partial is discarded and fetched once more
+/// from 0 before the source is ruled out.
+#[test]
+fn digest_mismatch_after_a_resume_within_the_run_fetches_once_more_from_zero() {
+    let case = Case::new(MIB);
+    let stale = Fault::stale(Fault::Truncate { after: 256 << 10 });
+    case.server.set_fault_times("/f", stale, 1);
+    let etag = case.server.etag("/f");
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(
+        exchanges(&requests),
+        [
+            (None, None, 200),
+            (Some("bytes=262144-"), etag.as_deref(), 206),
+            (None, None, 200),
+        ],
+        "{requests:#?}"
+    );
+}
+
+/// The same after a switch to another source: the source that completed
+/// the file is not ruled out for a prefix another source sent; the
+/// download goes back to its first source, from 0 (ruled out here: 404),
+/// and gets the file from the next.
+#[test]
+fn digest_mismatch_after_a_switch_to_another_source_fetches_once_more_from_zero() {
+    let case = Case::with_sources(MIB, &["/a", "/b"]);
+    let stale = Fault::stale(Fault::Truncate { after: 256 << 10 });
+    case.server.set_fault_times("/a", stale, 1);
+    case.server.then_fault("/a", Fault::NotFound);
+    let requests = case.run_to_delivery(30_000);
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/a", "/a", "/b", "/b"], "{requests:#?}");
+    let to_b = case.server.requests_for("/b");
+    assert_eq!(
+        (to_b[0].range.as_deref(), to_b[0].status),
+        (Some("bytes=262144-"), 206),
+        "{requests:#?}"
+    );
+    assert_eq!((to_b[1].range.as_deref(), to_b[1].status), (None, 200));
+}
+
+/// Once more from 0 means from the first source again: the one that sent
+/// the prefix may have been the one at fault (here it failed transiently
+/// in between, and serves the right bytes again).
+#[test]
+fn the_fetch_from_zero_after_a_digest_mismatch_starts_at_the_first_source() {
+    let case = Case::with_sources(MIB, &["/a", "/b"]);
+    let stale = Fault::stale(Fault::Truncate { after: 256 << 10 });
+    case.server.set_fault_times("/a", stale, 1);
+    case.server.then_fault_times("/a", Fault::Status(503), 1);
+    let requests = case.run_to_delivery(30_000);
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/a", "/a", "/b", "/a"], "{requests:#?}");
+    let last = &requests[3];
+    assert_eq!((last.range.as_deref(), last.status), (None, 200));
+}
+
 // ---- across a SIGKILL: the progress record ----
 
 #[test]
@@ -358,6 +446,27 @@ fn record_claiming_more_than_the_part_file_holds_restarts_from_zero() {
 #[test]
 fn record_for_another_size_restarts_from_zero() {
     damaged_record_restarts_from_zero(|record| forge(record, "total", &(3 * MIB).to_string()));
+}
+
+/// A prefix from an earlier run that does not make the file with the
+/// rest (a stale copy served under the same ETag) is fetched once more
+/// from 0 before the source is ruled out.
+#[test]
+fn digest_mismatch_after_resuming_a_record_fetches_once_more_from_zero() {
+    let case = Case::new(2 * MIB);
+    let record = case.kill_after_checkpoint(Fault::stale(stall()));
+    let range = format!("bytes={}-", offset_of(&record));
+    let etag = field(&record, "etag");
+    assert_eq!(etag, case.server.etag("/f"));
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(
+        exchanges(&requests),
+        [
+            (Some(range.as_str()), etag.as_deref(), 206),
+            (None, None, 200)
+        ],
+        "{requests:#?}"
+    );
 }
 
 #[test]
