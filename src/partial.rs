@@ -218,8 +218,13 @@ pub struct Partial {
     last_checkpoint: Instant,
     /// Bytes below this offset have had their writeback started.
     writeback_offset: u64,
-    /// Where the bytes so far came from; `None` at offset 0.
+    /// Where the bytes so far came from (the last response's source, when
+    /// several sent them); `None` at offset 0. Recorded for people: a
+    /// resume may ask any source, with the validator.
     pub source: Option<String>,
+    /// What identifies the object the bytes so far are of: the validator of
+    /// the response that sent them from 0. Every resume sends it as
+    /// `If-Range`, to whichever source it asks.
     pub validator: Validator,
     /// True when the bytes came from more than one response: a progress
     /// record of an earlier run, or a ranged request in this run (after a

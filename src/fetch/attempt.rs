@@ -91,8 +91,10 @@ impl Attempt<'_> {
             .header(header::ACCEPT_ENCODING, "identity");
         if partial.offset() > 0 {
             request = request.header(header::RANGE, format!("bytes={}-", partial.offset()));
-            let same_source = partial.source.as_deref() == Some(self.source.as_str());
-            if let (true, Some(validator)) = (same_source, partial.validator.if_range()) {
+            // Whatever the source (the one the bytes came from, or a
+            // mirror): the range is wanted only of the object the bytes so
+            // far are of; another object is answered 200, whole.
+            if let Some(validator) = partial.validator.if_range() {
                 request = request.header(header::IF_RANGE, validator);
             }
         }
@@ -141,12 +143,16 @@ impl Attempt<'_> {
                     partial.reset().map_err(FetchError::Disk)?;
                     return Ok(false);
                 }
-                if partial.source.as_deref() != Some(self.source.as_str()) {
-                    partial.source = Some(self.source.to_string());
+                if partial.offset() == 0 {
+                    // The whole object after all: as for a 200.
                     partial.validator = validator(headers);
+                } else {
+                    // The stored validator stays: it matched (`If-Range`),
+                    // or there is none and the final sha256 decides. The
+                    // bytes come from more than one response from now on.
+                    partial.resumed = true;
                 }
-                // The bytes come from more than one response from now on.
-                partial.resumed |= partial.offset() > 0;
+                partial.source = Some(self.source.to_string());
                 Ok(true)
             }
             StatusCode::OK => {

@@ -346,13 +346,55 @@ fn digest_mismatch_after_a_switch_to_another_source_fetches_once_more_from_zero(
     let requests = case.run_to_delivery(30_000);
     let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(paths, ["/a", "/a", "/b", "/b"], "{requests:#?}");
-    let to_b = case.server.requests_for("/b");
+    let etag = case.server.etag("/a");
     assert_eq!(
-        (to_b[0].range.as_deref(), to_b[0].status),
-        (Some("bytes=262144-"), 206),
+        exchanges(&case.server.requests_for("/b")),
+        [
+            (Some("bytes=262144-"), etag.as_deref(), 206),
+            (None, None, 200)
+        ],
         "{requests:#?}"
     );
-    assert_eq!((to_b[1].range.as_deref(), to_b[1].status), (None, 200));
+}
+
+/// A switch to another source resumes where that source has the object
+/// the bytes so far are of: the range is asked for with the validator
+/// they came with (`If-Range`), and that source's `206` is appended.
+#[test]
+fn another_source_with_the_same_validator_is_resumed_with_if_range() {
+    let case = Case::with_sources(MIB, &["/a", "/b"]);
+    case.server
+        .set_fault_times("/a", Fault::Truncate { after: 256 << 10 }, 1);
+    case.server.then_fault("/a", Fault::NotFound);
+    let etag = case.server.etag("/a");
+    assert_eq!(etag, case.server.etag("/b"), "one object, one ETag");
+    case.run_to_delivery(30_000);
+    assert_eq!(
+        exchanges(&case.server.requests_for("/b")),
+        [(Some("bytes=262144-"), etag.as_deref(), 206)]
+    );
+    let rest = (MIB - (256 << 10)) as u64;
+    assert_eq!(case.server.bytes_served_for("/b"), rest, "only the rest");
+}
+
+/// ... else it starts over: a source whose object has another validator
+/// answers the `If-Range` with a `200`, and the download goes on from 0
+/// on that body.
+#[test]
+fn another_source_with_another_validator_starts_over_on_its_answer() {
+    let case = Case::with_sources(MIB, &["/a", "/b"]);
+    case.server
+        .set_fault_times("/a", Fault::Truncate { after: 256 << 10 }, 1);
+    case.server.then_fault("/a", Fault::NotFound);
+    let etag = case.server.etag("/a");
+    case.server.set_fault_times("/b", Fault::ChangeEtag, 1);
+    case.run_to_delivery(30_000);
+    assert_eq!(
+        exchanges(&case.server.requests_for("/b")),
+        [(Some("bytes=262144-"), etag.as_deref(), 200)]
+    );
+    assert_ne!(case.server.etag("/b"), etag);
+    assert_eq!(case.server.bytes_served_for("/b"), MIB as u64);
 }
 
 /// Once more from 0 means from the first source again: the one that sent
