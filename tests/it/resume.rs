@@ -413,6 +413,93 @@ fn the_fetch_from_zero_after_a_digest_mismatch_starts_at_the_first_source() {
     assert_eq!((last.range.as_deref(), last.status), (None, 200));
 }
 
+// ---- answers to a ranged request ----
+
+/// A 1 MiB case whose first answer is cut after 256 KiB and whose
+/// resuming request (`Range: bytes=262144-`) is answered by `answer`; then
+/// `/f` is served normally.
+fn ranged_request_answered(answer: Fault) -> Case {
+    let case = Case::new(MIB);
+    case.server
+        .set_fault_times("/f", Fault::Truncate { after: 256 << 10 }, 1);
+    case.server.then_fault_times("/f", answer, 1);
+    case
+}
+
+/// What chitd does after the answer to its resuming request, when that
+/// answer cannot be appended: one request without `Range`, answered 200.
+fn assert_started_over(case: &Case, requests: &[Request], status: u16) {
+    let etag = case.server.etag("/f");
+    assert_eq!(
+        exchanges(requests),
+        [
+            (None, None, 200),
+            (Some("bytes=262144-"), etag.as_deref(), status),
+            (None, None, 200),
+        ],
+        "{requests:#?}"
+    );
+}
+
+#[test]
+fn range_not_satisfiable_starts_over_from_zero() {
+    let case = ranged_request_answered(Fault::RangeNotSatisfiable);
+    let requests = case.run_to_delivery(30_000);
+    assert_started_over(&case, &requests, 416);
+}
+
+#[test]
+fn a_range_answer_that_starts_elsewhere_starts_over_from_zero() {
+    let whole = format!("bytes 0-{}/{MIB}", MIB - 1);
+    let case = ranged_request_answered(Fault::ContentRange(whole));
+    let requests = case.run_to_delivery(30_000);
+    assert_started_over(&case, &requests, 206);
+}
+
+/// `bytes */N` (which only a 416 may send), a range of an unknown total,
+/// garbage: nothing to append to; the whole object is asked for instead.
+#[test]
+fn a_range_answer_with_an_unusable_content_range_starts_over_from_zero() {
+    let unknown_total = format!("bytes 262144-{}/*", MIB - 1);
+    for content_range in [
+        format!("bytes */{MIB}"),
+        unknown_total,
+        "bytes x-y/z".into(),
+    ] {
+        let case = ranged_request_answered(Fault::ContentRange(content_range.clone()));
+        let requests = case.run_to_delivery(30_000);
+        eprintln!("Content-Range: {content_range}");
+        assert_started_over(&case, &requests, 206);
+    }
+}
+
+/// A `206` for another total says the source's object is not the chit's
+/// size: no request to it can complete the file, so it is ruled out at
+/// once, like a `200` of another length. The bytes already received came
+/// in an answer of the chit's size and stay, under their record, for the
+/// next source or a later download to resume.
+#[test]
+fn a_range_answer_for_another_total_rules_the_source_out_and_keeps_the_partial() {
+    let case = ranged_request_answered(Fault::ContentRange("bytes 100-199/999".into()));
+    let started = Instant::now();
+    Daemon::for_spool(&case.dir, &case.spool)
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+    let reason = case.spool.expect_failed("f");
+    let answer = format!(
+        "{}: server announced 999 bytes, the chit says {MIB}",
+        case.server.url("/f")
+    );
+    assert!(reason.contains(&answer), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(15), "failed slowly");
+    assert_eq!(case.server.count("/f"), 2, "{:#?}", case.server.requests());
+    let record = fs::read_to_string(case.record_path()).expect("the record is kept");
+    assert_eq!(offset_of(&record), 256 << 10);
+    let part = fs::metadata(case.partial("part")).expect("the part is kept");
+    assert!(part.len() >= 256 << 10);
+}
+
 // ---- across a SIGKILL: the progress record ----
 
 #[test]
