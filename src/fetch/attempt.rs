@@ -272,37 +272,9 @@ impl Attempt<'_> {
             }
         }
         if outcome.is_ok() {
-            outcome = self.verify(&mut partial);
+            outcome = verify(&mut partial, self.digest).map_err(Stop::from);
         }
         (partial, outcome)
-    }
-
-    /// After the body ended: all bytes there, and their digest right?
-    fn verify(&self, partial: &mut Partial) -> Result<(), Stop> {
-        if partial.offset() < partial.total() {
-            return Err(FetchError::Truncated {
-                received: partial.offset(),
-                expected: partial.total(),
-            }
-            .into());
-        }
-        if let Err(reason) = partial.verify_prefix() {
-            partial.reset().map_err(FetchError::Disk)?;
-            return Err(FetchError::CorruptPartial(reason).into());
-        }
-        match partial.finished_digest() {
-            Some(got) if got == self.digest => Ok(()),
-            Some(got) => {
-                let resumed = partial.resumed;
-                partial.reset().map_err(FetchError::Disk)?;
-                Err(FetchError::DigestMismatch { got, resumed }.into())
-            }
-            None => Err(FetchError::Truncated {
-                received: partial.offset(),
-                expected: partial.total(),
-            }
-            .into()),
-        }
     }
 
     /// Copy from a local mirror (always from 0: local reads are cheap).
@@ -319,8 +291,36 @@ impl Attempt<'_> {
             Ok(done) => done,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-        let result = result.and_then(|()| self.verify(&mut partial));
+        let result = result.and_then(|()| verify(&mut partial, self.digest).map_err(Stop::from));
         (partial, result)
+    }
+}
+
+/// After the body ended (or for a partial whose record covers every
+/// byte): all bytes there, their prefix as checkpointed, and their digest
+/// `digest`? The partial is reset when its bytes are wrong.
+pub fn verify(partial: &mut Partial, digest: Digest) -> Result<(), FetchError> {
+    if partial.offset() < partial.total() {
+        return Err(FetchError::Truncated {
+            received: partial.offset(),
+            expected: partial.total(),
+        });
+    }
+    if let Err(reason) = partial.verify_prefix() {
+        partial.reset().map_err(FetchError::Disk)?;
+        return Err(FetchError::CorruptPartial(reason));
+    }
+    match partial.finished_digest() {
+        Some(got) if got == digest => Ok(()),
+        Some(got) => {
+            let resumed = partial.resumed;
+            partial.reset().map_err(FetchError::Disk)?;
+            Err(FetchError::DigestMismatch { got, resumed })
+        }
+        None => Err(FetchError::Truncated {
+            received: partial.offset(),
+            expected: partial.total(),
+        }),
     }
 }
 

@@ -234,6 +234,18 @@ impl Fetcher {
         if let Some(frontier) = frontier {
             partial.follow(frontier);
         }
+        let mut restarted_after_resume = false;
+        if partial.resumed && partial.offset() == size {
+            let verified;
+            (partial, verified) = verify_whole(partial, digest).await;
+            match verified {
+                Ok(()) => return Ok(partial),
+                Err(error) => {
+                    tracing::warn!(digest = %digest, "the progress record covers every byte, but {error}: fetching once more from 0");
+                    restarted_after_resume = true;
+                }
+            }
+        }
         let mut answers: Vec<Option<String>> = vec![None; job.sources.len()];
         let mut ruled_out = vec![false; job.sources.len()];
         // Left for untried sources while still making progress (`Slow`),
@@ -250,7 +262,6 @@ impl Fetcher {
         let window = whole_ms(self.settings.inactivity_timeout.min(give_up_after));
         let mut high_water = partial.offset();
         let mut last_progress = Instant::now();
-        let mut restarted_after_resume = false;
         let mut disk_full = false;
         let mut delay = self.settings.retry_delay;
         loop {
@@ -406,6 +417,23 @@ impl Fetcher {
             delay = (delay * 2).min(self.settings.max_retry_delay);
         }
     }
+}
+
+/// A partial whose progress record covers every byte (a checkpoint of the
+/// whole file, then a crash before it was published) has nothing left to
+/// ask for: verified without a request, its digest from the restored
+/// midstate and its prefix re-hashed ([`attempt::verify`]; reset when it
+/// does not verify).
+async fn verify_whole(partial: Partial, digest: Digest) -> (Partial, Result<(), FetchError>) {
+    blocking(move || {
+        let mut partial = partial;
+        let verified = attempt::verify(&mut partial, digest);
+        if verified.is_ok() {
+            tracing::info!(digest = %digest, "the progress record covers every byte: verified without a request");
+        }
+        (partial, verified)
+    })
+    .await
 }
 
 /// "every source failed: http://a/x: HTTP 404 Not Found; http://b/x: ..."

@@ -598,6 +598,52 @@ fn digest_mismatch_after_resuming_a_record_fetches_once_more_from_zero() {
     );
 }
 
+/// What a crash leaves between a checkpoint of the last byte (the 2 s
+/// timer was due at the last append) and the publish: a `.part` of
+/// `bytes`, all of them covered by a record, for the case's chit. Written
+/// with chitd's own `Partial`, as the daemon writes it.
+fn checkpointed_whole(case: &Case, bytes: &[u8]) {
+    use chitd::partial::{Partial, Validator};
+    let dir = case.dir.cache().join("partial-v1");
+    fs::create_dir_all(&dir).expect("partial-v1");
+    let digest = case.content.sha256.parse().expect("digest");
+    let total = case.content.len() as u64;
+    let mut partial = Partial::open(&dir, digest, total).expect("open the partial");
+    partial.source = Some(case.server.url("/f"));
+    partial.validator = Validator {
+        etag: case.server.etag("/f"),
+        last_modified: None,
+    };
+    partial
+        .append(bytes::Bytes::copy_from_slice(bytes))
+        .expect("append");
+    partial.checkpoint().expect("checkpoint");
+    let record = fs::read_to_string(case.record_path()).expect("record");
+    assert_eq!(offset_of(&record), total);
+}
+
+/// Nothing is left to ask for: the file is verified from the restored
+/// midstate (and its prefix re-hashed) and published without a request.
+#[test]
+fn a_record_covering_every_byte_is_published_without_a_request() {
+    let case = Case::new(2 * MIB);
+    checkpointed_whole(&case, &case.content.bytes);
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(exchanges(&requests), [], "{requests:#?}");
+    assert_eq!(case.server.bytes_served_for("/f"), 0);
+}
+
+/// ... and when those bytes are not the file, it is fetched once more
+/// from 0.
+#[test]
+fn a_record_covering_every_byte_of_wrong_bytes_is_fetched_once_more_from_zero() {
+    let case = Case::new(2 * MIB);
+    let wrong: Vec<u8> = case.content.bytes.iter().map(|b| !b).collect();
+    checkpointed_whole(&case, &wrong);
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(exchanges(&requests), [(None, None, 200)], "{requests:#?}");
+}
+
 #[test]
 fn corrupt_part_file_behind_a_valid_record_is_fetched_once_more_from_zero() {
     let case = Case::new(2 * MIB);
