@@ -4,7 +4,8 @@
 //! The body is received on the async runtime and handed, chunk by chunk
 //! through a bounded channel, to a blocking writer that appends and hashes
 //! it: receiving and hashing overlap on two cores, and memory stays bounded
-//! by the channel.
+//! by the channel. The writer also checkpoints on time while no chunk comes
+//! (a stalled body), not only as chunks arrive.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -342,15 +343,10 @@ impl Sink {
             return Sink::Inline(Box::new(partial), Ok(()));
         }
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+        let runtime = tokio::runtime::Handle::current();
         let writer = tokio::task::spawn_blocking(move || {
             let mut partial = partial;
-            let mut result = Ok(());
-            while let Some(chunk) = receiver.blocking_recv() {
-                if let Err(e) = partial.append(chunk) {
-                    result = Err(e);
-                    break;
-                }
-            }
+            let mut result = write_chunks(&mut partial, &mut receiver, &runtime);
             if result.is_ok() && partial.offset() < partial.total() {
                 result = partial.checkpoint();
             }
@@ -385,6 +381,34 @@ impl Sink {
             }
             Sink::Inline(partial, result) => (*partial, result),
         }
+    }
+}
+
+/// The blocking writer's loop: append the chunks of a body as they come.
+/// While none comes, checkpoints still fall due by time (see
+/// `Partial::checkpoint_due_in`): the bytes received before a stall are
+/// durable within `CHECKPOINT_INTERVAL`, not only once the inactivity
+/// timeout ends the attempt.
+fn write_chunks(
+    partial: &mut Partial,
+    chunks: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    runtime: &tokio::runtime::Handle,
+) -> std::io::Result<()> {
+    loop {
+        let next = match partial.checkpoint_due_in() {
+            None => chunks.blocking_recv(),
+            Some(due) => match runtime.block_on(tokio::time::timeout(due, chunks.recv())) {
+                Ok(next) => next,
+                Err(_) => {
+                    partial.start_checkpoint()?;
+                    continue;
+                }
+            },
+        };
+        let Some(chunk) = next else {
+            return Ok(());
+        };
+        partial.append(chunk)?;
     }
 }
 

@@ -665,6 +665,38 @@ fn corrupt_part_file_behind_a_valid_record_is_fetched_once_more_from_zero() {
     );
 }
 
+/// The 2 s checkpoint timer runs while a body is silent too: the bytes
+/// received before a stall are durable within about 2 s, not only when
+/// the inactivity timeout (30 s here) ends the attempt, and a SIGKILL
+/// during the stall loses none of them.
+#[test]
+fn bytes_received_before_a_stall_are_checkpointed_on_time() {
+    const SENT: u64 = 256 << 10;
+    let case = Case::new(4 * MIB);
+    case.server.set_fault("/f", stall());
+    let mut daemon = Daemon::for_spool(&case.dir, &case.spool)
+        .inactivity_timeout_ms(30_000)
+        .start();
+    let covered = "a progress record covering the bytes sent before the stall";
+    let record = wait_until(Duration::from_secs(10), covered, || {
+        let text = fs::read_to_string(case.record_path()).ok()?;
+        (offset_of(&text) == SENT).then_some(text)
+    });
+    daemon.kill();
+    case.server.clear_fault("/f");
+    assert_eq!(case.server.count("/f"), 1, "the stall was cut short");
+    assert_eq!(case.server.bytes_served_for("/f"), SENT);
+
+    let etag = field(&record, "etag");
+    let range = format!("bytes={SENT}-");
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(
+        exchanges(&requests),
+        [(Some(range.as_str()), etag.as_deref(), 206)],
+        "{requests:#?}"
+    );
+}
+
 // ---- SIGTERM, orphans ----
 
 #[test]
