@@ -7,6 +7,8 @@
 //! and then `partial-v1/D-S.progress` is replaced atomically and durably, on a
 //! thread of its own (one at a time), so a slow fdatasync never stalls the
 //! transfer; the record names the offset reached when it started. The
+//! timer runs while no byte arrives too (a stalled body: see
+//! [`Partial::checkpoint_due_in`]). The
 //! record names the source, its validator, the total length, the durable
 //! byte offset and the sha256 *midstate* at that offset, and ends with a
 //! checksum of itself. Only bytes covered by a valid record count as done:
@@ -218,11 +220,18 @@ pub struct Partial {
     last_checkpoint: Instant,
     /// Bytes below this offset have had their writeback started.
     writeback_offset: u64,
-    /// Where the bytes so far came from; `None` at offset 0.
+    /// Where the bytes so far came from (the last response's source, when
+    /// several sent them); `None` at offset 0. Recorded for people: a
+    /// resume may ask any source, with the validator.
     pub source: Option<String>,
+    /// What identifies the object the bytes so far are of: the validator of
+    /// the response that sent them from 0. Every resume sends it as
+    /// `If-Range`, to whichever source it asks.
     pub validator: Validator,
-    /// True when the bytes before this run's first byte came from an
-    /// earlier run (a record), so a digest mismatch may be the resume's fault.
+    /// True when the bytes came from more than one response: a progress
+    /// record of an earlier run, or a ranged request in this run (after a
+    /// break, or from another source). A digest mismatch may then be the
+    /// resume's fault, so the download is tried once more from 0.
     pub resumed: bool,
     /// The background re-hash of a resumed prefix (see the module doc).
     prefix_check: Option<std::thread::JoinHandle<Result<(), String>>>,
@@ -508,13 +517,26 @@ impl Partial {
         Ok(())
     }
 
+    /// How long until the bytes written since the last checkpoint are due
+    /// for one by time ([`CHECKPOINT_INTERVAL`]; zero when overdue), or
+    /// `None` when no byte waits for one (or the bytes are held in memory).
+    /// A writer waiting for bytes that do not come (a stalled body) starts
+    /// one then ([`Partial::start_checkpoint`]): the bytes before a stall
+    /// are durable on time, not only when the attempt gives up.
+    pub fn checkpoint_due_in(&self) -> Option<Duration> {
+        let waiting =
+            matches!(self.backing, Backing::Disk(_)) && self.offset > self.checkpoint_offset;
+        waiting.then(|| CHECKPOINT_INTERVAL.saturating_sub(self.last_checkpoint.elapsed()))
+    }
+
     /// Start a checkpoint of the bytes so far on a thread of its own, so
     /// that a slow fdatasync never stalls the writer (and through it the
     /// network): fdatasync through a second descriptor of the `.part`, then
     /// replace the record, as [`Partial::checkpoint`] does. One at a time:
-    /// while one is under way, the next is only tried at the next append.
-    /// Reports the error of the previous one.
-    fn start_checkpoint(&mut self) -> io::Result<()> {
+    /// while one is under way, the next is only tried when the next falls
+    /// due (see [`Partial::checkpoint_due_in`]). Reports the error of the
+    /// previous one.
+    pub fn start_checkpoint(&mut self) -> io::Result<()> {
         self.last_checkpoint = Instant::now();
         if self
             .checkpointing
@@ -853,6 +875,27 @@ mod tests {
         };
         assert_eq!(left, record);
         assert!(record.exists());
+    }
+
+    #[test]
+    fn a_checkpoint_falls_due_only_for_bytes_on_disk_not_yet_covered() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![5u8; 100_000];
+        let digest = digest_of(&data);
+        let mut partial = Partial::open(dir.path(), digest, data.len() as u64).unwrap();
+        assert_eq!(partial.checkpoint_due_in(), None);
+        partial
+            .append(Bytes::copy_from_slice(&data[..1_000]))
+            .unwrap();
+        let due = partial.checkpoint_due_in().expect("bytes wait for one");
+        assert!(due <= CHECKPOINT_INTERVAL);
+        partial.start_checkpoint().unwrap();
+        assert_eq!(partial.checkpoint_due_in(), None);
+        partial.finish_checkpoint().unwrap();
+        assert_eq!(partial.durable_offset, 1_000);
+        let mut held = Partial::in_memory(dir.path(), digest, 1_000);
+        held.append(Bytes::copy_from_slice(&data[..10])).unwrap();
+        assert_eq!(held.checkpoint_due_in(), None);
     }
 
     #[test]

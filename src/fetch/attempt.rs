@@ -4,7 +4,8 @@
 //! The body is received on the async runtime and handed, chunk by chunk
 //! through a bounded channel, to a blocking writer that appends and hashes
 //! it: receiving and hashing overlap on two cores, and memory stays bounded
-//! by the channel.
+//! by the channel. The writer also checkpoints on time while no chunk comes
+//! (a stalled body), not only as chunks arrive.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,8 +92,10 @@ impl Attempt<'_> {
             .header(header::ACCEPT_ENCODING, "identity");
         if partial.offset() > 0 {
             request = request.header(header::RANGE, format!("bytes={}-", partial.offset()));
-            let same_source = partial.source.as_deref() == Some(self.source.as_str());
-            if let (true, Some(validator)) = (same_source, partial.validator.if_range()) {
+            // Whatever the source (the one the bytes came from, or a
+            // mirror): the range is wanted only of the object the bytes so
+            // far are of; another object is answered 200, whole.
+            if let Some(validator) = partial.validator.if_range() {
                 request = request.header(header::IF_RANGE, validator);
             }
         }
@@ -141,10 +144,16 @@ impl Attempt<'_> {
                     partial.reset().map_err(FetchError::Disk)?;
                     return Ok(false);
                 }
-                if partial.source.as_deref() != Some(self.source.as_str()) {
-                    partial.source = Some(self.source.to_string());
+                if partial.offset() == 0 {
+                    // The whole object after all: as for a 200.
                     partial.validator = validator(headers);
+                } else {
+                    // The stored validator stays: it matched (`If-Range`),
+                    // or there is none and the final sha256 decides. The
+                    // bytes come from more than one response from now on.
+                    partial.resumed = true;
                 }
+                partial.source = Some(self.source.to_string());
                 Ok(true)
             }
             StatusCode::OK => {
@@ -264,37 +273,9 @@ impl Attempt<'_> {
             }
         }
         if outcome.is_ok() {
-            outcome = self.verify(&mut partial);
+            outcome = verify(&mut partial, self.digest).map_err(Stop::from);
         }
         (partial, outcome)
-    }
-
-    /// After the body ended: all bytes there, and their digest right?
-    fn verify(&self, partial: &mut Partial) -> Result<(), Stop> {
-        if partial.offset() < partial.total() {
-            return Err(FetchError::Truncated {
-                received: partial.offset(),
-                expected: partial.total(),
-            }
-            .into());
-        }
-        if let Err(reason) = partial.verify_prefix() {
-            partial.reset().map_err(FetchError::Disk)?;
-            return Err(FetchError::CorruptPartial(reason).into());
-        }
-        match partial.finished_digest() {
-            Some(got) if got == self.digest => Ok(()),
-            Some(got) => {
-                let resumed = partial.resumed;
-                partial.reset().map_err(FetchError::Disk)?;
-                Err(FetchError::DigestMismatch { got, resumed }.into())
-            }
-            None => Err(FetchError::Truncated {
-                received: partial.offset(),
-                expected: partial.total(),
-            }
-            .into()),
-        }
     }
 
     /// Copy from a local mirror (always from 0: local reads are cheap).
@@ -311,8 +292,36 @@ impl Attempt<'_> {
             Ok(done) => done,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-        let result = result.and_then(|()| self.verify(&mut partial));
+        let result = result.and_then(|()| verify(&mut partial, self.digest).map_err(Stop::from));
         (partial, result)
+    }
+}
+
+/// After the body ended (or for a partial whose record covers every
+/// byte): all bytes there, their prefix as checkpointed, and their digest
+/// `digest`? The partial is reset when its bytes are wrong.
+pub fn verify(partial: &mut Partial, digest: Digest) -> Result<(), FetchError> {
+    if partial.offset() < partial.total() {
+        return Err(FetchError::Truncated {
+            received: partial.offset(),
+            expected: partial.total(),
+        });
+    }
+    if let Err(reason) = partial.verify_prefix() {
+        partial.reset().map_err(FetchError::Disk)?;
+        return Err(FetchError::CorruptPartial(reason));
+    }
+    match partial.finished_digest() {
+        Some(got) if got == digest => Ok(()),
+        Some(got) => {
+            let resumed = partial.resumed;
+            partial.reset().map_err(FetchError::Disk)?;
+            Err(FetchError::DigestMismatch { got, resumed })
+        }
+        None => Err(FetchError::Truncated {
+            received: partial.offset(),
+            expected: partial.total(),
+        }),
     }
 }
 
@@ -334,15 +343,10 @@ impl Sink {
             return Sink::Inline(Box::new(partial), Ok(()));
         }
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+        let runtime = tokio::runtime::Handle::current();
         let writer = tokio::task::spawn_blocking(move || {
             let mut partial = partial;
-            let mut result = Ok(());
-            while let Some(chunk) = receiver.blocking_recv() {
-                if let Err(e) = partial.append(chunk) {
-                    result = Err(e);
-                    break;
-                }
-            }
+            let mut result = write_chunks(&mut partial, &mut receiver, &runtime);
             if result.is_ok() && partial.offset() < partial.total() {
                 result = partial.checkpoint();
             }
@@ -377,6 +381,34 @@ impl Sink {
             }
             Sink::Inline(partial, result) => (*partial, result),
         }
+    }
+}
+
+/// The blocking writer's loop: append the chunks of a body as they come.
+/// While none comes, checkpoints still fall due by time (see
+/// `Partial::checkpoint_due_in`): the bytes received before a stall are
+/// durable within `CHECKPOINT_INTERVAL`, not only once the inactivity
+/// timeout ends the attempt.
+fn write_chunks(
+    partial: &mut Partial,
+    chunks: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    runtime: &tokio::runtime::Handle,
+) -> std::io::Result<()> {
+    loop {
+        let next = match partial.checkpoint_due_in() {
+            None => chunks.blocking_recv(),
+            Some(due) => match runtime.block_on(tokio::time::timeout(due, chunks.recv())) {
+                Ok(next) => next,
+                Err(_) => {
+                    partial.start_checkpoint()?;
+                    continue;
+                }
+            },
+        };
+        let Some(chunk) = next else {
+            return Ok(());
+        };
+        partial.append(chunk)?;
     }
 }
 

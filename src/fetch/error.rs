@@ -49,6 +49,8 @@ pub enum FetchError {
          the server has a shorter file"
     )]
     EndedShort { received: u64, expected: u64 },
+    /// `resumed`: the bytes came from more than one response (see
+    /// `Partial::resumed`).
     #[error("sha256 mismatch: got {got}")]
     DigestMismatch { got: Digest, resumed: bool },
     /// A resumed prefix no longer matches its checkpoint (changed on disk).

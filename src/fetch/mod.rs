@@ -5,7 +5,11 @@
 //! (404, wrong size, wrong digest, refused redirect...) rules that source out;
 //! a transient one (refused, reset, stalled, 5xx, 429) is retried in the next
 //! round, after a backoff. A source that was making progress when it broke
-//! is asked again at once, for the rest only (`Range` + `If-Range`). The
+//! is asked again at once, for the rest only (`Range` + `If-Range`). A
+//! sha256 mismatch of bytes that came from more than one response (an
+//! earlier run's, an earlier break's, another source's) may be the resume's
+//! fault: the partial is discarded and fetched once more from 0, from the
+//! first source, before any source is ruled out for it. The
 //! download fails when every source has answered permanently, or when
 //! `give_up_after` passes without progress: new bytes, at no less than the
 //! minimum pace of `pace` (a slow drip is cut and is not progress).
@@ -230,6 +234,18 @@ impl Fetcher {
         if let Some(frontier) = frontier {
             partial.follow(frontier);
         }
+        let mut restarted_after_resume = false;
+        if partial.resumed && partial.offset() == size {
+            let verified;
+            (partial, verified) = verify_whole(partial, digest).await;
+            match verified {
+                Ok(()) => return Ok(partial),
+                Err(error) => {
+                    tracing::warn!(digest = %digest, "the progress record covers every byte, but {error}: fetching once more from 0");
+                    restarted_after_resume = true;
+                }
+            }
+        }
         let mut answers: Vec<Option<String>> = vec![None; job.sources.len()];
         let mut ruled_out = vec![false; job.sources.len()];
         // Left for untried sources while still making progress (`Slow`),
@@ -246,11 +262,12 @@ impl Fetcher {
         let window = whole_ms(self.settings.inactivity_timeout.min(give_up_after));
         let mut high_water = partial.offset();
         let mut last_progress = Instant::now();
-        let mut restarted_after_resume = false;
         let mut disk_full = false;
         let mut delay = self.settings.retry_delay;
         loop {
             let mut index = 0;
+            // Set to go back to the first source (once more from 0).
+            let mut from_the_first = false;
             loop {
                 // Sources that chits joining meanwhile brought: in this round.
                 for url in job.more.take() {
@@ -334,10 +351,14 @@ impl Fetcher {
                         | FetchError::CorruptPartial(_)
                             if !restarted_after_resume =>
                         {
-                            // The resumed prefix may be the culprit: once more from 0.
+                            // The resumed prefix (from an earlier run, an
+                            // earlier response or another source) may be the
+                            // culprit, not this source: once more from 0,
+                            // from the first source again.
                             restarted_after_resume = true;
                             high_water = 0;
-                            continue;
+                            from_the_first = true;
+                            break;
                         }
                         // Left for the sources not tried yet; asked again
                         // (resuming) in the next round.
@@ -353,7 +374,11 @@ impl Fetcher {
                         }
                     }
                 }
-                index += 1;
+                index = if std::mem::take(&mut from_the_first) {
+                    0
+                } else {
+                    index + 1
+                };
             }
             let what = if !job.more.is_empty() {
                 // Sources that joined meanwhile get their round first.
@@ -392,6 +417,23 @@ impl Fetcher {
             delay = (delay * 2).min(self.settings.max_retry_delay);
         }
     }
+}
+
+/// A partial whose progress record covers every byte (a checkpoint of the
+/// whole file, then a crash before it was published) has nothing left to
+/// ask for: verified without a request, its digest from the restored
+/// midstate and its prefix re-hashed ([`attempt::verify`]; reset when it
+/// does not verify).
+async fn verify_whole(partial: Partial, digest: Digest) -> (Partial, Result<(), FetchError>) {
+    blocking(move || {
+        let mut partial = partial;
+        let verified = attempt::verify(&mut partial, digest);
+        if verified.is_ok() {
+            tracing::info!(digest = %digest, "the progress record covers every byte: verified without a request");
+        }
+        (partial, verified)
+    })
+    .await
 }
 
 /// "every source failed: http://a/x: HTTP 404 Not Found; http://b/x: ..."

@@ -162,7 +162,7 @@ fn unasked_or_garbled_range_answers_fail_fast() {
         "reason: {reason}"
     );
     assert_eq!(server.gets("/f"), 2, "{:?}", server.requests());
-    let (reason, elapsed, _server, url) = fail_with(Fault::GarbledRange);
+    let (reason, elapsed, _server, url) = fail_with(Fault::ContentRange("bytes garbage".into()));
     assert!(elapsed < FAST, "took {elapsed:?}");
     assert!(
         reason.contains(&format!("{url}: unusable Content-Range \"bytes garbage\"")),

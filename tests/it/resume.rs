@@ -21,28 +21,48 @@ const MIB: usize = 1 << 20;
 /// the object: less than this many times its size.
 const MAX_RATIO: f64 = 1.25;
 
-/// One consumer wanting `/f` as `f.bin` (chit `f`, already dropped).
+/// One consumer wanting `/f` (or the sources of
+/// [`Case::with_sources`]) as `f.bin` (chit `f`, already dropped).
 struct Case {
     dir: TestDir,
     spool: TestSpool,
     server: Server,
     content: Content,
+    /// The paths the chit names, in order.
+    paths: Vec<&'static str>,
 }
 
 impl Case {
     fn new(size: usize) -> Case {
+        Case::with_sources(size, &["/f"])
+    }
+
+    /// The chit names each of `paths` on the server, in order, each
+    /// serving the content.
+    fn with_sources(size: usize, paths: &[&'static str]) -> Case {
         let dir = TestDir::new();
         let spool = dir.spool("c");
         let server = Server::start();
         let content = Content::random(size);
-        server.add("/f", content.bytes.clone());
-        spool.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
+        for path in paths {
+            server.add(path, content.bytes.clone());
+        }
+        let urls: Vec<String> = paths.iter().map(|path| server.url(path)).collect();
+        spool.drop_chit("f", content.chit("f.bin", &urls));
         Case {
             dir,
             spool,
             server,
             content,
+            paths: paths.to_vec(),
         }
+    }
+
+    /// The requests for the chit's sources, in the order they came.
+    fn requests(&self) -> Vec<Request> {
+        let mut requests = self.server.requests();
+        requests.retain(|r| self.paths.contains(&r.path.as_str()));
+        requests
     }
 
     fn partial(&self, extension: &str) -> PathBuf {
@@ -54,10 +74,10 @@ impl Case {
         self.partial("progress")
     }
 
-    /// Run a daemon until idle and expect `/f` delivered, its partial gone.
-    /// Returns the requests for `/f` that this run made.
+    /// Run a daemon until idle and expect the file delivered, its partial
+    /// gone. Returns the requests for its sources that this run made.
     fn run_to_delivery(&self, inactivity_ms: u64) -> Vec<Request> {
-        let before = self.server.count("/f");
+        let before = self.requests().len();
         Daemon::for_spool(&self.dir, &self.spool)
             .inactivity_timeout_ms(inactivity_ms)
             .exit_when_idle()
@@ -67,7 +87,7 @@ impl Case {
         for leftover in [self.record_path(), self.partial("part")] {
             assert!(!leftover.exists(), "{} left", leftover.display());
         }
-        self.server.requests_for("/f").split_off(before)
+        self.requests().split_off(before)
     }
 
     /// Body bytes served for `/f` over the object's size: below
@@ -126,6 +146,14 @@ fn offset_of(record: &str) -> u64 {
     field(record, "offset")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Each request as (`Range`, `If-Range`, status), for comparing whole
+/// exchanges at once.
+fn exchanges(requests: &[Request]) -> Vec<(Option<&str>, Option<&str>, u16)> {
+    let each = requests.iter();
+    each.map(|r| (r.range.as_deref(), r.if_range.as_deref(), r.status))
+        .collect()
 }
 
 /// Set `key` to `value` and give the record a valid checksum again, as a
@@ -283,6 +311,195 @@ fn replaced_object_that_does_not_match_fails_naming_the_digest_mismatch() {
     assert_eq!(case.spool.delivery_temporaries(), Vec::<PathBuf>::new());
 }
 
+/// Bytes of two responses that do not make the file may be the resume's
+/// fault (here a stale prefix, cut short, and the right rest), not the
+/// answering source's: the partial is discarded and fetched once more
+/// from 0 before the source is ruled out.
+#[test]
+fn digest_mismatch_after_a_resume_within_the_run_fetches_once_more_from_zero() {
+    let case = Case::new(MIB);
+    let stale = Fault::stale(Fault::Truncate { after: 256 << 10 });
+    case.server.set_fault_times("/f", stale, 1);
+    let etag = case.server.etag("/f");
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(
+        exchanges(&requests),
+        [
+            (None, None, 200),
+            (Some("bytes=262144-"), etag.as_deref(), 206),
+            (None, None, 200),
+        ],
+        "{requests:#?}"
+    );
+}
+
+/// The same after a switch to another source: the source that completed
+/// the file is not ruled out for a prefix another source sent; the
+/// download goes back to its first source, from 0 (ruled out here: 404),
+/// and gets the file from the next.
+#[test]
+fn digest_mismatch_after_a_switch_to_another_source_fetches_once_more_from_zero() {
+    let case = Case::with_sources(MIB, &["/a", "/b"]);
+    let stale = Fault::stale(Fault::Truncate { after: 256 << 10 });
+    case.server.set_fault_times("/a", stale, 1);
+    case.server.then_fault("/a", Fault::NotFound);
+    let requests = case.run_to_delivery(30_000);
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/a", "/a", "/b", "/b"], "{requests:#?}");
+    let etag = case.server.etag("/a");
+    assert_eq!(
+        exchanges(&case.server.requests_for("/b")),
+        [
+            (Some("bytes=262144-"), etag.as_deref(), 206),
+            (None, None, 200)
+        ],
+        "{requests:#?}"
+    );
+}
+
+/// A switch to another source resumes where that source has the object
+/// the bytes so far are of: the range is asked for with the validator
+/// they came with (`If-Range`), and that source's `206` is appended.
+#[test]
+fn another_source_with_the_same_validator_is_resumed_with_if_range() {
+    let case = Case::with_sources(MIB, &["/a", "/b"]);
+    case.server
+        .set_fault_times("/a", Fault::Truncate { after: 256 << 10 }, 1);
+    case.server.then_fault("/a", Fault::NotFound);
+    let etag = case.server.etag("/a");
+    assert_eq!(etag, case.server.etag("/b"), "one object, one ETag");
+    case.run_to_delivery(30_000);
+    assert_eq!(
+        exchanges(&case.server.requests_for("/b")),
+        [(Some("bytes=262144-"), etag.as_deref(), 206)]
+    );
+    let rest = (MIB - (256 << 10)) as u64;
+    assert_eq!(case.server.bytes_served_for("/b"), rest, "only the rest");
+}
+
+/// ... else it starts over: a source whose object has another validator
+/// answers the `If-Range` with a `200`, and the download goes on from 0
+/// on that body.
+#[test]
+fn another_source_with_another_validator_starts_over_on_its_answer() {
+    let case = Case::with_sources(MIB, &["/a", "/b"]);
+    case.server
+        .set_fault_times("/a", Fault::Truncate { after: 256 << 10 }, 1);
+    case.server.then_fault("/a", Fault::NotFound);
+    let etag = case.server.etag("/a");
+    case.server.set_fault_times("/b", Fault::ChangeEtag, 1);
+    case.run_to_delivery(30_000);
+    assert_eq!(
+        exchanges(&case.server.requests_for("/b")),
+        [(Some("bytes=262144-"), etag.as_deref(), 200)]
+    );
+    assert_ne!(case.server.etag("/b"), etag);
+    assert_eq!(case.server.bytes_served_for("/b"), MIB as u64);
+}
+
+/// Once more from 0 means from the first source again: the one that sent
+/// the prefix may have been the one at fault (here it failed transiently
+/// in between, and serves the right bytes again).
+#[test]
+fn the_fetch_from_zero_after_a_digest_mismatch_starts_at_the_first_source() {
+    let case = Case::with_sources(MIB, &["/a", "/b"]);
+    let stale = Fault::stale(Fault::Truncate { after: 256 << 10 });
+    case.server.set_fault_times("/a", stale, 1);
+    case.server.then_fault_times("/a", Fault::Status(503), 1);
+    let requests = case.run_to_delivery(30_000);
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/a", "/a", "/b", "/a"], "{requests:#?}");
+    let last = &requests[3];
+    assert_eq!((last.range.as_deref(), last.status), (None, 200));
+}
+
+// ---- answers to a ranged request ----
+
+/// A 1 MiB case whose first answer is cut after 256 KiB and whose
+/// resuming request (`Range: bytes=262144-`) is answered by `answer`; then
+/// `/f` is served normally.
+fn ranged_request_answered(answer: Fault) -> Case {
+    let case = Case::new(MIB);
+    case.server
+        .set_fault_times("/f", Fault::Truncate { after: 256 << 10 }, 1);
+    case.server.then_fault_times("/f", answer, 1);
+    case
+}
+
+/// What chitd does after the answer to its resuming request, when that
+/// answer cannot be appended: one request without `Range`, answered 200.
+fn assert_started_over(case: &Case, requests: &[Request], status: u16) {
+    let etag = case.server.etag("/f");
+    assert_eq!(
+        exchanges(requests),
+        [
+            (None, None, 200),
+            (Some("bytes=262144-"), etag.as_deref(), status),
+            (None, None, 200),
+        ],
+        "{requests:#?}"
+    );
+}
+
+#[test]
+fn range_not_satisfiable_starts_over_from_zero() {
+    let case = ranged_request_answered(Fault::RangeNotSatisfiable);
+    let requests = case.run_to_delivery(30_000);
+    assert_started_over(&case, &requests, 416);
+}
+
+#[test]
+fn a_range_answer_that_starts_elsewhere_starts_over_from_zero() {
+    let whole = format!("bytes 0-{}/{MIB}", MIB - 1);
+    let case = ranged_request_answered(Fault::ContentRange(whole));
+    let requests = case.run_to_delivery(30_000);
+    assert_started_over(&case, &requests, 206);
+}
+
+/// `bytes */N` (which only a 416 may send), a range of an unknown total,
+/// garbage: nothing to append to; the whole object is asked for instead.
+#[test]
+fn a_range_answer_with_an_unusable_content_range_starts_over_from_zero() {
+    let unknown_total = format!("bytes 262144-{}/*", MIB - 1);
+    for content_range in [
+        format!("bytes */{MIB}"),
+        unknown_total,
+        "bytes x-y/z".into(),
+    ] {
+        let case = ranged_request_answered(Fault::ContentRange(content_range.clone()));
+        let requests = case.run_to_delivery(30_000);
+        eprintln!("Content-Range: {content_range}");
+        assert_started_over(&case, &requests, 206);
+    }
+}
+
+/// A `206` for another total says the source's object is not the chit's
+/// size: no request to it can complete the file, so it is ruled out at
+/// once, like a `200` of another length. The bytes already received came
+/// in an answer of the chit's size and stay, under their record, for the
+/// next source or a later download to resume.
+#[test]
+fn a_range_answer_for_another_total_rules_the_source_out_and_keeps_the_partial() {
+    let case = ranged_request_answered(Fault::ContentRange("bytes 100-199/999".into()));
+    let started = Instant::now();
+    Daemon::for_spool(&case.dir, &case.spool)
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+    let reason = case.spool.expect_failed("f");
+    let answer = format!(
+        "{}: server announced 999 bytes, the chit says {MIB}",
+        case.server.url("/f")
+    );
+    assert!(reason.contains(&answer), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(15), "failed slowly");
+    assert_eq!(case.server.count("/f"), 2, "{:#?}", case.server.requests());
+    let record = fs::read_to_string(case.record_path()).expect("the record is kept");
+    assert_eq!(offset_of(&record), 256 << 10);
+    let part = fs::metadata(case.partial("part")).expect("the part is kept");
+    assert!(part.len() >= 256 << 10);
+}
+
 // ---- across a SIGKILL: the progress record ----
 
 #[test]
@@ -360,6 +577,73 @@ fn record_for_another_size_restarts_from_zero() {
     damaged_record_restarts_from_zero(|record| forge(record, "total", &(3 * MIB).to_string()));
 }
 
+/// A prefix from an earlier run that does not make the file with the
+/// rest (a stale copy served under the same ETag) is fetched once more
+/// from 0 before the source is ruled out.
+#[test]
+fn digest_mismatch_after_resuming_a_record_fetches_once_more_from_zero() {
+    let case = Case::new(2 * MIB);
+    let record = case.kill_after_checkpoint(Fault::stale(stall()));
+    let range = format!("bytes={}-", offset_of(&record));
+    let etag = field(&record, "etag");
+    assert_eq!(etag, case.server.etag("/f"));
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(
+        exchanges(&requests),
+        [
+            (Some(range.as_str()), etag.as_deref(), 206),
+            (None, None, 200)
+        ],
+        "{requests:#?}"
+    );
+}
+
+/// What a crash leaves between a checkpoint of the last byte (the 2 s
+/// timer was due at the last append) and the publish: a `.part` of
+/// `bytes`, all of them covered by a record, for the case's chit. Written
+/// with chitd's own `Partial`, as the daemon writes it.
+fn checkpointed_whole(case: &Case, bytes: &[u8]) {
+    use chitd::partial::{Partial, Validator};
+    let dir = case.dir.cache().join("partial-v1");
+    fs::create_dir_all(&dir).expect("partial-v1");
+    let digest = case.content.sha256.parse().expect("digest");
+    let total = case.content.len() as u64;
+    let mut partial = Partial::open(&dir, digest, total).expect("open the partial");
+    partial.source = Some(case.server.url("/f"));
+    partial.validator = Validator {
+        etag: case.server.etag("/f"),
+        last_modified: None,
+    };
+    partial
+        .append(bytes::Bytes::copy_from_slice(bytes))
+        .expect("append");
+    partial.checkpoint().expect("checkpoint");
+    let record = fs::read_to_string(case.record_path()).expect("record");
+    assert_eq!(offset_of(&record), total);
+}
+
+/// Nothing is left to ask for: the file is verified from the restored
+/// midstate (and its prefix re-hashed) and published without a request.
+#[test]
+fn a_record_covering_every_byte_is_published_without_a_request() {
+    let case = Case::new(2 * MIB);
+    checkpointed_whole(&case, &case.content.bytes);
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(exchanges(&requests), [], "{requests:#?}");
+    assert_eq!(case.server.bytes_served_for("/f"), 0);
+}
+
+/// ... and when those bytes are not the file, it is fetched once more
+/// from 0.
+#[test]
+fn a_record_covering_every_byte_of_wrong_bytes_is_fetched_once_more_from_zero() {
+    let case = Case::new(2 * MIB);
+    let wrong: Vec<u8> = case.content.bytes.iter().map(|b| !b).collect();
+    checkpointed_whole(&case, &wrong);
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(exchanges(&requests), [(None, None, 200)], "{requests:#?}");
+}
+
 #[test]
 fn corrupt_part_file_behind_a_valid_record_is_fetched_once_more_from_zero() {
     let case = Case::new(2 * MIB);
@@ -378,6 +662,38 @@ fn corrupt_part_file_behind_a_valid_record_is_fetched_once_more_from_zero() {
         (last.range.as_deref(), last.status),
         (None, 200),
         "the digest mismatch after the resume should lead to one more try from 0: {requests:#?}"
+    );
+}
+
+/// The 2 s checkpoint timer runs while a body is silent too: the bytes
+/// received before a stall are durable within about 2 s, not only when
+/// the inactivity timeout (30 s here) ends the attempt, and a SIGKILL
+/// during the stall loses none of them.
+#[test]
+fn bytes_received_before_a_stall_are_checkpointed_on_time() {
+    const SENT: u64 = 256 << 10;
+    let case = Case::new(4 * MIB);
+    case.server.set_fault("/f", stall());
+    let mut daemon = Daemon::for_spool(&case.dir, &case.spool)
+        .inactivity_timeout_ms(30_000)
+        .start();
+    let covered = "a progress record covering the bytes sent before the stall";
+    let record = wait_until(Duration::from_secs(10), covered, || {
+        let text = fs::read_to_string(case.record_path()).ok()?;
+        (offset_of(&text) == SENT).then_some(text)
+    });
+    daemon.kill();
+    case.server.clear_fault("/f");
+    assert_eq!(case.server.count("/f"), 1, "the stall was cut short");
+    assert_eq!(case.server.bytes_served_for("/f"), SENT);
+
+    let etag = field(&record, "etag");
+    let range = format!("bytes={SENT}-");
+    let requests = case.run_to_delivery(30_000);
+    assert_eq!(
+        exchanges(&requests),
+        [(Some(range.as_str()), etag.as_deref(), 206)],
+        "{requests:#?}"
     );
 }
 

@@ -46,6 +46,10 @@ pub enum Fault {
     Stall { after: usize },
     /// Same length and headers, different bytes.
     WrongBytes,
+    /// Different bytes under the same length and headers (a stale copy
+    /// served under the current validator), sent the way the inner fault
+    /// says; see [`Fault::stale`].
+    Stale(Box<Fault>),
     /// A well-formed response for an object 16 bytes longer than the real one.
     WrongLength,
     /// `Content-Length` says the real length, the body carries 64 junk bytes
@@ -55,8 +59,14 @@ pub enum Fault {
     IgnoreRange,
     /// Always 206 with bytes 1 to the end, asked or not.
     UnaskedRange,
-    /// Always 206 with the whole body and `Content-Range: bytes garbage`.
-    GarbledRange,
+    /// Always 206 with this `Content-Range`, verbatim, and the body from
+    /// the start asked for (the whole body when no range was asked): a
+    /// server that misnumbers its ranges (`bytes 0-99/100` to
+    /// `Range: bytes=50-`, another total, `bytes */100`, `bytes garbage`).
+    ContentRange(String),
+    /// Always 416 Range Not Satisfiable with `Content-Range: bytes */N`,
+    /// whatever was asked.
+    RangeNotSatisfiable,
     /// The object gets a new ETag and Last-Modified from this request on
     /// (its bytes stay the same), so an `If-Range` from before fails.
     ChangeEtag,
@@ -81,6 +91,13 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// `fault`, with different bytes under the object's headers (its ETag
+    /// included): `Fault::stale(Fault::Truncate { after: 100 })` sends 100
+    /// wrong bytes and closes.
+    pub fn stale(fault: Fault) -> Fault {
+        Fault::Stale(Box::new(fault))
+    }
+
     /// Slow but steady: 4 KB/s (200 bytes every 50 ms), above the minimum
     /// pace (never cut for it) and under the 16 KiB/s below which a source
     /// is left for sources not tried yet.
@@ -132,6 +149,15 @@ impl Object {
             body: Arc::new(body),
             tag,
             generation: 0,
+        }
+    }
+
+    /// The same object (headers, ETag) with different bytes.
+    fn stale(&self) -> Object {
+        let body = self.body.iter().map(|b| b ^ 0x5a).collect();
+        Object {
+            body: Arc::new(body),
+            ..self.clone()
         }
     }
 

@@ -115,6 +115,41 @@ fn truncate_announces_full_length_and_sends_less() {
 }
 
 #[test]
+fn stale_sends_other_bytes_under_the_same_headers_the_inner_way() {
+    let server = Server::start();
+    server.add("/a", body(1000));
+    server.set_fault_times("/a", Fault::stale(Fault::Truncate { after: 300 }), 1);
+    let (fresh, _) = raw_get(&server, "/a", &[]);
+    server.set_fault_times("/a", Fault::stale(Fault::Truncate { after: 300 }), 1);
+    let (head, got) = raw_get(&server, "/a", &[]);
+    assert_eq!(header(&head, "content-length"), Some("1000"));
+    assert_eq!(header(&head, "etag"), header(&fresh, "etag"));
+    assert_eq!(got.len(), 300);
+    assert_ne!(got, body(1000)[..300]);
+}
+
+#[test]
+fn content_range_and_range_not_satisfiable_as_scripted() {
+    let server = Server::start();
+    server.add("/a", body(1000));
+    server.set_fault_times("/a", Fault::ContentRange("bytes 0-999/1000".into()), 1);
+    server.then_fault_times("/a", Fault::ContentRange("bytes */1000".into()), 1);
+    server.then_fault_times("/a", Fault::RangeNotSatisfiable, 1);
+    let (head, got) = raw_get(&server, "/a", &[("Range", "bytes=100-")]);
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert_eq!(header(&head, "content-range"), Some("bytes 0-999/1000"));
+    assert_eq!(got, body(1000)[100..]);
+    let (head, got) = raw_get(&server, "/a", &[]);
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert_eq!(header(&head, "content-range"), Some("bytes */1000"));
+    assert_eq!(got, body(1000));
+    let (head, got) = raw_get(&server, "/a", &[("Range", "bytes=100-")]);
+    assert!(head.starts_with("HTTP/1.1 416"), "{head}");
+    assert_eq!(header(&head, "content-range"), Some("bytes */1000"));
+    assert!(got.is_empty());
+}
+
+#[test]
 fn wrong_bytes_wrong_length_and_longer_than_announced() {
     let server = Server::start();
     server.add("/a", body(100));

@@ -115,7 +115,7 @@ async fn respond(shared: &Shared, stream: &mut TcpStream, head: Head) -> bool {
     let path = percent_encoding::percent_decode_str(&raw_path)
         .decode_utf8_lossy()
         .into_owned();
-    let (fault, object, index) = {
+    let (fault, mut object, index) = {
         let mut state = shared.lock();
         let fault = state.take_fault(&path);
         if fault == Some(Fault::ChangeEtag)
@@ -137,6 +137,14 @@ async fn respond(shared: &Shared, stream: &mut TcpStream, head: Head) -> bool {
         (fault, object, state.requests.len() - 1)
     };
     wait_while_held(shared, &path).await;
+    // A stale copy is served the way its inner fault says.
+    let fault = match fault {
+        Some(Fault::Stale(inner)) => {
+            object = object.as_ref().map(Object::stale);
+            Some(*inner)
+        }
+        fault => fault,
+    };
     let reply = build_reply(shared, &head, &raw_path, fault.as_ref(), object);
     shared.lock().requests[index].status = reply.status;
     let head_only = head.method == "HEAD";
@@ -249,14 +257,28 @@ fn build_reply(
         Some(Fault::UnaskedRange) if total > 1 => Some(Some((1, total - 1))),
         _ => range,
     };
-    if fault == Some(&Fault::GarbledRange) {
-        headers.push(("Content-Range", "bytes garbage".to_string()));
+    if let Some(Fault::ContentRange(value)) = fault {
+        let start = match range {
+            Some(Some((start, _))) => start,
+            _ => 0,
+        };
+        headers.push(("Content-Range", value.clone()));
+        let body = body[start..].to_vec();
         let announced = body.len();
         return Reply {
             status: 206,
             headers,
             body,
             announced,
+        };
+    }
+    if fault == Some(&Fault::RangeNotSatisfiable) {
+        headers.push(("Content-Range", format!("bytes */{total}")));
+        return Reply {
+            status: 416,
+            headers,
+            body: Vec::new(),
+            announced: 0,
         };
     }
     let (status, body) = match range {
