@@ -11,8 +11,8 @@
 # With no TARGET (or "all"), every target runs in turn. FUZZ_SECONDS
 # (default 60) bounds each run. Inputs go up to FUZZ_MAX_LEN bytes (default
 # 70000, past the 64 KiB chit limit, so the parser's TooLarge path is fuzzed
-# too; libFuzzer's own default would stop at 4096 bytes); a -max_len= among
-# the extra flags comes later and wins. The corpus grows in fuzz/corpus/<target>
+# too; libFuzzer would otherwise guess it from the corpus's largest input);
+# a -max_len= among the extra flags comes later and wins. The corpus grows in fuzz/corpus/<target>
 # (not committed), seeded from fuzz/seeds/<target> with the tokens of
 # fuzz/<target>.dict; a crash is saved under fuzz/artifacts/<target>/ and
 # fails the script. Only a stable toolchain is installed here, so
