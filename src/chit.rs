@@ -43,6 +43,23 @@ pub const ERROR_LINE_PREFIX: &str = "# error:";
 const EXCERPT_CHARS: usize = 80;
 /// The longest reason an error line carries, in bytes, including a closing `…`.
 const MAX_REASON_BYTES: usize = 4000;
+/// A URL parameter whose name holds one of these (lowercased) carries a
+/// secret: OAuth and API tokens, signed URLs (`X-Amz-Signature`,
+/// `X-Amz-Credential`, `X-Amz-Security-Token`, `Signature`, `sig`,
+/// `GoogleAccessId`), keys, passwords, session ids.
+const SECRET_PARAMETER_WORDS: [&str; 11] = [
+    "token",
+    "secret",
+    "signature",
+    "sig",
+    "key",
+    "password",
+    "passwd",
+    "auth",
+    "credential",
+    "session",
+    "googleaccessid",
+];
 /// Everything but the unreserved characters of RFC 3986 is percent-encoded in
 /// a path component placed under a mirror URL.
 const COMPONENT_ENCODE_SET: &AsciiSet = &NON_ALPHANUMERIC
@@ -543,23 +560,38 @@ pub fn with_error_line(chit: &[u8], reason: &str) -> Vec<u8> {
 }
 
 /// A URL safe to log or write into an error line: when it has a username or a
-/// password, both are replaced by `***` (`https://***@host/x`); otherwise the
-/// URL as it is.
+/// password, both are replaced by `***` (`https://***@host/x`), and so is the
+/// value of every query or fragment parameter whose name looks like a secret
+/// ([`is_secret_parameter`]: `?access_token=***`, `&X-Amz-Signature=***`);
+/// otherwise the URL as it is.
 pub fn redact_url(url: &Url) -> String {
-    if url.username().is_empty() && url.password().is_none() {
-        return url.as_str().to_owned();
-    }
     let mut redacted = url.clone();
-    match (redacted.set_password(None), redacted.set_username("***")) {
-        (Ok(()), Ok(())) => redacted.into(),
-        // Unreachable: only a URL that cannot have credentials refuses them.
-        _ => format!("{}:***", url.scheme()),
+    if !url.username().is_empty() || url.password().is_some() {
+        let hidden = (redacted.set_password(None), redacted.set_username("***"));
+        if hidden != (Ok(()), Ok(())) {
+            // Unreachable: only a URL that cannot have credentials refuses them.
+            return format!("{}:***", url.scheme());
+        }
     }
+    if let Some(query) = url.query() {
+        let query = redact_parameters(query);
+        redacted.set_query(Some(&query));
+    }
+    if let Some(fragment) = url.fragment() {
+        let fragment = redact_parameters(fragment);
+        redacted.set_fragment(Some(&fragment));
+    }
+    redacted.into()
 }
 
 /// [`redact_url`] for a text that is not a valid URL: whatever precedes an `@`
-/// in the part that looks like the authority becomes `***`.
+/// in the part that looks like the authority becomes `***`, and so does the
+/// value of each secret parameter after the first `?` or `#`.
 pub fn redact_unparsed_url(text: &str) -> String {
+    redact_unparsed_parameters(&redact_unparsed_credentials(text))
+}
+
+fn redact_unparsed_credentials(text: &str) -> String {
     let Some(scheme_end) = text.find("://") else {
         return text.to_owned();
     };
@@ -569,6 +601,60 @@ pub fn redact_unparsed_url(text: &str) -> String {
         Some(at) => format!("{head}***{}", &rest[at..]),
         None => text.to_owned(),
     }
+}
+
+/// The query (from the first `?` to the next `#`) and fragment (after that
+/// `#`) of `text`, each through [`redact_parameters`].
+fn redact_unparsed_parameters(text: &str) -> String {
+    let Some(start) = text.find(['?', '#']) else {
+        return text.to_owned();
+    };
+    let (head, tail) = text.split_at(start);
+    let (query, fragment) = match tail.strip_prefix('?') {
+        Some(rest) => match rest.split_once('#') {
+            Some((query, fragment)) => (Some(query), Some(fragment)),
+            None => (Some(rest), None),
+        },
+        None => (None, Some(&tail[1..])),
+    };
+    let mut redacted = head.to_owned();
+    if let Some(query) = query {
+        redacted.push('?');
+        redacted.push_str(&redact_parameters(query));
+    }
+    if let Some(fragment) = fragment {
+        redacted.push('#');
+        redacted.push_str(&redact_parameters(fragment));
+    }
+    redacted
+}
+
+/// `name=value&...` with each non-empty value of a secret parameter
+/// ([`is_secret_parameter`]) replaced by `***`; everything else as it is.
+fn redact_parameters(parameters: &str) -> String {
+    parameters
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if !value.is_empty() && is_secret_parameter(name) => {
+                format!("{name}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Whether a query parameter's name (as written in the URL, percent-encoded
+/// or not) looks like it names a secret: its decoded, lowercased form holds
+/// one of [`SECRET_PARAMETER_WORDS`]. Catching too much only hides a harmless
+/// value from a log; `Expires` and the like stay readable.
+fn is_secret_parameter(name: &str) -> bool {
+    let name = percent_encoding::percent_decode_str(&name.replace('+', " "))
+        .decode_utf8_lossy()
+        .to_lowercase();
+    SECRET_PARAMETER_WORDS
+        .iter()
+        .any(|word| name.contains(word))
 }
 
 /// At most the first 80 characters of `text`, with `…` if cut; error messages

@@ -30,6 +30,10 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 
 use crate::durable::{unique_suffix, with_path};
 
+/// How many names [`Dir::create_temp`] tries before it gives up: the first
+/// is predictable, the others random, so a second is almost never needed.
+pub const TEMP_NAME_TRIES: usize = 8;
+
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_SYMLINKS)
     .union(ResolveFlags::NO_MAGICLINKS);
@@ -111,7 +115,8 @@ impl Dir {
 
     /// Open the subdirectory `name` (one component, or a `/`-separated
     /// relative path) beneath this one, refusing symlinks anywhere on it.
-    pub fn open_dir(&self, name: &str) -> io::Result<Dir> {
+    pub fn open_dir(&self, name: impl AsRef<OsStr>) -> io::Result<Dir> {
+        let name = name.as_ref();
         let fd = rustix::fs::openat2(
             &self.fd,
             name,
@@ -355,19 +360,44 @@ impl Dir {
         Ok((entry.st_dev, entry.st_ino) == (open.st_dev, open.st_ino))
     }
 
-    /// Create a new, exclusive, dot-named temporary file in this directory.
-    /// Returns its name and the open file.
+    /// Create a new, exclusive, dot-named temporary file in this directory
+    /// ([`Dir::create_new`]). Returns its name and the open file.
+    ///
+    /// The first name tried is `.<stem>.chitd-<pid>.<n>` with the process's
+    /// next counter value, which a consumer can predict. A name already
+    /// taken (by anything: a file, a symlink, a directory a consumer
+    /// planted there) is never opened through: another name is tried, with
+    /// a random `<n>` that cannot be predicted, up to [`TEMP_NAME_TRIES`]
+    /// names in all.
     pub fn create_temp(&self, stem: &str) -> io::Result<(String, File)> {
-        let name = temp_name(stem, &unique_suffix());
+        let mut suffix = unique_suffix();
+        for _ in 1..TEMP_NAME_TRIES {
+            let name = temp_name(stem, &suffix);
+            match self.create_new(&name) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    tracing::debug!("{e}; trying another temporary name");
+                    suffix = random_suffix();
+                }
+                created => return created.map(|file| (name, file)),
+            }
+        }
+        let name = temp_name(stem, &suffix);
+        self.create_new(&name).map(|file| (name, file))
+    }
+
+    /// Create the regular file `name` in this directory, which must not
+    /// exist (`O_CREAT | O_EXCL | O_NOFOLLOW`: anything already there, a
+    /// symlink included, is an error of kind `AlreadyExists`, never opened).
+    pub fn create_new(&self, name: &str) -> io::Result<File> {
         let fd = rustix::fs::openat2(
             &self.fd,
-            name.as_str(),
+            name,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::from_raw_mode(0o644),
             RESOLVE,
         )
-        .map_err(|e| self.error(e.into(), "creating", &name))?;
-        Ok((name, File::from(fd)))
+        .map_err(|e| self.error(e.into(), "creating", name))?;
+        Ok(File::from(fd))
     }
 
     /// Whether `name` has the shape of [`Dir::create_temp`]'s names,
@@ -500,6 +530,17 @@ fn describe(kind: FileType) -> &'static str {
     }
 }
 
+/// A `<pid>.<n>` suffix whose `<n>` is random: for a temporary name whose
+/// predictable first choice was taken.
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    // Each `RandomState` is keyed afresh (from the OS's randomness, once
+    // per thread, then advanced): its hash of the counter is unpredictable
+    // to a consumer.
+    let n = RandomState::new().hash_one(unique_suffix());
+    format!("{}.{n}", std::process::id())
+}
+
 /// `.<stem>.chitd-<suffix>`, with the stem cut short (at a character
 /// boundary) so the name fits in a file name of 255 bytes: a chit or a path
 /// component may use all 255 itself.
@@ -553,6 +594,39 @@ mod tests {
         ] {
             assert_eq!(Dir::is_temp_name(name), temp, "{name}");
         }
+    }
+
+    /// The names after one made are predictable: things planted there are
+    /// neither opened nor replaced, and another name is made.
+    #[test]
+    fn create_temp_takes_another_name_where_one_is_planted() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = root.path().join("outside");
+        std::fs::write(&outside, "secret\n").unwrap();
+        let dir = Dir::open_root(&root.path().join("d")).unwrap();
+        let (first, _file) = dir.create_temp("x").unwrap();
+        let (prefix, n) = first.rsplit_once('.').unwrap();
+        let n: u64 = n.parse().unwrap();
+        // Other tests take numbers too: plant plenty.
+        let planted: Vec<String> = (n + 1..n + 65).map(|n| format!("{prefix}.{n}")).collect();
+        for name in &planted {
+            symlink(&outside, root.path().join("d").join(name)).unwrap();
+        }
+        let (made, mut file) = dir.create_temp("x").unwrap();
+        assert!(Dir::is_temp_name(&made), "{made}");
+        assert!(!planted.contains(&made), "{made}");
+        std::io::Write::write_all(&mut file, b"chitd's").unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "secret\n");
+        for name in &planted {
+            assert_eq!(
+                std::fs::read_link(root.path().join("d").join(name)).unwrap(),
+                outside
+            );
+        }
+        assert_eq!(
+            std::fs::read(root.path().join("d").join(&made)).unwrap(),
+            b"chitd's"
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //!   may be a hard link to something else, is never written), then
 //!   `fetch/X → fail/X` and fsync `fail/`. Only a chit too big to copy (a
 //!   regular file with one link, over [`MAX_CHIT_BYTES`]) gets the line
-//!   appended in place instead, so that it keeps its bytes unread.
+//!   appended in place instead, so that it keeps its bytes unread; a chit
+//!   that is a directory gets it in a new file inside it,
+//!   [`DIR_REASON_FILE`].
 //!
 //! A chit can still show up in two directories: after a power cut (the
 //! rename out of `fetch/` is made durable by an fsync of the target
@@ -43,7 +45,11 @@ use std::sync::Mutex;
 
 use crate::chit::{MAX_CHIT_BYTES, error_line, with_error_line};
 use crate::dir::{Dir, DurableDirs, Holds, Kind};
-use crate::durable::out_of_resources;
+use crate::durable::{out_of_resources, with_path};
+
+/// The file [`Spool::fail`] writes the reason into, inside a chit that is
+/// a directory (which cannot carry an `# error:` line of its own).
+pub const DIR_REASON_FILE: &str = ".chitd-error";
 
 /// The state directories, in the order a chit visits them.
 pub const STATES: [&str; 4] = ["request", "fetch", "downloaded", "fail"];
@@ -261,15 +267,17 @@ impl Spool {
     /// link, over [`MAX_CHIT_BYTES`]) gets the line appended in place, so it
     /// keeps its bytes; anything else (symlink, FIFO, device, hard link, a
     /// chit that could not be read) is replaced by a new file holding only
-    /// the line, never read nor written through.
+    /// the line, never read nor written through. A directory is moved as
+    /// it is, with the line in a new file inside it, [`DIR_REASON_FILE`]
+    /// (when that file can be made: see [`Spool::leave_reason_in_dir`]).
     pub fn fail(&self, chit: &str, original: Option<&[u8]>, reason: &str) -> io::Result<()> {
         self.fail_os(OsStr::new(chit), original, reason)
     }
 
     fn fail_os(&self, chit: &OsStr, original: Option<&[u8]>, reason: &str) -> io::Result<()> {
         if self.fetch.kind(chit)? == Kind::Dir {
-            // A directory cannot carry a reason line; move it as it is.
-            tracing::warn!(consumer = %self.name, chit = %lossy(chit), "chit is a directory; moving it to fail/ without a reason line: {reason}");
+            // A directory cannot carry a reason line: a file inside it does.
+            self.leave_reason_in_dir(chit, reason);
         } else if original.is_none() && self.append_to_oversized(chit, reason)? {
             // The reason is on disk in the chit itself.
         } else {
@@ -284,6 +292,29 @@ impl Spool {
         }
         self.fetch.rename(chit, &self.failed, chit)?;
         self.failed.sync()
+    }
+
+    /// For a chit that is a directory, `fetch/X/`: write [`error_line`] into
+    /// a new file [`DIR_REASON_FILE`] inside it, and fsync the file and the
+    /// directory. The directory is opened beneath `fetch/` and the file
+    /// created in it exclusively, neither through a symlink, so nothing the
+    /// consumer put there (a file or a symlink of that name included) is
+    /// opened or overwritten. When that cannot be done, the directory still
+    /// goes to `fail/` as it is, and why is logged.
+    fn leave_reason_in_dir(&self, chit: &OsStr, reason: &str) {
+        if let Err(e) = self.write_reason_file(chit, reason) {
+            tracing::warn!(consumer = %self.name, chit = %lossy(chit), "chit is a directory; moving it to fail/ without a {DIR_REASON_FILE} file: {e}; the reason: {reason}");
+        }
+    }
+
+    fn write_reason_file(&self, chit: &OsStr, reason: &str) -> io::Result<()> {
+        let dir = self.fetch.open_dir(chit)?;
+        let mut file = dir.create_new(DIR_REASON_FILE)?;
+        let path = || dir.path().join(DIR_REASON_FILE);
+        file.write_all(error_line(reason).as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| with_path(e, "writing", &path()))?;
+        dir.sync()
     }
 
     /// Append [`error_line`] to `fetch/X` itself, and fsync it, if it is a
@@ -719,6 +750,48 @@ mod tests {
             fs::read_to_string(dir.path().join("fail/linked")).unwrap(),
             "# error: linked\n"
         );
+    }
+
+    #[test]
+    fn directory_chit_gets_the_reason_in_a_file_of_its_own() {
+        let (dir, spool) = spool();
+        let root = dir.path();
+        fs::create_dir(root.join("fetch/d")).unwrap();
+        fs::write(root.join("fetch/d/inner"), "the consumer's\n").unwrap();
+        spool.fail("d", None, "it is a directory\nreally").unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("fail/d").join(DIR_REASON_FILE)).unwrap(),
+            "# error: it is a directory really\n"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("fail/d/inner")).unwrap(),
+            "the consumer's\n"
+        );
+        assert!(entries(&root.join("fetch")).is_empty());
+    }
+
+    #[test]
+    fn directory_chit_with_a_reason_file_of_its_own_keeps_it_and_still_fails() {
+        let (dir, spool) = spool();
+        let root = dir.path();
+        let outside = root.join("outside");
+        fs::write(&outside, "secret\n").unwrap();
+        // A symlink planted under the reason file's name: never followed.
+        fs::create_dir(root.join("fetch/s")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("fetch/s").join(DIR_REASON_FILE)).unwrap();
+        // A file of the consumer's own under that name: never overwritten.
+        fs::create_dir(root.join("fetch/f")).unwrap();
+        fs::write(root.join("fetch/f").join(DIR_REASON_FILE), "mine\n").unwrap();
+        spool.fail("s", None, "it is a directory").unwrap();
+        spool.fail("f", None, "it is a directory").unwrap();
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "secret\n");
+        let link = root.join("fail/s").join(DIR_REASON_FILE);
+        assert_eq!(fs::read_link(&link).unwrap(), outside);
+        assert_eq!(
+            fs::read_to_string(root.join("fail/f").join(DIR_REASON_FILE)).unwrap(),
+            "mine\n"
+        );
+        assert!(entries(&root.join("fetch")).is_empty());
     }
 
     #[test]

@@ -824,6 +824,55 @@ fn redact_url_hides_credentials() {
 }
 
 #[test]
+fn redact_url_hides_secret_query_parameters() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "https://h/x?access_token=hidden1&page=2",
+            "https://h/x?access_token=***&page=2",
+        ),
+        (
+            "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+             &X-Amz-Credential=hidden2&X-Amz-Date=20260101T000000Z&X-Amz-Expires=300\
+             &X-Amz-Security-Token=hidden3&X-Amz-SignedHeaders=host&X-Amz-Signature=hidden4",
+            "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+             &X-Amz-Credential=***&X-Amz-Date=20260101T000000Z&X-Amz-Expires=300\
+             &X-Amz-Security-Token=***&X-Amz-SignedHeaders=***&X-Amz-Signature=***",
+        ),
+        (
+            "https://storage.googleapis.com/b/o?GoogleAccessId=hidden5&Expires=1700000000\
+             &Signature=hidden6",
+            "https://storage.googleapis.com/b/o?GoogleAccessId=***&Expires=1700000000\
+             &Signature=***",
+        ),
+        (
+            "https://h/x?sig=hidden7&se=2026&API_KEY=hidden8&Password=hidden9",
+            "https://h/x?sig=***&se=2026&API_KEY=***&Password=***",
+        ),
+        (
+            "https://h/x?passwd=hidden10&auth=hidden11&credentials=hidden12&sessionid=hidden13",
+            "https://h/x?passwd=***&auth=***&credentials=***&sessionid=***",
+        ),
+        // Percent-encoded names, `+` for spaces, in the fragment too.
+        (
+            "https://h/x?access%5Ftoken=hidden14&client+secret=hidden15#id_token=hidden16",
+            "https://h/x?access%5Ftoken=***&client+secret=***#id_token=***",
+        ),
+        // With credentials as well; empty values and bare words as they are.
+        (
+            "https://u:hidden17@h/x?token=hidden18&token=&flag&q=token",
+            "https://***@h/x?token=***&token=&flag&q=token",
+        ),
+        ("https://h/x?q=1&expires=5", "https://h/x?q=1&expires=5"),
+        ("https://h/x?", "https://h/x?"),
+    ];
+    for (text, expected) in cases {
+        let redacted = redact_url(&url(text));
+        assert_eq!(redacted, *expected, "{text}");
+        assert!(!redacted.contains("hidden"), "{redacted}");
+    }
+}
+
+#[test]
 fn redact_unparsed_url_hides_what_looks_like_credentials() {
     let cases: &[(&str, &str)] = &[
         ("http://u:secret@h:99999/x", "http://***@h:99999/x"),
@@ -833,6 +882,17 @@ fn redact_unparsed_url_hides_what_looks_like_credentials() {
         ("http://u@h", "http://***@h"),
         ("no scheme@h", "no scheme@h"),
         ("", ""),
+        (
+            "http://u:secret@h:99999/x?access_token=secret&q=1#sig=secret",
+            "http://***@h:99999/x?access_token=***&q=1#sig=***",
+        ),
+        (
+            "http://[::1/x?X-Amz-Signature=secret&X-Amz-Expires=60",
+            "http://[::1/x?X-Amz-Signature=***&X-Amz-Expires=60",
+        ),
+        ("/relative?token=secret", "/relative?token=***"),
+        ("ht?tp://u:secret@h", "ht?tp://***@h"),
+        ("http://h#a#token=secret", "http://h#a#token=***"),
     ];
     for (text, expected) in cases {
         assert_eq!(redact_unparsed_url(text), *expected, "{text}");

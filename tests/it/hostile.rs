@@ -7,7 +7,7 @@
 //!
 //! - `files`: symlinks, hard links, FIFOs, devices and directories planted in
 //!   spool and delivery directories, including a symlink swapped in during
-//!   delivery.
+//!   delivery and things planted under chitd's next temporary names.
 //! - `chits`: hostile chit contents (paths, size, garbage, credentials).
 //! - `upstream`: hostile servers (encodings, redirects, wrong or extra bytes,
 //!   slow drip, oversized headers), with a raw-TCP server (`evil`) for
@@ -17,7 +17,8 @@
 //! - `descriptors`: a low limit on open files.
 //!
 //! The security model these tests check is written down in
-//! `docs-security-model.md`.
+//! `spool-layout.md`, section 5 ("Security model"), which cites each test
+//! here by its path (`hostile::files::…`).
 
 mod chits;
 mod descriptors;

@@ -202,8 +202,9 @@ fn binary_garbage_chits_are_failed_with_a_reason() {
 }
 
 /// User names and passwords in URLs (of chits, of mirrors, and of redirect
-/// targets) never appear in an `# error:` line, the daemon's log (at debug
-/// level) or its status file.
+/// targets), and secrets in their query strings (`access_token=`, a presigned
+/// S3 URL's `X-Amz-Signature=`), never appear in an `# error:` line, the
+/// daemon's log (at debug level) or its status file.
 #[test]
 fn credentials_in_urls_never_reach_reasons_or_logs() {
     const SECRET: &str = "hunter2";
@@ -225,12 +226,27 @@ fn credentials_in_urls_never_reach_reasons_or_logs() {
         "/redirect-unusable",
         Fault::RedirectTo(format!("http://user:{SECRET}@[::1/x")),
     );
+    // Secrets in query strings: an OAuth token, a presigned S3 URL.
+    let with_token = |url: &str| format!("{url}?access_token={SECRET}&page=2");
+    let presigned = |url: &str| {
+        format!(
+            "{url}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={SECRET}&X-Amz-Expires=300\
+             &X-Amz-Signature={SECRET}"
+        )
+    };
+    server.set_fault(
+        "/redirect-token",
+        Fault::RedirectTo(with_token(&server.url("/gone"))),
+    );
     let urls = [
         with_credentials(&server.url("/redirect-unusable")),
         with_credentials(&server.url("/missing")),
         with_credentials(&refused_url("/refused")),
         with_credentials(&server.url("/redirect")),
         with_credentials(&server.url("/redirect-ftp")),
+        with_token(&server.url("/missing-token")),
+        presigned(&server.url("/missing-signed")),
+        presigned(&server.url("/redirect-token")),
     ];
     setup
         .spool
@@ -239,6 +255,8 @@ fn credentials_in_urls_never_reach_reasons_or_logs() {
         format!("http://user:{SECRET}@host:99999/x"),
         format!("ftp://user:{SECRET}@host/x"),
         format!("gopher://{SECRET}@host/x"),
+        with_token("http://host:99999/x"),
+        presigned("ftp://host/x"),
     ];
     for (index, url) in bad_urls.iter().enumerate() {
         let text = content.chit("f.bin", std::slice::from_ref(url));
@@ -251,10 +269,26 @@ fn credentials_in_urls_never_reach_reasons_or_logs() {
         .start();
 
     let reason = setup.spool.expect_failed("fetched");
-    assert_reason(&reason, &["***@", "410", "redirect"]);
-    for index in 0..bad_urls.len() {
+    assert_reason(
+        &reason,
+        &[
+            "***@",
+            "410",
+            "redirect",
+            "access_token=***",
+            "X-Amz-Signature=***",
+        ],
+    );
+    for (index, url) in bad_urls.iter().enumerate() {
         let reason = setup.spool.expect_failed(&format!("bad{index}"));
-        assert_reason(&reason, &["***@"]);
+        let redacted = if url.contains('@') {
+            "***@"
+        } else if url.contains("access_token") {
+            "access_token=***"
+        } else {
+            "X-Amz-Credential=***"
+        };
+        assert_reason(&reason, &[redacted]);
     }
     setup.still_serving();
     // Let a status round pass, then look everywhere.
@@ -279,10 +313,12 @@ fn credentials_in_urls_never_reach_reasons_or_logs() {
             "the password shows in the {place}:\n{text}"
         );
     }
-    assert!(
-        places[0].1.contains("***@"),
-        "the log should show the redacted URLs"
-    );
+    for redacted in ["***@", "access_token=***", "X-Amz-Signature=***"] {
+        assert!(
+            places[0].1.contains(redacted),
+            "the log should show the redacted URLs ({redacted})"
+        );
+    }
 }
 
 /// A chit's name is the consumer's choice and may hold line breaks: they

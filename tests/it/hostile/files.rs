@@ -213,24 +213,153 @@ fn chit_that_is_a_fifo_socket_or_device_is_failed_and_never_opened() {
     setup.still_serving();
 }
 
+/// A chit that is a directory cannot carry an `# error:` line: it goes to
+/// `fail/` as it is, with the line in a new file inside it, `.chitd-error`.
+/// The consumer's files in it are kept, and a symlink of that name is
+/// neither followed nor replaced (that directory goes to `fail/` without
+/// the file, and the log says why).
 #[test]
-fn chit_that_is_a_directory_goes_to_fail_as_it_is() {
+fn chit_that_is_a_directory_goes_to_fail_with_the_reason_inside() {
     let setup = Setup::new();
-    let chit_dir = setup.spool.state_dir(State::Request).join("dir");
-    fs::create_dir(&chit_dir).unwrap();
-    fs::write(chit_dir.join("inner"), "a consumer's file\n").unwrap();
-    let _daemon = setup.start();
+    let request = setup.spool.state_dir(State::Request);
+    fs::create_dir(request.join("dir")).unwrap();
+    fs::write(request.join("dir/inner"), "a consumer's file\n").unwrap();
+    // One with a symlink of the reason file's name, to outside: chitd
+    // neither follows nor replaces it, and the directory still fails.
+    fs::create_dir(request.join("linked")).unwrap();
+    symlink(
+        setup.outside.file(),
+        request.join("linked").join(REASON_FILE),
+    )
+    .unwrap();
+    let daemon = setup.start();
 
-    let failed = setup.spool.state_dir(State::Fail).join("dir");
-    wait_until(TIMEOUT, "the directory chit to reach fail/", || {
-        failed.is_dir().then_some(())
-    });
-    assert_eq!(setup.spool.states_of("dir"), [State::Fail]);
+    let failed = setup.spool.state_dir(State::Fail);
+    for name in ["dir", "linked"] {
+        wait_until(TIMEOUT, "the directory chit to reach fail/", || {
+            failed.join(name).is_dir().then_some(())
+        });
+        assert_eq!(setup.spool.states_of(name), [State::Fail]);
+    }
+    let reason = fs::read_to_string(failed.join("dir").join(REASON_FILE)).unwrap();
+    assert!(
+        reason.starts_with("# error: ") && reason.ends_with('\n'),
+        "{reason:?}"
+    );
+    assert_eq!(reason.lines().count(), 1, "{reason:?}");
+    assert_reason(&reason, &["is a directory", "fetch/dir"]);
     assert_eq!(
-        fs::read_to_string(failed.join("inner")).unwrap(),
+        fs::read_to_string(failed.join("dir/inner")).unwrap(),
         "a consumer's file\n"
     );
+    let link = failed.join("linked").join(REASON_FILE);
+    assert_eq!(fs::read_link(&link).unwrap(), setup.outside.file());
+    assert!(
+        daemon.log().contains("without a .chitd-error file"),
+        "the log should say why linked/ has no reason file:\n{}",
+        daemon.log()
+    );
     setup.still_serving();
+}
+
+/// The file a chit that is a directory gets its `# error:` line in.
+const REASON_FILE: &str = ".chitd-error";
+
+/// chitd's temporaries are named `.<name>.chitd-<pid>.<n>`, `<n>` counting
+/// up from 0 in each run: a consumer that knows chitd's pid can plant
+/// something under each name chitd is about to use, in its delivery
+/// directory (a delivery's temporary) and in `fetch/` (a failed chit being
+/// rebuilt). Symlinks to outside files, dangling symlinks into the outside
+/// and regular files planted under the next names are neither followed nor
+/// written (each is created `O_EXCL`), and cost no chit: chitd takes
+/// another, random name, and both chits land where they should.
+#[test]
+fn things_planted_under_chitds_next_temporary_names_redirect_nothing_and_cost_no_chit() {
+    const PLANTED: u32 = 256;
+    let setup = Setup::new();
+    let (content, chit) = setup.serve("/planted", 3_000);
+    let mut daemon = setup.start();
+    let pid = daemon.pid();
+    // Past its start-up sweep (which removes temporaries of earlier runs)
+    // once it has delivered a first chit.
+    let (_, warm_up) = setup.serve("/warm-up", 1_000);
+    setup.spool.drop_chit("warm-up", warm_up);
+    setup.spool.expect_downloaded("warm-up");
+    let fetch = setup.spool.state_dir(State::Fetch);
+    let deliver = &setup.spool.deliver;
+    let planted = [(deliver, "good-planted.bin"), (&fetch, "bad")];
+    for (dir, name) in planted {
+        for n in 0..PLANTED {
+            plant_at_temporary_name(&setup, &dir.join(format!(".{name}.chitd-{pid}.{n}")), n);
+        }
+    }
+
+    setup.spool.drop_chit("good", &chit);
+    setup.spool.drop_chit("bad", "not a chit\n");
+    setup.spool.expect_downloaded("good");
+    setup
+        .spool
+        .assert_delivered("good", "good-planted.bin", &content);
+    let reason = setup.spool.expect_failed("bad");
+    assert_reason(&reason, &["bad chit"]);
+    assert!(
+        setup
+            .spool
+            .read_chit(State::Fail, "bad")
+            .starts_with("not a chit\n# error: "),
+        "the failed chit keeps its bytes"
+    );
+
+    let log = daemon.log();
+    for (dir, name) in planted {
+        let planted_name = dir.join(format!(".{name}.chitd-{pid}."));
+        let planted_name = planted_name.to_str().unwrap();
+        assert!(
+            log.lines().any(|line| line.contains(planted_name)
+                && line.contains("File exists")
+                && line.contains("trying another temporary name")),
+            "chitd should have met a planted name in {} and taken another:\n{log}",
+            dir.display()
+        );
+        for n in 0..PLANTED {
+            assert_planted_untouched(&setup, &dir.join(format!(".{name}.chitd-{pid}.{n}")), n);
+        }
+    }
+    setup.still_serving();
+}
+
+/// Plant, at `path`, one of three things by `n`: a symlink to a file
+/// outside, a dangling symlink to a name outside (a write through it would
+/// create that file), or a regular file.
+fn plant_at_temporary_name(setup: &Setup, path: &Path, n: u32) {
+    match n % 3 {
+        0 => symlink(setup.outside.file(), path).unwrap(),
+        1 => symlink(setup.outside.root.join("made-through-a-symlink"), path).unwrap(),
+        _ => fs::write(path, "planted by the consumer\n").unwrap(),
+    }
+}
+
+/// What [`plant_at_temporary_name`] planted at `path` is still there, as
+/// it was.
+fn assert_planted_untouched(setup: &Setup, path: &Path, n: u32) {
+    let shown = path.display();
+    match n % 3 {
+        0 => assert_eq!(
+            fs::read_link(path).unwrap(),
+            setup.outside.file(),
+            "{shown}"
+        ),
+        1 => assert_eq!(
+            fs::read_link(path).unwrap(),
+            setup.outside.root.join("made-through-a-symlink"),
+            "{shown}"
+        ),
+        _ => assert_eq!(
+            fs::read_to_string(path).unwrap(),
+            "planted by the consumer\n",
+            "{shown}"
+        ),
+    }
 }
 
 /// A non-empty directory a consumer plants at `path`, so that nothing can
