@@ -199,6 +199,9 @@ fn chase(
         None
     };
     let (mut generation, mut copied) = (frontier.generation(), 0u64);
+    // The buffer of a read/write copy, once `copy_file_range` is refused
+    // (the cache and the delivery directory on different file systems).
+    let mut plain: Option<Vec<u8>> = None;
     loop {
         let finishing = match state.load(Ordering::Acquire) {
             ABORT => return discard(parent, temp),
@@ -224,14 +227,7 @@ fn chase(
             continue;
         }
         let want = usize::try_from(want).unwrap_or(CHUNK).min(CHUNK);
-        let (mut read_at, mut write_at) = (copied, copied);
-        match rustix::fs::copy_file_range(
-            &source,
-            Some(&mut read_at),
-            &file,
-            Some(&mut write_at),
-            want,
-        ) {
+        match copy_range(&source, &file, copied, want, &mut plain) {
             // Once the download is over, the `.part` holds what the
             // frontier says: a short file ends the copy (incomplete, so
             // discarded). Before, a truncation raced the copy: the next
@@ -262,6 +258,41 @@ fn chase(
         generation,
         copied,
     })
+}
+
+/// Copy up to `want` bytes at `at` from `source` to the same offset of
+/// `target`: `copy_file_range`, or, once it has been refused across file
+/// systems (or is unsupported), a read and a write through `plain`.
+fn copy_range(
+    source: &File,
+    target: &File,
+    at: u64,
+    want: usize,
+    plain: &mut Option<Vec<u8>>,
+) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    if plain.is_none() {
+        let (mut read_at, mut write_at) = (at, at);
+        match rustix::fs::copy_file_range(
+            source,
+            Some(&mut read_at),
+            target,
+            Some(&mut write_at),
+            want,
+        ) {
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::INVAL
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::OPNOTSUPP,
+            ) => *plain = Some(vec![0; CHUNK]),
+            copied => return copied.map_err(Into::into),
+        }
+    }
+    let buffer = plain.get_or_insert_with(|| vec![0; CHUNK]);
+    let n = source.read_at(&mut buffer[..want.min(CHUNK)], at)?;
+    target.write_all_at(&buffer[..n], at)?;
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -46,9 +46,14 @@ const MAX_REASON_BYTES: usize = 4000;
 /// A URL parameter whose name holds one of these (lowercased) carries a
 /// secret: OAuth and API tokens, signed URLs (`X-Amz-Signature`,
 /// `X-Amz-Credential`, `X-Amz-Security-Token`, `Signature`, `sig`,
-/// `GoogleAccessId`), keys, passwords, session ids.
-const SECRET_PARAMETER_WORDS: [&str; 11] = [
+/// `GoogleAccessId`), keys, passwords, session ids, JWTs (GitHub's
+/// release-asset redirects carry one as `jwt`), SAML/OAuth assertions and
+/// authorization codes.
+const SECRET_PARAMETER_WORDS: [&str; 14] = [
     "token",
+    "jwt",
+    "assertion",
+    "code",
     "secret",
     "signature",
     "sig",

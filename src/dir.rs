@@ -457,6 +457,13 @@ impl Dir {
             .map_err(|e| self.error(e.into(), "removing", name))
     }
 
+    /// Remove the empty directory `name`.
+    pub fn remove_dir(&self, name: impl AsRef<OsStr>) -> io::Result<()> {
+        let name = name.as_ref();
+        rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)
+            .map_err(|e| self.error(e.into(), "removing", name))
+    }
+
     /// Whether this directory was removed (its last name unlinked) since
     /// it was opened. chitd keeps working on the open directory: a new one
     /// made under the old name goes unseen.
@@ -480,6 +487,17 @@ impl Dir {
     /// [`Dir::names`] leaves out.
     pub fn names_not_utf8(&self) -> io::Result<Vec<OsString>> {
         Ok(self.list()?.1)
+    }
+
+    /// How many names in this directory but `.` and `..` (UTF-8 or not)
+    /// `keep` accepts.
+    pub fn count(&self, keep: impl Fn(&OsStr) -> bool) -> io::Result<usize> {
+        let (names, others) = self.list()?;
+        let names = names.iter().map(|name| OsStr::new(name.as_str()));
+        Ok(names
+            .chain(others.iter().map(OsString::as_os_str))
+            .filter(|name| keep(name))
+            .count())
     }
 
     /// Every name in this directory but `.` and `..`: the UTF-8 ones, and

@@ -311,6 +311,11 @@ impl<W> InFlight<W> {
             .collect()
     }
 
+    /// Every key with a download held, queued or running.
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.entries.keys()
+    }
+
     /// Whether a download of `key` is held, queued or running.
     pub fn contains(&self, key: &Key) -> bool {
         self.entries.contains_key(key)

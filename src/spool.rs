@@ -277,7 +277,7 @@ impl Spool {
     fn fail_os(&self, chit: &OsStr, original: Option<&[u8]>, reason: &str) -> io::Result<()> {
         if self.fetch.kind(chit)? == Kind::Dir {
             // A directory cannot carry a reason line: a file inside it does.
-            self.leave_reason_in_dir(chit, reason);
+            self.leave_reason_in_dir(chit, reason)?;
         } else if original.is_none() && self.append_to_oversized(chit, reason)? {
             // The reason is on disk in the chit itself.
         } else {
@@ -294,6 +294,29 @@ impl Spool {
         self.failed.sync()
     }
 
+    /// Remove `X/` from `dir` if it is an earlier directory chit holding
+    /// only its reason file (or nothing): opened beneath `dir` without
+    /// following symlinks, its reason file unlinked, then the directory.
+    fn remove_failed_dir_chit(&self, dir: &Dir, chit: &OsStr) -> io::Result<()> {
+        let failed = dir.open_dir(chit)?;
+        let names = failed.names()?;
+        let ours_only =
+            failed.names_not_utf8()?.is_empty() && names.iter().all(|name| name == DIR_REASON_FILE);
+        if !ours_only {
+            return Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                format!(
+                    "{} is a directory with the consumer's files in it; left alone",
+                    failed.path().display()
+                ),
+            ));
+        }
+        if !names.is_empty() {
+            failed.remove_file(DIR_REASON_FILE)?;
+        }
+        dir.remove_dir(chit)
+    }
+
     /// For a chit that is a directory, `fetch/X/`: write [`error_line`] into
     /// a new file [`DIR_REASON_FILE`] inside it, and fsync the file and the
     /// directory. The directory is opened beneath `fetch/` and the file
@@ -301,9 +324,17 @@ impl Spool {
     /// consumer put there (a file or a symlink of that name included) is
     /// opened or overwritten. When that cannot be done, the directory still
     /// goes to `fail/` as it is, and why is logged.
-    fn leave_reason_in_dir(&self, chit: &OsStr, reason: &str) {
-        if let Err(e) = self.write_reason_file(chit, reason) {
-            tracing::warn!(consumer = %self.name, chit = %lossy(chit), "chit is a directory; moving it to fail/ without a {DIR_REASON_FILE} file: {e}; the reason: {reason}");
+    ///
+    /// Short of descriptors or memory ([`out_of_resources`]), it fails
+    /// instead, and the chit stays in `fetch/` for a later try.
+    fn leave_reason_in_dir(&self, chit: &OsStr, reason: &str) -> io::Result<()> {
+        match self.write_reason_file(chit, reason) {
+            Err(e) if out_of_resources(&e) => Err(e),
+            Err(e) => {
+                tracing::warn!(consumer = %self.name, chit = %lossy(chit), "chit is a directory; moving it to fail/ without a {DIR_REASON_FILE} file: {e}; the reason: {reason}");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 
@@ -353,15 +384,23 @@ impl Spool {
 
     /// Remove `downloaded/X` and `fail/X` left by an earlier request of the
     /// same name: the chit in `fetch/` is newer and its outcome replaces
-    /// theirs. A directory there is left alone (and the new outcome's
-    /// rename will report it).
+    /// theirs. A directory chit failed earlier (`fail/X/`) is removed when
+    /// it holds nothing but chitd's [`DIR_REASON_FILE`]; one holding more is
+    /// the consumer's and is left alone (the new outcome's rename then
+    /// reports it).
     pub fn clear_outcomes(&self, chit: &str) {
         self.clear_outcomes_os(OsStr::new(chit));
     }
 
     fn clear_outcomes_os(&self, chit: &OsStr) {
         for dir in [&self.downloaded, &self.failed] {
-            match dir.remove_file(chit) {
+            let removed = match dir.remove_file(chit) {
+                Err(e) if e.kind() == io::ErrorKind::IsADirectory => {
+                    self.remove_failed_dir_chit(dir, chit)
+                }
+                removed => removed,
+            };
+            match removed {
                 Ok(()) => {
                     tracing::info!(consumer = %self.name, chit = %lossy(chit), "removed the outcome of an earlier request of this name from {}", dir.path().display())
                 }
@@ -683,13 +722,26 @@ mod tests {
         fs::write(root.join("fetch/a"), "new").unwrap();
         fs::write(root.join("downloaded/a"), "old").unwrap();
         fs::write(root.join("fail/a"), "older").unwrap();
+        // Earlier directory chits: empty, with only chitd's reason file,
+        // and with a file of the consumer's.
         fs::create_dir(root.join("fail/d")).unwrap();
-        spool.clear_outcomes("a");
-        spool.clear_outcomes("d");
+        fs::create_dir(root.join("fail/e")).unwrap();
+        fs::write(root.join("fail/e").join(DIR_REASON_FILE), "# error: x\n").unwrap();
+        fs::create_dir(root.join("fail/f")).unwrap();
+        fs::write(root.join("fail/f").join(DIR_REASON_FILE), "# error: x\n").unwrap();
+        fs::write(root.join("fail/f/theirs"), "kept").unwrap();
+        for chit in ["a", "d", "e", "f"] {
+            spool.clear_outcomes(chit);
+        }
         assert!(!root.join("downloaded/a").exists());
         assert!(!root.join("fail/a").exists());
         assert!(root.join("fetch/a").exists());
-        assert!(root.join("fail/d").is_dir());
+        assert!(!root.join("fail/d").exists());
+        assert!(!root.join("fail/e").exists());
+        assert_eq!(
+            fs::read_to_string(root.join("fail/f/theirs")).unwrap(),
+            "kept"
+        );
     }
 
     #[test]

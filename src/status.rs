@@ -4,11 +4,12 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::daemon::StatusFile;
+use crate::dir::Dir;
 use crate::durable::with_path;
 use crate::spool::STATES;
 
@@ -52,9 +53,16 @@ pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
             Err(e) => return Err(with_path(e, "reading spool", spool)),
         };
         let mut counts = [0usize; 4];
-        if exists {
+        // The state directories are opened beneath the spool, never
+        // through a symlink a consumer put in their place.
+        let root = if exists {
+            Some(Dir::open_root(spool)?)
+        } else {
+            None
+        };
+        if let Some(root) = &root {
             for (count, state) in counts.iter_mut().zip(STATES) {
-                *count = count_chits(&spool.join(state))?;
+                *count = count_chits(root, state)?;
             }
         }
         let published = exists.then(|| StatusFile::read(spool)).flatten();
@@ -74,7 +82,7 @@ pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
                 .map(|p| p.downloads)
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|d| is_chit_in(&spool.join("fetch"), &d.chit))
+                .filter(|d| root.as_ref().is_some_and(|root| is_chit_in(root, &d.chit)))
                 .collect(),
         });
     }
@@ -83,26 +91,35 @@ pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
 
 /// Whether `dir` holds a chit named `name` (a plain name, never followed:
 /// the published file is in a directory the consumer can write).
-fn is_chit_in(dir: &Path, name: &str) -> bool {
+/// Whether `fetch/<name>` of the spool `root` exists.
+fn is_chit_in(root: &Dir, name: &str) -> bool {
     let plain = crate::spool::is_chit_name(name.as_ref()) && !name.contains('/');
-    plain && std::fs::symlink_metadata(dir.join(name)).is_ok()
+    plain
+        && root
+            .open_dir("fetch")
+            .is_ok_and(|fetch| fetch.kind(name).is_ok())
 }
 
-fn count_chits(dir: &Path) -> io::Result<usize> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        // Not made yet (`chitd run` makes it).
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(with_path(e, "reading", dir)),
-    };
-    let mut count = 0;
-    for entry in entries {
-        let entry = entry.map_err(|e| with_path(e, "reading", dir))?;
-        if !entry.file_name().as_encoded_bytes().starts_with(b".") {
-            count += 1;
+/// The chits (names but dot-files) in the state directory `state`.
+fn count_chits(root: &Dir, state: &str) -> io::Result<usize> {
+    let dir = match root.open_dir(state) {
+        Ok(dir) => dir,
+        // Not made yet (`chitd run` makes it); or not a directory, or a
+        // symlink a consumer put there, which chitd does not serve either.
+        // (`Dir::open_dir` refuses a symlink as invalid input.)
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound
+                    | io::ErrorKind::NotADirectory
+                    | io::ErrorKind::InvalidInput
+            ) =>
+        {
+            return Ok(0);
         }
-    }
-    Ok(count)
+        Err(e) => return Err(e),
+    };
+    dir.count(|name| !name.as_encoded_bytes().starts_with(b"."))
 }
 
 /// The report for a person.

@@ -319,8 +319,13 @@ impl Store {
     /// nothing has written for [`ORPHAN_GRACE`]. The daemon calls this
     /// when no chit is being worked on: every chit left in a `fetch/` has
     /// then had its turn, and one that wanted a partial resumed it (and so
-    /// wrote to it). Returns how many partials were removed.
-    pub fn remove_orphaned_partials(&self) -> io::Result<usize> {
+    /// wrote to it). `spared(digest, size)` keeps the partials of
+    /// downloads under way or waiting for a slot (for a sweep while busy).
+    /// Returns how many partials were removed.
+    pub fn remove_orphaned_partials(
+        &self,
+        spared: impl Fn(Digest, u64) -> bool,
+    ) -> io::Result<usize> {
         let now = SystemTime::now();
         let mut newest: std::collections::BTreeMap<PathBuf, SystemTime> = Default::default();
         for entry in
@@ -348,7 +353,9 @@ impl Store {
         }
         let mut removed = 0;
         for (stem, written) in newest {
-            if now.duration_since(written).unwrap_or_default() <= ORPHAN_GRACE {
+            if now.duration_since(written).unwrap_or_default() <= ORPHAN_GRACE
+                || partial_key(&stem).is_some_and(|(digest, size)| spared(digest, size))
+            {
                 continue;
             }
             for path in [stem.with_extension("progress"), stem.with_extension("part")] {
@@ -363,6 +370,14 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+/// The digest and size a partial's path names (`<sha256>-<size>`, any
+/// extension removed), if it names them.
+fn partial_key(stem: &Path) -> Option<(Digest, u64)> {
+    let name = stem.file_name()?.to_str()?;
+    let (hex, size) = name.split_once('-')?;
+    Some((Digest::parse_hex(hex).ok()?, size.parse().ok()?))
 }
 
 /// What [`Store::is_intact`] found.
@@ -562,7 +577,7 @@ mod tests {
             let file = fs::File::create(partials.join(name)).unwrap();
             file.set_modified(written).unwrap();
         }
-        assert_eq!(store.remove_orphaned_partials().unwrap(), 1);
+        assert_eq!(store.remove_orphaned_partials(|_, _| false).unwrap(), 1);
         let mut left: Vec<_> = fs::read_dir(&partials)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -852,6 +852,17 @@ fn redact_url_hides_secret_query_parameters() {
             "https://h/x?passwd=hidden10&auth=hidden11&credentials=hidden12&sessionid=hidden13",
             "https://h/x?passwd=***&auth=***&credentials=***&sessionid=***",
         ),
+        // GitHub's release-asset redirect: its JWT is the access.
+        (
+            "https://release-assets.githubusercontent.com/a/b?sp=r&sig=hidden17&jwt=hidden18\
+             &filename=x.tar.gz&response-content-type=application%2Foctet-stream",
+            "https://release-assets.githubusercontent.com/a/b?sp=r&sig=***&jwt=***\
+             &filename=x.tar.gz&response-content-type=application%2Foctet-stream",
+        ),
+        (
+            "https://h/cb?code=hidden19&assertion=hidden20&state=abc",
+            "https://h/cb?code=***&assertion=***&state=abc",
+        ),
         // Percent-encoded names, `+` for spaces, in the fragment too.
         (
             "https://h/x?access%5Ftoken=hidden14&client+secret=hidden15#id_token=hidden16",

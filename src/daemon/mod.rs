@@ -51,6 +51,11 @@ pub const LOCAL_SLOTS: usize = 128;
 /// at its first idle moment).
 pub const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// A daemon that has not been idle for this long looks for orphaned
+/// partial downloads anyway, sparing those of downloads under way or
+/// waiting for a slot.
+pub const ORPHAN_SWEEP_BUSY: Duration = Duration::from_secs(24 * 3600);
+
 /// Safety-net rescan of every `request/`, in case an event was lost.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the in-flight progress file is refreshed.
@@ -263,6 +268,7 @@ pub async fn run(
         unsynced_cache_dirs: BTreeSet::new(),
         syncing_cache_dirs: false,
         orphans_swept: None,
+        unswept_since: tokio::time::Instant::now(),
         last_cache_sync: None,
         commits_since: None,
         tried: HashMap::new(),
@@ -318,6 +324,8 @@ struct Scheduler {
     syncing_cache_dirs: bool,
     /// When orphaned partial downloads were last looked for.
     orphans_swept: Option<tokio::time::Instant>,
+    /// The start, or the last sweep: what [`ORPHAN_SWEEP_BUSY`] counts from.
+    unswept_since: tokio::time::Instant,
     last_cache_sync: Option<tokio::time::Instant>,
     /// When the oldest chit in `commits` was delivered.
     commits_since: Option<tokio::time::Instant>,
@@ -480,12 +488,9 @@ impl Scheduler {
                         for consumer in 0..self.shared.consumers.len() {
                             self.check_names(consumer, true);
                         }
-                        if self
-                            .orphans_swept
-                            .is_none_or(|last| last.elapsed() >= ORPHAN_SWEEP_INTERVAL)
-                        {
-                            self.sweep_orphans().await;
-                        }
+                    }
+                    if !exit_when_idle {
+                        self.sweep_orphans_when_due().await;
                     }
                 }
                 _ = status.tick() => {
@@ -1101,14 +1106,37 @@ impl Scheduler {
     /// [`crate::store::ORPHAN_GRACE`]; only while no chit is worked on
     /// (see [`crate::store::Store::remove_orphaned_partials`]).
     async fn sweep_orphans(&mut self) {
-        self.orphans_swept = Some(tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        self.orphans_swept = Some(now);
+        self.unswept_since = now;
+        // Downloads under way or waiting for a slot keep their partials
+        // (none when idle).
+        let spared: HashSet<Key> = self.inflight.keys().copied().collect();
         let shared = Arc::clone(&self.shared);
-        let swept =
-            tokio::task::spawn_blocking(move || shared.store.remove_orphaned_partials()).await;
+        let swept = tokio::task::spawn_blocking(move || {
+            shared
+                .store
+                .remove_orphaned_partials(|digest, size| spared.contains(&Key { digest, size }))
+        })
+        .await;
         match swept {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!("cannot remove orphaned partial downloads: {e}"),
             Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Sweep orphaned partials when it is time: at the first idle moment
+    /// and hourly after that while idle (checked after a rescan, so a chit
+    /// the rescan just found counts as work); after a whole day without an
+    /// idle moment, busy or not.
+    async fn sweep_orphans_when_due(&mut self) {
+        let idle = self.is_idle()
+            && self
+                .orphans_swept
+                .is_none_or(|last| last.elapsed() >= ORPHAN_SWEEP_INTERVAL);
+        if idle || self.unswept_since.elapsed() >= ORPHAN_SWEEP_BUSY {
+            self.sweep_orphans().await;
         }
     }
 

@@ -395,9 +395,16 @@ fn write_chunks(
     runtime: &tokio::runtime::Handle,
 ) -> std::io::Result<()> {
     loop {
-        let next = match partial.checkpoint_due_in() {
-            None => chunks.blocking_recv(),
-            Some(due) => match runtime.block_on(tokio::time::timeout(due, chunks.recv())) {
+        // A chunk already waiting needs no timer.
+        let ready = match chunks.try_recv() {
+            Ok(chunk) => Some(Some(chunk)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Some(None),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+        };
+        let next = match (ready, partial.checkpoint_due_in()) {
+            (Some(next), _) => next,
+            (None, None) => chunks.blocking_recv(),
+            (None, Some(due)) => match runtime.block_on(tokio::time::timeout(due, chunks.recv())) {
                 Ok(next) => next,
                 Err(_) => {
                     partial.start_checkpoint()?;

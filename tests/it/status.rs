@@ -218,6 +218,38 @@ fn status_shows_downloads_in_flight_with_bytes_done_and_total() {
     assert_eq!(json["daemon_pid"], daemon.pid(), "{json}");
     assert_eq!(counts(&json, 0).1, [0, 1, 0, 0], "{json}");
     let text = status(false);
-    assert!(text.contains("sub/f.bin"), "{text}");
-    assert!(text.contains("50"), "no percentage in: {text}");
+    assert!(
+        text.contains("f  sub/f.bin  100000/200000 bytes (50.0%)"),
+        "no progress line in: {text}"
+    );
+}
+
+/// A state directory a consumer replaced with a symlink (to count someone
+/// else's directory, say) is not followed: it counts as empty, and the
+/// other states are counted as usual.
+#[test]
+fn status_does_not_follow_a_symlinked_state_directory() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let text = Content::random(10).chit("x", &[]);
+    spool.put_chit(State::Fail, "x1", &text);
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    for name in ["a", "b", "c"] {
+        std::fs::write(elsewhere.join(name), "not a chit").unwrap();
+    }
+    let request = spool.state_dir(State::Request);
+    std::fs::remove_dir(&request).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &request).unwrap();
+
+    let args: [OsString; 4] = [
+        "status".into(),
+        "--spool".into(),
+        spool.spool.clone().into(),
+        "--json".into(),
+    ];
+    let output = run_cli(&dir, args, TIMEOUT);
+    assert_eq!(output.code, Some(0), "{output:?}");
+    let status: serde_json::Value = serde_json::from_str(&output.stdout).expect("JSON");
+    assert_eq!(counts(&status, 0).1, [0, 0, 0, 1], "{status}");
 }

@@ -128,6 +128,55 @@ fn disk_full_while_delivering_fails_the_chit_and_leaves_no_temporary() {
     setup.still_serving();
 }
 
+/// The same with the delivery's directory already there, so the file is
+/// copied while it downloads (early delivery, for files of 1 MiB or more):
+/// the copy hits ENOSPC, is stopped and its temporary removed while the
+/// download goes on into the cache; the delivery from the cache then fails
+/// the chit naming ENOSPC, and nothing is left in the delivery directory.
+#[test]
+fn disk_full_during_early_delivery_removes_the_copy_and_fails_the_chit() {
+    let setup = Setup::new();
+    let Some(_small) = SmallFs::mount(&setup.spool.deliver) else {
+        return;
+    };
+    std::fs::create_dir(setup.spool.deliver.join("sub")).unwrap();
+    let content = Content::random(3 << 20);
+    setup.server.add("/big", content.bytes.clone());
+    let chit = content.chit("sub/big.bin", &[setup.server.url("/big")]);
+    setup.spool.drop_chit("big", chit);
+    let daemon = Daemon::for_spool(&setup.dir, &setup.spool)
+        .env("RUST_LOG", "chitd=debug")
+        .start();
+
+    let reason = setup.spool.expect_failed("big");
+    assert_reason(
+        &reason,
+        &["cannot deliver sub/big.bin", "no space left on device"],
+    );
+    let log = daemon.log().to_lowercase();
+    assert!(
+        log.contains("early delivery stopped: no space left on device"),
+        "the early delivery did not run into the full disk:\n{log}"
+    );
+    assert!(
+        files_in(&setup.spool.deliver).is_empty(),
+        "left in the delivery directory: {:?}",
+        files_in(&setup.spool.deliver)
+    );
+    // The download itself was not the victim: it is in the cache.
+    let cached = setup
+        .dir
+        .cache()
+        .join("sha256-v1")
+        .join(&content.sha256[..2])
+        .join(&content.sha256);
+    assert_eq!(
+        std::fs::metadata(&cached).map(|m| m.len()).ok(),
+        Some(3 << 20)
+    );
+    setup.still_serving();
+}
+
 /// The disk fills up after a checkpoint made part of the download
 /// resumable: the partial is discarded all the same when the chit fails,
 /// since the space matters more (a kept partial would keep the cache full

@@ -262,6 +262,29 @@ fn chit_that_is_a_directory_goes_to_fail_with_the_reason_inside() {
     setup.still_serving();
 }
 
+/// An empty directory dropped again under the name of one that already
+/// failed (`mkdir request/x` run twice): the earlier `fail/x/`, holding
+/// only chitd's reason file, is replaced like any earlier outcome, and the
+/// new one fails too, with its reason; the chit is never stuck.
+#[test]
+fn a_directory_chit_dropped_again_fails_again() {
+    let setup = Setup::new();
+    let request = setup.spool.state_dir(State::Request);
+    let failed = setup.spool.state_dir(State::Fail);
+    let _daemon = setup.start();
+    for round in 0..2 {
+        fs::create_dir(request.join("x")).unwrap();
+        wait_until(TIMEOUT, "the directory chit to reach fail/", || {
+            (!request.join("x").exists() && !setup.spool.state_dir(State::Fetch).join("x").exists())
+                .then_some(())
+        });
+        assert_eq!(setup.spool.states_of("x"), [State::Fail], "round {round}");
+        let reason = fs::read_to_string(failed.join("x").join(REASON_FILE)).unwrap();
+        assert_reason(&reason, &["is a directory"]);
+    }
+    setup.still_serving();
+}
+
 /// The file a chit that is a directory gets its `# error:` line in.
 const REASON_FILE: &str = ".chitd-error";
 
