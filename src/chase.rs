@@ -304,8 +304,8 @@ mod tests {
     use std::fs;
 
     /// Across file systems (`/tmp` and the tmpfs `/dev/shm`, where both
-    /// exist and differ) `copy_file_range` is refused and the copy goes on
-    /// by read and write; on one file system it copies by itself. Either
+    /// exist and differ) `copy_file_range` may be refused, and the copy goes
+    /// on by read and write; on one file system it copies by itself. Either
     /// way the bytes arrive at their offset.
     #[test]
     fn copy_range_copies_across_file_systems_by_read_and_write() {
@@ -341,14 +341,10 @@ mod tests {
                 copy_range(&source, &target, 0, 100_000, &mut plain).unwrap(),
                 100_000
             );
+            // (Without the fallback, a kernel that refuses the copy across
+            // file systems, as 5.19 and later do, fails the unwraps above.)
             assert_eq!(fs::read(&target_path).unwrap(), bytes);
-            let across = std::ptr::eq(dir, elsewhere.as_ref().unwrap_or(&here)) && cross;
-            assert_eq!(
-                plain.is_some(),
-                across,
-                "read/write fallback for {}",
-                dir.path().display()
-            );
+            assert!(plain.is_none() || cross, "fell back on one file system");
         }
         if !cross {
             eprintln!("SKIPPED the cross-file-system half: no separate /dev/shm here");

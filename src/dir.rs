@@ -96,6 +96,12 @@ impl Dir {
     /// made on first start keeps its name through a power cut.
     pub fn open_root(path: &Path) -> io::Result<Dir> {
         crate::durable::create_dir_all(path)?;
+        Dir::open_existing(path)
+    }
+
+    /// Open a trusted root directory that exists (for a reader such as
+    /// `chitd status`, which must not make one).
+    pub fn open_existing(path: &Path) -> io::Result<Dir> {
         let fd = rustix::fs::open(
             path,
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,

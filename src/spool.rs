@@ -43,7 +43,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::chit::{MAX_CHIT_BYTES, error_line, with_error_line};
+use crate::chit::{ERROR_LINE_PREFIX, MAX_CHIT_BYTES, error_line, with_error_line};
 use crate::dir::{Dir, DurableDirs, Holds, Kind};
 use crate::durable::{out_of_resources, with_path};
 
@@ -294,14 +294,18 @@ impl Spool {
         self.failed.sync()
     }
 
-    /// Remove `X/` from `dir` if it is an earlier directory chit holding
-    /// only its reason file (or nothing): opened beneath `dir` without
-    /// following symlinks, its reason file unlinked, then the directory.
-    fn remove_failed_dir_chit(&self, dir: &Dir, chit: &OsStr) -> io::Result<()> {
-        let failed = dir.open_dir(chit)?;
+    /// Remove `fail/X/` if it is an earlier directory chit holding only the
+    /// reason file chitd made (or nothing): opened beneath `fail/` without
+    /// following symlinks; the reason file must be a regular file with one
+    /// link, owned by chitd's user, holding an `# error:` line (a consumer's
+    /// own file of that name is left alone, and so is the directory); it is
+    /// unlinked, then the directory.
+    fn remove_failed_dir_chit(&self, chit: &OsStr) -> io::Result<()> {
+        let failed = self.failed.open_dir(chit)?;
         let names = failed.names()?;
-        let ours_only =
-            failed.names_not_utf8()?.is_empty() && names.iter().all(|name| name == DIR_REASON_FILE);
+        let ours_only = failed.names_not_utf8()?.is_empty()
+            && names.iter().all(|name| name == DIR_REASON_FILE)
+            && (names.is_empty() || is_our_reason_file(&failed)?);
         if !ours_only {
             return Err(io::Error::new(
                 io::ErrorKind::DirectoryNotEmpty,
@@ -314,7 +318,7 @@ impl Spool {
         if !names.is_empty() {
             failed.remove_file(DIR_REASON_FILE)?;
         }
-        dir.remove_dir(chit)
+        self.failed.remove_dir(chit)
     }
 
     /// For a chit that is a directory, `fetch/X/`: write [`error_line`] into
@@ -395,8 +399,11 @@ impl Spool {
     fn clear_outcomes_os(&self, chit: &OsStr) {
         for dir in [&self.downloaded, &self.failed] {
             let removed = match dir.remove_file(chit) {
-                Err(e) if e.kind() == io::ErrorKind::IsADirectory => {
-                    self.remove_failed_dir_chit(dir, chit)
+                Err(e)
+                    if e.kind() == io::ErrorKind::IsADirectory
+                        && std::ptr::eq(dir, &self.failed) =>
+                {
+                    self.remove_failed_dir_chit(chit)
                 }
                 removed => removed,
             };
@@ -663,6 +670,25 @@ fn read_chit_in(dir: &Dir, chit: &OsStr) -> Result<Vec<u8>, ReadError> {
     Ok(bytes)
 }
 
+/// Whether [`DIR_REASON_FILE`] in `dir` is one chitd made: a regular file
+/// (not followed if a symlink) with one link, owned by chitd's user,
+/// starting with an `# error:` line.
+fn is_our_reason_file(dir: &Dir) -> io::Result<bool> {
+    let file = match dir.open_regular(DIR_REASON_FILE) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let metadata = file.metadata()?;
+    let euid = rustix::process::geteuid().as_raw();
+    if metadata.nlink() != 1 || metadata.uid() != euid {
+        return Ok(false);
+    }
+    let mut start = [0u8; ERROR_LINE_PREFIX.len()];
+    let read = file.take(start.len() as u64).read(&mut start)?;
+    Ok(start[..read] == *ERROR_LINE_PREFIX.as_bytes())
+}
+
 /// Whether `copy`, from `fail/`, is the chit `bytes` with a reason line
 /// appended ([`with_error_line`]).
 fn is_failed_copy_of(copy: &[u8], bytes: &[u8]) -> bool {
@@ -730,9 +756,19 @@ mod tests {
         fs::create_dir(root.join("fail/f")).unwrap();
         fs::write(root.join("fail/f").join(DIR_REASON_FILE), "# error: x\n").unwrap();
         fs::write(root.join("fail/f/theirs"), "kept").unwrap();
-        for chit in ["a", "d", "e", "f"] {
+        // The consumer's own file of the reason file's name; and an empty
+        // directory in downloaded/ (never chitd's: a directory chit fails).
+        fs::create_dir(root.join("fail/g")).unwrap();
+        fs::write(root.join("fail/g").join(DIR_REASON_FILE), "mine\n").unwrap();
+        fs::create_dir(root.join("downloaded/h")).unwrap();
+        for chit in ["a", "d", "e", "f", "g", "h"] {
             spool.clear_outcomes(chit);
         }
+        assert_eq!(
+            fs::read_to_string(root.join("fail/g").join(DIR_REASON_FILE)).unwrap(),
+            "mine\n"
+        );
+        assert!(root.join("downloaded/h").is_dir());
         assert!(!root.join("downloaded/a").exists());
         assert!(!root.join("fail/a").exists());
         assert!(root.join("fetch/a").exists());

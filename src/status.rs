@@ -56,7 +56,7 @@ pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
         // The state directories are opened beneath the spool, never
         // through a symlink a consumer put in their place.
         let root = if exists {
-            Some(Dir::open_root(spool)?)
+            Some(Dir::open_existing(spool)?)
         } else {
             None
         };

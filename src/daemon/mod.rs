@@ -484,13 +484,14 @@ impl Scheduler {
                 _ = rescan.tick() => {
                     let idle = self.is_idle();
                     self.scan(idle);
+                    // Before the name checks below, which are work too.
+                    if !exit_when_idle {
+                        self.sweep_orphans_when_due().await;
+                    }
                     if idle && !exit_when_idle {
                         for consumer in 0..self.shared.consumers.len() {
                             self.check_names(consumer, true);
                         }
-                    }
-                    if !exit_when_idle {
-                        self.sweep_orphans_when_due().await;
                     }
                 }
                 _ = status.tick() => {

@@ -128,7 +128,10 @@ impl StatusFile {
         if !spool.is_dir() {
             return None;
         }
-        let file = Dir::open_root(spool).ok()?.open_regular(STATUS_FILE).ok()?;
+        let file = Dir::open_existing(spool)
+            .ok()?
+            .open_regular(STATUS_FILE)
+            .ok()?;
         let mut text = Vec::new();
         file.take(MAX_STATUS_BYTES + 1)
             .read_to_end(&mut text)

@@ -798,6 +798,31 @@ fn aged_partials_are_resumed_by_their_chit_and_removed_without_one() {
     );
 }
 
+/// A daemon that keeps running sweeps aged orphans once it is idle (its
+/// first idle moment), not only one run with `--exit-when-idle`.
+#[test]
+fn a_running_daemon_removes_aged_orphans_once_idle() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let partials = dir.cache().join("partial-v1");
+    fs::create_dir_all(&partials).unwrap();
+    let orphan = partials.join(format!("{}-5.part", "cd".repeat(32)));
+    let aged = SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
+    for path in [orphan.clone(), orphan.with_extension("progress")] {
+        fs::write(&path, "x").unwrap();
+        let file = fs::File::options().append(true).open(&path).unwrap();
+        file.set_modified(aged).unwrap();
+    }
+
+    let _daemon = Daemon::for_spool(&dir, &spool)
+        .env("CHITD_RESCAN_INTERVAL_MS", "100")
+        .start();
+
+    wait_until(TIMEOUT, "the aged orphan to be removed", || {
+        (!orphan.exists() && !orphan.with_extension("progress").exists()).then_some(())
+    });
+}
+
 // ---- start-up recovery in delivery directories and spools ----
 
 #[test]
