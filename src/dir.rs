@@ -486,31 +486,41 @@ impl Dir {
     /// The names in this directory (without `.` and `..`) that are UTF-8.
     /// The others are skipped silently: see [`Dir::names_not_utf8`].
     pub fn names(&self) -> io::Result<Vec<String>> {
-        Ok(self.list()?.0)
+        let mut names = Vec::new();
+        self.each_name(|bytes| {
+            if let Ok(name) = std::str::from_utf8(bytes) {
+                names.push(name.to_owned());
+            }
+        })?;
+        Ok(names)
     }
 
     /// The names in this directory that are not UTF-8, which
     /// [`Dir::names`] leaves out.
     pub fn names_not_utf8(&self) -> io::Result<Vec<OsString>> {
-        Ok(self.list()?.1)
+        // Only those are copied: a directory of 100,000 chits with UTF-8
+        // names costs no memory here.
+        let mut others = Vec::new();
+        self.each_name(|bytes| {
+            if std::str::from_utf8(bytes).is_err() {
+                others.push(OsString::from_vec(bytes.to_vec()));
+            }
+        })?;
+        Ok(others)
     }
 
     /// How many names in this directory but `.` and `..` (UTF-8 or not)
     /// `keep` accepts.
     pub fn count(&self, keep: impl Fn(&OsStr) -> bool) -> io::Result<usize> {
-        let (names, others) = self.list()?;
-        let names = names.iter().map(|name| OsStr::new(name.as_str()));
-        Ok(names
-            .chain(others.iter().map(OsString::as_os_str))
-            .filter(|name| keep(name))
-            .count())
+        let mut count = 0;
+        self.each_name(|bytes| {
+            count += usize::from(keep(std::os::unix::ffi::OsStrExt::from_bytes(bytes)))
+        })?;
+        Ok(count)
     }
 
-    /// Every name in this directory but `.` and `..`: the UTF-8 ones, and
-    /// the others.
-    fn list(&self) -> io::Result<(Vec<String>, Vec<OsString>)> {
-        let mut names = Vec::new();
-        let mut others = Vec::new();
+    /// Call `f` with every name in this directory but `.` and `..`.
+    fn each_name(&self, mut f: impl FnMut(&[u8])) -> io::Result<()> {
         let dup = rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)
             .map_err(|e| with_path(e.into(), "reading directory", &self.path))?;
         let mut dir = rustix::fs::Dir::new(dup)
@@ -522,12 +532,9 @@ impl Dir {
             if bytes == b"." || bytes == b".." {
                 continue;
             }
-            match String::from_utf8(bytes.to_vec()) {
-                Ok(name) => names.push(name),
-                Err(e) => others.push(OsString::from_vec(e.into_bytes())),
-            }
+            f(bytes);
         }
-        Ok((names, others))
+        Ok(())
     }
 
     fn error(&self, error: io::Error, doing: &str, name: impl AsRef<OsStr>) -> io::Error {
