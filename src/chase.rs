@@ -272,21 +272,9 @@ fn copy_range(
 ) -> std::io::Result<usize> {
     use std::os::unix::fs::FileExt;
     if plain.is_none() {
-        let (mut read_at, mut write_at) = (at, at);
-        match rustix::fs::copy_file_range(
-            source,
-            Some(&mut read_at),
-            target,
-            Some(&mut write_at),
-            want,
-        ) {
-            Err(
-                rustix::io::Errno::XDEV
-                | rustix::io::Errno::INVAL
-                | rustix::io::Errno::NOSYS
-                | rustix::io::Errno::OPNOTSUPP,
-            ) => *plain = Some(vec![0; CHUNK]),
-            copied => return copied.map_err(Into::into),
+        match crate::deliver::copy_file_range_at(source, target, at, want)? {
+            Some(copied) => return Ok(copied),
+            None => *plain = Some(vec![0; CHUNK]),
         }
     }
     let buffer = plain.get_or_insert_with(|| vec![0; CHUNK]);

@@ -126,18 +126,10 @@ fn copy(source: &File, target: &mut File) -> io::Result<()> {
         let want = usize::try_from(length - done)
             .unwrap_or(usize::MAX)
             .min(COPY_CHUNK);
-        // Explicit offsets (the kernel advances these copies, not the
-        // files' positions); `done` moves by what was copied.
-        let (mut read_at, mut write_at) = (done, done);
-        match rustix::fs::copy_file_range(
-            source,
-            Some(&mut read_at),
-            &*target,
-            Some(&mut write_at),
-            want,
-        ) {
-            Ok(0) => break,
-            Ok(n) => {
+        // `done` moves by what was copied.
+        match copy_file_range_at(source, target, done, want)? {
+            Some(0) => break,
+            Some(n) => {
                 let n = n as u64;
                 // The fsync right after the copy writes the last chunk back
                 // (a small file is one chunk: no writeback call at all).
@@ -149,15 +141,7 @@ fn copy(source: &File, target: &mut File) -> io::Result<()> {
                 }
                 done += n;
             }
-            Err(
-                rustix::io::Errno::XDEV
-                | rustix::io::Errno::INVAL
-                | rustix::io::Errno::NOSYS
-                | rustix::io::Errno::OPNOTSUPP,
-            ) => {
-                return copy_plain(source, target, done);
-            }
-            Err(e) => return Err(e.into()),
+            None => return copy_plain(source, target, done),
         }
     }
     if done != length {
@@ -167,6 +151,36 @@ fn copy(source: &File, target: &mut File) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `copy_file_range` of up to `want` bytes at `at` in `source` to the same
+/// offset in `target` (explicit offsets: the kernel advances these, not the
+/// files' positions): the bytes copied, or `None` when the kernel refuses it
+/// for these files (across file systems, or not supported), and the caller
+/// copies by read and write.
+pub fn copy_file_range_at(
+    source: &File,
+    target: &File,
+    at: u64,
+    want: usize,
+) -> io::Result<Option<usize>> {
+    let (mut read_at, mut write_at) = (at, at);
+    match rustix::fs::copy_file_range(
+        source,
+        Some(&mut read_at),
+        target,
+        Some(&mut write_at),
+        want,
+    ) {
+        Ok(n) => Ok(Some(n)),
+        Err(
+            rustix::io::Errno::XDEV
+            | rustix::io::Errno::INVAL
+            | rustix::io::Errno::NOSYS
+            | rustix::io::Errno::OPNOTSUPP,
+        ) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Drop a big object's pages behind the copy (objects of more than one

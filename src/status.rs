@@ -65,6 +65,7 @@ pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
                 *count = count_chits(root, state)?;
             }
         }
+        let fetch = root.as_ref().and_then(|root| root.open_dir("fetch").ok());
         let published = exists.then(|| StatusFile::read(spool)).flatten();
         if let Some(published) = &published {
             report.daemon_pid = Some(published.pid);
@@ -82,7 +83,11 @@ pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
                 .map(|p| p.downloads)
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|d| root.as_ref().is_some_and(|root| is_chit_in(root, &d.chit)))
+                .filter(|d| {
+                    fetch
+                        .as_ref()
+                        .is_some_and(|fetch| is_chit_in(fetch, &d.chit))
+                })
                 .collect(),
         });
     }
@@ -91,13 +96,9 @@ pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
 
 /// Whether `dir` holds a chit named `name` (a plain name, never followed:
 /// the published file is in a directory the consumer can write).
-/// Whether `fetch/<name>` of the spool `root` exists.
-fn is_chit_in(root: &Dir, name: &str) -> bool {
+fn is_chit_in(dir: &Dir, name: &str) -> bool {
     let plain = crate::spool::is_chit_name(name.as_ref()) && !name.contains('/');
-    plain
-        && root
-            .open_dir("fetch")
-            .is_ok_and(|fetch| fetch.kind(name).is_ok())
+    plain && dir.kind(name).is_ok()
 }
 
 /// The chits (names but dot-files) in the state directory `state`.

@@ -285,11 +285,9 @@ fn remaking_downloaded_while_a_chit_downloads_does_not_drop_it() {
     spool.assert_delivered("f", "f.bin", &content);
 }
 
-#[test]
-fn chits_present_at_start_in_request_and_fetch_are_processed() {
-    let dir = TestDir::new();
-    let spool = dir.spool("c");
-    let server = Server::start();
+/// Chit `q` in `request/` and chit `c` in `fetch/`, as a daemon finds
+/// them at start: their contents (delivered to `q.bin` and `c.bin`).
+fn chits_left_in_request_and_fetch(spool: &TestSpool, server: &Server) -> (Content, Content) {
     let queued = Content::random(2_000);
     let claimed = Content::random(2_000);
     server.add("/q", queued.bytes.clone());
@@ -304,6 +302,15 @@ fn chits_present_at_start_in_request_and_fetch_are_processed() {
         "c",
         claimed.chit("c.bin", &[server.url("/c")]),
     );
+    (queued, claimed)
+}
+
+#[test]
+fn chits_present_at_start_in_request_and_fetch_are_processed() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let (queued, claimed) = chits_left_in_request_and_fetch(&spool, &server);
 
     Daemon::run_until_idle(&dir, &spool);
 
@@ -367,20 +374,7 @@ fn start_up_scan_finds_chits_left_in_request_and_fetch() {
     let dir = TestDir::new();
     let spool = dir.spool("c");
     let server = Server::start();
-    let queued = Content::random(2_000);
-    let claimed = Content::random(2_000);
-    server.add("/q", queued.bytes.clone());
-    server.add("/c", claimed.bytes.clone());
-    spool.put_chit(
-        State::Request,
-        "q",
-        queued.chit("q.bin", &[server.url("/q")]),
-    );
-    spool.put_chit(
-        State::Fetch,
-        "c",
-        claimed.chit("c.bin", &[server.url("/c")]),
-    );
+    let (queued, claimed) = chits_left_in_request_and_fetch(&spool, &server);
 
     let _daemon = Daemon::for_spool(&dir, &spool).without_rescan().start();
 

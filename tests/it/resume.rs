@@ -761,6 +761,26 @@ fn orphaned_partial_is_kept_and_resumed_when_its_chit_returns() {
     assert_eq!(requests[0].range.as_deref(), Some(expected_range.as_str()));
 }
 
+/// Set the files' mtime 8 days back: past the 7 days an orphaned partial
+/// is kept.
+fn age_past_the_grace(paths: &[PathBuf]) {
+    let aged = SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
+    for path in paths {
+        let file = fs::File::options().append(true).open(path).unwrap();
+        file.set_modified(aged).unwrap();
+    }
+}
+
+/// A partial (`.part` and record) of a digest of `byte`s in `partials`, that
+/// no chit asks for, aged past the grace: its `.part`.
+fn plant_aged_orphan(partials: &std::path::Path, byte: &str) -> PathBuf {
+    let orphan = partials.join(format!("{}-5.part", byte.repeat(32)));
+    fs::write(&orphan, "x").unwrap();
+    fs::write(orphan.with_extension("progress"), "y").unwrap();
+    age_past_the_grace(&[orphan.clone(), orphan.with_extension("progress")]);
+    orphan
+}
+
 /// Partials are removed only when nothing has written them for the grace
 /// period (7 days) and no chit wants them. A partial that old whose chit is
 /// still in `fetch/` (chitd was down for longer) is resumed, not removed
@@ -770,21 +790,8 @@ fn orphaned_partial_is_kept_and_resumed_when_its_chit_returns() {
 fn aged_partials_are_resumed_by_their_chit_and_removed_without_one() {
     let case = Case::new(2 * MIB);
     let record = case.kill_after_checkpoint(stall());
-    let aged = SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
-    let orphan = case
-        .partial("part")
-        .with_file_name(format!("{}-5.part", "ab".repeat(32)));
-    fs::write(&orphan, "x").unwrap();
-    fs::write(orphan.with_extension("progress"), "y").unwrap();
-    for path in [
-        case.partial("part"),
-        case.record_path(),
-        orphan.clone(),
-        orphan.with_extension("progress"),
-    ] {
-        let file = fs::File::options().append(true).open(&path).unwrap();
-        file.set_modified(aged).unwrap();
-    }
+    let orphan = plant_aged_orphan(&case.dir.cache().join("partial-v1"), "ab");
+    age_past_the_grace(&[case.partial("part"), case.record_path()]);
 
     let requests = case.run_to_delivery(30_000);
 
@@ -806,13 +813,7 @@ fn a_running_daemon_removes_aged_orphans_once_idle() {
     let spool = dir.spool("c");
     let partials = dir.cache().join("partial-v1");
     fs::create_dir_all(&partials).unwrap();
-    let orphan = partials.join(format!("{}-5.part", "cd".repeat(32)));
-    let aged = SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
-    for path in [orphan.clone(), orphan.with_extension("progress")] {
-        fs::write(&path, "x").unwrap();
-        let file = fs::File::options().append(true).open(&path).unwrap();
-        file.set_modified(aged).unwrap();
-    }
+    let orphan = plant_aged_orphan(&partials, "cd");
 
     let _daemon = Daemon::for_spool(&dir, &spool)
         .env("CHITD_RESCAN_INTERVAL_MS", "100")

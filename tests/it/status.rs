@@ -10,7 +10,8 @@ use std::ffi::OsString;
 
 use crate::server::{Fault, Server};
 use crate::util::{
-    ConfigFile, Content, Daemon, State, TIMEOUT, TestDir, run_cli, sha256_hex, wait_until,
+    ConfigFile, Content, Daemon, State, TIMEOUT, TestDir, TestSpool, run_cli, sha256_hex,
+    wait_until,
 };
 
 /// Name and `[request, fetch, downloaded, fail]` counts of consumer `index`.
@@ -31,6 +32,26 @@ fn counts(status: &serde_json::Value, index: usize) -> (String, [u64; 4]) {
             count("fail"),
         ],
     )
+}
+
+/// `chitd status --spool <spool>` (with `--json`: parsed), which must
+/// succeed.
+fn status_of(dir: &TestDir, spool: &TestSpool, json: bool) -> String {
+    let mut args: Vec<OsString> = vec![
+        "status".into(),
+        "--spool".into(),
+        spool.spool.clone().into(),
+    ];
+    if json {
+        args.push("--json".into());
+    }
+    let output = run_cli(dir, args, TIMEOUT);
+    assert_eq!(output.code, Some(0), "{output:?}");
+    output.stdout
+}
+
+fn status_json(dir: &TestDir, spool: &TestSpool) -> serde_json::Value {
+    serde_json::from_str(&status_of(dir, spool, true)).expect("status --json prints JSON")
 }
 
 #[test]
@@ -79,16 +100,7 @@ fn status_json_counts_chits_per_consumer_and_state() {
         "{status}"
     );
 
-    let args: [OsString; 4] = [
-        "status".into(),
-        "--spool".into(),
-        alpha.spool.clone().into(),
-        "--json".into(),
-    ];
-    let output = run_cli(&dir, args, TIMEOUT);
-    assert_eq!(output.code, Some(0), "{output:?}");
-    let status: serde_json::Value =
-        serde_json::from_str(&output.stdout).expect("status --json prints JSON");
+    let status = status_json(&dir, &alpha);
     assert_eq!(
         status["consumers"].as_array().map(Vec::len),
         Some(1),
@@ -158,16 +170,7 @@ fn status_works_while_the_daemon_runs() {
     spool.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
     spool.expect_downloaded("f");
 
-    let args: [OsString; 4] = [
-        "status".into(),
-        "--spool".into(),
-        spool.spool.clone().into(),
-        "--json".into(),
-    ];
-    let output = run_cli(&dir, args, TIMEOUT);
-    assert_eq!(output.code, Some(0), "{output:?}");
-    let status: serde_json::Value =
-        serde_json::from_str(&output.stdout).expect("status --json prints JSON");
+    let status = status_json(&dir, &spool);
     assert_eq!(counts(&status, 0).1, [0, 0, 1, 0], "{status}");
 }
 
@@ -187,25 +190,11 @@ fn status_shows_downloads_in_flight_with_bytes_done_and_total() {
     let mut daemon = Daemon::for_spool(&dir, &spool).start();
     spool.drop_chit("f", content.chit("sub/f.bin", &[server.url("/f")]));
 
-    let status = |json: bool| {
-        let mut args: Vec<OsString> = vec![
-            "status".into(),
-            "--spool".into(),
-            spool.spool.clone().into(),
-        ];
-        if json {
-            args.push("--json".into());
-        }
-        let output = run_cli(&dir, args, TIMEOUT);
-        assert_eq!(output.code, Some(0), "{output:?}");
-        output.stdout
-    };
     let json = wait_until(
         TIMEOUT,
         "the stalled download to show 100,000 bytes done",
         || {
-            let json: serde_json::Value =
-                serde_json::from_str(&status(true)).expect("status --json prints JSON");
+            let json = status_json(&dir, &spool);
             (json["consumers"][0]["in_flight"][0]["done"] == 100_000).then_some(json)
         },
     );
@@ -217,7 +206,7 @@ fn status_shows_downloads_in_flight_with_bytes_done_and_total() {
     assert_eq!(in_flight[0]["total"], 200_000, "{json}");
     assert_eq!(json["daemon_pid"], daemon.pid(), "{json}");
     assert_eq!(counts(&json, 0).1, [0, 1, 0, 0], "{json}");
-    let text = status(false);
+    let text = status_of(&dir, &spool, false);
     assert!(
         text.contains("f  sub/f.bin  100000/200000 bytes (50.0%)"),
         "no progress line in: {text}"
@@ -242,14 +231,6 @@ fn status_does_not_follow_a_symlinked_state_directory() {
     std::fs::remove_dir(&request).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &request).unwrap();
 
-    let args: [OsString; 4] = [
-        "status".into(),
-        "--spool".into(),
-        spool.spool.clone().into(),
-        "--json".into(),
-    ];
-    let output = run_cli(&dir, args, TIMEOUT);
-    assert_eq!(output.code, Some(0), "{output:?}");
-    let status: serde_json::Value = serde_json::from_str(&output.stdout).expect("JSON");
+    let status = status_json(&dir, &spool);
     assert_eq!(counts(&status, 0).1, [0, 0, 0, 1], "{status}");
 }
