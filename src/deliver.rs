@@ -6,10 +6,14 @@
 //! At start-up, [`remove_temporaries`] removes the temporaries of
 //! deliveries a crash cut short.
 //!
-//! The copy uses the kernel's fastest safe path: a reflink (`FICLONE`) where
-//! the filesystem shares extents copy-on-write, else `copy_file_range`, and
-//! drops a big object's pages behind it. A small download's first delivery
-//! is written from the bytes still in memory.
+//! A cache object is never trusted: its bytes are hashed as they are
+//! copied (`verify`), and the temporary is renamed into place only if
+//! their sha256 and size are the chit's. An object altered behind chitd's
+//! back (bit rot, a person's edit) is reported as [`DeliverError::Corrupt`]
+//! and nothing is delivered. Where the filesystem shares extents
+//! copy-on-write, the copy is a reflink (`FICLONE`) and the object is
+//! hashed after it. A small download's first delivery is written from the
+//! bytes still in memory, which were verified as they arrived.
 //! Cache files are never hard-linked into a consumer's directory: the
 //! consumer could then corrupt the shared cache through its link.
 
@@ -17,18 +21,42 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 
-use crate::chit::DeliveryPath;
-use crate::dir::{Dir, DurableDirs, Kind};
-use crate::durable::{start_writeback, with_path};
+use crate::chit::{DeliveryPath, Digest};
+use crate::dir::{Dir, DurableDirs, FileId, Kind};
+use crate::durable::with_path;
+
+pub mod verify;
 
 /// What a delivery copies.
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
-    /// A cache object, copied by the kernel (reflink or `copy_file_range`).
-    Object(&'a Path),
+    /// A cache object, which must hold the `size` bytes of `digest`:
+    /// verified while it is copied.
+    Object {
+        path: &'a Path,
+        digest: &'a Digest,
+        size: u64,
+    },
     /// The bytes of an object just published from memory (a small
-    /// download), written without reading the object back.
+    /// download), verified as they were downloaded, written without
+    /// reading the object back.
     Bytes(&'a [u8]),
+}
+
+/// Why a delivery did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The cache object does not hold the bytes of its digest. Nothing was
+    /// delivered; `object` is the file that was read, for the caller to
+    /// quarantine (if it is still the one under the digest's name).
+    #[error("the cached copy {} is corrupt: {found}", path.display())]
+    Corrupt {
+        path: std::path::PathBuf,
+        object: FileId,
+        found: verify::Mismatch,
+    },
 }
 
 /// Deliver `source` to `path` beneath `root`, up to and including the
@@ -40,28 +68,26 @@ pub fn deliver_unsynced(
     path: &DeliveryPath,
     source: Source<'_>,
     durable: &DurableDirs,
-) -> io::Result<Dir> {
+) -> Result<Dir, DeliverError> {
     let parent = root.create_dirs(path.parent_components(), durable)?;
     let name = path.file_name();
     let (temp, mut target) = parent.create_temp(name)?;
     let temp_path = || parent.path().join(&temp);
     let result = match source {
-        Source::Object(object) => File::open(object)
-            .map_err(|e| with_path(e, "opening", object))
-            .and_then(|object| {
-                copy(&object, &mut target).map_err(|e| with_path(e, "copying into", &temp_path()))
-            }),
+        Source::Object { path, digest, size } => {
+            verify::copy_object(path, &mut target, digest, size, &temp_path)
+        }
         Source::Bytes(bytes) => target
             .write_all(bytes)
-            .map_err(|e| with_path(e, "writing", &temp_path())),
+            .map_err(|e| with_path(e, "writing", &temp_path()).into()),
     };
     let result = result
         .and_then(|()| {
             target
                 .sync_data()
-                .map_err(|e| with_path(e, "syncing", &temp_path()))
+                .map_err(|e| with_path(e, "syncing", &temp_path()).into())
         })
-        .and_then(|()| parent.rename(&temp, &parent, name));
+        .and_then(|()| Ok(parent.rename(&temp, &parent, name)?));
     if let Err(e) = result {
         let _ = parent.remove_file(&temp);
         return Err(e);
@@ -111,48 +137,6 @@ fn sweep(dir: &Dir, relative: &str, pending: &mut Vec<String>) -> io::Result<usi
     Ok(removed)
 }
 
-/// Copies go in chunks of this size, each one's writeback started at once,
-/// so the final fsync overlaps the copy instead of following it.
-const COPY_CHUNK: usize = 64 << 20;
-
-/// Reflink, else `copy_file_range`, else read/write.
-fn copy(source: &File, target: &mut File) -> io::Result<()> {
-    if rustix::fs::ioctl_ficlone(&*target, source).is_ok() {
-        return Ok(());
-    }
-    let length = source.metadata()?.len();
-    let mut done = 0u64;
-    while done < length {
-        let want = usize::try_from(length - done)
-            .unwrap_or(usize::MAX)
-            .min(COPY_CHUNK);
-        // `done` moves by what was copied.
-        match copy_file_range_at(source, target, done, want)? {
-            Some(0) => break,
-            Some(n) => {
-                let n = n as u64;
-                // The fsync right after the copy writes the last chunk back
-                // (a small file is one chunk: no writeback call at all).
-                if done + n < length {
-                    start_writeback(target, done, n);
-                }
-                if length > COPY_CHUNK as u64 {
-                    drop_behind(source, done, n);
-                }
-                done += n;
-            }
-            None => return copy_plain(source, target, done),
-        }
-    }
-    if done != length {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("copied {done} of {length} bytes"),
-        ));
-    }
-    Ok(())
-}
-
 /// `copy_file_range` of up to `want` bytes at `at` in `source` to the same
 /// offset in `target` (explicit offsets: the kernel advances these, not the
 /// files' positions): the bytes copied, or `None` when the kernel refuses it
@@ -183,41 +167,28 @@ pub fn copy_file_range_at(
     }
 }
 
-/// Drop a big object's pages behind the copy (objects of more than one
-/// [`COPY_CHUNK`]; small ones stay cached for the next hit). A cache object
-/// is durable (fdatasync'd before it was published) and read again only by
-/// a later cache hit, while the consumer reads its delivered copy next.
-/// Keeping both would push every big file through the page cache twice,
-/// evicting what the builders work on; and the copy's new pages reuse the
-/// ones dropped (on a VM whose free memory goes back to the host, fresh
-/// pages are slow to fault in: see BENCHMARKS.md). A hint: failure is
-/// ignored.
-fn drop_behind(source: &File, start: u64, length: u64) {
-    let _ = rustix::fs::fadvise(
-        source,
-        start,
-        std::num::NonZeroU64::new(length),
-        rustix::fs::Advice::DontNeed,
-    );
-}
-
-fn copy_plain(source: &File, target: &mut File, from: u64) -> io::Result<()> {
-    use std::io::{Seek, SeekFrom};
-    let mut source = source;
-    source.seek(SeekFrom::Start(from))?;
-    target.seek(SeekFrom::Start(from))?;
-    io::copy(&mut source, target)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
 
     /// One delivery, made durable (the daemon syncs directories per batch).
-    fn deliver(root: &Dir, path: &DeliveryPath, source: Source<'_>) -> io::Result<()> {
-        deliver_unsynced(root, path, source, &DurableDirs::default())?.sync()
+    fn deliver(root: &Dir, path: &DeliveryPath, source: Source<'_>) -> Result<(), DeliverError> {
+        Ok(deliver_unsynced(root, path, source, &DurableDirs::default())?.sync()?)
+    }
+
+    /// The digest of `bytes`.
+    fn digest_of(bytes: &[u8]) -> Digest {
+        Digest::from_bytes(<sha2::Sha256 as sha2::Digest>::digest(bytes).into())
+    }
+
+    /// A cache object at `path` that must hold `bytes`.
+    fn cached<'a>(path: &'a Path, digest: &'a Digest, bytes: &[u8]) -> Source<'a> {
+        Source::Object {
+            path,
+            digest,
+            size: bytes.len() as u64,
+        }
     }
 
     #[test]
@@ -226,12 +197,13 @@ mod tests {
         let object = cache.path().join("object");
         let bytes: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
         fs::write(&object, &bytes).unwrap();
+        let digest = digest_of(&bytes);
         let target = tempfile::tempdir().unwrap();
         let root = Dir::open_root(target.path()).unwrap();
         let path = DeliveryPath::parse("gnu/make/make-4.4.tar.gz").unwrap();
         fs::create_dir_all(target.path().join("gnu/make")).unwrap();
         fs::write(target.path().join("gnu/make/make-4.4.tar.gz"), "old").unwrap();
-        deliver(&root, &path, Source::Object(&object)).unwrap();
+        deliver(&root, &path, cached(&object, &digest, &bytes)).unwrap();
         assert_eq!(
             fs::read(target.path().join("gnu/make/make-4.4.tar.gz")).unwrap(),
             bytes
@@ -249,12 +221,14 @@ mod tests {
     fn copies_an_object_of_several_chunks() {
         let cache = tempfile::tempdir().unwrap();
         let object = cache.path().join("object");
-        let bytes: Vec<u8> = (0..COPY_CHUNK + 4099).map(|i| (i % 251) as u8).collect();
+        let size = verify::WRITEBACK_EVERY as usize + 4099;
+        let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         fs::write(&object, &bytes).unwrap();
+        let digest = digest_of(&bytes);
         let target = tempfile::tempdir().unwrap();
         let root = Dir::open_root(target.path()).unwrap();
         let path = DeliveryPath::parse("big.iso").unwrap();
-        deliver(&root, &path, Source::Object(&object)).unwrap();
+        deliver(&root, &path, cached(&object, &digest, &bytes)).unwrap();
         assert!(fs::read(target.path().join("big.iso")).unwrap() == bytes);
         // Its pages may be gone from memory, never its bytes.
         assert!(fs::read(&object).unwrap() == bytes);
@@ -268,7 +242,7 @@ mod tests {
         deliver(
             &root,
             &path,
-            Source::Object(Path::new("/nonexistent/object")),
+            cached(Path::new("/nonexistent/object"), &digest_of(b""), b""),
         )
         .unwrap_err();
         deliver(&root, &path, Source::Bytes(b"held in memory")).unwrap();
@@ -323,6 +297,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let object = cache.path().join("object");
         fs::write(&object, "x").unwrap();
+        let digest = digest_of(b"x");
         let target = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), target.path().join("gnu")).unwrap();
@@ -330,10 +305,45 @@ mod tests {
         let err = deliver(
             &root,
             &DeliveryPath::parse("gnu/x").unwrap(),
-            Source::Object(&object),
+            cached(&object, &digest, b"x"),
         )
         .unwrap_err();
         assert!(err.to_string().contains("gnu"), "{err}");
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    /// An object altered behind chitd's back (same size, other bytes;
+    /// shorter; small or big) is never delivered, and leaves nothing.
+    #[test]
+    fn a_corrupt_object_is_refused_and_nothing_is_delivered() {
+        let cache = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let root = Dir::open_root(target.path()).unwrap();
+        let path = DeliveryPath::parse("d/file").unwrap();
+        for size in [13usize, 5 << 20] {
+            let good: Vec<u8> = (0..size).map(|i| (i % 241) as u8).collect();
+            let digest = digest_of(&good);
+            let file = cache.path().join(format!("object-{size}"));
+            let mut bad = good.clone();
+            bad[size / 2] ^= 1;
+            for (altered, expect) in [
+                (bad.clone(), "its sha256 is"),
+                (good[..size - 1].to_vec(), "bytes, not"),
+            ] {
+                fs::write(&file, &altered).unwrap();
+                let err = deliver(&root, &path, cached(&file, &digest, &good)).unwrap_err();
+                let DeliverError::Corrupt { object: id, .. } = &err else {
+                    panic!("size {size}: {err}");
+                };
+                assert_eq!(*id, FileId::of(&fs::metadata(&file).unwrap()));
+                assert!(err.to_string().contains(expect), "{err}");
+                assert!(!target.path().join("d/file").exists());
+                assert_eq!(fs::read_dir(target.path().join("d")).unwrap().count(), 0);
+            }
+            fs::write(&file, &good).unwrap();
+            deliver(&root, &path, cached(&file, &digest, &good)).unwrap();
+            assert!(fs::read(target.path().join("d/file")).unwrap() == good);
+            fs::remove_file(target.path().join("d/file")).unwrap();
+        }
     }
 }

@@ -46,6 +46,23 @@ pub struct Dir {
     path: PathBuf,
 }
 
+/// A file's identity: its device and inode numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
 /// Directories whose own name is known to be durable in their parent, by
 /// (device, inode): made by this process, or found and their parent
 /// fsync'd once. A directory chitd finds already there may have been made

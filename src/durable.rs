@@ -58,6 +58,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// is durable once it appears, the name itself only after the caller (or
 /// the kernel) writes the directory back.
 pub fn write_then_rename(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_then_rename_mode(path, bytes, 0o666)
+}
+
+/// [`write_then_rename`] of a file created with permissions `mode` (less
+/// the umask): 0o444 for cache objects, which nothing writes once they
+/// are published.
+pub fn write_then_rename_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -65,7 +73,12 @@ pub fn write_then_rename(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .unwrap_or_default();
     let temp = dir.join(format!(".{name}.tmp.{}", unique_suffix()));
     let result = (|| {
-        let mut file = File::create(&temp)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&temp, path)

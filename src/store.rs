@@ -3,13 +3,14 @@
 //! ```text
 //! <cache>/
 //!   lock                     flock'd by the running daemon (one per cache)
-//!   sha256-v1/ab/<hex>       complete, verified objects, named by digest
+//!   sha256-v1/ab/<hex>       complete, verified objects, named by digest (0444)
+//!   quarantine/<hex>.<time>  objects found corrupt, kept for a person to look at
 //!   partial-v1/<hex>-<size>.part      downloads in progress (see `partial`;
 //!   partial-v1/<hex>-<size>.progress  small ones are held in memory instead)
 //! ```
 //!
 //! An object appears under its final name only by `rename(2)` of a complete,
-//! verified, fdatasync'd file (a `.part`, or a temporary beside the final
+//! verified, fdatasync'd, read-only file (a `.part`, or a temporary beside the final
 //! name for a download held in memory), so a name in `sha256-v1/` always
 //! holds exactly the bytes of its digest. The directory is fsync'd later, in
 //! a background round (`daemon::CACHE_SYNC_INTERVAL`): a crash before it can
@@ -17,15 +18,15 @@
 //! layout is versioned in the directory names so a future layout can live
 //! beside this one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::chit::Digest;
-use crate::durable::{with_path, write_then_rename};
+use crate::dir::FileId;
+use crate::durable::{with_path, write_then_rename_mode};
 use crate::partial::{Complete, Partial};
 
 /// Orphaned partial downloads (no chit has asked for them since) are kept
@@ -40,9 +41,10 @@ pub struct Store {
     /// Which of the 256 `sha256-v1/ab/` directories this run has made sure
     /// exist (saves a `mkdir` and a `stat` per object).
     fanout_made: [std::sync::atomic::AtomicBool; 256],
-    /// Objects known to match their digest: published by this run, or
-    /// checked by [`Store::lookup`].
-    intact: std::sync::Mutex<HashSet<Digest>>,
+    /// Objects known to match their digest, with their size: published by
+    /// this run, or checked by [`Store::lookup`]. (A size is only a hint of
+    /// integrity: deliveries hash what they copy.)
+    intact: std::sync::Mutex<HashMap<Digest, u64>>,
     _lock: File,
 }
 
@@ -73,7 +75,7 @@ impl Store {
             objects,
             partials,
             fanout_made: std::array::from_fn(|_| std::sync::atomic::AtomicBool::new(false)),
-            intact: std::sync::Mutex::new(HashSet::new()),
+            intact: std::sync::Mutex::new(HashMap::new()),
             _lock: lock,
         };
         store.remove_temporaries()?;
@@ -128,28 +130,20 @@ impl Store {
         match fs::metadata(&path) {
             Ok(meta) if meta.len() == size => Ok(Lookup::Hit(path)),
             Ok(meta) => {
-                let hashed = match self.is_intact(digest, &path) {
+                let hashed = match self.is_intact(digest, &path, meta.len()) {
                     Ok(Intact::Yes) => return Ok(Lookup::OtherSize(meta.len())),
                     Ok(Intact::No(hashed)) => hashed,
                     // Removed meanwhile (by a lookup like this one).
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Miss),
                     Err(e) => return Err(e),
                 };
-                // Remove what was hashed, not a good object published
+                // Quarantine what was hashed, not a good object published
                 // under the name while it was (a big object takes a while).
-                let now = fs::symlink_metadata(&path).map(|m| (m.dev(), m.ino()));
-                if now.as_ref().ok() != Some(&hashed) {
+                if self.quarantine(digest, hashed)?.is_none() {
                     return match fs::metadata(&path) {
                         Ok(meta) if meta.len() == size => Ok(Lookup::Hit(path)),
                         _ => Ok(Lookup::Miss),
                     };
-                }
-                tracing::warn!(digest = %digest, path = %path.display(), "cached object does not match its digest; removing it");
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                        return Err(with_path(e, "removing", &path));
-                    }
-                    _ => {}
                 }
                 Ok(Lookup::Miss)
             }
@@ -161,31 +155,43 @@ impl Store {
     /// Whether the object at `path` has the bytes of `digest`: known for
     /// the objects this run published or checked, else hashed (once). Not
     /// intact: the device and inode of the file that was hashed.
-    fn is_intact(&self, digest: &Digest, path: &Path) -> io::Result<Intact> {
-        if self.intact_lock().contains(digest) {
+    fn is_intact(&self, digest: &Digest, path: &Path, size: u64) -> io::Result<Intact> {
+        if self.intact_lock().get(digest) == Some(&size) {
             return Ok(Intact::Yes);
         }
         let file = File::open(path).map_err(|e| with_path(e, "opening", path))?;
         let hashed = file
             .metadata()
-            .map(|m| (m.dev(), m.ino()))
+            .map(|m| FileId::of(&m))
             .map_err(|e| with_path(e, "inspecting", path))?;
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         crate::partial::hash_all(file, &mut hasher).map_err(|e| with_path(e, "reading", path))?;
         if Digest::from_bytes(sha2::Digest::finalize(hasher).into()) != *digest {
             return Ok(Intact::No(hashed));
         }
-        self.intact_lock().insert(*digest);
+        self.intact_lock().insert(*digest, size);
         Ok(Intact::Yes)
     }
 
     /// Whether this run published `digest` (or checked its object): a
     /// lookup that missed it may have raced its publish.
     pub fn published_or_checked(&self, digest: &Digest) -> bool {
-        self.intact_lock().contains(digest)
+        self.intact_lock().contains_key(digest)
     }
 
-    fn intact_lock(&self) -> std::sync::MutexGuard<'_, HashSet<Digest>> {
+    /// Move the object of `digest` to `quarantine/`, found corrupt when it
+    /// was the file `object`: unless another file was published under its
+    /// name meanwhile (then `None`, and the new one stays). Logged.
+    pub fn quarantine(&self, digest: &Digest, object: FileId) -> io::Result<Option<PathBuf>> {
+        self.intact_lock().remove(digest);
+        let moved = quarantine(&self.root, &self.object_path(digest), object)?;
+        if let Some(moved) = &moved {
+            tracing::warn!(digest = %digest, quarantined = %moved.display(), "a cached object does not match its sha256: moved to quarantine");
+        }
+        Ok(moved)
+    }
+
+    fn intact_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, u64>> {
         self.intact.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -207,10 +213,11 @@ impl Store {
     pub fn publish(&self, partial: Partial, digest: &Digest) -> io::Result<Published> {
         let path = self.object_path(digest);
         let dir = path.parent().unwrap_or(&self.objects);
+        let size = partial.total();
         let bytes = match partial.into_complete()? {
             Complete::File { part, record } => {
-                let published = self
-                    .in_fanout_dir(digest, dir, || fs::rename(&part, &path))
+                let published = read_only(&part)
+                    .and_then(|()| self.in_fanout_dir(digest, dir, || fs::rename(&part, &path)))
                     .map_err(|e| with_path(e, "publishing", &path));
                 if published.is_err() {
                     // Verified bytes that cannot be published: on a full
@@ -230,11 +237,13 @@ impl Store {
                 None
             }
             Complete::Memory(bytes) => {
-                self.in_fanout_dir(digest, dir, || write_then_rename(&path, &bytes))?;
+                self.in_fanout_dir(digest, dir, || {
+                    write_then_rename_mode(&path, &bytes, OBJECT_MODE)
+                })?;
                 Some(bytes)
             }
         };
-        self.intact_lock().insert(*digest);
+        self.intact_lock().insert(*digest, size);
         Ok(Published { path, bytes })
     }
 
@@ -372,6 +381,53 @@ impl Store {
     }
 }
 
+/// Cache objects are read-only: nothing writes one once it is published.
+pub const OBJECT_MODE: u32 = 0o444;
+
+/// Where corrupt objects are kept, in the cache directory.
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+fn read_only(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(OBJECT_MODE))
+}
+
+/// Move the file at `path` (an object of the cache at `root`) to
+/// `<root>/quarantine/<name>.<time>`, if it is still the file `object`
+/// (else `None`: something else was published under the name since it
+/// was found corrupt). Never replaces an earlier quarantined file. Works
+/// beside a running daemon: the rename is atomic, and a chit that looks
+/// the object up meanwhile either copies it (and finds it corrupt) or
+/// misses it.
+pub fn quarantine(root: &Path, path: &Path, object: FileId) -> io::Result<Option<PathBuf>> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if FileId::of(&meta) == object => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(with_path(e, "inspecting", path)),
+    }
+    let dir = root.join(QUARANTINE_DIR);
+    crate::durable::create_dir_all(&dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let time = humantime::format_rfc3339_seconds(SystemTime::now());
+    let mut to = dir.join(format!("{name}.{time}"));
+    for n in 1.. {
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::CWD,
+            &to,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => return Ok(Some(to)),
+            Err(rustix::io::Errno::EXIST) => to = dir.join(format!("{name}.{time}.{n}")),
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(with_path(e.into(), "quarantining", path)),
+        }
+    }
+    unreachable!("an unbounded range ends")
+}
+
 /// The digest and size a partial's path names (`<sha256>-<size>`, any
 /// extension removed), if it names them.
 fn partial_key(stem: &Path) -> Option<(Digest, u64)> {
@@ -383,8 +439,8 @@ fn partial_key(stem: &Path) -> Option<(Digest, u64)> {
 /// What [`Store::is_intact`] found.
 enum Intact {
     Yes,
-    /// Damaged: the (device, inode) of the file hashed.
-    No((u64, u64)),
+    /// Damaged: the file hashed.
+    No(FileId),
 }
 
 /// What [`Store::lookup`] found.
@@ -450,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn an_object_damaged_behind_chitds_back_is_checked_once_and_removed() {
+    fn an_object_damaged_behind_chitds_back_is_checked_once_and_quarantined() {
         let dir = tempfile::tempdir().unwrap();
         let digest = Digest::from_bytes(Sha256::digest(b"hello").into());
         let path = {
@@ -469,7 +525,12 @@ mod tests {
         fs::write(&path, b"hell").unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.lookup(&digest, 5).unwrap(), Lookup::Miss);
-        assert!(!path.exists(), "the damaged object was removed");
+        assert!(!path.exists(), "the damaged object left sha256-v1/");
+        let kept: Vec<_> = fs::read_dir(dir.path().join(QUARANTINE_DIR))
+            .unwrap()
+            .map(|e| fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        assert_eq!(kept, [b"hell"], "kept in quarantine/");
     }
 
     #[test]

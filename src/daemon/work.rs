@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::chase::{Chase, Chased};
 use crate::chit::{Chit, Digest};
-use crate::deliver::{Source, deliver_unsynced};
-use crate::dir::Dir;
+use crate::deliver::{DeliverError, Source, deliver_unsynced};
+use crate::dir::{Dir, FileId};
 use crate::durable::{out_of_resources, sync_dir};
 use crate::inflight::Key;
 use crate::spool::{Claim, ReadError, Spool};
@@ -32,6 +32,10 @@ pub struct Waiter {
     pub chit: Chit,
     /// The `fetch/` it was claimed into ([`Spool::fetch_id`]).
     pub claimed_in: (u64, u64),
+    /// Its file was in the cache, corrupt (now in `quarantine/`): it waits
+    /// for the file to be fetched again, and fails if that copy is found
+    /// corrupt too.
+    pub cache_was_corrupt: bool,
 }
 
 /// Whether a chit claimed into the `fetch/` of device and inode
@@ -109,8 +113,17 @@ pub struct Object<'a> {
 }
 
 impl Object<'_> {
-    fn source(&self) -> Source<'_> {
-        self.bytes.map_or(Source::Object(self.path), Source::Bytes)
+    /// What to deliver for `chit`: the bytes in memory, else the object,
+    /// verified against the chit's digest and size as it is copied.
+    fn source<'a>(&'a self, chit: &'a Chit) -> Source<'a> {
+        self.bytes.map_or(
+            Source::Object {
+                path: self.path,
+                digest: &chit.digest,
+                size: chit.size,
+            },
+            Source::Bytes,
+        )
     }
 }
 
@@ -282,6 +295,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
                 name,
                 chit,
                 claimed_in,
+                cache_was_corrupt: false,
             };
             return deliver_chit(shared, waiter, object, "cache");
         }
@@ -291,6 +305,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
                 name,
                 chit,
                 claimed_in,
+                cache_was_corrupt: false,
             });
         }
         Ok(Lookup::OtherSize(actual)) => format!(
@@ -324,6 +339,13 @@ pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Object<'_>, &str>
     };
     match outcome {
         Ok(object) => deliver_chit(shared, waiter, object, "download"),
+        Err(reason) if waiter.cache_was_corrupt => fail_read_again(
+            &spool,
+            waiter.consumer,
+            waiter.name,
+            &waiter.chit.digest,
+            &format!("{CORRUPT_CACHE}; fetching it again failed: {reason}"),
+        ),
         Err(reason) => fail_read_again(
             &spool,
             waiter.consumer,
@@ -461,14 +483,29 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
             target,
         };
     }
+    let root = &shared.consumers[waiter.consumer].deliver;
+    let delivered = deliver_unsynced(
+        root,
+        &waiter.chit.path,
+        object.source(&waiter.chit),
+        &shared.durable_dirs,
+    );
+    let delivered = match delivered {
+        Err(DeliverError::Corrupt { object, .. }) => {
+            shared.targets.release(&target);
+            return corrupt_in_cache(shared, &spool, waiter, object);
+        }
+        Err(DeliverError::Io(e)) => Err(e),
+        Ok(parent) => Ok(parent),
+    };
     let Waiter {
         consumer,
         name,
         chit,
         claimed_in,
+        ..
     } = waiter;
-    let root = &shared.consumers[consumer].deliver;
-    match deliver_unsynced(root, &chit.path, object.source(), &shared.durable_dirs) {
+    match delivered {
         Ok(parent) => Step::Commit(Commit {
             consumer,
             name,
@@ -500,6 +537,29 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
             fail_read_again(&spool, consumer, name, &chit.digest, &reason)
         }
     }
+}
+
+/// How a failure reason begins when the chit's file was corrupt in the
+/// cache.
+const CORRUPT_CACHE: &str =
+    "the cached copy of this file was corrupt (moved to the cache's quarantine/)";
+
+/// The cached copy of the chit's file, the file `object`, is corrupt:
+/// quarantine it, and wait for the file to be fetched again from the
+/// chit's sources; fail the chit if it was fetched again already.
+fn corrupt_in_cache(shared: &Shared, spool: &Spool, mut waiter: Waiter, object: FileId) -> Step {
+    let digest = waiter.chit.digest;
+    if let Err(e) = shared.store.quarantine(&digest, object) {
+        tracing::error!(digest = %digest, "cannot move a corrupt cached object to quarantine/: {e}");
+    }
+    if waiter.cache_was_corrupt {
+        let reason =
+            format!("{CORRUPT_CACHE}, and so was the copy fetched again (a disk or memory fault?)");
+        return fail_read_again(spool, waiter.consumer, waiter.name, &digest, &reason);
+    }
+    tracing::info!(consumer = %spool.name, chit = %waiter.name, digest = %digest, "the cached copy is corrupt: fetching the file again");
+    waiter.cache_was_corrupt = true;
+    Step::Wait(waiter)
 }
 
 /// Group commit: fsync each delivery directory of the batch once, then move

@@ -5,6 +5,7 @@
 //! (`server`), with shared fixtures in `util`.
 //!
 //! - `basic`: miss → download → deliver, mirrors, cache hits, start-up scan.
+//! - `cache`: verified hits, quarantine, and the cache commands.
 //! - `dedup`: one upstream download per digest.
 //! - `failures`: permanent and transient failures, retries, resumption.
 //! - `chits`: bad and unusual chits.
@@ -21,6 +22,7 @@
 //! - `hostile`: one test per attack by a consumer or a server (issue 4).
 
 mod basic;
+mod cache;
 mod chits;
 mod cli;
 mod config;
