@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run.sh — run the chitd benchmarks: all of them, or the ones named.
 #
-#   scripts/bench/run.sh                      hash big small hits resume memory
+#   scripts/bench/run.sh                      hash big big-hit small hits resume memory
 #   scripts/bench/run.sh big small            just these
 #   BIG_SIZE=64M RUNS=1 scripts/bench/run.sh  a quick smoke run
 #
@@ -12,7 +12,7 @@
 # $BENCH_DIR/trash, emptied at the end (see settle_deletes in lib.sh).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-all=(hash big small hits resume memory)
+all=(hash big big-hit small hits resume memory)
 
 usage() {
     echo "usage: $0 [${all[*]}]..." >&2
@@ -24,7 +24,7 @@ names=("$@")
 for name in "${names[@]}"; do
     case $name in
     cache-hits) ;;
-    hash | big | small | hits | resume | memory) ;;
+    hash | big | big-hit | small | hits | resume | memory) ;;
     *) usage ;;
     esac
 done
