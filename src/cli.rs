@@ -126,6 +126,14 @@ pub struct StatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// List every chit in fail/ with its reason (without it: the newest 10).
+    #[arg(long)]
+    pub all: bool,
+
+    /// Redraw the report every second until interrupted.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
 }
 
 /// `--timeout`: a finite, non-negative number of seconds.

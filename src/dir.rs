@@ -346,6 +346,18 @@ impl Dir {
         })
     }
 
+    /// When the entry `name` (not followed if a symlink) was last modified.
+    pub fn modified(&self, name: impl AsRef<OsStr>) -> io::Result<std::time::SystemTime> {
+        let name = name.as_ref();
+        let stat = rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.error(e.into(), "inspecting", name))?;
+        let since_epoch = std::time::Duration::new(
+            u64::try_from(stat.st_mtime).unwrap_or(0),
+            u32::try_from(stat.st_mtime_nsec).unwrap_or(0),
+        );
+        Ok(std::time::UNIX_EPOCH + since_epoch)
+    }
+
     /// What the entry `name` (not followed if a symlink) holds, compared
     /// with `dir`: `dir` itself, another directory, or something else
     /// (nothing, or not a directory). An error is one of looking.

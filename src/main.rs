@@ -222,19 +222,34 @@ fn status(args: &StatusArgs) -> ExitCode {
     {
         return fatal(1, format!("no spool directory at {}", spool.display()));
     }
-    match status::status(&spools) {
-        Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
+    let listed = if args.all {
+        status::Failed::All
+    } else {
+        status::Failed::Newest
+    };
+    loop {
+        match status::status(&spools, listed) {
+            Ok(report) if args.json => {
+                return match serde_json::to_string_pretty(&report) {
+                    Ok(json) => {
+                        println!("{json}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fatal(1, format!("cannot render the report: {e}")),
+                };
             }
-            Err(e) => fatal(1, format!("cannot render the report: {e}")),
-        },
-        Ok(report) => {
-            print!("{}", status::render(&report));
-            ExitCode::SUCCESS
+            Ok(report) if args.watch => {
+                // Home, clear to the end: redrawn in place.
+                print!("\x1b[H\x1b[J{}", status::render(&report));
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            Ok(report) => {
+                print!("{}", status::render(&report));
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => return fatal(1, format!("{e}")),
         }
-        Err(e) => fatal(1, format!("{e}")),
     }
 }
 

@@ -13,6 +13,9 @@ use crate::dir::Dir;
 use crate::durable::with_path;
 use crate::spool::STATES;
 
+mod failed;
+
+pub use self::failed::{FailedChit, NEWEST};
 pub use crate::daemon::status_file::InFlightChit;
 
 #[derive(Debug, Serialize)]
@@ -33,11 +36,21 @@ pub struct ConsumerStatus {
     pub fetch: usize,
     pub downloaded: usize,
     pub fail: usize,
+    /// The chits in `fail/` with their reasons, newest first (the newest
+    /// [`NEWEST`], or every one).
+    pub failed: Vec<FailedChit>,
     pub in_flight: Vec<InFlightChit>,
 }
 
+/// How many failed chits a report lists per consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    Newest,
+    All,
+}
+
 /// Look at each `(consumer name, spool)`.
-pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
+pub fn status(spools: &[(String, PathBuf)], listed: Failed) -> io::Result<Report> {
     let mut report = Report {
         daemon_pid: None,
         consumers: Vec::new(),
@@ -66,6 +79,11 @@ pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
             }
         }
         let fetch = root.as_ref().and_then(|root| root.open_dir("fetch").ok());
+        let limit = (listed == Failed::Newest).then_some(NEWEST);
+        let failed = match root.as_ref().map(|root| root.open_dir("fail")) {
+            Some(Ok(fail)) => failed::failed_chits(&fail, limit)?,
+            _ => Vec::new(),
+        };
         let published = exists.then(|| StatusFile::read(spool)).flatten();
         if let Some(published) = &published {
             report.daemon_pid = Some(published.pid);
@@ -78,6 +96,7 @@ pub fn status(spools: &[(String, PathBuf)]) -> io::Result<Report> {
             fetch: counts[1],
             downloaded: counts[2],
             fail: counts[3],
+            failed,
             // Published up to a second ago: only chits still in fetch/.
             in_flight: published
                 .map(|p| p.downloads)
@@ -155,6 +174,16 @@ pub fn render(report: &Report) -> String {
             c.fail,
             c.spool.display()
         );
+        for f in &c.failed {
+            _ = writeln!(out, "  failed  {}: {}", f.chit, f.reason);
+        }
+        if c.failed.len() < c.fail {
+            _ = writeln!(
+                out,
+                "  ({} more failed; --all lists every one)",
+                c.fail - c.failed.len()
+            );
+        }
         for d in &c.in_flight {
             let percent = if d.total == 0 {
                 100.0
@@ -190,12 +219,12 @@ mod tests {
         std::fs::write(dir.path().join("request/a"), "").unwrap();
         std::fs::write(dir.path().join("request/.a"), "").unwrap();
         std::fs::write(dir.path().join("fail/b"), "").unwrap();
-        let report = status(&[("c".into(), dir.path().to_path_buf())]).unwrap();
+        let report = status(&[("c".into(), dir.path().to_path_buf())], Failed::Newest).unwrap();
         let c = &report.consumers[0];
         assert_eq!((c.request, c.fetch, c.downloaded, c.fail), (1, 0, 0, 1));
         assert!(render(&report).contains("request 1"));
         // A spool not made yet is reported, not an error; a file is one.
-        let missing = status(&[("x".into(), dir.path().join("missing"))]).unwrap();
+        let missing = status(&[("x".into(), dir.path().join("missing"))], Failed::Newest).unwrap();
         let x = &missing.consumers[0];
         assert!(!x.exists);
         assert_eq!((x.request, x.fetch, x.downloaded, x.fail), (0, 0, 0, 0));
@@ -204,7 +233,13 @@ mod tests {
             "{}",
             render(&missing)
         );
-        assert!(status(&[("f".into(), dir.path().join("request/a"))]).is_err());
+        assert!(
+            status(
+                &[("f".into(), dir.path().join("request/a"))],
+                Failed::Newest
+            )
+            .is_err()
+        );
     }
 
     /// The daemon publishes its downloads once a second: a chit that left
@@ -222,7 +257,7 @@ mod tests {
             total: 2,
         };
         StatusFile::new(dir.path()).write(vec![chit("here"), chit("done"), chit("../fetch/here")]);
-        let report = status(&[("c".into(), dir.path().to_path_buf())]).unwrap();
+        let report = status(&[("c".into(), dir.path().to_path_buf())], Failed::Newest).unwrap();
         assert_eq!(report.daemon_pid, Some(std::process::id()));
         let shown: Vec<&str> = report.consumers[0]
             .in_flight

@@ -234,3 +234,53 @@ fn status_does_not_follow_a_symlinked_state_directory() {
     let status = status_json(&dir, &spool);
     assert_eq!(counts(&status, 0).1, [0, 0, 0, 1], "{status}");
 }
+
+#[test]
+fn status_lists_failed_chits_with_their_reasons_newest_first() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    // Twelve chits that fail (404), one a second apart in fail/'s times.
+    for i in 0..12 {
+        let content = Content::random(100 + i);
+        let chit = content.chit(&format!("f{i}"), &[server.url(&format!("/gone{i}"))]);
+        spool.drop_chit(&format!("c{i:02}"), chit);
+    }
+    Daemon::run_until_idle(&dir, &spool);
+    for i in 0..12u64 {
+        let path = spool.spool.join(format!("fail/c{i:02}"));
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(100 - i);
+        file.set_modified(when).unwrap();
+    }
+
+    let text = status_of(&dir, &spool, false);
+    assert!(text.contains("failed  c11: every source failed"), "{text}");
+    assert!(text.contains("/gone11: HTTP 404"), "{text}");
+    assert!(!text.contains("c01:"), "only the newest 10: {text}");
+    assert!(text.contains("2 more failed; --all"), "{text}");
+
+    let json = status_json(&dir, &spool);
+    let failed = json["consumers"][0]["failed"].as_array().unwrap();
+    let names: Vec<&str> = failed.iter().map(|f| f["chit"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "c11", "c10", "c09", "c08", "c07", "c06", "c05", "c04", "c03", "c02"
+        ]
+    );
+    assert!(
+        failed[0]["reason"].as_str().unwrap().contains("404"),
+        "{json}"
+    );
+
+    let args: Vec<OsString> = vec![
+        "status".into(),
+        "--all".into(),
+        "--spool".into(),
+        spool.spool.clone().into(),
+    ];
+    let all = run_cli(&dir, args, TIMEOUT);
+    assert!(all.stdout.contains("failed  c00:"), "{all:?}");
+    assert!(!all.stdout.contains("more failed"), "{all:?}");
+}
