@@ -57,6 +57,10 @@ pub enum DeliverError {
         object: FileId,
         found: verify::Mismatch,
     },
+    /// The cache object is gone (collected since it was looked up).
+    /// Nothing was delivered: the file is to be fetched again.
+    #[error("the cached copy {} was removed", .0.display())]
+    Gone(std::path::PathBuf),
 }
 
 /// Deliver `source` to `path` beneath `root`, up to and including the
@@ -345,5 +349,28 @@ mod tests {
             assert!(fs::read(target.path().join("d/file")).unwrap() == good);
             fs::remove_file(target.path().join("d/file")).unwrap();
         }
+    }
+
+    /// An object removed since its lookup (collected by `chitd cache gc`)
+    /// is `Gone`, not an I/O failure: the chit waits for a download. An
+    /// existing file at the target is left as it was, and no temporary.
+    #[test]
+    fn an_object_removed_since_its_lookup_is_gone_and_nothing_is_delivered() {
+        let cache = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let root = Dir::open_root(target.path()).unwrap();
+        let path = DeliveryPath::parse("d/file").unwrap();
+        fs::create_dir(target.path().join("d")).unwrap();
+        fs::write(target.path().join("d/file"), "old").unwrap();
+        let good = b"good bytes".to_vec();
+        let digest = digest_of(&good);
+        let file = cache.path().join("collected");
+        let err = deliver(&root, &path, cached(&file, &digest, &good)).unwrap_err();
+        assert!(
+            matches!(&err, DeliverError::Gone(gone) if *gone == file),
+            "{err}"
+        );
+        assert_eq!(fs::read(target.path().join("d/file")).unwrap(), b"old");
+        assert_eq!(fs::read_dir(target.path().join("d")).unwrap().count(), 1);
     }
 }

@@ -495,6 +495,12 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
             shared.targets.release(&target);
             return corrupt_in_cache(shared, &spool, waiter, object);
         }
+        Err(DeliverError::Gone(object)) => {
+            // Collected between its lookup and its copy: a miss after all.
+            shared.targets.release(&target);
+            tracing::info!(consumer = %spool.name, chit = %waiter.name, digest = %waiter.chit.digest, object = %object.display(), "the cached object was removed meanwhile: fetching the file again");
+            return Step::Wait(waiter);
+        }
         Err(DeliverError::Io(e)) => Err(e),
         Ok(parent) => Ok(parent),
     };

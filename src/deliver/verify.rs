@@ -67,7 +67,14 @@ pub fn copy_object(
     size: u64,
     temp: &dyn Fn() -> PathBuf,
 ) -> Result<(), DeliverError> {
-    let source = File::open(path).map_err(|e| with_path(e, "opening", path))?;
+    let source = match File::open(path) {
+        Ok(source) => source,
+        // Removed since it was looked up (by `chitd cache gc`).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(DeliverError::Gone(path.to_path_buf()));
+        }
+        Err(e) => return Err(with_path(e, "opening", path).into()),
+    };
     let object = source
         .metadata()
         .map(|meta| FileId::of(&meta))
