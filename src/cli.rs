@@ -1,5 +1,5 @@
 //! The command line of contract §5 as clap types: `chitd run`, `chitd
-//! request` and `chitd status`.
+//! request`, `chitd status` and `chitd cache …` (§8).
 //!
 //! This file owns the flags, their help text and the checks clap can make on
 //! its own (`--spool` needs `--deliver`, `--jobs` ≥ 1, `--timeout` ≥ 0). It
@@ -39,6 +39,62 @@ pub enum Command {
     Request(RequestArgs),
     /// Show the chits in each spool, and the downloads of a running daemon.
     Status(StatusArgs),
+    /// Look after the cache: list it, collect it. Works with or without a
+    /// running daemon.
+    Cache(CacheArgs),
+}
+
+/// `chitd cache …`: the cache of `--config` (default: ./cache), or `--cache`.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct CacheArgs {
+    /// The configuration whose cache (and consumers, whose chits' objects
+    /// are kept) to use.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// The cache directory [default: ./cache, or the one in --config].
+    #[arg(long, value_name = "DIR", global = true)]
+    pub cache: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+#[derive(Debug, Clone, PartialEq, clap::Subcommand)]
+pub enum CacheCommand {
+    /// List the objects: sha256, size, last use (UTC) and the paths each was
+    /// delivered as, newest first. Most recently used first.
+    Ls(LsArgs),
+    /// Remove least-recently-used objects until the cache is within its
+    /// limits; never one that a chit in a consumer's request/ or fetch/ names.
+    ///
+    /// The limits are the flags', else cache_max_size and cache_max_age of
+    /// --config. Prints each object removed.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct LsArgs {
+    /// Print a JSON array of {"sha256", "size", "last_used", "paths"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct GcArgs {
+    /// Remove objects until the cache holds at most this much: 500MiB, 20GB,
+    /// or a number of bytes.
+    #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_size)]
+    pub max_size: Option<u64>,
+
+    /// Remove the objects unused for longer than this: 90d, 12h, or a number
+    /// of seconds.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_age)]
+    pub max_age: Option<std::time::Duration>,
+
+    /// Print what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
@@ -341,6 +397,38 @@ mod tests {
         assert_eq!(args.spool, Some(PathBuf::from("s")));
         let error = usage_error(&["status", "--config", "c.toml", "--spool", "s"]);
         assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    fn cache(args: &[&str]) -> CacheArgs {
+        match parse(args) {
+            Ok(Command::Cache(cache)) => cache,
+            other => panic!("expected cache, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cache_ls_and_gc() {
+        let args = cache(&["cache", "ls", "--cache", "c", "--json"]);
+        assert_eq!(args.cache, Some(PathBuf::from("c")));
+        assert_eq!(args.command, CacheCommand::Ls(LsArgs { json: true }));
+        let args = cache(&["cache", "--config", "f.toml", "gc", "--max-size", "500MiB"]);
+        assert_eq!(args.config, Some(PathBuf::from("f.toml")));
+        let CacheCommand::Gc(gc) = args.command else {
+            panic!("expected gc");
+        };
+        assert_eq!(gc.max_size, Some(500 << 20));
+        let args = cache(&["cache", "gc", "--max-age", "90d", "--dry-run"]);
+        let expected = GcArgs {
+            max_size: None,
+            max_age: Some(std::time::Duration::from_secs(90 * 86_400)),
+            dry_run: true,
+        };
+        assert_eq!(args.command, CacheCommand::Gc(expected));
+        for (flag, value) in [("--max-size", "lots"), ("--max-age", "soon")] {
+            let error = usage_error(&["cache", "gc", flag, value]);
+            assert!(error.to_string().contains(value), "{error}");
+        }
+        usage_error(&["cache"]);
     }
 
     #[test]

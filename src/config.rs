@@ -25,7 +25,7 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 use url::Url;
 
-use crate::cli::{RunArgs, StatusArgs};
+use crate::cli::{CacheArgs, RunArgs, StatusArgs};
 
 /// Concurrent downloads when the configuration does not say.
 pub const DEFAULT_JOBS: usize = 4;
@@ -58,6 +58,25 @@ pub struct Config {
     /// Names are unique and non-empty; no two consumers share a spool. After
     /// [`Config::validate_for_run`], no two roots overlap (but see there).
     pub consumers: Vec<Consumer>,
+    /// How much the cache may hold, and for how long unused (`cache_max_size`,
+    /// `cache_max_age`; no limit by default).
+    pub cache_limits: CacheLimits,
+}
+
+/// The bounds of the cache that collection keeps it within (see `gc`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// At most this many bytes of objects.
+    pub max_size: Option<u64>,
+    /// No object unused for longer than this.
+    pub max_age: Option<Duration>,
+}
+
+impl CacheLimits {
+    /// Whether there is any limit at all.
+    pub fn is_set(&self) -> bool {
+        self.max_size.is_some() || self.max_age.is_some()
+    }
 }
 
 /// One consumer: where its chits arrive and where its files are delivered.
@@ -212,6 +231,8 @@ struct RawConfig {
     mirrors: Option<Spanned<Value>>,
     jobs: Option<Spanned<Value>>,
     give_up_after: Option<Spanned<Value>>,
+    cache_max_size: Option<Spanned<Value>>,
+    cache_max_age: Option<Spanned<Value>>,
     #[serde(default)]
     consumer: Vec<Spanned<RawConsumer>>,
 }
@@ -247,6 +268,14 @@ impl Config {
         }
         if let Some(value) = &raw.give_up_after {
             config.give_up_after = reader.check("give_up_after", value, give_up_after)?;
+        }
+        if let Some(value) = &raw.cache_max_size {
+            let size = reader.check("cache_max_size", value, cache_max_size)?;
+            config.cache_limits.max_size = Some(size);
+        }
+        if let Some(value) = &raw.cache_max_age {
+            let age = reader.check("cache_max_age", value, cache_max_age)?;
+            config.cache_limits.max_age = Some(age);
         }
         for table in &raw.consumer {
             let consumer = &table.get_ref();
@@ -302,6 +331,7 @@ impl Config {
                 dir.join("spool"),
                 dir.join("distfiles"),
             )],
+            cache_limits: CacheLimits::default(),
         }
     }
 
@@ -358,6 +388,13 @@ impl Config {
         lines.push(format!("jobs:          {}", self.jobs));
         let give_up_after = humantime::format_duration(self.give_up_after);
         lines.push(format!("give_up_after: {give_up_after} without progress"));
+        if let Some(size) = self.cache_limits.max_size {
+            lines.push(format!("cache_max_size: {size} bytes"));
+        }
+        if let Some(age) = self.cache_limits.max_age {
+            let age = humantime::format_duration(age);
+            lines.push(format!("cache_max_age:  {age} unused"));
+        }
         let [request, fetch, downloaded, fail] = SPOOL_STATES;
         for consumer in &self.consumers {
             let spool = consumer.spool.display();
@@ -575,6 +612,57 @@ fn give_up_after(value: &Value) -> Result<Duration, String> {
         );
     }
     Ok(duration)
+}
+
+fn cache_max_size(value: &Value) -> Result<u64, String> {
+    match value {
+        Value::String(text) => parse_size(text).map_err(|reason| format!("= {reason}")),
+        Value::Integer(bytes) if *bytes >= 0 => Ok(bytes.unsigned_abs()),
+        other => Err(format!(
+            "must be a size such as \"20GB\" or \"500MiB\", or a number of bytes, not {}",
+            show(other)
+        )),
+    }
+}
+
+fn cache_max_age(value: &Value) -> Result<Duration, String> {
+    match value {
+        Value::String(text) => parse_age(text).map_err(|reason| format!("= {reason}")),
+        Value::Integer(seconds) if *seconds >= 0 => Ok(Duration::from_secs(seconds.unsigned_abs())),
+        other => Err(format!(
+            "must be a duration such as \"90d\" or \"12h\", or a number of seconds, not {}",
+            show(other)
+        )),
+    }
+}
+
+/// A size of the cache: bytes (`1000000`), or with a unit (`500MiB`,
+/// `20GB`, `1.5 GiB`; `K`, `M`, `G`, `T` are powers of 1000, `Ki`, `Mi`,
+/// `Gi`, `Ti` of 1024). The error names the text.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let starts_with_digit = trimmed.starts_with(|c: char| c.is_ascii_digit());
+    match trimmed.parse::<bytesize::ByteSize>() {
+        Ok(size) if starts_with_digit => Ok(size.as_u64()),
+        _ => Err(format!(
+            "{text:?} is not a size; write it like \"500MiB\", \"20GB\" or a number of bytes"
+        )),
+    }
+}
+
+/// An age: a duration such as `90d`, `12h` or `1h 30m`, or a number of
+/// seconds. The error names the text.
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    if let Ok(seconds) = trimmed.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(trimmed).map_err(|_| {
+        format!(
+            "{text:?} is not a duration; write it like \"90d\", \"12h\" or \"1h 30m\", \
+             or as a number of seconds"
+        )
+    })
 }
 
 /// `duration` cut to whole milliseconds (as `give_up_after` and the
@@ -811,6 +899,41 @@ pub fn resolve_status_spools(
         .into_iter()
         .map(|consumer| (consumer.name, consumer.spool))
         .collect())
+}
+
+/// What `chitd cache …` works on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheLayout {
+    pub cache: PathBuf,
+    /// The spools of the configured consumers (none with `--cache` alone).
+    pub spools: Vec<PathBuf>,
+    /// The configured limits (none with `--cache` alone).
+    pub limits: CacheLimits,
+}
+
+/// The cache of `chitd cache …`: `--cache`, else the `--config` file's,
+/// else the default layout's `cwd/cache`; with the consumers and limits of
+/// the file (or of the default layout, without `--config` and `--cache`).
+pub fn resolve_cache(args: &CacheArgs, cwd: &Path) -> Result<CacheLayout, ConfigError> {
+    let config = match (&args.config, &args.cache) {
+        (Some(file), _) => Some(Config::load(&resolve_path(cwd, file))?),
+        (None, Some(_)) => None,
+        (None, None) => Some(Config::default_layout(cwd)),
+    };
+    let cache = match (&args.cache, &config) {
+        (Some(cache), _) => resolve_path(cwd, cache),
+        (None, Some(config)) => config.cache.clone(),
+        (None, None) => cwd.join("cache"),
+    };
+    let (spools, limits) = config.map_or_else(Default::default, |config| {
+        let spools = config.consumers.into_iter().map(|c| c.spool).collect();
+        (spools, config.cache_limits)
+    });
+    Ok(CacheLayout {
+        cache,
+        spools,
+        limits,
+    })
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ fn contract_example() {
             spool: "/etc/chitd/builders/01/spool".into(),
             deliver: "/etc/chitd/builders/01/distfiles".into(),
         }],
+        cache_limits: CacheLimits::default(),
     };
     assert_eq!(config, expected);
     assert_eq!(
@@ -781,4 +782,110 @@ fn run_refuses_overlapping_roots_naming_the_file() {
             .len(),
         2
     );
+}
+
+#[test]
+fn cache_limits() {
+    assert_eq!(
+        parse("").expect("empty").cache_limits,
+        CacheLimits::default()
+    );
+    let config = parse("cache_max_size = \"500MiB\"\ncache_max_age = \"90d\"\n").expect("valid");
+    let limits = CacheLimits {
+        max_size: Some(500 << 20),
+        max_age: Some(Duration::from_secs(90 * 86_400)),
+    };
+    assert_eq!(config.cache_limits, limits);
+    let config = parse("cache_max_size = 1000\ncache_max_age = 3600\n").expect("numbers");
+    assert_eq!(config.cache_limits.max_size, Some(1000));
+    assert_eq!(config.cache_limits.max_age, Some(Duration::from_secs(3600)));
+    assert!(config.describe().contains("cache_max_size: 1000 bytes"));
+    for (text, key, value) in [
+        ("cache_max_size = \"lots\"\n", "cache_max_size", "\"lots\""),
+        ("cache_max_size = \"20XB\"\n", "cache_max_size", "\"20XB\""),
+        ("cache_max_size = -1\n", "cache_max_size", "-1"),
+        ("cache_max_size = true\n", "cache_max_size", "true"),
+        (
+            "cache_max_age = \"ninety days\"\n",
+            "cache_max_age",
+            "\"ninety days\"",
+        ),
+        ("cache_max_age = -5\n", "cache_max_age", "-5"),
+    ] {
+        let message = key_error(text, key, 1);
+        assert!(
+            message.contains(value),
+            "names the value {value}: {message}"
+        );
+    }
+    let message = key_error("jobs = 1\ncache_max_sise = 5\n", "cache_max_sise", 2);
+    assert!(
+        message.contains("cache_max_size"),
+        "lists the keys: {message}"
+    );
+}
+
+#[test]
+fn sizes_and_ages() {
+    for (text, bytes) in [
+        ("0", 0),
+        ("1024", 1024),
+        ("500MiB", 500 << 20),
+        ("20GB", 20_000_000_000),
+        ("1.5 GiB", 3 << 29),
+        ("10k", 10_000),
+        (" 2KiB ", 2048),
+    ] {
+        assert_eq!(parse_size(text), Ok(bytes), "{text}");
+    }
+    for text in ["", "lots", "-1", "20XB", "MiB", "1e9"] {
+        let error = parse_size(text).expect_err(text);
+        assert!(error.contains(&format!("{text:?}")), "{error}");
+    }
+    for (text, seconds) in [
+        ("90d", 90 * 86_400),
+        ("12h", 43_200),
+        ("60", 60),
+        ("1h 30m", 5400),
+    ] {
+        assert_eq!(parse_age(text), Ok(Duration::from_secs(seconds)), "{text}");
+    }
+    for text in ["", "soon", "-1d", "12 parsecs"] {
+        let error = parse_age(text).expect_err(text);
+        assert!(error.contains(&format!("{text:?}")), "{error}");
+    }
+}
+
+#[test]
+fn the_cache_of_cache_commands() {
+    use crate::cli::{CacheArgs, CacheCommand, LsArgs};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chitd.toml");
+    std::fs::write(
+        &file,
+        format!("cache = \"c\"\ncache_max_age = \"1d\"\n{CONSUMER}"),
+    )
+    .unwrap();
+    let args = |config: Option<&Path>, cache: Option<&str>| CacheArgs {
+        config: config.map(Path::to_path_buf),
+        cache: cache.map(PathBuf::from),
+        command: CacheCommand::Ls(LsArgs::default()),
+    };
+    let cwd = Path::new("/work");
+    let layout = resolve_cache(&args(Some(&file), None), cwd).unwrap();
+    assert_eq!(layout.cache, dir.path().join("c"));
+    assert_eq!(layout.spools, [dir.path().join("s")]);
+    assert_eq!(layout.limits.max_age, Some(Duration::from_secs(86_400)));
+    let layout = resolve_cache(&args(Some(&file), Some("other")), cwd).unwrap();
+    assert_eq!(layout.cache, cwd.join("other"));
+    let layout = resolve_cache(&args(None, Some("other")), cwd).unwrap();
+    assert_eq!(
+        (layout.spools.len(), layout.limits),
+        (0, CacheLimits::default())
+    );
+    let layout = resolve_cache(&args(None, None), cwd).unwrap();
+    assert_eq!(layout.cache, cwd.join("cache"));
+    assert_eq!(layout.spools, [cwd.join("spool")]);
+    let missing = dir.path().join("missing.toml");
+    assert!(resolve_cache(&args(Some(&missing), None), cwd).is_err());
 }

@@ -1,0 +1,367 @@
+//! Collection: keep the cache within its limits (`cache_max_size`,
+//! `cache_max_age`, or `chitd cache gc --max-size --max-age`) by removing
+//! least-recently-used objects.
+//!
+//! The rules, the same for `chitd cache gc` and the daemon's own
+//! collection:
+//!
+//! - Objects are taken oldest last use first (their mtime: see `uses`).
+//!   One is removed if it is unused for longer than the age limit, or while
+//!   the cache holds more than the size limit.
+//! - Never an object that a chit in a consumer's `request/` or `fetch/`
+//!   names (it is *pinned*): the consumers of the configuration, and those
+//!   of the last daemon that ran on the cache, which it lists in
+//!   `<cache>/spools-v1.json` ([`publish_spools`]). A chit the daemon is
+//!   downloading or delivering is in `fetch/`, so its object is pinned too.
+//!   A spool that exists but cannot be read stops the collection: its
+//!   chits could name any object.
+//! - A chit that arrives after the spools were read may find its object
+//!   removed: its lookup misses, or its delivery finds the object gone and
+//!   waits for a download (`daemon::work`). Never a wrong or missing file.
+//!
+//! Removal is an `unlink` of the object, then the record of its names is
+//! forgotten. The fan-out directories are not fsync'd: a crash may bring
+//! an object back, never lose one that was kept.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::chit::Digest;
+use crate::cli::GcArgs;
+use crate::config::{CacheLayout, CacheLimits};
+use crate::dir::Dir;
+use crate::objects::{self, CacheError, Object};
+use crate::spool::is_chit_name;
+use crate::uses;
+
+/// Where a daemon lists its consumers' spools, in the cache directory.
+pub const SPOOLS_FILE: &str = "spools-v1.json";
+
+/// What a collection did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub removed: usize,
+    pub removed_bytes: u64,
+    /// What the cache holds after it.
+    pub objects: usize,
+    pub bytes: u64,
+    /// Objects kept because a chit names them.
+    pub pinned: usize,
+    /// The spools whose chits were read.
+    pub spools: usize,
+}
+
+/// Collect the cache at `cache` within `limits`, sparing the objects the
+/// chits of `spools` (and of the spools the last daemon listed) name.
+/// `removed` is told each object removed (or, with `dry_run`, each that
+/// would be) as it goes. An object that cannot be removed is an error,
+/// after the others were.
+pub fn collect(
+    cache: &Path,
+    spools: &[PathBuf],
+    limits: &CacheLimits,
+    dry_run: bool,
+    mut removed: impl FnMut(&Object),
+) -> Result<Summary, CacheError> {
+    objects::check_cache(cache)?;
+    let objects = objects::walk(cache)?;
+    let mut spools = spools.to_vec();
+    for spool in published_spools(cache) {
+        if !spools.contains(&spool) {
+            spools.push(spool);
+        }
+    }
+    // Read after the walk: a chit that arrived meanwhile is counted.
+    let pinned = pinned(&spools)?;
+    let plan = plan(&objects, &pinned, limits, SystemTime::now());
+    let mut gone = Vec::new();
+    let mut failed = None;
+    for object in &plan.remove {
+        if !dry_run {
+            let path = object.path(cache);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                // Removed meanwhile (quarantined, or by another gc).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    let e = crate::durable::with_path(e, "removing", &path);
+                    tracing::error!("{e}");
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            }
+        }
+        gone.push(object.digest);
+        removed(object);
+    }
+    if !dry_run
+        && !gone.is_empty()
+        && let Some(mut db) = uses::Db::open(cache, false)?
+    {
+        db.forget(&gone)?;
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let removed_bytes: u64 = plan.remove.iter().map(|o| o.size).sum();
+    Ok(Summary {
+        removed: gone.len(),
+        removed_bytes,
+        objects: objects.len() - plan.remove.len(),
+        bytes: plan.kept_bytes,
+        pinned: plan.pinned,
+        spools: spools.len(),
+    })
+}
+
+/// `chitd cache gc`: collect the cache of `layout` within the limits of
+/// `args` (else the configured ones), printing each object removed (or
+/// that would be) and a summary to `out`.
+pub fn command(
+    layout: &CacheLayout,
+    args: &GcArgs,
+    out: &mut impl Write,
+) -> Result<(), CacheError> {
+    let limits = CacheLimits {
+        max_size: args.max_size.or(layout.limits.max_size),
+        max_age: args.max_age.or(layout.limits.max_age),
+    };
+    if !limits.is_set() {
+        return Err(CacheError::NoLimit);
+    }
+    objects::check_cache(&layout.cache)?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let mut written = Ok(());
+    let summary = collect(&layout.cache, &layout.spools, &limits, args.dry_run, |o| {
+        if written.is_ok() {
+            let last_used = humantime::format_rfc3339_seconds(o.last_used);
+            written = writeln!(
+                out,
+                "{verb} {} ({} bytes, last used {last_used})",
+                o.digest, o.size
+            );
+        }
+    })?;
+    written?;
+    let pinned = match summary.spools {
+        0 => "no consumer is known (give --config), so no chit's objects were spared".to_string(),
+        spools => format!(
+            "{} kept for chits in request/ or fetch/ of {spools} spool(s)",
+            summary.pinned
+        ),
+    };
+    writeln!(
+        out,
+        "{verb} {} object(s), {} bytes; the cache holds {} object(s), {} bytes; {pinned}",
+        summary.removed, summary.removed_bytes, summary.objects, summary.bytes
+    )?;
+    Ok(())
+}
+
+/// Which objects to remove: see the module doc.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    /// Oldest last use first.
+    pub remove: Vec<&'a Object>,
+    pub kept_bytes: u64,
+    pub pinned: usize,
+}
+
+/// Pure: the objects to remove from `objects` so that none of them is
+/// unused for longer than `limits.max_age` at `now`, and they hold at most
+/// `limits.max_size` bytes, least recently used first, never one in
+/// `pinned`.
+pub fn plan<'a>(
+    objects: &'a [Object],
+    pinned: &HashSet<Digest>,
+    limits: &CacheLimits,
+    now: SystemTime,
+) -> Plan<'a> {
+    let mut order: Vec<&Object> = objects.iter().collect();
+    order.sort_unstable_by_key(|object| (object.last_used, object.digest));
+    let mut kept_bytes: u64 = objects.iter().map(|o| o.size).sum();
+    let mut remove = Vec::new();
+    let mut pinned_count = 0;
+    for object in order {
+        if pinned.contains(&object.digest) {
+            pinned_count += 1;
+            continue;
+        }
+        let unused = now.duration_since(object.last_used).unwrap_or_default();
+        let too_old = limits.max_age.is_some_and(|age| unused > age);
+        let too_big = limits.max_size.is_some_and(|size| kept_bytes > size);
+        if too_old || too_big {
+            kept_bytes -= object.size;
+            remove.push(object);
+        }
+    }
+    Plan {
+        remove,
+        kept_bytes,
+        pinned: pinned_count,
+    }
+}
+
+/// The digests named by the chits in `request/` and `fetch/` of each of
+/// `spools`. A spool (or state directory) that does not exist names none;
+/// one that cannot be read is an error.
+pub fn pinned(spools: &[PathBuf]) -> io::Result<HashSet<Digest>> {
+    let mut pinned = HashSet::new();
+    for spool in spools {
+        let root = match Dir::open_existing(spool) {
+            Ok(root) => root,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for state in ["request", "fetch"] {
+            let dir = match root.open_dir(state) {
+                Ok(dir) => dir,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for name in dir.names()? {
+                if is_chit_name(name.as_ref())
+                    && let Some(digest) = chit_digest(&dir, &name)
+                {
+                    pinned.insert(digest);
+                }
+            }
+        }
+    }
+    Ok(pinned)
+}
+
+/// The digest on the first line of the chit `name` in `dir`, if it has
+/// one. Only a regular file is opened (never a FIFO or a device a consumer
+/// planted), and only its first line read.
+fn chit_digest(dir: &Dir, name: &str) -> Option<Digest> {
+    let file = dir.open_regular(name).ok()?;
+    let mut head = Vec::with_capacity(128);
+    file.take(4096).read_to_end(&mut head).ok()?;
+    let line = head.split(|&b| b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let line = line.strip_prefix('\u{feff}').unwrap_or(line);
+    Digest::parse_hex(line.trim_ascii()).ok()
+}
+
+/// List `spools` in the cache at `cache` for collections run beside this
+/// daemon (or after it): they spare the objects its chits name.
+pub fn publish_spools(cache: &Path, spools: &[PathBuf]) -> io::Result<()> {
+    let listed = ListedSpools {
+        spools: spools.to_vec(),
+    };
+    let json = serde_json::to_vec(&listed).map_err(io::Error::other)?;
+    crate::durable::write_then_rename(&cache.join(SPOOLS_FILE), &json)
+}
+
+/// The content of [`SPOOLS_FILE`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ListedSpools {
+    spools: Vec<PathBuf>,
+}
+
+/// The spools the last daemon listed ([`publish_spools`]); none if it
+/// listed none, or the file cannot be read.
+pub fn published_spools(cache: &Path) -> Vec<PathBuf> {
+    let path = cache.join(SPOOLS_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice::<ListedSpools>(&bytes) {
+            Ok(listed) => listed.spools,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring the daemon's list of spools: {e}");
+                Vec::new()
+            }
+        },
+        Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn object(byte: u8, size: u64, age_days: u64, now: SystemTime) -> Object {
+        Object {
+            digest: Digest::from_bytes([byte; 32]),
+            size,
+            last_used: now - Duration::from_secs(age_days * 86_400),
+        }
+    }
+
+    fn removed(plan: &Plan<'_>) -> Vec<u8> {
+        plan.remove.iter().map(|o| o.digest.as_bytes()[0]).collect()
+    }
+
+    #[test]
+    fn plans_remove_least_recently_used_first_and_spare_pinned() {
+        let now = SystemTime::now();
+        // Sizes 10 each; ages 1, 5, 3, 100, 40 days.
+        let objects = [
+            object(1, 10, 1, now),
+            object(2, 10, 5, now),
+            object(3, 10, 3, now),
+            object(4, 10, 100, now),
+            object(5, 10, 40, now),
+        ];
+        let none = HashSet::new();
+        let limits = |size: Option<u64>, days: Option<u64>| CacheLimits {
+            max_size: size,
+            max_age: days.map(|d| Duration::from_secs(d * 86_400)),
+        };
+        let table: [(CacheLimits, &HashSet<Digest>, &[u8]); 6] = [
+            (limits(None, None), &none, &[]),
+            (limits(Some(50), None), &none, &[]),
+            (limits(Some(30), None), &none, &[4, 5]),
+            (limits(None, Some(30)), &none, &[4, 5]),
+            (limits(Some(15), Some(4)), &none, &[4, 5, 2, 3]),
+            (limits(Some(0), None), &none, &[4, 5, 2, 3, 1]),
+        ];
+        for (limits, pinned, expected) in table {
+            let plan = plan(&objects, pinned, &limits, now);
+            assert_eq!(removed(&plan), expected, "{limits:?}");
+            assert_eq!(plan.kept_bytes, 50 - 10 * expected.len() as u64);
+        }
+        // Pinned: 4 (the oldest) and 2 stay; newer ones go instead.
+        let pinned: HashSet<Digest> = [4, 2].map(|b| Digest::from_bytes([b; 32])).into();
+        let plan = plan(&objects, &pinned, &limits(Some(30), None), now);
+        assert_eq!(removed(&plan), [5, 3]);
+        assert_eq!((plan.kept_bytes, plan.pinned), (30, 2));
+    }
+
+    #[test]
+    fn chits_in_request_and_fetch_pin_their_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let digest = |byte: u8| Digest::from_bytes([byte; 32]);
+        for state in ["request", "fetch", "downloaded", "fail"] {
+            fs::create_dir_all(spool.join(state)).unwrap();
+        }
+        let chit = |byte: u8| format!("  {}\r\n5\nf\n", digest(byte).to_hex().to_uppercase());
+        fs::write(spool.join("request/a"), chit(1)).unwrap();
+        fs::write(spool.join("fetch/b"), chit(2)).unwrap();
+        fs::write(spool.join("downloaded/c"), chit(3)).unwrap();
+        fs::write(spool.join("fail/d"), chit(4)).unwrap();
+        // A dot-file, a bad chit, a FIFO (never opened): none pin.
+        fs::write(spool.join("request/.e"), chit(5)).unwrap();
+        fs::write(spool.join("request/f"), "not a chit\n").unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            spool.join("request/g"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let missing = dir.path().join("missing");
+        let pinned = pinned(&[spool, missing]).unwrap();
+        assert_eq!(pinned, [digest(1), digest(2)].into());
+    }
+}
