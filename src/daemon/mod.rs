@@ -8,6 +8,7 @@
 //! waiting for a download holds no task and no slot, so a slow download
 //! never blocks cache hits.
 
+mod collect;
 mod consumer;
 mod queue;
 pub mod status_file;
@@ -201,6 +202,8 @@ pub struct Shared {
     pub targets: work::Targets,
     /// Directories in delivery directories whose names are durable.
     pub durable_dirs: DurableDirs,
+    /// The last-use record: each delivery is recorded by its commit.
+    pub uses: crate::uses::Recorder,
 }
 
 /// Serve until `shutdown` resolves (or, with `exit_when_idle`, until no
@@ -211,6 +214,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let store = Store::open(&config.cache).map_err(DaemonError::Cache)?;
+    let (uses, collector) = collect::start_keeping(&config);
     let mut consumers = Vec::new();
     for consumer in &config.consumers {
         // A consumer can make its own spool unusable (a symlink where a
@@ -244,6 +248,7 @@ pub async fn run(
         mirrors: config.mirrors.clone(),
         targets: work::Targets::default(),
         durable_dirs: DurableDirs::default(),
+        uses,
     });
     let jobs = config.jobs.max(1);
     let limits = LocalLimits::for_this_process(jobs, shared.consumers.len());
@@ -284,10 +289,15 @@ pub async fn run(
         names_checks: Vec::new(),
         lost_dirs: HashSet::new(),
         refresh_failing: HashSet::new(),
+        collector,
     };
     scheduler.names_checks = (0..scheduler.shared.consumers.len())
         .map(|_| NamesCheck::default())
         .collect();
+    if scheduler.collector.due().is_some() {
+        // At start (before an exit when idle, which waits for it).
+        scheduler.collector.start(&scheduler.shared);
+    }
     scheduler.scan(true);
     for consumer in 0..scheduler.shared.consumers.len() {
         scheduler.check_names(consumer, true);
@@ -362,6 +372,8 @@ struct Scheduler {
     /// Consumers whose new state directories could not be opened (logged
     /// once).
     refresh_failing: HashSet<usize>,
+    /// The cache's own collection (`cache_max_size`, `cache_max_age`).
+    collector: collect::Collector,
 }
 
 /// A download under way: where chits that join it hand it their sources,
@@ -502,6 +514,8 @@ impl Scheduler {
                     self.write_status();
                 }
                 _ = sleep_until(linger) => {}
+                _ = sleep_until(self.collector.due()) => self.collector.start(&self.shared),
+                summary = self.collector.ended() => self.collector.done(summary),
             }
         }
         self.stop().await;
@@ -733,6 +747,7 @@ impl Scheduler {
                 }
                 if let Ok(object) = &published {
                     tracing::info!(digest = %key.digest, source = %source.unwrap_or_default(), "download finished, verified and cached");
+                    self.collector.published(key.size);
                     if let Some(dir) = object.parent() {
                         self.unsynced_cache_dirs.insert(dir.to_path_buf());
                     }
@@ -1234,6 +1249,10 @@ impl Scheduler {
                 "some work did not stop within {SHUTDOWN_GRACE:?}; its chits stay in fetch/"
             );
         }
+        // The last uses written, off this thread; a collection finished.
+        let shared = Arc::clone(&self.shared);
+        let _ = tokio::task::spawn_blocking(move || shared.uses.flush()).await;
+        self.collector.stop().await;
         for consumer in &self.shared.consumers {
             consumer.status.remove();
         }

@@ -622,10 +622,13 @@ pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
         let completed = spool.complete_all(&names);
         for (entry, renamed) in entries.iter().zip(completed.renamed) {
             match renamed {
-                Ok(()) => tracing::info!(
-                    consumer = %spool.name, chit = %entry.name, digest = %entry.digest, path = %entry.path,
-                    from = entry.from, "downloaded: fetch/ → downloaded/"
-                ),
+                Ok(()) => {
+                    tracing::info!(
+                        consumer = %spool.name, chit = %entry.name, digest = %entry.digest, path = %entry.path,
+                        from = entry.from, "downloaded: fetch/ → downloaded/"
+                    );
+                    shared.uses.record(entry.digest, &entry.path);
+                }
                 Err(e) => fail(
                     spool,
                     entry,
