@@ -108,6 +108,13 @@ impl Collector {
         }));
     }
 
+    /// Start a collection if one is due by now.
+    pub fn start_if_due(&mut self, shared: &Arc<Shared>) {
+        if self.due().is_some_and(|due| due <= Instant::now()) {
+            self.start(shared);
+        }
+    }
+
     /// Wait for the running collection to end (forever if none runs).
     pub async fn ended(&mut self) -> Option<Summary> {
         let Some(running) = &mut self.running else {

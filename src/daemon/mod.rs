@@ -294,10 +294,8 @@ pub async fn run(
     scheduler.names_checks = (0..scheduler.shared.consumers.len())
         .map(|_| NamesCheck::default())
         .collect();
-    if scheduler.collector.due().is_some() {
-        // At start (before an exit when idle, which waits for it).
-        scheduler.collector.start(&scheduler.shared);
-    }
+    // At start (an exit when idle waits for it).
+    scheduler.collector.start_if_due(&scheduler.shared);
     scheduler.scan(true);
     for consumer in 0..scheduler.shared.consumers.len() {
         scheduler.check_names(consumer, true);
@@ -438,6 +436,8 @@ impl Scheduler {
                     .collect();
                 if self.queues.is_empty() && odd.is_empty() {
                     self.sweep_orphans().await;
+                    // A collection a publish made due runs before the exit.
+                    self.collector.start_if_due(&self.shared);
                     tracing::info!("idle: no chit in any request/ or fetch/; exiting");
                     break;
                 }

@@ -6,6 +6,7 @@
 //!
 //! - `basic`: miss → download → deliver, mirrors, cache hits, start-up scan.
 //! - `cache`: verified hits, quarantine, and the cache commands.
+//! - `cache_gc`: `cache ls`, `cache gc` and the daemon's own collection.
 //! - `dedup`: one upstream download per digest.
 //! - `failures`: permanent and transient failures, retries, resumption.
 //! - `chits`: bad and unusual chits.
@@ -23,6 +24,7 @@
 
 mod basic;
 mod cache;
+mod cache_gc;
 mod chits;
 mod cli;
 mod config;
