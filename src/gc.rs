@@ -77,24 +77,27 @@ pub fn collect(
     // Read after the walk: a chit that arrived meanwhile is counted.
     let pinned = pinned(&spools)?;
     let plan = plan(&objects, &pinned, limits, SystemTime::now());
+    let outcomes = if dry_run {
+        Vec::new()
+    } else {
+        remove_all(cache, &plan.remove)
+    };
     let mut gone = Vec::new();
+    let mut removed_bytes = 0;
     let mut failed = None;
-    for object in &plan.remove {
-        if !dry_run {
-            let path = object.path(cache);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                // Removed meanwhile (quarantined, or by another gc).
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    let e = crate::durable::with_path(e, "removing", &path);
-                    tracing::error!("{e}");
-                    failed.get_or_insert(e);
-                    continue;
-                }
+    for (index, object) in plan.remove.iter().enumerate() {
+        match outcomes.get(index) {
+            None | Some(Ok(true)) => {}
+            // Removed meanwhile (quarantined, or by another gc).
+            Some(Ok(false)) => continue,
+            Some(Err(e)) => {
+                tracing::error!("{e}");
+                failed.get_or_insert(io::Error::new(e.kind(), e.to_string()));
+                continue;
             }
         }
         gone.push(object.digest);
+        removed_bytes += object.size;
         removed(object);
     }
     if !dry_run
@@ -106,7 +109,6 @@ pub fn collect(
     if let Some(e) = failed {
         return Err(e.into());
     }
-    let removed_bytes: u64 = plan.remove.iter().map(|o| o.size).sum();
     Ok(Summary {
         removed: gone.len(),
         removed_bytes,
@@ -163,6 +165,40 @@ pub fn command(
         summary.removed, summary.removed_bytes, summary.objects, summary.bytes
     )?;
     Ok(())
+}
+
+/// Remove `objects` from the cache at `cache`, on [`objects::THREADS`]
+/// threads, each taking whole fan-out directories (threads removing names
+/// from one directory would wait for each other's lock on it). The
+/// outcome of each object, in their order: false for one already gone.
+fn remove_all(cache: &Path, objects: &[&Object]) -> Vec<io::Result<bool>> {
+    let mut by_fanout: Vec<Vec<usize>> = vec![Vec::new(); 256];
+    for (index, object) in objects.iter().enumerate() {
+        by_fanout[usize::from(object.digest.as_bytes()[0])].push(index);
+    }
+    let removed = objects::in_parallel(&by_fanout, |indices| {
+        let outcomes = indices.iter().map(|&index| remove(cache, objects[index]));
+        indices
+            .iter()
+            .copied()
+            .zip(outcomes.collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    });
+    let mut outcomes: Vec<Option<io::Result<bool>>> = (0..objects.len()).map(|_| None).collect();
+    for (index, outcome) in removed.into_iter().flatten() {
+        outcomes[index] = Some(outcome);
+    }
+    outcomes.into_iter().flatten().collect()
+}
+
+/// Remove `object` from the cache at `cache`: false if it was gone.
+fn remove(cache: &Path, object: &Object) -> io::Result<bool> {
+    let path = object.path(cache);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(crate::durable::with_path(e, "removing", &path)),
+    }
 }
 
 /// Which objects to remove: see the module doc.

@@ -73,50 +73,95 @@ pub fn check_cache(cache: &Path) -> Result<(), CacheError> {
     }
 }
 
+/// Threads that walk the cache, or remove objects, at once: each waits
+/// for the disk on a cold cache (an inode to read, a directory to write),
+/// and the disk serves their requests together.
+pub const THREADS: usize = 8;
+
 /// Every object of the cache at `cache`: regular files named by their
 /// digest in the fan-out directory of its first byte (temporaries and
-/// anything else are not objects).
+/// anything else are not objects). The fan-out directories are read by
+/// [`THREADS`] threads.
 pub fn walk(cache: &Path) -> io::Result<Vec<Object>> {
     let root = cache.join(OBJECTS_DIR);
-    let mut objects = Vec::new();
+    let mut fanouts = Vec::new();
     for fanout in fs::read_dir(&root).map_err(|e| with_path(e, "reading", &root))? {
         let fanout = fanout.map_err(|e| with_path(e, "reading", &root))?;
-        let name = fanout.file_name();
-        let Some(prefix) = name.to_str().filter(|n| n.len() == 2) else {
-            continue;
-        };
-        if !fanout.file_type().is_ok_and(|kind| kind.is_dir()) {
-            continue;
+        let is_dir = fanout.file_type().is_ok_and(|kind| kind.is_dir());
+        if let Some(prefix) = fanout
+            .file_name()
+            .to_str()
+            .filter(|n| n.len() == 2 && is_dir)
+        {
+            fanouts.push((fanout.path(), prefix.to_owned()));
         }
-        let dir = fanout.path();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(with_path(e, "reading", &dir)),
+    }
+    let mut objects = Vec::new();
+    for walked in in_parallel(&fanouts, |(dir, prefix)| walk_fanout(dir, prefix)) {
+        objects.extend(walked?);
+    }
+    Ok(objects)
+}
+
+/// The objects in one fan-out directory, `dir`, whose names begin with
+/// `prefix`.
+fn walk_fanout(dir: &Path, prefix: &str) -> io::Result<Vec<Object>> {
+    let mut objects = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(objects),
+        Err(e) => return Err(with_path(e, "reading", dir)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| with_path(e, "reading", dir))?;
+        let name = entry.file_name();
+        let Some(digest) = name
+            .to_str()
+            .filter(|n| n.starts_with(prefix))
+            .and_then(|n| Digest::parse_hex(n).ok())
+        else {
+            continue;
         };
-        for entry in entries {
-            let entry = entry.map_err(|e| with_path(e, "reading", &dir))?;
-            let name = entry.file_name();
-            let Some(digest) = name
-                .to_str()
-                .filter(|n| n.starts_with(prefix))
-                .and_then(|n| Digest::parse_hex(n).ok())
-            else {
-                continue;
-            };
-            match entry.metadata() {
-                Ok(meta) if meta.is_file() => objects.push(Object {
-                    digest,
-                    size: meta.len(),
-                    last_used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                }),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(with_path(e, "inspecting", &entry.path())),
-            }
+        match entry.metadata() {
+            Ok(meta) if meta.is_file() => objects.push(Object {
+                digest,
+                size: meta.len(),
+                last_used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            }),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(with_path(e, "inspecting", &entry.path())),
         }
     }
     Ok(objects)
+}
+
+/// `map` of each of `items` on [`THREADS`] scoped threads (each takes
+/// every THREADS-th item); the results in the order of the items.
+pub fn in_parallel<T: Sync, R: Send>(items: &[T], map: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = THREADS.min(items.len()).max(1);
+    let mut results: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let map = &map;
+        let handles: Vec<_> = (0..threads)
+            .map(|first| {
+                scope.spawn(move || {
+                    let mine = items.iter().enumerate().skip(first).step_by(threads);
+                    mine.map(|(index, item)| (index, map(item)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for handle in handles {
+            let done = handle
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            for (index, result) in done {
+                results[index] = Some(result);
+            }
+        }
+    });
+    results.into_iter().flatten().collect()
 }
 
 /// One line of `chitd cache ls`, one element of its `--json`.
