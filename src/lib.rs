@@ -21,6 +21,11 @@
 //! - [`spool`]: the four state directories of one consumer and their
 //!   transitions (`claim`, `complete`, `fail`), each one `rename(2)`.
 //! - [`store`]: the content-addressed cache (`sha256-v1/ab/<hex>`).
+//! - [`uses`]: the last-use record: objects' mtimes, and the paths they
+//!   were delivered as (`uses-v1.sqlite`), written in batches.
+//! - [`objects`]: what the cache holds (walk of `sha256-v1/`); `cache ls`.
+//! - [`gc`]: collection, least recently used first, sparing the objects of
+//!   chits in `request/` and `fetch/`; `cache gc`.
 //! - [`partial`]: partial downloads (`partial-v1/<hex>.part`) and their
 //!   durable progress records, with the sha256 midstate for instant resume;
 //!   `partial/hasher.rs` hashes big downloads on a thread of their own.
@@ -38,7 +43,8 @@
 //! - [`daemon`]: `run(config, options, shutdown)`: recover, watch, schedule,
 //!   exit when idle (`queue.rs`: per-consumer round-robin; `work.rs`: a
 //!   chit's blocking steps and the group commit; `status_file.rs`: progress
-//!   published for `chitd status`).
+//!   published for `chitd status`; `collect.rs`: the cache's own
+//!   collection).
 //! - [`request`], [`status`]: the other two subcommands.
 
 pub mod chase;
