@@ -853,7 +853,8 @@ impl Scheduler {
             }
             Err(error) => {
                 let failed = match error {
-                    DownloadError::Failed(reason) => {
+                    DownloadError::Failed(failure) => {
+                        let reason = failure.to_string();
                         tracing::warn!(digest = %key.digest, size = key.size, "download failed: {reason}");
                         Some((tried, reason))
                     }
