@@ -28,7 +28,7 @@ use crate::chase::{CHASE_MIN, Chase, Target};
 use crate::chit::Digest;
 use crate::config::Config;
 use crate::dir::{Dir, DurableDirs};
-use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job, MoreSources};
+use crate::fetch::{Cause, DownloadError, Failure, FetchSettings, Fetcher, Job, MoreSources};
 use crate::inflight::{InFlight, Key};
 use crate::partial::{Frontier, Partial};
 use crate::spool::Spool;
@@ -297,7 +297,7 @@ pub async fn run(
 
 /// A chit whose download ended, and that download's outcome: the cache
 /// object, or the reason to fail it.
-type Delivery = (Waiter, Arc<Result<PathBuf, String>>);
+type Delivery = (Waiter, Arc<Result<PathBuf, Failure>>);
 
 /// A finished download: what it fetched, the sources it tried, its result.
 type DownloadOutcome = (Key, Vec<url::Url>, Result<Partial, DownloadError>);
@@ -334,7 +334,7 @@ struct Scheduler {
     tried: HashMap<Key, Vec<url::Url>>,
     /// The reasons of those earlier, failed downloads: the final reason
     /// lists every source's answer, not only the last round's.
-    earlier_failures: HashMap<Key, Vec<String>>,
+    earlier_failures: HashMap<Key, Failure>,
     jobs: usize,
     cancel: CancellationToken,
     /// Chits whose last attempt could not claim them or move them to
@@ -547,14 +547,10 @@ impl Scheduler {
             let shared = Arc::clone(&self.shared);
             match self.queues.next() {
                 Some(Next::Deliver((waiter, outcome))) => self.local.spawn_blocking(move || {
-                    let outcome = outcome
-                        .as_ref()
-                        .as_ref()
-                        .map(|object| work::Object {
-                            path: object,
-                            bytes: None,
-                        })
-                        .map_err(String::as_str);
+                    let outcome = outcome.as_ref().as_ref().map(|object| work::Object {
+                        path: object,
+                        bytes: None,
+                    });
                     work::finish(&shared, waiter, outcome)
                 }),
                 Some(Next::Start(consumer, name, origin)) => self
@@ -640,7 +636,7 @@ impl Scheduler {
     /// Stop an early delivery and remove its temporary, on the local pool
     /// (the daemon is not idle until that is done); then fail its download's
     /// waiters, if it `failed` (so no temporary outlives a failed chit).
-    fn abort_chase(&mut self, chase: Chase, key: Key, failed: Option<(Vec<url::Url>, String)>) {
+    fn abort_chase(&mut self, chase: Chase, key: Key, failed: Option<(Vec<url::Url>, Failure)>) {
         self.local.spawn_blocking(move || {
             chase.abort();
             Step::ChaseAborted { key, failed }
@@ -793,7 +789,7 @@ impl Scheduler {
     }
 
     /// Queue the delivery (or failure) of a chit whose download ended.
-    fn deliver(&mut self, waiter: Waiter, outcome: Arc<Result<PathBuf, String>>) {
+    fn deliver(&mut self, waiter: Waiter, outcome: Arc<Result<PathBuf, Failure>>) {
         self.queues
             .push_delivery(waiter.consumer, (waiter, outcome));
     }
@@ -854,9 +850,8 @@ impl Scheduler {
             Err(error) => {
                 let failed = match error {
                     DownloadError::Failed(failure) => {
-                        let reason = failure.to_string();
-                        tracing::warn!(digest = %key.digest, size = key.size, "download failed: {reason}");
-                        Some((tried, reason))
+                        tracing::warn!(digest = %key.digest, size = key.size, "download failed: {failure}");
+                        Some((tried, Failure::from(failure)))
                     }
                     // Shut down, or stopped because its size is known
                     // wrong (its chits were failed then).
@@ -876,7 +871,12 @@ impl Scheduler {
     /// nobody tried yet, queue another download for them all. When it
     /// succeeded, the file of its digest is known: downloads of the digest
     /// with another size are stopped, and their chits failed.
-    fn settle(&mut self, key: Key, tried: Option<Vec<url::Url>>, outcome: Result<PathBuf, String>) {
+    fn settle(
+        &mut self,
+        key: Key,
+        tried: Option<Vec<url::Url>>,
+        outcome: Result<PathBuf, Failure>,
+    ) {
         let Some(waiters) = self.inflight.finish(&key) else {
             return;
         };
@@ -892,8 +892,9 @@ impl Scheduler {
                     .any(|source| !tried_before.contains(source))
             });
             if untried {
-                if let Err(reason) = outcome {
-                    self.earlier_failures.entry(key).or_default().push(reason);
+                if let Err(failure) = outcome {
+                    let failure = failure.after(self.earlier_failures.remove(&key));
+                    self.earlier_failures.insert(key, failure);
                 }
                 for waiter in waiters {
                     self.inflight.add(waiter.consumer, key, waiter);
@@ -905,14 +906,8 @@ impl Scheduler {
             self.fail_other_sizes(key);
         }
         self.tried.remove(&key);
-        let earlier = self.earlier_failures.remove(&key).unwrap_or_default();
-        let outcome = outcome.map_err(|last| {
-            earlier
-                .into_iter()
-                .chain(std::iter::once(last))
-                .collect::<Vec<_>>()
-                .join("; then ")
-        });
+        let earlier = self.earlier_failures.remove(&key);
+        let outcome = outcome.map_err(|last| last.after(earlier));
         let outcome = Arc::new(outcome);
         for waiter in waiters {
             self.deliver(waiter, Arc::clone(&outcome));
@@ -934,11 +929,10 @@ impl Scheduler {
                 digest = %key.digest, size = other.key.size, waiters = other.waiters.len(),
                 "download stopped: the file of this sha256 is {} bytes", key.size
             );
-            let reason = Arc::new(Err(format!(
-                "the chit says {} bytes, but the file with this sha256 is {} bytes \
-                 (downloaded and verified for another chit)",
-                other.key.size, key.size
-            )));
+            let reason = Arc::new(Err(Failure::from(Cause::OtherSize {
+                said: other.key.size,
+                actual: key.size,
+            })));
             for waiter in other.waiters {
                 self.deliver(waiter, Arc::clone(&reason));
             }

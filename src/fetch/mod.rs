@@ -32,7 +32,9 @@
 //! `give_up_after` passes without progress (new bytes, at no less than the
 //! minimum pace of `pace`; a slow drip is cut and is not progress) and no
 //! source was left while progressing. Its failure is a value,
-//! [`DownloadFailure`]: why it gave up and each source's last answer.
+//! [`DownloadFailure`]: why it gave up and each source's last answer. It
+//! stays one ([`Failure`]) until each waiting chit's `# error:` line is
+//! rendered from it, naming only that chit's own sources (see `failure`).
 //!
 //! Chits that join a running download may bring sources of their own
 //! ([`MoreSources`]): they are added at the end of the list, in the
@@ -53,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 pub use self::error::{FetchError, Next, with_causes};
-pub use self::failure::{DownloadFailure, Ending, SourceAnswer};
+pub use self::failure::{Cause, DownloadFailure, Ending, Failure, SourceAnswer};
 use self::run::{Run, Source};
 use crate::chit::{Digest, redact_url};
 use crate::partial::{Frontier, Partial};
