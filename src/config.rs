@@ -54,6 +54,8 @@ pub struct Config {
     /// Downloads running at once; at least 1.
     pub jobs: usize,
     /// A chit fails once its sources have made no progress for this long; > 0.
+    /// This is the setting's one home: `daemon::run` hands it to
+    /// [`crate::fetch::Fetcher::new`].
     pub give_up_after: Duration,
     /// Names are unique and non-empty; no two consumers share a spool. After
     /// [`Config::validate_for_run`], no two roots overlap (but see there).

@@ -228,8 +228,6 @@ pub async fn run(
     if consumers.is_empty() {
         return Err(DaemonError::NoConsumer);
     }
-    let mut fetch = options.fetch.clone();
-    fetch.give_up_after = config.give_up_after;
     let (hint_sender, hints) = tokio::sync::mpsc::unbounded_channel();
     let watch = {
         let spools: Vec<Arc<Spool>> = consumers.iter().map(Consumer::spool).collect();
@@ -240,7 +238,8 @@ pub async fn run(
         consumers,
         watch: std::sync::Mutex::new(watch),
         store: Arc::new(store),
-        fetcher: Fetcher::new(fetch).map_err(DaemonError::Http)?,
+        fetcher: Fetcher::new(options.fetch.clone(), config.give_up_after)
+            .map_err(DaemonError::Http)?,
         mirrors: config.mirrors.clone(),
         targets: work::Targets::default(),
         durable_dirs: DurableDirs::default(),

@@ -71,6 +71,7 @@ pub const MAX_RESPONSE_HEADERS: usize = 100;
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Timing knobs. Values, not globals, so tests can shrink them.
+/// (`give_up_after` is a configuration key: [`Fetcher::new`] takes it.)
 #[derive(Debug, Clone)]
 pub struct FetchSettings {
     /// First backoff between rounds; doubles each round up to `max_retry_delay`.
@@ -81,8 +82,6 @@ pub struct FetchSettings {
     /// transient-failed.
     pub inactivity_timeout: Duration,
     pub connect_timeout: Duration,
-    /// No progress from any source for this long: the download fails.
-    pub give_up_after: Duration,
 }
 
 impl Default for FetchSettings {
@@ -92,7 +91,6 @@ impl Default for FetchSettings {
             max_retry_delay: Duration::from_secs(10),
             inactivity_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
-            give_up_after: crate::config::DEFAULT_GIVE_UP_AFTER,
         }
     }
 }
@@ -179,10 +177,18 @@ pub enum DownloadError {
 pub struct Fetcher {
     client: reqwest::Client,
     settings: FetchSettings,
+    /// The configuration's `give_up_after` (its one home is
+    /// [`crate::config::Config`]).
+    give_up_after: Duration,
 }
 
 impl Fetcher {
-    pub fn new(settings: FetchSettings) -> Result<Fetcher, reqwest::Error> {
+    /// A fetcher whose downloads fail once their sources made no progress
+    /// for `give_up_after`.
+    pub fn new(
+        settings: FetchSettings,
+        give_up_after: Duration,
+    ) -> Result<Fetcher, reqwest::Error> {
         // reqwest is built without a default crypto provider; installing one
         // twice is harmless (the second attempt is refused and ignored).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -214,7 +220,11 @@ impl Fetcher {
             .connect_timeout(settings.connect_timeout)
             .pool_max_idle_per_host(16)
             .build()?;
-        Ok(Fetcher { client, settings })
+        Ok(Fetcher {
+            client,
+            settings,
+            give_up_after,
+        })
     }
 
     pub fn settings(&self) -> &FetchSettings {

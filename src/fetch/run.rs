@@ -254,11 +254,7 @@ impl Run<'_> {
     /// own: a chit is not failed before each source was asked.
     fn inactivity(&self, index: usize) -> Duration {
         let settings = &self.fetcher.settings;
-        let window = whole_ms(
-            settings
-                .inactivity_timeout
-                .min(self.fetcher.settings.give_up_after),
-        );
+        let window = whole_ms(settings.inactivity_timeout.min(self.fetcher.give_up_after));
         let source = &self.sources[index];
         if !source.asked() || source.yielded {
             window
@@ -269,7 +265,7 @@ impl Run<'_> {
 
     /// What is left of `give_up_after` since the last progress.
     fn left(&self) -> Duration {
-        let give_up_after = self.fetcher.settings.give_up_after;
+        let give_up_after = self.fetcher.give_up_after;
         whole_ms(give_up_after.saturating_sub(self.last_progress.elapsed()))
     }
 
@@ -283,7 +279,7 @@ impl Run<'_> {
         } else if self.sources.iter().all(|source| source.ruled_out) {
             Some(Ending::EverySourceFailed)
         } else if self.left().is_zero() && !self.sources.iter().any(|source| source.yielded) {
-            Some(Ending::NoProgress(self.fetcher.settings.give_up_after))
+            Some(Ending::NoProgress(self.fetcher.give_up_after))
         } else {
             None
         }
