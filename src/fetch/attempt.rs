@@ -111,6 +111,9 @@ impl Attempt<'_> {
 
     /// Decide what the response means for the partial: `Ok(true)` to stream
     /// its body at the partial's offset, `Ok(false)` to retry from 0.
+    /// A `206` is usable when its `Content-Range` starts at the offset and
+    /// gives the file's total, also for a request without `Range` (offset
+    /// 0): `bytes 0-<size-1>/<size>` is the whole object, read as a `200`.
     fn check_response(
         &self,
         partial: &mut Partial,
