@@ -26,8 +26,11 @@
 //!   `partial/hasher.rs` hashes big downloads on a thread of their own.
 //! - [`fetch`]: one download of one digest from its ordered sources: Range /
 //!   If-Range resume, validators, retry and failover, hashing while
-//!   streaming (`attempt.rs`: one request; `error.rs`: what each answer
-//!   means; `pace.rs`: the minimum-progress rule against slow drips).
+//!   streaming (`run.rs`: the rounds over the sources, one state per
+//!   source; `attempt.rs`: one request; `error.rs`: each answer and the one
+//!   decision of what it means, `FetchError::next`; `failure.rs`: a failure
+//!   as a value, rendered per chit naming only its own sources; `pace.rs`:
+//!   the minimum-progress rule against slow drips).
 //! - [`inflight`]: at most one download per file (sha256 and size); waiting
 //!   chits share the outcome.
 //! - [`deliver`]: cache → `<deliver>/<path>`: temp name, copy, fsync, rename;
