@@ -280,7 +280,8 @@ fn copy_files(
         let Ok(source) = next else {
             return;
         };
-        match copy_in(objects, source, &mut buffer, bar) {
+        let opened = open_regular(&source).map_err(|e| with_path(e, "opening", &source));
+        match opened.and_then(|(file, _)| copy_in(objects, file, source, &mut buffer, bar)) {
             Ok(copied) => {
                 if let Err(unsent) = to_publisher.send(copied) {
                     let _ = fs::remove_file(objects.join(&unsent.0.temp));
@@ -292,16 +293,16 @@ fn copy_files(
     }
 }
 
-/// Copy `source` into a new read-only temporary in `objects`, hashing the
-/// bytes copied. On error nothing is left behind.
+/// Copy `file` (opened from `source`) into a new read-only temporary in
+/// `objects`, hashing the bytes copied. On error nothing is left behind.
 fn copy_in(
     objects: &Path,
+    mut file: File,
     source: PathBuf,
     buffer: &mut [u8],
     bar: &ProgressBar,
 ) -> io::Result<Copied> {
     use std::os::unix::fs::OpenOptionsExt;
-    let (mut file, _) = open_regular(&source).map_err(|e| with_path(e, "opening", &source))?;
     let temp = format!(".import.{}", unique_suffix());
     let temp_path = objects.join(&temp);
     let mut out = fs::OpenOptions::new()
@@ -490,3 +491,6 @@ impl<'a> Publisher<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
