@@ -167,12 +167,25 @@ fn an_unreadable_file_is_named_and_the_others_are_imported() {
     dir.write("src/good", &good.bytes);
     let unreadable = dir.write("src/secret", &secret.bytes);
     fs::set_permissions(&unreadable, fs::Permissions::from_mode(0o000)).unwrap();
-    // Root reads any file: run chitd as an unprivileged user then, owning
-    // the test's directories (as a user's import of their files would).
+    let (code, stdout, stderr) =
+        unprivileged(&dir, &["cache", "import", "--cache", "cache", "src"]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains(&*unreadable.to_string_lossy()), "{stderr}");
+    assert!(stderr.contains("1 file could not be imported"), "{stderr}");
+    assert!(stdout.contains("failed:         1 file"), "{stdout}");
+    assert_cached(&dir.cache(), &good);
+    assert!(!object_path(&dir.cache(), &secret).exists());
+    assert_eq!(objects(&dir.cache()).len(), 1);
+    assert!(temporaries(&dir.cache()).is_empty());
+}
+
+/// Run `chitd ARGS` in `dir`: exit code, stdout, stderr. Root reads any
+/// file: as root, chitd runs as an unprivileged user, owning the test's
+/// directory (as a user's own files and cache would be), so that mode 000
+/// stops it.
+fn unprivileged(dir: &TestDir, args: &[&str]) -> (Option<i32>, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_chitd"));
-    command
-        .current_dir(dir.path())
-        .args(["cache", "import", "--cache", "cache", "src"]);
+    command.current_dir(dir.path()).args(args);
     if rustix::process::geteuid().is_root() {
         use std::os::unix::process::CommandExt;
         const NOBODY: u32 = 65534;
@@ -182,18 +195,34 @@ fn an_unreadable_file_is_named_and_the_others_are_imported() {
         command.uid(NOBODY).gid(NOBODY);
     }
     let output = command.output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stderr.contains(&*unreadable.to_string_lossy()), "{stderr}");
-    assert!(stderr.contains("1 file could not be imported"), "{stderr}");
-    assert!(stdout.contains("failed:         1 file"), "{stdout}");
-    assert_cached(&dir.cache(), &good);
-    assert!(!object_path(&dir.cache(), &secret).exists());
-    assert_eq!(objects(&dir.cache()).len(), 1);
-    assert!(temporaries(&dir.cache()).is_empty());
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn verify_names_an_unreadable_object() {
+    let dir = TestDir::new();
+    let (good, locked) = (Content::random(2000), Content::random(3000));
+    dir.write("src/good", &good.bytes);
+    dir.write("src/locked", &locked.bytes);
+    assert_eq!(cache_cmd(&dir, &["import", "src"]).code, Some(0));
+    let object = object_path(&dir.cache(), &locked);
+    fs::set_permissions(&object, fs::Permissions::from_mode(0o000)).unwrap();
+
+    let (code, stdout, stderr) =
+        unprivileged(&dir, &["cache", "verify", "--cache", "cache", "--json"]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains(&*object.to_string_lossy()), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["checked"], 1);
+    assert_eq!(report["corrupt"], serde_json::json!([]));
+    let unreadable = report["unreadable"].as_array().unwrap();
+    assert_eq!(unreadable.len(), 1, "{report}");
+    assert_eq!(unreadable[0]["path"], object.to_str().unwrap());
+    assert!(object.exists(), "an unreadable object is not quarantined");
 }
 
 /// `path` and everything under it.
