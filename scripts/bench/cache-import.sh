@@ -45,8 +45,11 @@ log "making $IMPORT_COUNT files of $size bytes in $files (cached)"
 python3 "$BENCHTOOL" gen-files "$files" "$IMPORT_COUNT" "$size" --prefix i
 # Every regular file of the tree is imported and hashed (manifest.tsv too).
 count=$(find "$files" -type f | wc -l)
-bytes=$(find "$files" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
+bytes=$(find "$files" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%d\n", s }')
 find "$files" -type f -print0 | xargs -0 cat >/dev/null # into the page cache
+# Newly made data is still being written back: no run should share the
+# disk with that.
+sync -f "$files"
 
 image=$WORK/image.ext4
 mnt=$WORK/mnt

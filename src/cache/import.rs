@@ -185,7 +185,9 @@ pub fn import(cache: &CacheDir, roots: &[PathBuf], bar: &ProgressBar) -> io::Res
     let mut publisher = Publisher::new(cache)?;
     let workers = workers();
     let (to_workers, paths) = sync_channel::<PathBuf>(workers * 16);
-    let (to_publisher, copies) = sync_channel::<Copied>(256);
+    // Room for a whole batch: the workers copy the next one while the
+    // publisher waits for the last to reach the disk.
+    let (to_publisher, copies) = sync_channel::<Copied>(BATCH_FILES);
     let paths = Mutex::new(paths);
     let skip =
         fs::canonicalize(cache.root()).map_err(|e| with_path(e, "resolving", cache.root()))?;
