@@ -1,5 +1,5 @@
-//! The command line of contract §5 as clap types: `chitd run`, `chitd
-//! request` and `chitd status`.
+//! The command line of contract §5 and §8 as clap types: `chitd run`,
+//! `chitd request`, `chitd status` and the `chitd cache` commands.
 //!
 //! This file owns the flags, their help text and the checks clap can make on
 //! its own (`--spool` needs `--deliver`, `--jobs` ≥ 1, `--timeout` ≥ 0). It
@@ -39,6 +39,11 @@ pub enum Command {
     Request(RequestArgs),
     /// Show the chits in each spool, and the downloads of a running daemon.
     Status(StatusArgs),
+    /// Work on the cache, with or without a daemon running on it.
+    ///
+    /// Each command exits 0 on success, 1 on a failure it names, 2 on a
+    /// usage error.
+    Cache(CacheArgs),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
@@ -134,6 +139,60 @@ pub struct StatusArgs {
     /// Redraw the report every second until interrupted.
     #[arg(long, conflicts_with = "json")]
     pub watch: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct CacheArgs {
+    #[command(flatten)]
+    pub location: CacheLocation,
+
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+/// Which cache a `chitd cache` command works on: given before or after
+/// the command's name.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct CacheLocation {
+    /// The cache of this TOML configuration file (and its consumers).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// The cache directory [default: ./cache, or the one in --config];
+    /// overrides --config's.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, clap::Subcommand)]
+pub enum CacheCommand {
+    /// Add every regular file under each DIR to the cache.
+    ///
+    /// Walks each DIR recursively, never following a symlink; hashes the
+    /// files on every core and copies each into the cache under its sha256
+    /// (the originals are left as they are; hidden files are imported too).
+    /// Symlinks, FIFOs, sockets and devices are skipped and counted. Exits 1
+    /// if a file could not be read (after importing the others).
+    Import(ImportArgs),
+    /// Re-hash every object; move the corrupt ones to quarantine/.
+    ///
+    /// Prints the digest of each corrupt object; exits 1 if any was
+    /// corrupt or could not be read.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct ImportArgs {
+    /// Directories (or single files) to import.
+    #[arg(value_name = "DIR", required = true)]
+    pub dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct VerifyArgs {
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--timeout`: a finite, non-negative number of seconds.
@@ -341,6 +400,39 @@ mod tests {
         assert_eq!(args.spool, Some(PathBuf::from("s")));
         let error = usage_error(&["status", "--config", "c.toml", "--spool", "s"]);
         assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    fn cache(args: &[&str]) -> CacheArgs {
+        match parse(args) {
+            Ok(Command::Cache(cache)) => cache,
+            other => panic!("expected cache, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cache_location_goes_before_or_after_the_command() {
+        let before = cache(&["cache", "--cache", "c", "import", "a", "b"]);
+        let after = cache(&["cache", "import", "a", "--cache", "c", "b"]);
+        assert_eq!(before, after);
+        assert_eq!(before.location.cache, Some(PathBuf::from("c")));
+        let CacheCommand::Import(import) = &before.command else {
+            panic!("expected import: {before:?}");
+        };
+        assert_eq!(import.dirs, [PathBuf::from("a"), PathBuf::from("b")]);
+        let args = cache(&["cache", "verify", "--json", "--config", "f.toml"]);
+        assert_eq!(args.location.config, Some(PathBuf::from("f.toml")));
+        assert_eq!(
+            args.command,
+            CacheCommand::Verify(VerifyArgs { json: true })
+        );
+    }
+
+    #[test]
+    fn cache_usage_errors() {
+        usage_error(&["cache"]);
+        usage_error(&["cache", "import"]);
+        usage_error(&["cache", "verify", "extra"]);
+        usage_error(&["cache", "frob"]);
     }
 
     #[test]

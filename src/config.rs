@@ -25,7 +25,7 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 use url::Url;
 
-use crate::cli::{RunArgs, StatusArgs};
+use crate::cli::{CacheLocation, RunArgs, StatusArgs};
 
 /// Concurrent downloads when the configuration does not say.
 pub const DEFAULT_JOBS: usize = 4;
@@ -813,6 +813,20 @@ pub fn resolve_status_spools(
         .into_iter()
         .map(|consumer| (consumer.name, consumer.spool))
         .collect())
+}
+
+/// The layout a `chitd cache` command works on: the `--config` file's, else
+/// the default layout of `cwd` (as `chitd run` with no flags); `--cache`
+/// overrides its cache. Relative flag paths are relative to `cwd`.
+pub fn resolve_cache(location: &CacheLocation, cwd: &Path) -> Result<Config, ConfigError> {
+    let mut config = match &location.config {
+        Some(file) => Config::load(&resolve_path(cwd, file))?,
+        None => Config::default_layout(cwd),
+    };
+    if let Some(cache) = &location.cache {
+        config.cache = resolve_path(cwd, cache);
+    }
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //!   the `# error:` line. Pure.
 //! - [`config`]: TOML text → [`config::Config`]; merging `run` flags. Pure,
 //!   plus a thin `load`.
-//! - [`cli`]: clap types for the three subcommands. No I/O.
+//! - [`cli`]: clap types for the subcommands. No I/O.
 //! - [`durable`]: the few fsync / atomic-write primitives everyone uses.
 //! - [`dir`]: confined access beneath a consumer's directories (openat2
 //!   `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): nothing a consumer plants can
@@ -43,7 +43,11 @@
 //!   chit's blocking steps and the group commit; `status_file.rs`: progress
 //!   published for `chitd status`).
 //! - [`request`], [`status`]: the other two subcommands.
+//! - [`cache`]: the `chitd cache` commands, beside or without a running
+//!   daemon (`import.rs`: files into the cache; `verify.rs`: re-hash every
+//!   object, quarantine the corrupt ones).
 
+pub mod cache;
 pub mod chase;
 pub mod chit;
 pub mod cli;

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Request(args) => request(&args),
         Command::Status(args) => status(&args),
+        Command::Cache(args) => ExitCode::from(chitd::cache::run(&args)),
     }
 }
 

@@ -494,6 +494,33 @@ fn status_spools() {
     assert_eq!(spools, [("default".to_string(), cwd().join("spool"))]);
 }
 
+#[test]
+fn cache_command_layouts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("c.toml"), EXAMPLE).expect("write");
+    let from_file = CacheLocation {
+        config: Some("c.toml".into()),
+        cache: None,
+    };
+    let config = resolve_cache(&from_file, dir.path()).expect("file");
+    assert_eq!(config.cache, dir.path().join("cache"));
+    assert_eq!(config.consumers.len(), 1);
+    let overridden = CacheLocation {
+        cache: Some("elsewhere".into()),
+        ..from_file
+    };
+    let config = resolve_cache(&overridden, dir.path()).expect("flag");
+    assert_eq!(config.cache, dir.path().join("elsewhere"));
+    let config = resolve_cache(&CacheLocation::default(), &cwd()).expect("default");
+    assert_eq!(config.cache, cwd().join("cache"));
+    let missing = CacheLocation {
+        config: Some("no-such.toml".into()),
+        cache: None,
+    };
+    let error = resolve_cache(&missing, &cwd()).expect_err("no file");
+    assert!(error.to_string().contains("no-such.toml"), "{error}");
+}
+
 /// A layout in `/srv` with the cache at `cache` and one consumer per
 /// (name, spool, deliver); paths relative to `/srv`.
 fn layout(cache: &str, consumers: &[(&str, &str, &str)]) -> Config {

@@ -5,7 +5,8 @@
 //! (`server`), with shared fixtures in `util`.
 //!
 //! - `basic`: miss → download → deliver, mirrors, cache hits, start-up scan.
-//! - `cache`: verified hits, quarantine, and the cache commands.
+//! - `cache`: verified hits and quarantine.
+//! - `cache_cmd`: `chitd cache import` and `chitd cache verify`.
 //! - `dedup`: one upstream download per digest.
 //! - `failures`: permanent and transient failures, retries, resumption.
 //! - `chits`: bad and unusual chits.
@@ -23,6 +24,7 @@
 
 mod basic;
 mod cache;
+mod cache_cmd;
 mod chits;
 mod cli;
 mod config;
