@@ -358,6 +358,19 @@ impl Chit {
         })
     }
 
+    /// Where the file can come from, in the order it is tried: the chit's
+    /// URLs, then each mirror as `<mirror>/<path>`, each once.
+    pub fn sources(&self, mirrors: &[Url]) -> Vec<Url> {
+        let mut sources: Vec<Url> = Vec::new();
+        let under_mirrors = mirrors.iter().map(|mirror| self.path.under(mirror));
+        for url in self.urls.iter().cloned().chain(under_mirrors) {
+            if !sources.contains(&url) {
+                sources.push(url);
+            }
+        }
+        sources
+    }
+
     /// The canonical text: digest (lowercase), size, path and one URL per line,
     /// each line ending with `\n`. [`Chit::parse`] reads it back to an equal chit.
     pub fn render(&self) -> String {

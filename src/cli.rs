@@ -1,5 +1,5 @@
-//! The command line of contract §5 as clap types: `chitd run`, `chitd
-//! request`, `chitd status` and `chitd cache …` (§8).
+//! The command line of contract §5 and §8 as clap types: `chitd run`,
+//! `chitd request`, `chitd status` and the `chitd cache` commands.
 //!
 //! This file owns the flags, their help text and the checks clap can make on
 //! its own (`--spool` needs `--deliver`, `--jobs` ≥ 1, `--timeout` ≥ 0). It
@@ -39,62 +39,11 @@ pub enum Command {
     Request(RequestArgs),
     /// Show the chits in each spool, and the downloads of a running daemon.
     Status(StatusArgs),
-    /// Look after the cache: list it, collect it. Works with or without a
-    /// running daemon.
-    Cache(CacheArgs),
-}
-
-/// `chitd cache …`: the cache of `--config` (default: ./cache), or `--cache`.
-#[derive(Debug, Clone, PartialEq, clap::Args)]
-pub struct CacheArgs {
-    /// The configuration whose cache (and consumers, whose chits' objects
-    /// are kept) to use.
-    #[arg(long, value_name = "FILE", global = true)]
-    pub config: Option<PathBuf>,
-
-    /// The cache directory [default: ./cache, or the one in --config].
-    #[arg(long, value_name = "DIR", global = true)]
-    pub cache: Option<PathBuf>,
-
-    #[command(subcommand)]
-    pub command: CacheCommand,
-}
-
-#[derive(Debug, Clone, PartialEq, clap::Subcommand)]
-pub enum CacheCommand {
-    /// List the objects: sha256, size, last use (UTC) and the paths each was
-    /// delivered as, newest first. Most recently used first.
-    Ls(LsArgs),
-    /// Remove least-recently-used objects until the cache is within its
-    /// limits; never one that a chit in a consumer's request/ or fetch/ names.
+    /// Work on the cache, with or without a daemon running on it.
     ///
-    /// The limits are the flags', else cache_max_size and cache_max_age of
-    /// --config. Prints each object removed.
-    Gc(GcArgs),
-}
-
-#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
-pub struct LsArgs {
-    /// Print a JSON array of {"sha256", "size", "last_used", "paths"}.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
-pub struct GcArgs {
-    /// Remove objects until the cache holds at most this much: 500MiB, 20GB,
-    /// or a number of bytes.
-    #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_size)]
-    pub max_size: Option<u64>,
-
-    /// Remove the objects unused for longer than this: 90d, 12h, or a number
-    /// of seconds.
-    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_age)]
-    pub max_age: Option<std::time::Duration>,
-
-    /// Print what would be removed, and remove nothing.
-    #[arg(long)]
-    pub dry_run: bool,
+    /// Each command exits 0 on success, 1 on a failure it names, 2 on a
+    /// usage error.
+    Cache(CacheArgs),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
@@ -190,6 +139,93 @@ pub struct StatusArgs {
     /// Redraw the report every second until interrupted.
     #[arg(long, conflicts_with = "json")]
     pub watch: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct CacheArgs {
+    #[command(flatten)]
+    pub location: CacheLocation,
+
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+/// Which cache a `chitd cache` command works on: given before or after
+/// the command's name.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct CacheLocation {
+    /// The cache of this TOML configuration file (and its consumers).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// The cache directory [default: ./cache, or the one in --config];
+    /// overrides --config's.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, clap::Subcommand)]
+pub enum CacheCommand {
+    /// Add every regular file under each DIR to the cache.
+    ///
+    /// Walks each DIR recursively, never following a symlink; hashes the
+    /// files on every core and copies each into the cache under its sha256
+    /// (the originals are left as they are; hidden files are imported too).
+    /// Symlinks, FIFOs, sockets and devices are skipped and counted. Exits 1
+    /// if a file could not be read (after importing the others).
+    Import(ImportArgs),
+    /// Re-hash every object; move the corrupt ones to quarantine/.
+    ///
+    /// Prints the digest of each corrupt object; exits 1 if any was
+    /// corrupt or could not be read.
+    Verify(VerifyArgs),
+    /// List the objects: sha256, size, last use (UTC) and the paths each was
+    /// delivered as, newest first. Most recently used first.
+    Ls(LsArgs),
+    /// Remove least-recently-used objects until the cache is within its
+    /// limits; never one that a chit in a consumer's request/ or fetch/ names.
+    ///
+    /// The limits are the flags', else cache_max_size and cache_max_age of
+    /// --config. Prints each object removed.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct ImportArgs {
+    /// Directories (or single files) to import.
+    #[arg(value_name = "DIR", required = true)]
+    pub dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct VerifyArgs {
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct LsArgs {
+    /// Print a JSON array of {"sha256", "size", "last_used", "paths"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct GcArgs {
+    /// Remove objects until the cache holds at most this much: 500MiB, 20GB,
+    /// or a number of bytes.
+    #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_size)]
+    pub max_size: Option<u64>,
+
+    /// Remove the objects unused for longer than this: 90d, 12h, or a number
+    /// of seconds.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_age)]
+    pub max_age: Option<std::time::Duration>,
+
+    /// Print what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `--timeout`: a finite, non-negative number of seconds.
@@ -407,12 +443,30 @@ mod tests {
     }
 
     #[test]
+    fn cache_location_goes_before_or_after_the_command() {
+        let before = cache(&["cache", "--cache", "c", "import", "a", "b"]);
+        let after = cache(&["cache", "import", "a", "--cache", "c", "b"]);
+        assert_eq!(before, after);
+        assert_eq!(before.location.cache, Some(PathBuf::from("c")));
+        let CacheCommand::Import(import) = &before.command else {
+            panic!("expected import: {before:?}");
+        };
+        assert_eq!(import.dirs, [PathBuf::from("a"), PathBuf::from("b")]);
+        let args = cache(&["cache", "verify", "--json", "--config", "f.toml"]);
+        assert_eq!(args.location.config, Some(PathBuf::from("f.toml")));
+        assert_eq!(
+            args.command,
+            CacheCommand::Verify(VerifyArgs { json: true })
+        );
+    }
+
+    #[test]
     fn cache_ls_and_gc() {
         let args = cache(&["cache", "ls", "--cache", "c", "--json"]);
-        assert_eq!(args.cache, Some(PathBuf::from("c")));
+        assert_eq!(args.location.cache, Some(PathBuf::from("c")));
         assert_eq!(args.command, CacheCommand::Ls(LsArgs { json: true }));
         let args = cache(&["cache", "--config", "f.toml", "gc", "--max-size", "500MiB"]);
-        assert_eq!(args.config, Some(PathBuf::from("f.toml")));
+        assert_eq!(args.location.config, Some(PathBuf::from("f.toml")));
         let CacheCommand::Gc(gc) = args.command else {
             panic!("expected gc");
         };
@@ -428,7 +482,14 @@ mod tests {
             let error = usage_error(&["cache", "gc", flag, value]);
             assert!(error.to_string().contains(value), "{error}");
         }
+    }
+
+    #[test]
+    fn cache_usage_errors() {
         usage_error(&["cache"]);
+        usage_error(&["cache", "import"]);
+        usage_error(&["cache", "verify", "extra"]);
+        usage_error(&["cache", "frob"]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 use url::Url;
 
-use crate::cli::{CacheArgs, RunArgs, StatusArgs};
+use crate::cli::{CacheLocation, RunArgs, StatusArgs};
 
 /// Concurrent downloads when the configuration does not say.
 pub const DEFAULT_JOBS: usize = 4;
@@ -54,6 +54,8 @@ pub struct Config {
     /// Downloads running at once; at least 1.
     pub jobs: usize,
     /// A chit fails once its sources have made no progress for this long; > 0.
+    /// This is the setting's one home: `daemon::run` hands it to
+    /// [`crate::fetch::Fetcher::new`].
     pub give_up_after: Duration,
     /// Names are unique and non-empty; no two consumers share a spool. After
     /// [`Config::validate_for_run`], no two roots overlap (but see there).
@@ -901,39 +903,18 @@ pub fn resolve_status_spools(
         .collect())
 }
 
-/// What `chitd cache …` works on.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CacheLayout {
-    pub cache: PathBuf,
-    /// The spools of the configured consumers (none with `--cache` alone).
-    pub spools: Vec<PathBuf>,
-    /// The configured limits (none with `--cache` alone).
-    pub limits: CacheLimits,
-}
-
-/// The cache of `chitd cache …`: `--cache`, else the `--config` file's,
-/// else the default layout's `cwd/cache`; with the consumers and limits of
-/// the file (or of the default layout, without `--config` and `--cache`).
-pub fn resolve_cache(args: &CacheArgs, cwd: &Path) -> Result<CacheLayout, ConfigError> {
-    let config = match (&args.config, &args.cache) {
-        (Some(file), _) => Some(Config::load(&resolve_path(cwd, file))?),
-        (None, Some(_)) => None,
-        (None, None) => Some(Config::default_layout(cwd)),
+/// The layout a `chitd cache` command works on: the `--config` file's, else
+/// the default layout of `cwd` (as `chitd run` with no flags); `--cache`
+/// overrides its cache. Relative flag paths are relative to `cwd`.
+pub fn resolve_cache(location: &CacheLocation, cwd: &Path) -> Result<Config, ConfigError> {
+    let mut config = match &location.config {
+        Some(file) => Config::load(&resolve_path(cwd, file))?,
+        None => Config::default_layout(cwd),
     };
-    let cache = match (&args.cache, &config) {
-        (Some(cache), _) => resolve_path(cwd, cache),
-        (None, Some(config)) => config.cache.clone(),
-        (None, None) => cwd.join("cache"),
-    };
-    let (spools, limits) = config.map_or_else(Default::default, |config| {
-        let spools = config.consumers.into_iter().map(|c| c.spool).collect();
-        (spools, config.cache_limits)
-    });
-    Ok(CacheLayout {
-        cache,
-        spools,
-        limits,
-    })
+    if let Some(cache) = &location.cache {
+        config.cache = resolve_path(cwd, cache);
+    }
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -603,8 +603,9 @@ fn random_suffix() -> String {
 
 /// `.<stem>.chitd-<suffix>`, with the stem cut short (at a character
 /// boundary) so the name fits in a file name of 255 bytes: a chit or a path
-/// component may use all 255 itself.
-fn temp_name(stem: &str, suffix: &str) -> String {
+/// component may use all 255 itself. The one temporary-name scheme: of
+/// [`Dir::create_temp`] and of `durable::write_then_rename` alike.
+pub fn temp_name(stem: &str, suffix: &str) -> String {
     const NAME_MAX: usize = 255;
     let room = NAME_MAX.saturating_sub(".".len() + ".chitd-".len() + suffix.len());
     let mut end = stem.len().min(room);

@@ -4,7 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// fsync a directory, so that renames and creations inside it survive a
@@ -66,12 +66,7 @@ pub fn write_then_rename(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// are published.
 pub fn write_then_rename_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp.{}", unique_suffix()));
+    let temp = temp_beside(path);
     let result = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -88,6 +83,17 @@ pub fn write_then_rename_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Resul
         return Err(with_path(e, "writing", path));
     }
     Ok(())
+}
+
+/// A new temporary name beside `path`, in the one scheme of
+/// [`crate::dir::temp_name`]: `.<name>.chitd-<pid>.<n>`.
+fn temp_beside(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(crate::dir::temp_name(&name, &unique_suffix()))
 }
 
 /// Ask the kernel to start writing `[start, start + length)` of `file` to
@@ -162,6 +168,21 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "temporary file left behind");
+    }
+
+    #[test]
+    fn temporaries_are_named_in_the_one_scheme() {
+        let temp = temp_beside(Path::new("/cache/partial-v1/d-5.progress"));
+        assert_eq!(temp.parent(), Some(Path::new("/cache/partial-v1")));
+        let name = temp.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with(".d-5.progress.chitd-") && crate::dir::Dir::is_temp_name(name),
+            "{name}"
+        );
+        assert_ne!(
+            temp,
+            temp_beside(Path::new("/cache/partial-v1/d-5.progress"))
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!   the `# error:` line. Pure.
 //! - [`config`]: TOML text → [`config::Config`]; merging `run` flags. Pure,
 //!   plus a thin `load`.
-//! - [`cli`]: clap types for the three subcommands. No I/O.
+//! - [`cli`]: clap types for the subcommands. No I/O.
 //! - [`durable`]: the few fsync / atomic-write primitives everyone uses.
 //! - [`dir`]: confined access beneath a consumer's directories (openat2
 //!   `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): nothing a consumer plants can
@@ -23,16 +23,16 @@
 //! - [`store`]: the content-addressed cache (`sha256-v1/ab/<hex>`).
 //! - [`uses`]: the last-use record: objects' mtimes, and the paths they
 //!   were delivered as (`uses-v1.sqlite`), written in batches.
-//! - [`objects`]: what the cache holds (walk of `sha256-v1/`); `cache ls`.
-//! - [`gc`]: collection, least recently used first, sparing the objects of
-//!   chits in `request/` and `fetch/`; `cache gc`.
 //! - [`partial`]: partial downloads (`partial-v1/<hex>.part`) and their
 //!   durable progress records, with the sha256 midstate for instant resume;
 //!   `partial/hasher.rs` hashes big downloads on a thread of their own.
 //! - [`fetch`]: one download of one digest from its ordered sources: Range /
 //!   If-Range resume, validators, retry and failover, hashing while
-//!   streaming (`attempt.rs`: one request; `error.rs`: what each answer
-//!   means; `pace.rs`: the minimum-progress rule against slow drips).
+//!   streaming (`run.rs`: the rounds over the sources, one state per
+//!   source; `attempt.rs`: one request; `error.rs`: each answer and the one
+//!   decision of what it means, `FetchError::next`; `failure.rs`: a failure
+//!   as a value, rendered per chit naming only its own sources; `pace.rs`:
+//!   the minimum-progress rule against slow drips).
 //! - [`inflight`]: at most one download per file (sha256 and size); waiting
 //!   chits share the outcome.
 //! - [`deliver`]: cache → `<deliver>/<path>`: temp name, copy, fsync, rename;
@@ -46,7 +46,14 @@
 //!   published for `chitd status`; `collect.rs`: the cache's own
 //!   collection).
 //! - [`request`], [`status`]: the other two subcommands.
+//! - [`cache`]: the `chitd cache` commands, beside or without a running
+//!   daemon (`import.rs`: files into the cache; `verify.rs`: re-hash every
+//!   object, quarantine the corrupt ones; `ls.rs`: the objects with their
+//!   last use and names; `gc.rs`: collection, least recently used first,
+//!   sparing the objects of chits in `request/` and `fetch/`, also run by
+//!   the daemon).
 
+pub mod cache;
 pub mod chase;
 pub mod chit;
 pub mod cli;
@@ -56,9 +63,7 @@ pub mod deliver;
 pub mod dir;
 pub mod durable;
 pub mod fetch;
-pub mod gc;
 pub mod inflight;
-pub mod objects;
 pub mod partial;
 pub mod request;
 pub mod spool;

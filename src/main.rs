@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use chitd::cli::{CacheArgs, CacheCommand, Cli, Command, RequestArgs, RunArgs, StatusArgs};
+use chitd::cli::{Cli, Command, RequestArgs, RunArgs, StatusArgs};
 use chitd::config::{self, LayoutSource};
 use chitd::daemon::{self, Options};
 use chitd::fetch::FetchSettings;
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Request(args) => request(&args),
         Command::Status(args) => status(&args),
-        Command::Cache(args) => cache(&args),
+        Command::Cache(args) => ExitCode::from(chitd::cache::run(&args)),
     }
 }
 
@@ -251,25 +251,6 @@ fn status(args: &StatusArgs) -> ExitCode {
             }
             Err(e) => return fatal(1, format!("{e}")),
         }
-    }
-}
-
-fn cache(args: &CacheArgs) -> ExitCode {
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let layout = match config::resolve_cache(args, &cwd) {
-        Ok(layout) => layout,
-        Err(e) => return fatal(2, format!("{e}")),
-    };
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let done = match &args.command {
-        CacheCommand::Ls(ls) => chitd::objects::command(&layout.cache, ls.json, &mut out),
-        CacheCommand::Gc(gc) => chitd::gc::command(&layout, gc, &mut out),
-    };
-    let done = done.and_then(|()| Ok(std::io::Write::flush(&mut out)?));
-    match done {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is_usage() => fatal(2, format!("{e}")),
-        Err(e) => fatal(1, format!("{e}")),
     }
 }
 

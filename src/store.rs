@@ -612,10 +612,20 @@ mod tests {
         let err = Store::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("another chitd"), "{err}");
         drop(store);
-        let temp = dir.path().join("partial-v1/.x.progress.tmp.1.1");
-        fs::write(&temp, "torn").unwrap();
+        // Today's temporary names, and the `.tmp.` ones of earlier versions.
+        let temps = [
+            "partial-v1/.x.progress.chitd-1.1",
+            "partial-v1/.x.progress.tmp.1.1",
+            "sha256-v1/.y.tmp.2.3",
+        ]
+        .map(|temp| dir.path().join(temp));
+        for temp in &temps {
+            fs::write(temp, "torn").unwrap();
+        }
         let _store = Store::open(dir.path()).unwrap();
-        assert!(!temp.exists());
+        for temp in &temps {
+            assert!(!temp.exists(), "{}", temp.display());
+        }
     }
 
     #[test]

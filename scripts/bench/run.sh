@@ -4,6 +4,8 @@
 #   scripts/bench/run.sh                      hash big big-hit small hits resume memory
 #   scripts/bench/run.sh big small            just these
 #   BIG_SIZE=64M RUNS=1 scripts/bench/run.sh  a quick smoke run
+#   scripts/bench/run.sh cache-import         also named: cache-import (needs
+#                                             root: it loop-mounts ext4 images)
 #
 # Builds chitd once (cargo build --release) and passes CHITD_BUILT=1 on. Every
 # benchmark prints a plain table and a markdown table for BENCHMARKS.md; the
@@ -23,7 +25,7 @@ names=("$@")
 ((${#names[@]})) || names=("${all[@]}")
 for name in "${names[@]}"; do
     case $name in
-    cache-hits) ;;
+    cache-hits | cache-import) ;;
     hash | big | big-hit | small | hits | resume | memory) ;;
     *) usage ;;
     esac

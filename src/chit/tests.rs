@@ -965,3 +965,27 @@ fn mutated_chits_never_panic_and_round_trip() {
     }
     assert!(accepted > 1000, "only {accepted} mutants parsed");
 }
+
+#[test]
+fn sources_are_the_urls_then_each_mirror_under_the_path_each_once() {
+    let chit = Chit {
+        digest: Digest::from_bytes([1; 32]),
+        size: 1,
+        path: path("gnu/make 4.tar.gz"),
+        urls: vec![
+            url("http://a.example/x?x=secret"),
+            url("https://m.example/d/gnu/make%204.tar.gz"),
+            url("http://a.example/x?x=secret"),
+        ],
+    };
+    let mirrors = [url("https://m.example/d/"), url("file:///srv/m")];
+    assert_eq!(
+        chit.sources(&mirrors),
+        [
+            url("http://a.example/x?x=secret"),
+            url("https://m.example/d/gnu/make%204.tar.gz"),
+            url("file:///srv/m/gnu/make%204.tar.gz"),
+        ]
+    );
+    assert_eq!(chit.sources(&[]), chit.urls[..2]);
+}

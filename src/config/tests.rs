@@ -495,6 +495,33 @@ fn status_spools() {
     assert_eq!(spools, [("default".to_string(), cwd().join("spool"))]);
 }
 
+#[test]
+fn cache_command_layouts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("c.toml"), EXAMPLE).expect("write");
+    let from_file = CacheLocation {
+        config: Some("c.toml".into()),
+        cache: None,
+    };
+    let config = resolve_cache(&from_file, dir.path()).expect("file");
+    assert_eq!(config.cache, dir.path().join("cache"));
+    assert_eq!(config.consumers.len(), 1);
+    let overridden = CacheLocation {
+        cache: Some("elsewhere".into()),
+        ..from_file
+    };
+    let config = resolve_cache(&overridden, dir.path()).expect("flag");
+    assert_eq!(config.cache, dir.path().join("elsewhere"));
+    let config = resolve_cache(&CacheLocation::default(), &cwd()).expect("default");
+    assert_eq!(config.cache, cwd().join("cache"));
+    let missing = CacheLocation {
+        config: Some("no-such.toml".into()),
+        cache: None,
+    };
+    let error = resolve_cache(&missing, &cwd()).expect_err("no file");
+    assert!(error.to_string().contains("no-such.toml"), "{error}");
+}
+
 /// A layout in `/srv` with the cache at `cache` and one consumer per
 /// (name, spool, deliver); paths relative to `/srv`.
 fn layout(cache: &str, consumers: &[(&str, &str, &str)]) -> Config {
@@ -854,38 +881,4 @@ fn sizes_and_ages() {
         let error = parse_age(text).expect_err(text);
         assert!(error.contains(&format!("{text:?}")), "{error}");
     }
-}
-
-#[test]
-fn the_cache_of_cache_commands() {
-    use crate::cli::{CacheArgs, CacheCommand, LsArgs};
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("chitd.toml");
-    std::fs::write(
-        &file,
-        format!("cache = \"c\"\ncache_max_age = \"1d\"\n{CONSUMER}"),
-    )
-    .unwrap();
-    let args = |config: Option<&Path>, cache: Option<&str>| CacheArgs {
-        config: config.map(Path::to_path_buf),
-        cache: cache.map(PathBuf::from),
-        command: CacheCommand::Ls(LsArgs::default()),
-    };
-    let cwd = Path::new("/work");
-    let layout = resolve_cache(&args(Some(&file), None), cwd).unwrap();
-    assert_eq!(layout.cache, dir.path().join("c"));
-    assert_eq!(layout.spools, [dir.path().join("s")]);
-    assert_eq!(layout.limits.max_age, Some(Duration::from_secs(86_400)));
-    let layout = resolve_cache(&args(Some(&file), Some("other")), cwd).unwrap();
-    assert_eq!(layout.cache, cwd.join("other"));
-    let layout = resolve_cache(&args(None, Some("other")), cwd).unwrap();
-    assert_eq!(
-        (layout.spools.len(), layout.limits),
-        (0, CacheLimits::default())
-    );
-    let layout = resolve_cache(&args(None, None), cwd).unwrap();
-    assert_eq!(layout.cache, cwd.join("cache"));
-    assert_eq!(layout.spools, [cwd.join("spool")]);
-    let missing = dir.path().join("missing.toml");
-    assert!(resolve_cache(&args(Some(&missing), None), cwd).is_err());
 }

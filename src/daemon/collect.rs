@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::Shared;
+use crate::cache::gc::{self, Summary};
 use crate::config::{CacheLimits, Config};
-use crate::gc::{self, Summary};
 use crate::uses::Recorder;
 
 /// A collection runs this long after the last one ended, at the latest.
@@ -35,7 +35,7 @@ pub fn start_keeping(config: &Config) -> (Recorder, Collector) {
             "cannot list the spools for `chitd cache gc` to spare their chits' objects: {e}"
         );
     }
-    let objects = config.cache.join(crate::objects::OBJECTS_DIR);
+    let objects = config.cache.join(crate::cache::OBJECTS_DIR);
     let uses = Recorder::start(&config.cache, objects);
     let collector = Collector::new(config.cache_limits, config.cache.clone(), spools);
     (uses, collector)
@@ -158,7 +158,7 @@ impl Collector {
 
 /// One collection, logged; `None` if it failed (logged too).
 fn collect(cache: &std::path::Path, spools: &[PathBuf], limits: &CacheLimits) -> Option<Summary> {
-    let removed = |object: &crate::objects::Object| {
+    let removed = |object: &crate::cache::ls::Object| {
         let last_used = humantime::format_rfc3339_seconds(object.last_used);
         tracing::info!(digest = %object.digest, size = object.size, last_used = %last_used, "removed from the cache: least recently used");
     };

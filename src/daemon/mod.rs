@@ -29,7 +29,7 @@ use crate::chase::{CHASE_MIN, Chase, Target};
 use crate::chit::Digest;
 use crate::config::Config;
 use crate::dir::{Dir, DurableDirs};
-use crate::fetch::{DownloadError, FetchSettings, Fetcher, Job, MoreSources};
+use crate::fetch::{Cause, DownloadError, Failure, FetchSettings, Fetcher, Job, MoreSources};
 use crate::inflight::{InFlight, Key};
 use crate::partial::{Frontier, Partial};
 use crate::spool::Spool;
@@ -232,8 +232,6 @@ pub async fn run(
     if consumers.is_empty() {
         return Err(DaemonError::NoConsumer);
     }
-    let mut fetch = options.fetch.clone();
-    fetch.give_up_after = config.give_up_after;
     let (hint_sender, hints) = tokio::sync::mpsc::unbounded_channel();
     let watch = {
         let spools: Vec<Arc<Spool>> = consumers.iter().map(Consumer::spool).collect();
@@ -244,7 +242,8 @@ pub async fn run(
         consumers,
         watch: std::sync::Mutex::new(watch),
         store: Arc::new(store),
-        fetcher: Fetcher::new(fetch).map_err(DaemonError::Http)?,
+        fetcher: Fetcher::new(options.fetch.clone(), config.give_up_after)
+            .map_err(DaemonError::Http)?,
         mirrors: config.mirrors.clone(),
         targets: work::Targets::default(),
         durable_dirs: DurableDirs::default(),
@@ -305,7 +304,7 @@ pub async fn run(
 
 /// A chit whose download ended, and that download's outcome: the cache
 /// object, or the reason to fail it.
-type Delivery = (Waiter, Arc<Result<PathBuf, String>>);
+type Delivery = (Waiter, Arc<Result<PathBuf, Failure>>);
 
 /// A finished download: what it fetched, the sources it tried, its result.
 type DownloadOutcome = (Key, Vec<url::Url>, Result<Partial, DownloadError>);
@@ -342,7 +341,7 @@ struct Scheduler {
     tried: HashMap<Key, Vec<url::Url>>,
     /// The reasons of those earlier, failed downloads: the final reason
     /// lists every source's answer, not only the last round's.
-    earlier_failures: HashMap<Key, Vec<String>>,
+    earlier_failures: HashMap<Key, Failure>,
     jobs: usize,
     cancel: CancellationToken,
     /// Chits whose last attempt could not claim them or move them to
@@ -561,14 +560,10 @@ impl Scheduler {
             let shared = Arc::clone(&self.shared);
             match self.queues.next() {
                 Some(Next::Deliver((waiter, outcome))) => self.local.spawn_blocking(move || {
-                    let outcome = outcome
-                        .as_ref()
-                        .as_ref()
-                        .map(|object| work::Object {
-                            path: object,
-                            bytes: None,
-                        })
-                        .map_err(String::as_str);
+                    let outcome = outcome.as_ref().as_ref().map(|object| work::Object {
+                        path: object,
+                        bytes: None,
+                    });
                     work::finish(&shared, waiter, outcome)
                 }),
                 Some(Next::Start(consumer, name, origin)) => self
@@ -654,7 +649,7 @@ impl Scheduler {
     /// Stop an early delivery and remove its temporary, on the local pool
     /// (the daemon is not idle until that is done); then fail its download's
     /// waiters, if it `failed` (so no temporary outlives a failed chit).
-    fn abort_chase(&mut self, chase: Chase, key: Key, failed: Option<(Vec<url::Url>, String)>) {
+    fn abort_chase(&mut self, chase: Chase, key: Key, failed: Option<(Vec<url::Url>, Failure)>) {
         self.local.spawn_blocking(move || {
             chase.abort();
             Step::ChaseAborted { key, failed }
@@ -808,7 +803,7 @@ impl Scheduler {
     }
 
     /// Queue the delivery (or failure) of a chit whose download ended.
-    fn deliver(&mut self, waiter: Waiter, outcome: Arc<Result<PathBuf, String>>) {
+    fn deliver(&mut self, waiter: Waiter, outcome: Arc<Result<PathBuf, Failure>>) {
         self.queues
             .push_delivery(waiter.consumer, (waiter, outcome));
     }
@@ -868,9 +863,9 @@ impl Scheduler {
             }
             Err(error) => {
                 let failed = match error {
-                    DownloadError::Failed(reason) => {
-                        tracing::warn!(digest = %key.digest, size = key.size, "download failed: {reason}");
-                        Some((tried, reason))
+                    DownloadError::Failed(failure) => {
+                        tracing::warn!(digest = %key.digest, size = key.size, "download failed: {failure}");
+                        Some((tried, Failure::from(failure)))
                     }
                     // Shut down, or stopped because its size is known
                     // wrong (its chits were failed then).
@@ -890,7 +885,12 @@ impl Scheduler {
     /// nobody tried yet, queue another download for them all. When it
     /// succeeded, the file of its digest is known: downloads of the digest
     /// with another size are stopped, and their chits failed.
-    fn settle(&mut self, key: Key, tried: Option<Vec<url::Url>>, outcome: Result<PathBuf, String>) {
+    fn settle(
+        &mut self,
+        key: Key,
+        tried: Option<Vec<url::Url>>,
+        outcome: Result<PathBuf, Failure>,
+    ) {
         let Some(waiters) = self.inflight.finish(&key) else {
             return;
         };
@@ -906,8 +906,9 @@ impl Scheduler {
                     .any(|source| !tried_before.contains(source))
             });
             if untried {
-                if let Err(reason) = outcome {
-                    self.earlier_failures.entry(key).or_default().push(reason);
+                if let Err(failure) = outcome {
+                    let failure = failure.after(self.earlier_failures.remove(&key));
+                    self.earlier_failures.insert(key, failure);
                 }
                 for waiter in waiters {
                     self.inflight.add(waiter.consumer, key, waiter);
@@ -919,14 +920,8 @@ impl Scheduler {
             self.fail_other_sizes(key);
         }
         self.tried.remove(&key);
-        let earlier = self.earlier_failures.remove(&key).unwrap_or_default();
-        let outcome = outcome.map_err(|last| {
-            earlier
-                .into_iter()
-                .chain(std::iter::once(last))
-                .collect::<Vec<_>>()
-                .join("; then ")
-        });
+        let earlier = self.earlier_failures.remove(&key);
+        let outcome = outcome.map_err(|last| last.after(earlier));
         let outcome = Arc::new(outcome);
         for waiter in waiters {
             self.deliver(waiter, Arc::clone(&outcome));
@@ -948,11 +943,10 @@ impl Scheduler {
                 digest = %key.digest, size = other.key.size, waiters = other.waiters.len(),
                 "download stopped: the file of this sha256 is {} bytes", key.size
             );
-            let reason = Arc::new(Err(format!(
-                "the chit says {} bytes, but the file with this sha256 is {} bytes \
-                 (downloaded and verified for another chit)",
-                other.key.size, key.size
-            )));
+            let reason = Arc::new(Err(Failure::from(Cause::OtherSize {
+                said: other.key.size,
+                actual: key.size,
+            })));
             for waiter in other.waiters {
                 self.deliver(waiter, Arc::clone(&reason));
             }

@@ -10,6 +10,7 @@ use crate::chit::{Chit, Digest};
 use crate::deliver::{DeliverError, Source, deliver_unsynced};
 use crate::dir::{Dir, FileId};
 use crate::durable::{out_of_resources, sync_dir};
+use crate::fetch::{Cause, Failure};
 use crate::inflight::Key;
 use crate::spool::{Claim, ReadError, Spool};
 use crate::store::Lookup;
@@ -176,7 +177,7 @@ pub enum Step {
     /// stopped.
     ChaseAborted {
         key: Key,
-        failed: Option<(Vec<url::Url>, String)>,
+        failed: Option<(Vec<url::Url>, Failure)>,
     },
     /// A verified download was published into the cache (or could not be),
     /// and its lone waiter delivered (or failed) by the same task.
@@ -184,7 +185,7 @@ pub enum Step {
         key: Key,
         /// The source of the bytes (the last one, after a switch), redacted.
         source: Option<String>,
-        published: Result<PathBuf, String>,
+        published: Result<PathBuf, Failure>,
         delivered: Option<Box<Step>>,
     },
 }
@@ -329,8 +330,9 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
     )
 }
 
-/// A download ended: deliver the object, or fail the chit with the reason.
-pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Object<'_>, &str>) -> Step {
+/// A download ended: deliver the object, or fail the chit with the
+/// reason, which names only the sources this chit would have tried.
+pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Object<'_>, &Failure>) -> Step {
     let Some(spool) = spool_of(shared, waiter.consumer, &waiter.name, waiter.claimed_in) else {
         return Step::Done {
             consumer: waiter.consumer,
@@ -339,20 +341,21 @@ pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Object<'_>, &str>
     };
     match outcome {
         Ok(object) => deliver_chit(shared, waiter, object, "download"),
-        Err(reason) if waiter.cache_was_corrupt => fail_read_again(
-            &spool,
-            waiter.consumer,
-            waiter.name,
-            &waiter.chit.digest,
-            &format!("{CORRUPT_CACHE}; fetching it again failed: {reason}"),
-        ),
-        Err(reason) => fail_read_again(
-            &spool,
-            waiter.consumer,
-            waiter.name,
-            &waiter.chit.digest,
-            reason,
-        ),
+        Err(failure) => {
+            let reason = failure.render_for(&waiter.chit.sources(&shared.mirrors));
+            let reason = if waiter.cache_was_corrupt {
+                format!("{CORRUPT_CACHE}; fetching it again failed: {reason}")
+            } else {
+                reason
+            };
+            fail_read_again(
+                &spool,
+                waiter.consumer,
+                waiter.name,
+                &waiter.chit.digest,
+                &reason,
+            )
+        }
     }
 }
 
@@ -380,7 +383,7 @@ pub fn publish(
     let published = shared
         .store
         .publish(partial, &key.digest)
-        .map_err(|e| format!("cannot publish into the cache: {e}"));
+        .map_err(|e| Failure::from(Cause::Publish(e)));
     let chased = chase.and_then(|chase| {
         let for_lone = lone
             .as_ref()
@@ -394,13 +397,10 @@ pub fn publish(
         }
     });
     let delivered = lone.map(|waiter| {
-        let outcome = published
-            .as_ref()
-            .map(|object| Object {
-                path: &object.path,
-                bytes: object.bytes.as_deref(),
-            })
-            .map_err(String::as_str);
+        let outcome = published.as_ref().map(|object| Object {
+            path: &object.path,
+            bytes: object.bytes.as_deref(),
+        });
         Box::new(match chased {
             Some(chased) => deliver_chased(shared, waiter, chased, outcome),
             None => finish(shared, waiter, outcome),
@@ -420,7 +420,7 @@ fn deliver_chased(
     shared: &Shared,
     waiter: Waiter,
     chased: Chased,
-    outcome: Result<Object<'_>, &str>,
+    outcome: Result<Object<'_>, &Failure>,
 ) -> Step {
     if spool_of(shared, waiter.consumer, &waiter.name, waiter.claimed_in).is_none() {
         chased.discard();

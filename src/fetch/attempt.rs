@@ -119,43 +119,7 @@ impl Attempt<'_> {
         let total = partial.total();
         let headers = response.headers();
         match response.status() {
-            StatusCode::PARTIAL_CONTENT => {
-                let range = headers
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                let Some((start, complete)) = parse_content_range(range) else {
-                    if partial.offset() > 0 {
-                        // Ask for the whole object instead.
-                        tracing::info!(source = %crate::chit::redact_url(self.source), range, "unparseable range answer; starting over");
-                        partial.reset().map_err(FetchError::Disk)?;
-                        return Ok(false);
-                    }
-                    return Err(FetchError::BadRange(range.into()));
-                };
-                if complete.is_some_and(|length| length != total) {
-                    return Err(FetchError::WrongLength {
-                        announced: complete.unwrap_or(0),
-                        expected: total,
-                    });
-                }
-                if start != partial.offset() || complete.is_none() {
-                    tracing::info!(source = %crate::chit::redact_url(self.source), range, offset = partial.offset(), "unusable range answer; starting over");
-                    partial.reset().map_err(FetchError::Disk)?;
-                    return Ok(false);
-                }
-                if partial.offset() == 0 {
-                    // The whole object after all: as for a 200.
-                    partial.validator = validator(headers);
-                } else {
-                    // The stored validator stays: it matched (`If-Range`),
-                    // or there is none and the final sha256 decides. The
-                    // bytes come from more than one response from now on.
-                    partial.resumed = true;
-                }
-                partial.source = Some(self.source.to_string());
-                Ok(true)
-            }
+            StatusCode::PARTIAL_CONTENT => self.check_range(partial, headers),
             StatusCode::OK => {
                 if let Some(announced) = response.content_length()
                     && announced != total
@@ -184,84 +148,67 @@ impl Attempt<'_> {
         }
     }
 
+    /// [`Attempt::check_response`] for a `206`. It is usable when its
+    /// `Content-Range` starts at the offset and gives the file's total,
+    /// also for a request without `Range` (offset 0):
+    /// `bytes 0-<size-1>/<size>` is the whole object, read as a `200`.
+    fn check_range(&self, partial: &mut Partial, headers: &HeaderMap) -> Result<bool, FetchError> {
+        let total = partial.total();
+        let range = headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let Some((start, complete)) = parse_content_range(range) else {
+            if partial.offset() > 0 {
+                // Ask for the whole object instead.
+                tracing::info!(source = %crate::chit::redact_url(self.source), range, "unparseable range answer; starting over");
+                partial.reset().map_err(FetchError::Disk)?;
+                return Ok(false);
+            }
+            return Err(FetchError::BadRange(range.into()));
+        };
+        if complete.is_some_and(|length| length != total) {
+            return Err(FetchError::WrongLength {
+                announced: complete.unwrap_or(0),
+                expected: total,
+            });
+        }
+        if start != partial.offset() || complete.is_none() {
+            tracing::info!(source = %crate::chit::redact_url(self.source), range, offset = partial.offset(), "unusable range answer; starting over");
+            partial.reset().map_err(FetchError::Disk)?;
+            return Ok(false);
+        }
+        if partial.offset() == 0 {
+            // The whole object after all: as for a 200.
+            partial.validator = validator(headers);
+        } else {
+            // The stored validator stays: it matched (`If-Range`), or
+            // there is none and the final sha256 decides. The bytes come
+            // from more than one response from now on.
+            partial.resumed = true;
+        }
+        partial.source = Some(self.source.to_string());
+        Ok(true)
+    }
+
+    /// Stream the body into the partial, then verify it when it is all
+    /// there.
     async fn stream(
         &self,
         partial: Partial,
         response: reqwest::Response,
     ) -> (Partial, Result<(), Stop>) {
-        let total = partial.total();
-        let mut offset = partial.offset();
+        let (total, offset) = (partial.total(), partial.offset());
         self.progress.store(offset, Ordering::Relaxed);
         let mut sink = Sink::new(partial);
-
-        let mut body = response.bytes_stream();
-        let mut outcome: Result<(), Stop> = Ok(());
-        let mut pace = Pace::new(self.inactivity, total - offset);
-        let mut last_byte = None;
-        loop {
-            let waiting = Instant::now();
-            let next = tokio::select! {
-                _ = self.cancel.cancelled() => { outcome = Err(Stop::Shutdown); break; }
-                next = tokio::time::timeout(pace.budget(), body.next()) => next,
-            };
-            let bytes = match &next {
-                Ok(Some(Ok(chunk))) => chunk.len() as u64,
-                _ => 0,
-            };
-            if !matches!(next, Ok(None) | Ok(Some(Err(_))))
-                && let Err(e) = pace.waited(waiting.elapsed(), bytes)
-            {
-                outcome = Err(e.into());
-                break;
-            }
-            match next {
-                Err(_) => {} // the window or idle budget ran out; judged above
-                // Ended by the server's own framing (a body whose length
-                // was announced and cut short is an error, not this).
-                Ok(None) if offset < total => {
-                    outcome = Err(FetchError::EndedShort {
-                        received: offset,
-                        expected: total,
-                    }
-                    .into());
-                    break;
-                }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    outcome = Err(FetchError::from_reqwest(e).into());
-                    break;
-                }
-                Ok(Some(Ok(chunk))) => {
-                    last_byte = Some(Instant::now());
-                    if offset + chunk.len() as u64 > total {
-                        outcome = Err(FetchError::TooLong { expected: total }.into());
-                        break;
-                    }
-                    offset += chunk.len() as u64;
-                    if !sink.push(chunk).await {
-                        break; // the writer failed; its error is reported below
-                    }
-                    self.progress.store(offset, Ordering::Relaxed);
-                }
-            }
-            if let Some((received, window)) = pace.take_closed_window() {
-                let minimum = super::pace::slow_below(window);
-                // Slow, not stalling: bytes kept coming into the window's
-                // second half (a source that sent a few and went silent is
-                // left to the stall timer, not come back to as slow).
-                let streaming = pace.idle() < window / 2;
-                if offset < total && received < minimum && streaming && (self.untried_elsewhere)() {
-                    outcome = Err(FetchError::Slow {
-                        received,
-                        window,
-                        minimum,
-                    }
-                    .into());
-                    break;
-                }
-            }
-        }
-        *self.last_byte.lock().unwrap_or_else(|e| e.into_inner()) = last_byte;
+        let mut body = Body {
+            offset,
+            total,
+            pace: Pace::new(self.inactivity, total - offset),
+            last_byte: None,
+        };
+        let mut outcome = self.receive(&mut body, response, &mut sink).await;
+        *self.last_byte.lock().unwrap_or_else(|e| e.into_inner()) = body.last_byte;
         let (mut partial, written) = sink.finish().await;
         if let Err(e) = written {
             return (partial, Err(FetchError::Disk(e).into()));
@@ -276,6 +223,79 @@ impl Attempt<'_> {
             outcome = verify(&mut partial, self.digest).map_err(Stop::from);
         }
         (partial, outcome)
+    }
+
+    /// Receive the body chunk by chunk into `sink`, judging its pace,
+    /// until it ends, breaks, is cut or the writer fails (its error is
+    /// the sink's).
+    async fn receive(
+        &self,
+        body: &mut Body,
+        response: reqwest::Response,
+        sink: &mut Sink,
+    ) -> Result<(), Stop> {
+        let mut chunks = response.bytes_stream();
+        loop {
+            let waiting = Instant::now();
+            let next = tokio::select! {
+                _ = self.cancel.cancelled() => return Err(Stop::Shutdown),
+                next = tokio::time::timeout(body.pace.budget(), chunks.next()) => next,
+            };
+            let bytes = match &next {
+                Ok(Some(Ok(chunk))) => chunk.len() as u64,
+                _ => 0,
+            };
+            if !matches!(next, Ok(None) | Ok(Some(Err(_)))) {
+                body.pace.waited(waiting.elapsed(), bytes)?;
+            }
+            match next {
+                Err(_) => {} // the window or idle budget ran out; judged above
+                // Ended by the server's own framing (a body whose length
+                // was announced and cut short is an error, not this).
+                Ok(None) if body.offset < body.total => {
+                    return Err(FetchError::EndedShort {
+                        received: body.offset,
+                        expected: body.total,
+                    }
+                    .into());
+                }
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(e))) => return Err(FetchError::from_reqwest(e).into()),
+                Ok(Some(Ok(chunk))) => {
+                    body.last_byte = Some(Instant::now());
+                    if body.offset + chunk.len() as u64 > body.total {
+                        return Err(FetchError::TooLong {
+                            expected: body.total,
+                        }
+                        .into());
+                    }
+                    body.offset += chunk.len() as u64;
+                    if !sink.push(chunk).await {
+                        return Ok(()); // the writer failed: its error is the sink's
+                    }
+                    self.progress.store(body.offset, Ordering::Relaxed);
+                }
+            }
+            if let Some(slow) = self.slow(body) {
+                return Err(slow.into());
+            }
+        }
+    }
+
+    /// A window that just closed brought less than `pace::SLOW_BYTES` per
+    /// second while bytes kept coming into its second half (a source that
+    /// sent a few and went silent is left to the stall timer, not come
+    /// back to as slow), and sources not tried yet wait: left for them.
+    fn slow(&self, body: &mut Body) -> Option<FetchError> {
+        let (received, window) = body.pace.take_closed_window()?;
+        let minimum = super::pace::slow_below(window);
+        let streaming = body.pace.idle() < window / 2;
+        let slow = body.offset < body.total && received < minimum && streaming;
+        (slow && (self.untried_elsewhere)()).then_some(FetchError::Slow {
+            received,
+            window,
+            minimum,
+        })
     }
 
     /// Copy from a local mirror (always from 0: local reads are cheap).
@@ -323,6 +343,15 @@ pub fn verify(partial: &mut Partial, digest: Digest) -> Result<(), FetchError> {
             expected: partial.total(),
         }),
     }
+}
+
+/// A body being received: how far it got, its pace, when its last byte
+/// came.
+struct Body {
+    offset: u64,
+    total: u64,
+    pace: Pace,
+    last_byte: Option<Instant>,
 }
 
 /// Where the received chunks of a body go: through a bounded channel to a

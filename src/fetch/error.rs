@@ -72,12 +72,44 @@ fn human(duration: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(duration)
 }
 
+/// What the download does after an attempt ended with a [`FetchError`]:
+/// the whole retry policy, decided by [`FetchError::next`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Ask the same source again at once, for the rest only: it was
+    /// making progress when it broke.
+    AgainNow,
+    /// Transient: on to the next source; this one is asked again in the
+    /// next round, after the backoff, until `give_up_after` passes
+    /// without progress.
+    Later,
+    /// Streaming, but slowly, while sources not tried yet wait: left for
+    /// them, its bytes kept, and asked again in the next round without a
+    /// backoff (and without being judged by time it did not have).
+    Yield,
+    /// The bytes may be the resume's fault, not the source's: discard
+    /// the partial and start over from 0, from the first source.
+    StartOver,
+    /// Permanent: the source is not asked again in this download.
+    RuleOut,
+}
+
 impl FetchError {
-    /// Transient answers are retried (with backoff, resuming) until
-    /// `give_up_after` passes without progress; permanent ones rule the
-    /// source out for this download at once.
-    pub fn is_transient(&self) -> bool {
-        match self {
+    /// What an answer means for the download. `progressed`: the attempt
+    /// brought new bytes at no less than the minimum pace;
+    /// `started_over`: the download already discarded its partial once
+    /// for a mismatch after a resume (it does so once).
+    pub fn next(&self, progressed: bool, started_over: bool) -> Next {
+        let transient = match self {
+            // Bytes from more than one response (an earlier run's, an
+            // earlier break's, another source's): perhaps the resume's
+            // fault. Once more from 0 before any source is blamed.
+            FetchError::DigestMismatch { resumed: true, .. } | FetchError::CorruptPartial(_)
+                if !started_over =>
+            {
+                return Next::StartOver;
+            }
+            FetchError::Slow { .. } => return Next::Yield,
             FetchError::Status(status) => {
                 status.is_server_error()
                     || *status == reqwest::StatusCode::TOO_MANY_REQUESTS
@@ -87,7 +119,6 @@ impl FetchError {
             | FetchError::Stalled(_)
             | FetchError::NoResponse(_)
             | FetchError::TooSlow { .. }
-            | FetchError::Slow { .. }
             | FetchError::Truncated { .. }
             | FetchError::CorruptPartial(_)
             | FetchError::Disk(_) => true,
@@ -99,7 +130,21 @@ impl FetchError {
             | FetchError::BadRange(_)
             | FetchError::UnaskedRange
             | FetchError::Local(_) => false,
+        };
+        match (transient, progressed) {
+            (true, true) => Next::AgainNow,
+            (true, false) => Next::Later,
+            (false, _) => Next::RuleOut,
         }
+    }
+
+    /// The disk is full (or over quota): when the download fails, its
+    /// partial is removed even if it could be resumed, for the space.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, FetchError::Disk(e) if matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ))
     }
 
     /// Classify a reqwest error, with its cause chain but without the URL
@@ -137,41 +182,249 @@ pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Next::*;
+    use reqwest::StatusCode as S;
+    use std::io::ErrorKind;
+
+    const W: Duration = Duration::from_secs(1);
+
+    fn status(code: u16) -> FetchError {
+        FetchError::Status(S::from_u16(code).unwrap())
+    }
+
+    fn digest() -> Digest {
+        Digest::from_bytes([7; 32])
+    }
+
+    fn os(code: i32) -> FetchError {
+        FetchError::Disk(std::io::Error::from_raw_os_error(code))
+    }
+
+    /// Every class of answer, and what the download does about it:
+    /// (answer, after an attempt without progress, after one with
+    /// progress). Asked before any start over.
+    fn table() -> Vec<(&'static str, FetchError, Next, Next)> {
+        let mismatch = |resumed| FetchError::DigestMismatch {
+            got: digest(),
+            resumed,
+        };
+        vec![
+            ("400", status(400), RuleOut, RuleOut),
+            ("401", status(401), RuleOut, RuleOut),
+            ("403", status(403), RuleOut, RuleOut),
+            ("404", status(404), RuleOut, RuleOut),
+            ("410", status(410), RuleOut, RuleOut),
+            (
+                "416 to a whole-object request",
+                status(416),
+                RuleOut,
+                RuleOut,
+            ),
+            ("408", status(408), Later, AgainNow),
+            ("429", status(429), Later, AgainNow),
+            ("500", status(500), Later, AgainNow),
+            ("502", status(502), Later, AgainNow),
+            ("503", status(503), Later, AgainNow),
+            ("504", status(504), Later, AgainNow),
+            (
+                "3xx reaching us",
+                FetchError::Redirect("HTTP 301 without a Location".into()),
+                RuleOut,
+                RuleOut,
+            ),
+            (
+                "redirect loop",
+                FetchError::Redirect("redirect loop: back to http://a/x".into()),
+                RuleOut,
+                RuleOut,
+            ),
+            (
+                "redirect to file:",
+                FetchError::Redirect(
+                    "redirect to file:///etc/passwd, which is not http or https".into(),
+                ),
+                RuleOut,
+                RuleOut,
+            ),
+            (
+                "too many redirects",
+                FetchError::Redirect("more than 10 redirects".into()),
+                RuleOut,
+                RuleOut,
+            ),
+            (
+                "connection refused",
+                FetchError::Transport(
+                    "error sending request: Connection refused (os error 111)".into(),
+                ),
+                Later,
+                AgainNow,
+            ),
+            (
+                "connection reset",
+                FetchError::Transport("error decoding response body: connection reset".into()),
+                Later,
+                AgainNow,
+            ),
+            (
+                "connect timeout",
+                FetchError::Transport("timed out: operation timed out".into()),
+                Later,
+                AgainNow,
+            ),
+            ("stall", FetchError::Stalled(W), Later, AgainNow),
+            (
+                "no response head",
+                FetchError::NoResponse(W),
+                Later,
+                AgainNow,
+            ),
+            (
+                "slow drip",
+                FetchError::TooSlow {
+                    received: 1,
+                    window: W,
+                    minimum: 35,
+                },
+                Later,
+                AgainNow,
+            ),
+            (
+                "slow, with untried sources",
+                FetchError::Slow {
+                    received: 100,
+                    window: W,
+                    minimum: 16384,
+                },
+                Yield,
+                Yield,
+            ),
+            (
+                "truncated body",
+                FetchError::Truncated {
+                    received: 1,
+                    expected: 2,
+                },
+                Later,
+                AgainNow,
+            ),
+            (
+                "different total",
+                FetchError::WrongLength {
+                    announced: 3,
+                    expected: 2,
+                },
+                RuleOut,
+                RuleOut,
+            ),
+            (
+                "longer body",
+                FetchError::TooLong { expected: 2 },
+                RuleOut,
+                RuleOut,
+            ),
+            (
+                "shorter body, properly ended",
+                FetchError::EndedShort {
+                    received: 1,
+                    expected: 2,
+                },
+                RuleOut,
+                RuleOut,
+            ),
+            (
+                "bad Content-Range",
+                FetchError::BadRange("bytes garbage".into()),
+                RuleOut,
+                RuleOut,
+            ),
+            (
+                "206 twice to a whole-object request",
+                FetchError::UnaskedRange,
+                RuleOut,
+                RuleOut,
+            ),
+            (
+                "wrong digest, one response",
+                mismatch(false),
+                RuleOut,
+                RuleOut,
+            ),
+            (
+                "wrong digest after a resume",
+                mismatch(true),
+                StartOver,
+                StartOver,
+            ),
+            (
+                "prefix changed on disk",
+                FetchError::CorruptPartial("prefix differs".into()),
+                StartOver,
+                StartOver,
+            ),
+            (
+                "local mirror unreadable",
+                FetchError::Local("cannot open /m/x: Permission denied".into()),
+                RuleOut,
+                RuleOut,
+            ),
+            ("ENOSPC", os(libc::ENOSPC), Later, AgainNow),
+            ("EDQUOT", os(libc::EDQUOT), Later, AgainNow),
+            ("EIO", os(libc::EIO), Later, AgainNow),
+            ("EACCES on the partial", os(libc::EACCES), Later, AgainNow),
+        ]
+    }
 
     #[test]
-    fn classification() {
-        use reqwest::StatusCode as S;
-        for (status, transient) in [
-            (S::NOT_FOUND, false),
-            (S::GONE, false),
-            (S::FORBIDDEN, false),
-            (S::INTERNAL_SERVER_ERROR, true),
-            (S::SERVICE_UNAVAILABLE, true),
-            (S::TOO_MANY_REQUESTS, true),
-        ] {
+    fn every_answer_has_one_decision() {
+        for (what, error, still, moving) in table() {
+            assert_eq!(error.next(false, false), still, "{what}: {error}");
             assert_eq!(
-                FetchError::Status(status).is_transient(),
-                transient,
-                "{status}"
+                error.next(true, false),
+                moving,
+                "{what} with progress: {error}"
             );
         }
-        assert!(
-            !FetchError::WrongLength {
-                announced: 1,
-                expected: 2
-            }
-            .is_transient()
-        );
-        assert!(
-            FetchError::Truncated {
-                received: 1,
-                expected: 2
-            }
-            .is_transient()
-        );
+    }
+
+    /// The start over after a resume happens once: a mismatch of the
+    /// second try rules the source out; a changed prefix is then only
+    /// transient.
+    #[test]
+    fn a_download_starts_over_once() {
+        for (what, error, still, moving) in table() {
+            let (still, moving) = match (&error, still) {
+                (FetchError::DigestMismatch { .. }, _) => (RuleOut, RuleOut),
+                (FetchError::CorruptPartial(_), _) => (Later, AgainNow),
+                _ => (still, moving),
+            };
+            assert_eq!(error.next(false, true), still, "{what}: {error}");
+            assert_eq!(
+                error.next(true, true),
+                moving,
+                "{what} with progress: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart() {
+        let full = [os(libc::ENOSPC), os(libc::EDQUOT)];
+        assert!(full.iter().all(FetchError::is_disk_full));
+        let other = [
+            os(libc::EIO),
+            FetchError::Disk(ErrorKind::PermissionDenied.into()),
+            status(507),
+        ];
+        assert!(!other.iter().any(FetchError::is_disk_full));
+    }
+
+    #[test]
+    fn answers_are_worded_for_a_person() {
+        assert_eq!(status(404).to_string(), "HTTP 404 Not Found");
         assert_eq!(
-            FetchError::Status(S::NOT_FOUND).to_string(),
-            "HTTP 404 Not Found"
+            FetchError::BadRange("bytes garbage".into()).to_string(),
+            "unusable Content-Range \"bytes garbage\""
         );
     }
 }

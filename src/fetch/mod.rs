@@ -1,33 +1,51 @@
 //! One download of one digest from its ordered sources.
 //!
-//! Sources are tried in order (the chit's URLs, then each mirror). Each
-//! answer is classified by [`FetchError::is_transient`]: a permanent answer
-//! (404, wrong size, wrong digest, refused redirect...) rules that source out;
-//! a transient one (refused, reset, stalled, 5xx, 429) is retried in the next
-//! round, after a backoff. A source that was making progress when it broke
-//! is asked again at once, for the rest only (`Range` + `If-Range`). A
-//! sha256 mismatch of bytes that came from more than one response (an
-//! earlier run's, an earlier break's, another source's) may be the resume's
-//! fault: the partial is discarded and fetched once more from 0, from the
-//! first source, before any source is ruled out for it. The
-//! download fails when every source has answered permanently, or when
-//! `give_up_after` passes without progress: new bytes, at no less than the
-//! minimum pace of `pace` (a slow drip is cut and is not progress).
+//! Sources are tried in rounds, in order (the chit's URLs, then each
+//! mirror), with a backoff between rounds (`retry_delay`, doubling up to
+//! `max_retry_delay`). The download keeps one state value per source
+//! (`run::Source`: its last answer, whether it is ruled out or was left
+//! while progressing), and what each failed attempt means is decided in
+//! one place, [`FetchError::next`], as a [`Next`]:
+//!
+//! - permanent answers (404, 410, 403, other 4xx, a wrong size, a wrong
+//!   digest, a refused redirect, a garbled or unasked range) rule the
+//!   source out for this download ([`Next::RuleOut`]);
+//! - transient ones (refused, reset, stalled, too slow a drip, 5xx, 408,
+//!   429, a local disk error) leave it for the next round
+//!   ([`Next::Later`]), or, when the attempt was making progress, ask it
+//!   again at once for the rest only, `Range` + `If-Range`
+//!   ([`Next::AgainNow`]);
+//! - a sha256 mismatch of bytes that came from more than one response (an
+//!   earlier run's, an earlier break's, another source's), or a resumed
+//!   prefix that changed on disk, may be the resume's fault: the partial is
+//!   discarded and fetched once more from 0, from the first source, before
+//!   any source is ruled out for it ([`Next::StartOver`], once per
+//!   download);
+//! - a source that streams, but slowly (under `pace::SLOW_BYTES` per
+//!   second over a window), while the download has sources it has not
+//!   tried yet, is left for them ([`Next::Yield`]): not ruled out, its
+//!   bytes kept, and asked again in the next round without a backoff. So a
+//!   slow first source, perhaps named by another consumer's chit, does not
+//!   hold up a fast one behind it.
+//!
+//! The download fails when every source has answered permanently, or when
+//! `give_up_after` passes without progress (new bytes, at no less than the
+//! minimum pace of `pace`; a slow drip is cut and is not progress) and no
+//! source was left while progressing. Its failure is a value,
+//! [`DownloadFailure`]: why it gave up and each source's last answer. It
+//! stays one ([`Failure`]) until each waiting chit's `# error:` line is
+//! rendered from it, naming only that chit's own sources (see `failure`).
 //!
 //! Chits that join a running download may bring sources of their own
 //! ([`MoreSources`]): they are added at the end of the list, in the
 //! current round (a backoff pause ends early for them), so a chit with a
 //! working URL does not wait for another chit's dead one to give up.
-//!
-//! A source that streams, but slowly (under `pace::SLOW_BYTES` per second
-//! over a window), while the download has sources it has not tried yet, is
-//! left for them ([`FetchError::Slow`]): not ruled out, its bytes kept, and
-//! asked again in the next round. So a slow first source, perhaps named by
-//! another consumer's chit, does not hold up a fast one behind it.
 
 mod attempt;
 mod error;
+mod failure;
 mod pace;
+mod run;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -36,10 +54,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use self::attempt::{Attempt, Stop};
-pub use self::error::{FetchError, with_causes};
+pub use self::error::{FetchError, Next, with_causes};
+pub use self::failure::{Cause, DownloadFailure, Ending, Failure, SourceAnswer};
+use self::run::{Run, Source};
 use crate::chit::{Digest, redact_url};
-use crate::config::whole_ms;
 use crate::partial::{Frontier, Partial};
 use crate::store::Store;
 
@@ -53,6 +71,7 @@ pub const MAX_RESPONSE_HEADERS: usize = 100;
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Timing knobs. Values, not globals, so tests can shrink them.
+/// (`give_up_after` is a configuration key: [`Fetcher::new`] takes it.)
 #[derive(Debug, Clone)]
 pub struct FetchSettings {
     /// First backoff between rounds; doubles each round up to `max_retry_delay`.
@@ -63,8 +82,6 @@ pub struct FetchSettings {
     /// transient-failed.
     pub inactivity_timeout: Duration,
     pub connect_timeout: Duration,
-    /// No progress from any source for this long: the download fails.
-    pub give_up_after: Duration,
 }
 
 impl Default for FetchSettings {
@@ -74,7 +91,6 @@ impl Default for FetchSettings {
             max_retry_delay: Duration::from_secs(10),
             inactivity_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
-            give_up_after: crate::config::DEFAULT_GIVE_UP_AFTER,
         }
     }
 }
@@ -149,9 +165,9 @@ impl MoreSources {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    /// Every source failed; the message lists each and its answer.
+    /// Every source failed, or none made progress for `give_up_after`.
     #[error("{0}")]
-    Failed(String),
+    Failed(DownloadFailure),
     /// The daemon is stopping; progress was checkpointed.
     #[error("interrupted by shutdown")]
     Shutdown,
@@ -161,10 +177,18 @@ pub enum DownloadError {
 pub struct Fetcher {
     client: reqwest::Client,
     settings: FetchSettings,
+    /// The configuration's `give_up_after` (its one home is
+    /// [`crate::config::Config`]).
+    give_up_after: Duration,
 }
 
 impl Fetcher {
-    pub fn new(settings: FetchSettings) -> Result<Fetcher, reqwest::Error> {
+    /// A fetcher whose downloads fail once their sources made no progress
+    /// for `give_up_after`.
+    pub fn new(
+        settings: FetchSettings,
+        give_up_after: Duration,
+    ) -> Result<Fetcher, reqwest::Error> {
         // reqwest is built without a default crypto provider; installing one
         // twice is harmless (the second attempt is refused and ignored).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -196,7 +220,11 @@ impl Fetcher {
             .connect_timeout(settings.connect_timeout)
             .pool_max_idle_per_host(16)
             .build()?;
-        Ok(Fetcher { client, settings })
+        Ok(Fetcher {
+            client,
+            settings,
+            give_up_after,
+        })
     }
 
     pub fn settings(&self) -> &FetchSettings {
@@ -216,10 +244,14 @@ impl Fetcher {
         frontier: Option<Arc<Frontier>>,
         cancel: &CancellationToken,
     ) -> Result<Partial, DownloadError> {
+        let failed = |ending| {
+            DownloadError::Failed(DownloadFailure {
+                ending,
+                answers: Vec::new(),
+            })
+        };
         if job.sources.is_empty() {
-            return Err(DownloadError::Failed(
-                "no source to try: the chit has no URL and no mirror is configured".into(),
-            ));
+            return Err(failed(Ending::NoSource));
         }
         let (digest, size) = (job.digest, job.size);
         let opened = if Partial::fits_in_memory(size) {
@@ -229,12 +261,11 @@ impl Fetcher {
             let opener = Arc::clone(&store);
             blocking(move || opener.partial(digest, size)).await
         };
-        let mut partial = opened
-            .map_err(|e| DownloadError::Failed(format!("cannot open the partial download: {e}")))?;
+        let mut partial = opened.map_err(|e| failed(Ending::CannotOpen(e)))?;
         if let Some(frontier) = frontier {
             partial.follow(frontier);
         }
-        let mut restarted_after_resume = false;
+        let mut started_over = false;
         if partial.resumed && partial.offset() == size {
             let verified;
             (partial, verified) = verify_whole(partial, digest).await;
@@ -242,180 +273,23 @@ impl Fetcher {
                 Ok(()) => return Ok(partial),
                 Err(error) => {
                     tracing::warn!(digest = %digest, "the progress record covers every byte, but {error}: fetching once more from 0");
-                    restarted_after_resume = true;
+                    started_over = true;
                 }
             }
         }
-        let mut answers: Vec<Option<String>> = vec![None; job.sources.len()];
-        let mut ruled_out = vec![false; job.sources.len()];
-        // Left for untried sources while still making progress (`Slow`),
-        // and not asked again since: not judged by time it did not have.
-        let mut yielded = vec![false; job.sources.len()];
-        let give_up_after = self.settings.give_up_after;
-        let left = |last_progress: Instant| {
-            whole_ms(give_up_after.saturating_sub(last_progress.elapsed()))
+        let run = Run {
+            fetcher: self,
+            sources: job.sources.iter().cloned().map(Source::new).collect(),
+            job,
+            progress,
+            cancel,
+            high_water: partial.offset(),
+            last_progress: Instant::now(),
+            started_over,
+            disk_full: false,
+            delay: self.settings.retry_delay,
         };
-        // How long an attempt may wait for bytes: never past
-        // `give_up_after` without progress, except that a source not asked
-        // yet (or left while it progressed) gets a whole window of its own:
-        // a chit is not failed before each source was asked.
-        let window = whole_ms(self.settings.inactivity_timeout.min(give_up_after));
-        let mut high_water = partial.offset();
-        let mut last_progress = Instant::now();
-        let mut disk_full = false;
-        let mut delay = self.settings.retry_delay;
-        loop {
-            let mut index = 0;
-            // Set to go back to the first source (once more from 0).
-            let mut from_the_first = false;
-            loop {
-                // Sources that chits joining meanwhile brought: in this round.
-                for url in job.more.take() {
-                    if !job.sources.contains(&url) {
-                        tracing::debug!(digest = %digest, source = %redact_url(&url), "source added by a chit that joined");
-                        job.sources.push(url);
-                        answers.push(None);
-                        ruled_out.push(false);
-                        yielded.push(false);
-                    }
-                }
-                let Some(source) = job.sources.get(index) else {
-                    break;
-                };
-                if ruled_out[index] {
-                    index += 1;
-                    continue;
-                }
-                // Never asked in this download, besides this one.
-                let untried = answers
-                    .iter()
-                    .enumerate()
-                    .any(|(other, answer)| other != index && answer.is_none());
-                let more = &job.more;
-                let untried_elsewhere = || untried || !more.is_empty();
-                loop {
-                    let inactivity = if answers[index].is_none() || yielded[index] {
-                        window
-                    } else {
-                        window.min(left(last_progress))
-                    };
-                    if inactivity.is_zero() {
-                        break; // its time is up: on to the give-up check
-                    }
-                    yielded[index] = false;
-                    let attempt = Attempt {
-                        client: &self.client,
-                        source,
-                        digest,
-                        inactivity,
-                        progress,
-                        cancel,
-                        redirected: std::sync::Mutex::new(None),
-                        last_byte: std::sync::Mutex::new(None),
-                        untried_elsewhere: &untried_elsewhere,
-                    };
-                    tracing::debug!(digest = %digest, source = %redact_url(source), offset = partial.offset(), "requesting");
-                    let (returned, result) = attempt.run(partial).await;
-                    partial = returned;
-                    // Bytes from a server cut for dripping them too slowly
-                    // are kept, but are not progress (see `pace`).
-                    let too_slow = matches!(result, Err(Stop::Failed(FetchError::TooSlow { .. })));
-                    let advanced = partial.offset() > high_water;
-                    if advanced {
-                        high_water = partial.offset();
-                    }
-                    let progressed = advanced && !too_slow;
-                    if progressed {
-                        last_progress = attempt
-                            .last_byte
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .unwrap_or_else(Instant::now);
-                    }
-                    let error = match result {
-                        Ok(()) => return Ok(partial),
-                        Err(Stop::Shutdown) => return Err(DownloadError::Shutdown),
-                        Err(Stop::Failed(error)) => error,
-                    };
-                    tracing::warn!(digest = %digest, source = %redact_url(source), "attempt failed: {error}");
-                    answers[index] = Some(match attempt.redirected.into_inner() {
-                        Ok(Some(to)) => format!("{error} (redirected to {})", redact_url(&to)),
-                        _ => error.to_string(),
-                    });
-                    disk_full |= matches!(&error, FetchError::Disk(e) if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-                    ));
-                    match error {
-                        FetchError::DigestMismatch { resumed: true, .. }
-                        | FetchError::CorruptPartial(_)
-                            if !restarted_after_resume =>
-                        {
-                            // The resumed prefix (from an earlier run, an
-                            // earlier response or another source) may be the
-                            // culprit, not this source: once more from 0,
-                            // from the first source again.
-                            restarted_after_resume = true;
-                            high_water = 0;
-                            from_the_first = true;
-                            break;
-                        }
-                        // Left for the sources not tried yet; asked again
-                        // (resuming) in the next round.
-                        FetchError::Slow { .. } => {
-                            yielded[index] = true;
-                            break;
-                        }
-                        e if e.is_transient() && progressed => continue,
-                        e if e.is_transient() => break,
-                        _ => {
-                            ruled_out[index] = true;
-                            break;
-                        }
-                    }
-                }
-                index = if std::mem::take(&mut from_the_first) {
-                    0
-                } else {
-                    index + 1
-                };
-            }
-            let what = if !job.more.is_empty() {
-                // Sources that joined meanwhile get their round first.
-                None
-            } else if ruled_out.iter().all(|&out| out) {
-                Some("every source failed".to_owned())
-            } else if left(last_progress).is_zero() && !yielded.contains(&true) {
-                let after = humantime::format_duration(give_up_after);
-                Some(format!("no progress for {after}"))
-            } else {
-                None
-            };
-            if let Some(what) = what {
-                // Keep only what a later download can resume from: an empty
-                // `.part`, or bytes no record covers, would only take space;
-                // and on a full disk, the space matters more than a resume.
-                if !partial.is_resumable() || disk_full {
-                    blocking(move || partial.discard()).await;
-                }
-                return Err(DownloadError::Failed(summary(
-                    &what,
-                    &job.sources,
-                    &answers,
-                )));
-            }
-            let pause = if yielded.contains(&true) {
-                Duration::ZERO // back to the source it left, at once
-            } else {
-                delay.min(left(last_progress))
-            };
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(DownloadError::Shutdown),
-                _ = tokio::time::sleep(pause) => {}
-                _ = job.more.added.notified() => {}
-            }
-            delay = (delay * 2).min(self.settings.max_retry_delay);
-        }
+        run.rounds(partial).await
     }
 }
 
@@ -434,22 +308,6 @@ async fn verify_whole(partial: Partial, digest: Digest) -> (Partial, Result<(), 
         (partial, verified)
     })
     .await
-}
-
-/// "every source failed: http://a/x: HTTP 404 Not Found; http://b/x: ..."
-fn summary(what: &str, sources: &[Url], answers: &[Option<String>]) -> String {
-    let each: Vec<String> = sources
-        .iter()
-        .zip(answers)
-        .map(|(source, answer)| {
-            format!(
-                "{}: {}",
-                redact_url(source),
-                answer.as_deref().unwrap_or("not tried")
-            )
-        })
-        .collect();
-    format!("{what}: {}", each.join("; "))
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {

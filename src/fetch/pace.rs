@@ -193,7 +193,7 @@ mod tests {
             ),
             "{error:?}"
         );
-        assert!(error.is_transient());
+        assert_eq!(error.next(false, false), crate::fetch::Next::Later);
         assert!(error.to_string().contains("too slow"), "{error}");
     }
 

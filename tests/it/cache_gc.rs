@@ -212,7 +212,7 @@ fn gc_never_removes_an_object_a_chit_in_request_or_fetch_names() {
         &["gc", "--cache", &cache_arg(&dir), "--max-age", "1d"],
         0,
     );
-    assert!(out.contains("no consumer is known"), "{out}");
+    assert!(out.contains("no consumer's spool was found"), "{out}");
     assert!(!cached(&dir, &a) && !cached(&dir, &b));
 }
 
@@ -330,7 +330,7 @@ fn the_daemon_collects_by_age_at_start() {
 }
 
 #[test]
-fn bad_limits_and_caches_are_usage_errors_naming_them() {
+fn bad_limits_caches_and_keys_are_errors_naming_them() {
     let dir = TestDir::new();
     let spool = dir.spool("c");
     Daemon::run_until_idle(&dir, &spool);
@@ -368,7 +368,7 @@ fn bad_limits_and_caches_are_usage_errors_naming_them() {
             &args[..]
         };
         let output = run_cli(&dir, args, TIMEOUT);
-        assert_eq!(output.code, Some(2), "{}", output.all_output());
+        assert_eq!(output.code, Some(1), "{}", output.all_output());
         assert!(
             output.stderr.contains("not a chitd cache"),
             "{}",

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::server::{Fault, Server};
-use crate::util::{ConfigFile, Content, Daemon, TIMEOUT, TestDir, wait_until};
+use crate::util::{ConfigFile, Content, Daemon, State, TIMEOUT, TestDir, wait_until};
 
 /// 1 MiB: early-delivered to its first chit while it downloads (see
 /// `chase`), the others are copied from the cache.
@@ -305,4 +305,63 @@ fn chits_for_one_path_are_delivered_one_at_a_time() {
             "{path}: the file is not the one of the chit that reached downloaded/ last"
         );
     }
+}
+
+/// Two consumers share one failing download, each naming a URL of its
+/// own (A's with a secret in its query): each `# error:` line names its
+/// own chit's URL and the mirror, never the other chit's URL, and A's
+/// secret is nowhere in B's failed chit.
+#[test]
+fn a_shared_failure_names_to_each_consumer_only_its_own_sources() {
+    let dir = TestDir::new();
+    let server = Server::start();
+    let content = Content::random(3_000);
+    // A's source fails transiently, so the download lives until
+    // `give_up_after` and B's chit joins it; B's answers 404.
+    server.add("/a", content.bytes.clone());
+    server.set_fault("/a", Fault::Status(500));
+    server.add("/b", content.bytes.clone());
+    server.set_fault("/b", Fault::NotFound);
+    let (a, b) = (dir.spool("a"), dir.spool("b"));
+    let private = format!("{}?x=secret", server.url("/a"));
+    let mirror = server.url("/mirror");
+    let config = ConfigFile {
+        cache: Some(dir.cache()),
+        mirrors: vec![mirror.clone()],
+        give_up_after: Some("4s".into()),
+        consumers: vec![a.clone(), b.clone()],
+        ..ConfigFile::default()
+    }
+    .write(&dir, "chitd.toml");
+    let mut daemon = Daemon::builder(&dir)
+        .config(&config)
+        .exit_when_idle()
+        .start();
+    a.drop_chit("f", content.chit("f.bin", std::slice::from_ref(&private)));
+    wait_until(TIMEOUT, "A's source to be asked", || {
+        (server.count("/a") > 0).then_some(())
+    });
+    b.drop_chit("f", content.chit("f.bin", &[server.url("/b")]));
+    daemon.expect_success(TIMEOUT);
+
+    let mirrored = format!("{mirror}/f.bin");
+    let reason_a = a.expect_failed("f");
+    assert!(
+        reason_a.contains(&format!("{private}: HTTP 500"))
+            && reason_a.contains(&format!("{mirrored}: HTTP 404"))
+            && reason_a.contains("and 1 source of another chit for the same file"),
+        "A: {reason_a}"
+    );
+    assert!(!reason_a.contains(&server.url("/b")), "A: {reason_a}");
+    let reason_b = b.expect_failed("f");
+    assert!(
+        reason_b.contains(&format!("{}: HTTP 404", server.url("/b")))
+            && reason_b.contains(&format!("{mirrored}: HTTP 404"))
+            && reason_b.contains("and 1 source of another chit for the same file"),
+        "B: {reason_b}"
+    );
+    assert!(!reason_b.contains(&server.url("/a")), "B: {reason_b}");
+    let failed_b = b.read_chit(State::Fail, "f");
+    assert!(!failed_b.contains("secret"), "B's failed chit: {failed_b}");
+    assert_eq!(server.count("/b"), 1, "{:?}", server.requests());
 }

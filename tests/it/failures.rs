@@ -170,6 +170,23 @@ fn unasked_or_garbled_range_answers_fail_fast() {
     );
 }
 
+/// A `206` to a request without `Range` whose `Content-Range` starts at
+/// 0 and gives the file's total is the whole object, read as a `200`
+/// would be (its body and sha256 still decide): one request, delivered.
+#[test]
+fn an_unasked_range_answer_of_the_whole_file_is_a_full_answer() {
+    let server = Server::start();
+    let content = Content::random(FAIL_SIZE);
+    server.add("/f", content.bytes.clone());
+    let whole = format!("bytes 0-{}/{FAIL_SIZE}", FAIL_SIZE - 1);
+    server.set_fault("/f", Fault::ContentRange(whole));
+    deliver_despite(&server, &content, idle_daemon);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(requests[0].status, 206, "{requests:#?}");
+    assert_eq!(requests[0].range, None, "{requests:#?}");
+}
+
 /// An answer from where a redirect led names that place too.
 #[test]
 fn a_failure_after_a_redirect_names_where_it_led() {

@@ -5,8 +5,10 @@
 //! (`server`), with shared fixtures in `util`.
 //!
 //! - `basic`: miss → download → deliver, mirrors, cache hits, start-up scan.
-//! - `cache`: verified hits, quarantine, and the cache commands.
-//! - `cache_gc`: `cache ls`, `cache gc` and the daemon's own collection.
+//! - `cache`: verified hits and quarantine.
+//! - `cache_cmd`: `chitd cache import` and `chitd cache verify`.
+//! - `cache_gc`: `chitd cache ls`, `chitd cache gc` and the daemon's own
+//!   collection.
 //! - `dedup`: one upstream download per digest.
 //! - `failures`: permanent and transient failures, retries, resumption.
 //! - `chits`: bad and unusual chits.
@@ -24,6 +26,7 @@
 
 mod basic;
 mod cache;
+mod cache_cmd;
 mod cache_gc;
 mod chits;
 mod cli;

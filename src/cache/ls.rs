@@ -5,19 +5,18 @@
 //! since it was recorded, such as an imported one).
 //!
 //! Read-only, and safe beside a running daemon: an object that goes away
-//! during the walk is left out.
+//! during the walk is left out. The walk is also what `gc` and the
+//! daemon's collection weigh.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::{CacheDir, OBJECTS_DIR, fail};
 use crate::chit::Digest;
 use crate::durable::with_path;
 use crate::uses::{self, UsesError};
-
-/// The objects' directory in a cache.
-pub const OBJECTS_DIR: &str = "sha256-v1";
 
 /// One object of the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,13 +26,6 @@ pub struct Object {
     /// Its mtime: when it was last delivered, or published or imported if
     /// it has not been delivered since.
     pub last_used: SystemTime,
-}
-
-impl CacheError {
-    /// A usage error (exit 2), not a failure (exit 1).
-    pub fn is_usage(&self) -> bool {
-        matches!(self, CacheError::NotACache(_) | CacheError::NoLimit)
-    }
 }
 
 impl Object {
@@ -47,30 +39,10 @@ impl Object {
 /// Why the cache cannot be listed or collected.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error(
-        "{} is not a chitd cache (it has no {OBJECTS_DIR}/ directory; `chitd run` makes one)",
-        .0.display()
-    )]
-    NotACache(PathBuf),
-    /// `chitd cache gc` without a limit to keep.
-    #[error(
-        "no limit to collect the cache to: give --max-size or --max-age, or set \
-         cache_max_size or cache_max_age in the --config file"
-    )]
-    NoLimit,
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("{0}")]
     Uses(#[from] UsesError),
-}
-
-/// Refuse a directory that is not a chitd cache: a typo must not read as
-/// an empty cache, nor `gc` remove files from somebody else's directory.
-pub fn check_cache(cache: &Path) -> Result<(), CacheError> {
-    match fs::symlink_metadata(cache.join(OBJECTS_DIR)) {
-        Ok(meta) if meta.is_dir() => Ok(()),
-        _ => Err(CacheError::NotACache(cache.to_path_buf())),
-    }
 }
 
 /// Threads that walk the cache, or remove objects, at once: each waits
@@ -178,7 +150,6 @@ pub struct Listed {
 /// The objects of the cache at `cache` with their names, most recently
 /// used first.
 pub fn list(cache: &Path) -> Result<Vec<Listed>, CacheError> {
-    check_cache(cache)?;
     let mut objects = walk(cache)?;
     let mut names = match uses::Db::open(cache, false)? {
         Some(db) => db.names()?,
@@ -199,17 +170,31 @@ pub fn list(cache: &Path) -> Result<Vec<Listed>, CacheError> {
         .collect())
 }
 
-/// `chitd cache ls`: the objects of the cache at `cache` to `out`, as
-/// text ([`render`]) or a JSON array of [`Listed`].
-pub fn command(cache: &Path, json: bool, out: &mut impl io::Write) -> Result<(), CacheError> {
-    let listed = list(cache)?;
-    if json {
-        serde_json::to_writer_pretty(&mut *out, &listed).map_err(io::Error::from)?;
-        writeln!(out)?;
+/// `chitd cache ls`: the objects of the cache at `cache_root` on stdout,
+/// as text ([`render`]) or a JSON array of [`Listed`]; the exit code.
+pub fn main(cache_root: &Path, json: bool) -> u8 {
+    let listed = match CacheDir::open(cache_root) {
+        Ok(cache) => list(cache.root()),
+        Err(e) => return fail(1, format!("{e}")),
+    };
+    let listed = match listed {
+        Ok(listed) => listed,
+        Err(e) => return fail(1, format!("cannot list the cache: {e}")),
+    };
+    let text = if json {
+        match serde_json::to_string_pretty(&listed) {
+            Ok(json) => json + "\n",
+            Err(e) => return fail(1, format!("cannot render the list: {e}")),
+        }
     } else {
-        out.write_all(render(&listed).as_bytes())?;
+        render(&listed)
+    };
+    let mut out = io::stdout().lock();
+    match io::Write::write_all(&mut out, text.as_bytes()).and_then(|()| io::Write::flush(&mut out))
+    {
+        Ok(()) => 0,
+        Err(e) => fail(1, format!("cannot write the list: {e}")),
     }
-    Ok(())
 }
 
 /// `chitd cache ls` for a person: `sha256  size  last use  paths`, one
@@ -239,7 +224,6 @@ mod tests {
     fn walk_finds_objects_only_and_list_orders_them_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path();
-        assert!(matches!(list(cache), Err(CacheError::NotACache(_))));
         let at = |seconds| SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds);
         let make = |byte: u8, size: usize, seconds: u64| {
             let object = Object {

@@ -29,11 +29,12 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::ls::{self, CacheError, Object};
+use super::{CacheDir, fail};
 use crate::chit::Digest;
 use crate::cli::GcArgs;
-use crate::config::{CacheLayout, CacheLimits};
+use crate::config::{CacheLimits, Config};
 use crate::dir::Dir;
-use crate::objects::{self, CacheError, Object};
 use crate::spool::is_chit_name;
 use crate::uses;
 
@@ -50,7 +51,7 @@ pub struct Summary {
     pub bytes: u64,
     /// Objects kept because a chit names them.
     pub pinned: usize,
-    /// The spools whose chits were read.
+    /// The spools whose chits were read (those that exist).
     pub spools: usize,
 }
 
@@ -66,8 +67,7 @@ pub fn collect(
     dry_run: bool,
     mut removed: impl FnMut(&Object),
 ) -> Result<Summary, CacheError> {
-    objects::check_cache(cache)?;
-    let objects = objects::walk(cache)?;
+    let objects = ls::walk(cache)?;
     let mut spools = spools.to_vec();
     for spool in published_spools(cache) {
         if !spools.contains(&spool) {
@@ -75,7 +75,7 @@ pub fn collect(
         }
     }
     // Read after the walk: a chit that arrived meanwhile is counted.
-    let pinned = pinned(&spools)?;
+    let (pinned, spools_read) = pinned(&spools)?;
     let plan = plan(&objects, &pinned, limits, SystemTime::now());
     let outcomes = if dry_run {
         Vec::new()
@@ -115,59 +115,73 @@ pub fn collect(
         objects: objects.len() - plan.remove.len(),
         bytes: plan.kept_bytes,
         pinned: plan.pinned,
-        spools: spools.len(),
+        spools: spools_read,
     })
 }
 
-/// `chitd cache gc`: collect the cache of `layout` within the limits of
-/// `args` (else the configured ones), printing each object removed (or
-/// that would be) and a summary to `out`.
-pub fn command(
-    layout: &CacheLayout,
-    args: &GcArgs,
-    out: &mut impl Write,
-) -> Result<(), CacheError> {
+/// `chitd cache gc`: collect the cache of `config` within the limits of
+/// `args` (else the configured ones), sparing the objects of its
+/// consumers' chits; prints each object removed (or that would be) and a
+/// summary. The exit code: 2 without any limit.
+pub fn main(config: &Config, args: &GcArgs) -> u8 {
     let limits = CacheLimits {
-        max_size: args.max_size.or(layout.limits.max_size),
-        max_age: args.max_age.or(layout.limits.max_age),
+        max_size: args.max_size.or(config.cache_limits.max_size),
+        max_age: args.max_age.or(config.cache_limits.max_age),
     };
     if !limits.is_set() {
-        return Err(CacheError::NoLimit);
+        let message = "no limit to collect the cache to: give --max-size or --max-age, or set \
+                       cache_max_size or cache_max_age in the --config file";
+        return fail(2, message.to_string());
     }
-    objects::check_cache(&layout.cache)?;
+    let cache = match CacheDir::open(&config.cache) {
+        Ok(cache) => cache,
+        Err(e) => return fail(1, format!("{e}")),
+    };
+    let spools: Vec<PathBuf> = config.consumers.iter().map(|c| c.spool.clone()).collect();
     let verb = if args.dry_run {
         "would remove"
     } else {
         "removed"
     };
+    let mut out = io::BufWriter::new(io::stdout().lock());
     let mut written = Ok(());
-    let summary = collect(&layout.cache, &layout.spools, &limits, args.dry_run, |o| {
+    let collected = collect(cache.root(), &spools, &limits, args.dry_run, |o| {
         if written.is_ok() {
             let last_used = humantime::format_rfc3339_seconds(o.last_used);
-            written = writeln!(
-                out,
-                "{verb} {} ({} bytes, last used {last_used})",
-                o.digest, o.size
-            );
+            let (digest, size) = (o.digest, o.size);
+            written = writeln!(out, "{verb} {digest} ({size} bytes, last used {last_used})");
         }
-    })?;
-    written?;
+    });
+    let summary = match collected {
+        Ok(summary) => summary,
+        Err(e) => return fail(1, format!("cannot collect the cache: {e}")),
+    };
+    let written = written
+        .and_then(|()| writeln!(out, "{}", render_summary(&summary, verb)))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => 0,
+        Err(e) => fail(1, format!("cannot write the list of objects removed: {e}")),
+    }
+}
+
+/// The last line of `chitd cache gc`.
+fn render_summary(summary: &Summary, verb: &str) -> String {
     let pinned = match summary.spools {
-        0 => "no consumer is known (give --config), so no chit's objects were spared".to_string(),
+        0 => "no consumer's spool was found (give --config), so no chit's objects were spared"
+            .to_string(),
         spools => format!(
             "{} kept for chits in request/ or fetch/ of {spools} spool(s)",
             summary.pinned
         ),
     };
-    writeln!(
-        out,
+    format!(
         "{verb} {} object(s), {} bytes; the cache holds {} object(s), {} bytes; {pinned}",
         summary.removed, summary.removed_bytes, summary.objects, summary.bytes
-    )?;
-    Ok(())
+    )
 }
 
-/// Remove `objects` from the cache at `cache`, on [`objects::THREADS`]
+/// Remove `objects` from the cache at `cache`, on [`ls::THREADS`]
 /// threads, each taking whole fan-out directories (threads removing names
 /// from one directory would wait for each other's lock on it). The
 /// outcome of each object, in their order: false for one already gone.
@@ -176,7 +190,7 @@ fn remove_all(cache: &Path, objects: &[&Object]) -> Vec<io::Result<bool>> {
     for (index, object) in objects.iter().enumerate() {
         by_fanout[usize::from(object.digest.as_bytes()[0])].push(index);
     }
-    let removed = objects::in_parallel(&by_fanout, |indices| {
+    let removed = ls::in_parallel(&by_fanout, |indices| {
         let outcomes = indices.iter().map(|&index| remove(cache, objects[index]));
         indices
             .iter()
@@ -246,16 +260,19 @@ pub fn plan<'a>(
 }
 
 /// The digests named by the chits in `request/` and `fetch/` of each of
-/// `spools`. A spool (or state directory) that does not exist names none;
-/// one that cannot be read is an error.
-pub fn pinned(spools: &[PathBuf]) -> io::Result<HashSet<Digest>> {
+/// `spools`, and how many of the spools exist. A spool (or state
+/// directory) that does not exist names none; one that cannot be read is
+/// an error.
+pub fn pinned(spools: &[PathBuf]) -> io::Result<(HashSet<Digest>, usize)> {
     let mut pinned = HashSet::new();
+    let mut read = 0;
     for spool in spools {
         let root = match Dir::open_existing(spool) {
             Ok(root) => root,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
+        read += 1;
         for state in ["request", "fetch"] {
             let dir = match root.open_dir(state) {
                 Ok(dir) => dir,
@@ -271,7 +288,7 @@ pub fn pinned(spools: &[PathBuf]) -> io::Result<HashSet<Digest>> {
             }
         }
     }
-    Ok(pinned)
+    Ok((pinned, read))
 }
 
 /// The digest on the first line of the chit `name` in `dir`, if it has
@@ -398,6 +415,6 @@ mod tests {
         .unwrap();
         let missing = dir.path().join("missing");
         let pinned = pinned(&[spool, missing]).unwrap();
-        assert_eq!(pinned, [digest(1), digest(2)].into());
+        assert_eq!(pinned, ([digest(1), digest(2)].into(), 1));
     }
 }
