@@ -224,6 +224,29 @@ pub fn touch(path: &Path, at: SystemTime) -> std::io::Result<()> {
     }
 }
 
+/// The recorder's database, opened when the first batch is written.
+struct LazyDb {
+    cache: PathBuf,
+    db: Option<Db>,
+    /// It could not be opened (logged once): not tried again.
+    failed: bool,
+}
+
+impl LazyDb {
+    fn get(&mut self) -> Option<&mut Db> {
+        if self.db.is_none() && !self.failed {
+            match Db::open(&self.cache, true) {
+                Ok(db) => self.db = db,
+                Err(e) => {
+                    tracing::error!("the paths objects are delivered as are not recorded: {e}");
+                    self.failed = true;
+                }
+            }
+        }
+        self.db.as_mut()
+    }
+}
+
 /// What the recorder's thread is asked to do.
 enum Message {
     Use(Use),
@@ -247,16 +270,15 @@ impl std::fmt::Debug for Recorder {
 
 impl Recorder {
     /// Record the uses of the objects of `objects` (the cache's
-    /// `sha256-v1/`), the names in the record of the cache at `cache`. A
-    /// record that cannot be opened is logged; the uses are then only
-    /// written to the objects' mtimes.
+    /// `sha256-v1/`), the names in the record of the cache at `cache`
+    /// (made with the first batch: a cache nothing was delivered from has
+    /// none). A record that cannot be opened is logged; the uses are then
+    /// only written to the objects' mtimes.
     pub fn start(cache: &Path, objects: PathBuf) -> Recorder {
-        let db = match Db::open(cache, true) {
-            Ok(db) => db,
-            Err(e) => {
-                tracing::error!("the paths objects are delivered as are not recorded: {e}");
-                None
-            }
+        let db = LazyDb {
+            cache: cache.to_path_buf(),
+            db: None,
+            failed: false,
         };
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -309,7 +331,7 @@ impl Drop for Recorder {
 }
 
 /// The recorder's thread: gather uses, write them (see [`write`]).
-fn write_batches(mut db: Option<Db>, objects: &Path, receiver: &Receiver<Message>) {
+fn write_batches(mut db: LazyDb, objects: &Path, receiver: &Receiver<Message>) {
     let mut batch: Vec<Use> = Vec::new();
     let mut since: Option<Instant> = None;
     loop {
@@ -329,25 +351,25 @@ fn write_batches(mut db: Option<Db>, objects: &Path, receiver: &Receiver<Message
                 }
             }
             Ok(Message::Flush(done)) => {
-                write(db.as_mut(), objects, &mut batch);
+                write(&mut db, objects, &mut batch);
                 since = None;
                 let _ = done.send(());
                 continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                write(db.as_mut(), objects, &mut batch);
+                write(&mut db, objects, &mut batch);
                 return;
             }
         }
-        write(db.as_mut(), objects, &mut batch);
+        write(&mut db, objects, &mut batch);
         since = None;
     }
 }
 
 /// Write a batch: each object's mtime set to its newest use, then the
 /// names. Errors are logged; the batch is dropped either way.
-fn write(db: Option<&mut Db>, objects: &Path, batch: &mut Vec<Use>) {
+fn write(db: &mut LazyDb, objects: &Path, batch: &mut Vec<Use>) {
     if batch.is_empty() {
         return;
     }
@@ -362,7 +384,7 @@ fn write(db: Option<&mut Db>, objects: &Path, batch: &mut Vec<Use>) {
             tracing::warn!(digest = %digest, "cannot record the object's last use in its mtime: {e}");
         }
     }
-    if let Some(db) = db
+    if let Some(db) = db.get()
         && let Err(e) = db.record(batch)
     {
         tracing::warn!(

@@ -11,7 +11,7 @@
 //! - Never an object that a chit in a consumer's `request/` or `fetch/`
 //!   names (it is *pinned*): the consumers of the configuration, and those
 //!   of the last daemon that ran on the cache, which it lists in
-//!   `<cache>/spools-v1.json` ([`publish_spools`]). A chit the daemon is
+//!   its lock file, `<cache>/lock` ([`publish_spools`]). A chit the daemon is
 //!   downloading or delivering is in `fetch/`, so its object is pinned too.
 //!   A spool that exists but cannot be read stops the collection: its
 //!   chits could name any object.
@@ -38,8 +38,9 @@ use crate::dir::Dir;
 use crate::spool::is_chit_name;
 use crate::uses;
 
-/// Where a daemon lists its consumers' spools, in the cache directory.
-pub const SPOOLS_FILE: &str = "spools-v1.json";
+/// Where a daemon lists its consumers' spools, in the cache directory: the
+/// file it locks (see [`publish_spools`]).
+pub const SPOOLS_FILE: &str = "lock";
 
 /// What a collection did (or, dry, would do).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,7 +70,7 @@ pub fn collect(
 ) -> Result<Summary, CacheError> {
     let objects = ls::walk(cache)?;
     let mut spools = spools.to_vec();
-    for spool in published_spools(cache) {
+    for spool in published_spools(cache)? {
         if !spools.contains(&spool) {
             spools.push(spool);
         }
@@ -305,13 +306,27 @@ fn chit_digest(dir: &Dir, name: &str) -> Option<Digest> {
 }
 
 /// List `spools` in the cache at `cache` for collections run beside this
-/// daemon (or after it): they spare the objects its chits name.
+/// daemon (or after it): they spare the objects its chits name. The list
+/// is the content of the cache's lock file, which exists in every cache a
+/// daemon ran on, and which nothing else reads or writes (the daemon only
+/// holds an `flock` on it). It is written over in place, then cut to its
+/// length: a reader sees the old list, the new one, or (while it is being
+/// written) text that is no list, never a shorter valid one.
 pub fn publish_spools(cache: &Path, spools: &[PathBuf]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
     let listed = ListedSpools {
         spools: spools.to_vec(),
     };
     let json = serde_json::to_vec(&listed).map_err(io::Error::other)?;
-    crate::durable::write_then_rename(&cache.join(SPOOLS_FILE), &json)
+    let path = cache.join(SPOOLS_FILE);
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .and_then(|file| file.write_all_at(&json, 0).map(|()| file))
+        .and_then(|file| file.set_len(json.len() as u64));
+    file.map_err(|e| crate::durable::with_path(e, "writing", &path))
 }
 
 /// The content of [`SPOOLS_FILE`].
@@ -320,19 +335,30 @@ struct ListedSpools {
     spools: Vec<PathBuf>,
 }
 
-/// The spools the last daemon listed ([`publish_spools`]); none if it
-/// listed none, or the file cannot be read.
-pub fn published_spools(cache: &Path) -> Vec<PathBuf> {
+/// The spools the last daemon listed ([`publish_spools`]); none if there
+/// is no list (no daemon ran, or one is starting). Text that is no list is
+/// an error: a list being written, or damaged; either way, which objects
+/// its chits name is not known.
+pub fn published_spools(cache: &Path) -> io::Result<Vec<PathBuf>> {
     let path = cache.join(SPOOLS_FILE);
-    match fs::read(&path) {
-        Ok(bytes) => match serde_json::from_slice::<ListedSpools>(&bytes) {
-            Ok(listed) => listed.spools,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), "ignoring the daemon's list of spools: {e}");
-                Vec::new()
-            }
-        },
-        Err(_) => Vec::new(),
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(crate::durable::with_path(e, "reading", &path)),
+    };
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    match serde_json::from_slice::<ListedSpools>(&bytes) {
+        Ok(listed) => Ok(listed.spools),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} does not hold the list of spools a daemon writes there ({e}); \
+                 if a daemon is starting, run gc again",
+                path.display()
+            ),
+        )),
     }
 }
 
@@ -387,6 +413,24 @@ mod tests {
         let plan = plan(&objects, &pinned, &limits(Some(30), None), now);
         assert_eq!(removed(&plan), [5, 3]);
         assert_eq!((plan.kept_bytes, plan.pinned), (30, 2));
+    }
+
+    #[test]
+    fn the_daemons_spools_are_listed_in_the_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join(SPOOLS_FILE);
+        assert!(published_spools(dir.path()).unwrap().is_empty(), "no file");
+        fs::write(&lock, "").unwrap();
+        assert!(published_spools(dir.path()).unwrap().is_empty(), "empty");
+        let long = [PathBuf::from("/srv/a/spool"), PathBuf::from("/srv/b/spool")];
+        publish_spools(dir.path(), &long).unwrap();
+        assert_eq!(published_spools(dir.path()).unwrap(), long);
+        // A shorter list over a longer one: cut to its length.
+        publish_spools(dir.path(), &long[..1]).unwrap();
+        assert_eq!(published_spools(dir.path()).unwrap(), &long[..1]);
+        fs::write(&lock, "{\"spools\": [\"/a\"]}garbage").unwrap();
+        let error = published_spools(dir.path()).unwrap_err();
+        assert!(error.to_string().contains("run gc again"), "{error}");
     }
 
     #[test]

@@ -205,8 +205,9 @@ fn gc_never_removes_an_object_a_chit_in_request_or_fetch_names() {
     );
     assert!(out.starts_with("removed 0 object(s)"), "{out}");
     assert!(cached(&dir, &a) && cached(&dir, &b));
-    // Without that list nothing is known to be pinned, and it says so.
-    fs::remove_file(dir.cache().join("spools-v1.json")).unwrap();
+    // Without that list (in the lock file) nothing is known to be pinned,
+    // and it says so.
+    fs::write(dir.cache().join("lock"), "").unwrap();
     let out = cache_cli(
         &dir,
         &["gc", "--cache", &cache_arg(&dir), "--max-age", "1d"],
@@ -224,12 +225,12 @@ fn gc_racing_deliveries_never_makes_a_wrong_or_missing_delivery() {
     let content = Content::random(300_000);
     server.add("/f", content.bytes.clone());
     let mut daemon = Daemon::for_spool(&dir, &spool).start();
-    // The first chit downloads it and the daemon lists its spool; without
-    // that list, gc knows of no chit and removes the object whenever it
+    // The first chit downloads it; the daemon listed its spool in the
+    // cache's lock file. Without that list, gc knows of no chit and removes the object whenever it
     // is there, as a gc run just before a chit arrives would.
     spool.drop_chit("c000", content.chit("f000", &[server.url("/f")]));
     spool.expect_downloaded("c000");
-    fs::remove_file(dir.cache().join("spools-v1.json")).unwrap();
+    fs::write(dir.cache().join("lock"), "").unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let cache = cache_arg(&dir);
     std::thread::scope(|scope| {
