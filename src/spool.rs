@@ -44,7 +44,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::chit::{ERROR_LINE_PREFIX, MAX_CHIT_BYTES, error_line, with_error_line};
-use crate::dir::{Dir, DurableDirs, Holds, Kind};
+use crate::dir::{Dir, DurableDirs, FileId, Holds, Kind};
 use crate::durable::{out_of_resources, with_path};
 
 /// The file [`Spool::fail`] writes the reason into, inside a chit that is
@@ -60,8 +60,8 @@ pub struct Spool {
     /// The spool directory itself, as opened at start: state directories
     /// are only ever (re)opened beneath it.
     root: Dir,
-    /// `fetch/`'s device and inode, as opened.
-    fetch_id: (u64, u64),
+    /// `fetch/`'s identity, as opened.
+    fetch_id: FileId,
     pub request: Dir,
     pub fetch: Dir,
     pub downloaded: Dir,
@@ -156,9 +156,9 @@ impl Spool {
         Spool::beneath(&self.name, self.root.try_clone()?)
     }
 
-    /// The `fetch/` directory's (device, inode), as opened: a chit claimed
-    /// into another one is not in this spool.
-    pub fn fetch_id(&self) -> (u64, u64) {
+    /// The `fetch/` directory's identity, as opened: a chit claimed into
+    /// another one is not in this spool.
+    pub fn fetch_id(&self) -> FileId {
         self.fetch_id
     }
 

@@ -314,7 +314,7 @@ struct Scheduler {
     /// The delivery directories of `commits` by device and inode, each
     /// held open once: a chit delivered into one of them shares it (its own
     /// descriptor is closed at once).
-    commit_dirs: HashMap<(u64, u64), Arc<Dir>>,
+    commit_dirs: HashMap<crate::dir::FileId, Arc<Dir>>,
     /// Whether a group commit is running.
     committing: bool,
     /// Cache directories that received new objects since the last round of

@@ -32,15 +32,15 @@ pub struct Waiter {
     pub name: String,
     pub chit: Chit,
     /// The `fetch/` it was claimed into ([`Spool::fetch_id`]).
-    pub claimed_in: (u64, u64),
+    pub claimed_in: FileId,
     /// Its file was in the cache, corrupt (now in `quarantine/`): it waits
     /// for the file to be fetched again, and fails if that copy is found
     /// corrupt too.
     pub cache_was_corrupt: bool,
 }
 
-/// Whether a chit claimed into the `fetch/` of device and inode
-/// `claimed_in` went with it: the consumer removed that `fetch/` and made
+/// Whether a chit claimed into the `fetch/` identified by `claimed_in`
+/// went with it: the consumer removed that `fetch/` and made
 /// one anew (`spool` is as opened now). Such a chit is nobody's work any
 /// more (not delivered, not moved; a chit of its name in the new one is
 /// another); it is logged here.
@@ -49,7 +49,7 @@ pub fn went_with_its_fetch(
     spool: &Spool,
     consumer: usize,
     name: &str,
-    claimed_in: (u64, u64),
+    claimed_in: FileId,
 ) -> bool {
     let gone = spool.fetch_id() != claimed_in;
     if gone {
@@ -65,20 +65,20 @@ fn spool_of(
     shared: &Shared,
     consumer: usize,
     name: &str,
-    claimed_in: (u64, u64),
+    claimed_in: FileId,
 ) -> Option<Arc<Spool>> {
     let spool = shared.consumers[consumer].spool();
     (!went_with_its_fetch(shared, &spool, consumer, name, claimed_in)).then_some(spool)
 }
 
 /// A delivery target: a path beneath a delivery directory (identified by
-/// device and inode, so consumers sharing one directory share targets).
+/// its [`FileId`], so consumers sharing one directory share targets).
 /// One chit at a time delivers to a target, from its rename into place to
 /// its group commit: two chits that want different files at one path can
 /// never both reach `downloaded/` with only one of the files there.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
-    root: (u64, u64),
+    root: FileId,
     path: String,
 }
 
@@ -198,14 +198,14 @@ pub struct Commit {
     pub digest: Digest,
     pub path: String,
     pub from: &'static str,
-    pub claimed_in: (u64, u64),
+    pub claimed_in: FileId,
     /// The delivery directory that holds the new file; fsync'd by the
     /// commit. Shared by the chits of a batch delivered into the same one
     /// (see `Scheduler::commit_dirs`): a batch holds a descriptor per
     /// directory, not per chit.
     pub parent: Arc<Dir>,
-    /// Its device and inode, if they could be read.
-    pub parent_id: Option<(u64, u64)>,
+    /// Its identity, if it could be read.
+    pub parent_id: Option<FileId>,
     /// Held until the commit is over.
     pub target: Target,
 }
