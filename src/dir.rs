@@ -531,6 +531,13 @@ impl Dir {
         Ok(names)
     }
 
+    /// Every name in this directory (without `.` and `..`), UTF-8 or not.
+    pub fn all_names(&self) -> io::Result<Vec<OsString>> {
+        let mut names = Vec::new();
+        self.each_name(|bytes| names.push(OsString::from_vec(bytes.to_vec())))?;
+        Ok(names)
+    }
+
     /// The names in this directory that are not UTF-8, which
     /// [`Dir::names`] leaves out.
     pub fn names_not_utf8(&self) -> io::Result<Vec<OsString>> {

@@ -12,6 +12,7 @@
 //! - anything else: it works on, and decides again when idle.
 
 use super::Consumer;
+use super::chit_id::display_name;
 use super::queue::Queues;
 use super::stuck::Stuck;
 
@@ -30,16 +31,10 @@ pub enum IdleExit {
 /// How many stuck chits the error names.
 const NAMED: usize = 10;
 
-/// Decide, from what the last look queued (`queues`), the `stuck` chits,
-/// and `also_stuck` (chits stuck outside the queues, named
-/// `<consumer>/<name>`).
-pub fn idle_exit<R>(
-    queues: &Queues<R>,
-    stuck: &Stuck,
-    consumers: &[Consumer],
-    also_stuck: Vec<String>,
-) -> IdleExit {
-    if queues.is_empty() && also_stuck.is_empty() {
+/// Decide, from what the last look queued (`queues`) and the `stuck`
+/// chits.
+pub fn idle_exit<R>(queues: &Queues<R>, stuck: &Stuck, consumers: &[Consumer]) -> IdleExit {
+    if queues.is_empty() {
         return IdleExit::Exit;
     }
     if !queues
@@ -50,8 +45,7 @@ pub fn idle_exit<R>(
     }
     let all: Vec<String> = queues
         .known()
-        .map(|(consumer, name)| format!("{}/{name}", consumers[consumer].name))
-        .chain(also_stuck)
+        .map(|(consumer, name)| format!("{}/{}", consumers[consumer].name, display_name(name)))
         .collect();
     let mut names: Vec<String> = all.iter().take(NAMED).cloned().collect();
     if all.len() > NAMED {

@@ -15,6 +15,7 @@ mod downloads;
 mod housekeeping;
 mod idle;
 mod limits;
+mod not_utf8;
 mod parked;
 mod queue;
 mod scan;

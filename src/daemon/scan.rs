@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use tokio::time::Instant;
 
 use super::Shared;
+use super::chit_id::display_name;
 use super::queue::Queues;
 use super::stuck::Stuck;
 use super::work::Origin;
@@ -122,7 +123,7 @@ pub fn queue_chits<R>(
     }
     if prune {
         for name in stuck.prune(consumer, &seen) {
-            tracing::info!(consumer = %spool.name, chit = %name, "the stuck chit is gone from request/ and fetch/; forgotten");
+            tracing::info!(consumer = %spool.name, chit = %display_name(&name), "the stuck chit is gone from request/ and fetch/; forgotten");
         }
     }
 }

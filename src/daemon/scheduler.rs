@@ -13,12 +13,13 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::chit_id::ChitId;
+use super::chit_id::{ChitId, display_name};
 use super::commit::{self, GroupCommit};
 use super::downloads::{Delivery, Downloads};
 use super::housekeeping::{self, Housekeeping};
 use super::idle::{IdleExit, idle_exit};
 use super::limits::LocalLimits;
+use super::not_utf8;
 use super::queue::{Next, Queues};
 use super::scan::{self, Scans};
 use super::stuck::Stuck;
@@ -41,19 +42,9 @@ pub struct Scheduler {
     stuck: Stuck,
     housekeeping: Housekeeping,
     scans: Scans,
-    /// Per consumer: the check for chits whose names are not UTF-8.
-    names_checks: Vec<NamesCheck>,
 }
 
 use super::parked::Parked;
-
-/// A consumer's check for chits whose names are not UTF-8: whether one
-/// runs, and whether (and with `fetch/` or not) another is due after it.
-#[derive(Debug, Default)]
-struct NamesCheck {
-    running: bool,
-    again: Option<bool>,
-}
 
 impl Scheduler {
     /// A scheduler for `shared`'s consumers, with `jobs` downloads at once;
@@ -75,7 +66,6 @@ impl Scheduler {
             stuck: Stuck::new(consumers, hold_stuck),
             housekeeping: Housekeeping::new(Instant::now()),
             scans: Scans::default(),
-            names_checks: (0..consumers).map(|_| NamesCheck::default()).collect(),
             shared,
         }
     }
@@ -83,9 +73,6 @@ impl Scheduler {
     /// The first look: every `request/` and `fetch/`.
     pub fn start(&mut self) {
         self.scan(true);
-        for consumer in 0..self.shared.consumers.len() {
-            self.check_names(consumer, true);
-        }
     }
 
     /// Serve until `shutdown` resolves (or, with `exit_when_idle`, until
@@ -153,25 +140,22 @@ impl Scheduler {
     }
 
     /// The safety-net rescan; when idle, of `fetch/` too (anything there
-    /// then is nobody's work), and housekeeping that waits for idleness.
+    /// then is nobody's work), and the orphan sweep when due.
     async fn rescan(&mut self, exit_when_idle: bool) {
         let idle = self.is_idle();
         self.scan(idle);
-        if exit_when_idle {
-            return;
+        if !exit_when_idle {
+            self.sweep_orphans_when_due().await;
         }
-        // Checked after the scan, so a chit it just found counts as work;
-        // before the name checks below, which are work too.
+    }
+
+    async fn sweep_orphans_when_due(&mut self) {
+        // Checked after the scan, so a chit it just found counts as work.
         if self
             .housekeeping
             .orphan_sweep_due(Instant::now(), self.is_idle())
         {
             self.sweep_orphans().await;
-        }
-        if idle {
-            for consumer in 0..self.shared.consumers.len() {
-                self.check_names(consumer, true);
-            }
         }
     }
 
@@ -187,25 +171,8 @@ impl Scheduler {
     /// The last look of an idle daemon that exits when idle (see
     /// [`super::idle`]).
     fn last_look(&mut self) -> IdleExit {
-        // Fail the chits whose names are not UTF-8 here, before deciding.
-        for consumer in 0..self.shared.consumers.len() {
-            work::fail_names_not_utf8(&self.shared, consumer, true);
-        }
         self.scan(true);
-        // Chits whose names are not UTF-8 and could not be failed are in
-        // no queue.
-        let odd: Vec<String> = self
-            .shared
-            .consumers
-            .iter()
-            .flat_map(|c| {
-                c.spool()
-                    .stuck_names_not_utf8()
-                    .into_iter()
-                    .map(|name| format!("{}/{name}", c.name))
-            })
-            .collect();
-        idle_exit(&self.queues, &self.stuck, &self.shared.consumers, odd)
+        idle_exit(&self.queues, &self.stuck, &self.shared.consumers)
     }
 
     /// Start what the slots allow: a group commit of the delivered chits,
@@ -246,9 +213,14 @@ impl Scheduler {
                     });
                     work::finish(&shared, waiter, outcome)
                 }),
-                Some(Next::Start(consumer, name, origin)) => self
-                    .local
-                    .spawn_blocking(move || work::start(&shared, consumer, name, origin)),
+                Some(Next::Start(consumer, name, origin)) => match name.into_string() {
+                    Ok(name) => self
+                        .local
+                        .spawn_blocking(move || work::start(&shared, consumer, name, origin)),
+                    Err(name) => self
+                        .local
+                        .spawn_blocking(move || not_utf8::refuse(&shared, consumer, name, origin)),
+                },
                 None => break,
             };
         }
@@ -272,13 +244,6 @@ impl Scheduler {
                 left.into_iter().for_each(|step| self.step_done(step));
             }
             Step::CacheDirsSynced => self.housekeeping.cache_synced(),
-            Step::NamesChecked { consumer } => {
-                let check = &mut self.names_checks[consumer];
-                check.running = false;
-                if let Some(with_fetch) = check.again.take() {
-                    self.check_names(consumer, with_fetch);
-                }
-            }
             Step::ChaseAborted { key, failed } => {
                 if let Some((tried, reason)) = failed {
                     let (shared, queues) = (&self.shared, &mut self.queues);
@@ -326,7 +291,7 @@ impl Scheduler {
     fn chit_stuck(&mut self, id: ChitId) {
         self.queues.finished(id.consumer, &id.name);
         let consumer = &self.shared.consumers[id.consumer].name;
-        let name = id.name.clone();
+        let name = display_name(&id.name).into_owned();
         let delay = self.stuck.stuck(id, Instant::now());
         if self.stuck.holds() {
             tracing::warn!(
@@ -364,28 +329,8 @@ impl Scheduler {
             }
         }
         for consumer in rescan {
-            // Also what made the watcher ask (a name that is not UTF-8?).
-            self.check_names(consumer, false);
             self.scan_consumer(consumer, false);
         }
-    }
-
-    /// Fail the chits of `consumer` whose names are not UTF-8 (see
-    /// [`crate::spool::Spool::fail_names_not_utf8`]), on the local pool;
-    /// one check per consumer at a time, another one after it if asked
-    /// meanwhile.
-    fn check_names(&mut self, consumer: usize, with_fetch: bool) {
-        let check = &mut self.names_checks[consumer];
-        if check.running {
-            check.again = Some(check.again.unwrap_or(false) || with_fetch);
-            return;
-        }
-        check.running = true;
-        let shared = Arc::clone(&self.shared);
-        self.local.spawn_blocking(move || {
-            work::fail_names_not_utf8(&shared, consumer, with_fetch);
-            Step::NamesChecked { consumer }
-        });
     }
 
     /// Scan every consumer (see [`super::scan`]).

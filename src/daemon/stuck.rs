@@ -16,6 +16,7 @@
 //! and is stuck after [`SHORT_TRIES`] such tries in a row.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -43,10 +44,10 @@ struct Retry {
 #[derive(Debug)]
 pub struct Stuck {
     /// Per consumer: stuck chits by name, and when scans may queue them.
-    retries: Vec<HashMap<String, Retry>>,
+    retries: Vec<HashMap<OsString, Retry>>,
     /// Per consumer: chits left for want of descriptors or memory, and how
     /// many times in a row.
-    short: Vec<HashMap<String, u32>>,
+    short: Vec<HashMap<OsString, u32>>,
     /// Whether scans leave stuck chits alone until their retry is due
     /// (serving), or queue them at once (`--exit-when-idle`).
     hold: bool,
@@ -105,12 +106,12 @@ impl Stuck {
 
     /// Whether a scan at `now` leaves the chit alone: it is stuck, and its
     /// retry is not due (never when not holding).
-    pub fn is_held(&self, consumer: usize, name: &str, now: Instant) -> bool {
+    pub fn is_held(&self, consumer: usize, name: &OsStr, now: Instant) -> bool {
         let retries = &self.retries[consumer];
         self.hold && !retries.is_empty() && retries.get(name).is_some_and(|retry| retry.at > now)
     }
 
-    pub fn is_stuck(&self, consumer: usize, name: &str) -> bool {
+    pub fn is_stuck(&self, consumer: usize, name: &OsStr) -> bool {
         self.retries[consumer].contains_key(name)
     }
 
@@ -122,7 +123,7 @@ impl Stuck {
     /// Forget the stuck chits of `consumer` that are not in `seen` (the
     /// names found in its `request/` and `fetch/`): removed by the
     /// consumer. Returns their names.
-    pub fn prune(&mut self, consumer: usize, seen: &HashSet<String>) -> Vec<String> {
+    pub fn prune(&mut self, consumer: usize, seen: &HashSet<OsString>) -> Vec<OsString> {
         let mut gone = Vec::new();
         self.retries[consumer].retain(|name, _| {
             let kept = seen.contains(name);
@@ -147,7 +148,7 @@ mod tests {
     use super::*;
 
     fn id(name: &str) -> ChitId {
-        ChitId::new(0, name.to_owned())
+        ChitId::new(0, name)
     }
 
     /// The delay doubles from the first to the most, and a held chit is
@@ -167,29 +168,41 @@ mod tests {
 
         let mut stuck = Stuck::new(2, true);
         stuck.stuck(id("a"), Instant::now());
-        assert!(stuck.is_held(0, "a", Instant::now()));
-        assert!(!stuck.is_held(0, "b", Instant::now()));
-        assert!(!stuck.is_held(1, "a", Instant::now()), "another consumer's");
+        assert!(stuck.is_held(0, OsStr::new("a"), Instant::now()));
+        assert!(!stuck.is_held(0, OsStr::new("b"), Instant::now()));
+        assert!(
+            !stuck.is_held(1, OsStr::new("a"), Instant::now()),
+            "another consumer's"
+        );
         tokio::time::sleep(STUCK_RETRY_FIRST - Duration::from_millis(1)).await;
-        assert!(stuck.is_held(0, "a", Instant::now()), "not due yet");
+        assert!(
+            stuck.is_held(0, OsStr::new("a"), Instant::now()),
+            "not due yet"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
-        assert!(!stuck.is_held(0, "a", Instant::now()), "due");
-        assert!(stuck.is_stuck(0, "a"), "still stuck until it ends");
+        assert!(!stuck.is_held(0, OsStr::new("a"), Instant::now()), "due");
+        assert!(
+            stuck.is_stuck(0, OsStr::new("a")),
+            "still stuck until it ends"
+        );
         // Stuck again: twice as long.
         let delay = stuck.stuck(id("a"), Instant::now());
         assert_eq!(delay, 2 * STUCK_RETRY_FIRST);
         tokio::time::sleep(STUCK_RETRY_FIRST).await;
-        assert!(stuck.is_held(0, "a", Instant::now()));
+        assert!(stuck.is_held(0, OsStr::new("a"), Instant::now()));
         stuck.done(&id("a"));
-        assert!(!stuck.is_stuck(0, "a") && !stuck.is_held(0, "a", Instant::now()));
+        assert!(
+            !stuck.is_stuck(0, OsStr::new("a"))
+                && !stuck.is_held(0, OsStr::new("a"), Instant::now())
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn without_holding_stuck_chits_are_queued_at_once() {
         let mut stuck = Stuck::new(1, false);
         stuck.stuck(id("a"), Instant::now());
-        assert!(stuck.is_stuck(0, "a"));
-        assert!(!stuck.is_held(0, "a", Instant::now()));
+        assert!(stuck.is_stuck(0, OsStr::new("a")));
+        assert!(!stuck.is_held(0, OsStr::new("a"), Instant::now()));
     }
 
     #[test]
@@ -214,11 +227,14 @@ mod tests {
         for name in ["kept", "gone"] {
             stuck.stuck(id(name), now);
         }
-        stuck.stuck(ChitId::new(1, "other".into()), now);
-        let seen = HashSet::from(["kept".to_owned()]);
+        stuck.stuck(ChitId::new(1, "other"), now);
+        let seen = HashSet::from([OsString::from("kept")]);
         assert_eq!(stuck.prune(0, &seen), ["gone"]);
-        assert!(stuck.is_stuck(0, "kept") && !stuck.is_stuck(0, "gone"));
-        assert!(stuck.is_stuck(1, "other"), "another consumer's is kept");
+        assert!(stuck.is_stuck(0, OsStr::new("kept")) && !stuck.is_stuck(0, OsStr::new("gone")));
+        assert!(
+            stuck.is_stuck(1, OsStr::new("other")),
+            "another consumer's is kept"
+        );
         stuck.forget_consumer(1);
         assert!(!stuck.any(1));
     }

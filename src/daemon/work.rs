@@ -83,16 +83,6 @@ pub struct Target {
     path: String,
 }
 
-#[cfg(test)]
-impl Target {
-    pub fn new(root: FileId, path: &str) -> Target {
-        Target {
-            root,
-            path: path.to_owned(),
-        }
-    }
-}
-
 /// The targets being delivered to (see [`Target`]).
 #[derive(Debug, Default)]
 pub struct Targets(std::sync::Mutex<std::collections::HashSet<Target>>);
@@ -178,8 +168,6 @@ pub enum Step {
     Committed { done: Vec<ChitId>, left: Vec<Step> },
     /// A round of cache directory fsyncs ended (see [`sync_cache_dirs`]).
     CacheDirsSynced,
-    /// The chits of `consumer` whose names are not UTF-8 were failed.
-    NamesChecked { consumer: usize },
     /// An early delivery was stopped and its temporary removed; its
     /// download failed (the sources tried, the reason), or was replaced or
     /// stopped.
@@ -586,15 +574,6 @@ pub fn sync_cache_dirs(dirs: Vec<PathBuf>) -> Step {
     Step::CacheDirsSynced
 }
 
-/// Fail the chits of `consumer` whose names are not UTF-8 (see
-/// [`crate::spool::Spool::fail_names_not_utf8`]); an error is logged.
-pub fn fail_names_not_utf8(shared: &Shared, consumer: usize, with_fetch: bool) {
-    let spool = shared.consumers[consumer].spool();
-    if let Err(e) = spool.fail_names_not_utf8(with_fetch) {
-        tracing::error!(consumer = %spool.name, "cannot fail the chits whose names are not UTF-8: {e}");
-    }
-}
-
 /// [`fail_step`] for a chit whose bytes were not kept after its parse:
 /// they are read again, so `fail/` gets them with the reason.
 pub fn fail_read_again(
@@ -643,6 +622,16 @@ fn fail_step(
         Err(e) => {
             tracing::error!(consumer = %spool.name, chit = %name, digest = %digest, reason, "cannot move the chit to fail/: {e}");
             Step::Stuck(ChitId::new(consumer, name))
+        }
+    }
+}
+
+#[cfg(test)]
+impl Target {
+    pub fn new(root: FileId, path: &str) -> Target {
+        Target {
+            root,
+            path: path.to_owned(),
         }
     }
 }
