@@ -112,6 +112,26 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let (shared, hints) = open(&config, &options)?;
+    let jobs = config.jobs.max(1);
+    let limits = LocalLimits::for_this_process(jobs, shared.consumers.len());
+    if limits.slots < LOCAL_SLOTS {
+        tracing::info!(
+            slots = limits.slots,
+            "the open files limit allows {} chits in local work at once (of {LOCAL_SLOTS}); \
+             raise it (ulimit -n, LimitNOFILE=) for more",
+            limits.slots
+        );
+    }
+    let mut scheduler = Scheduler::new(shared, limits, jobs, !options.exit_when_idle);
+    scheduler.start();
+    scheduler.serve(&options, hints, shutdown).await
+}
+
+/// Open the cache and each consumer's directories (a consumer that cannot
+/// be opened is left out when there are others), and watch every
+/// `request/`: the state shared with every task, and the watcher's hints.
+fn open(config: &Config, options: &Options) -> Result<(Arc<Shared>, Hints), DaemonError> {
     let store = Store::open(&config.cache).map_err(DaemonError::Cache)?;
     let mut consumers = Vec::new();
     for consumer in &config.consumers {
@@ -146,17 +166,8 @@ pub async fn run(
         targets: work::Targets::default(),
         durable_dirs: DurableDirs::default(),
     });
-    let jobs = config.jobs.max(1);
-    let limits = LocalLimits::for_this_process(jobs, shared.consumers.len());
-    if limits.slots < LOCAL_SLOTS {
-        tracing::info!(
-            slots = limits.slots,
-            "the open files limit allows {} chits in local work at once (of {LOCAL_SLOTS}); \
-             raise it (ulimit -n, LimitNOFILE=) for more",
-            limits.slots
-        );
-    }
-    let mut scheduler = Scheduler::new(shared, limits, jobs, !options.exit_when_idle);
-    scheduler.start();
-    scheduler.serve(&options, hints, shutdown).await
+    Ok((shared, hints))
 }
+
+/// The watcher's hints, as the scheduler receives them.
+type Hints = tokio::sync::mpsc::UnboundedReceiver<crate::watch::Hint>;

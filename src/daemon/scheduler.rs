@@ -80,7 +80,7 @@ impl Scheduler {
     pub async fn serve(
         &mut self,
         options: &Options,
-        mut hints: tokio::sync::mpsc::UnboundedReceiver<Hint>,
+        mut hints: super::Hints,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
@@ -92,16 +92,9 @@ impl Scheduler {
             self.admit();
             if exit_when_idle && self.is_idle() {
                 match self.last_look() {
-                    IdleExit::Exit => {
-                        self.sweep_orphans().await;
-                        tracing::info!("idle: no chit in any request/ or fetch/; exiting");
-                        break;
-                    }
-                    IdleExit::Stuck(chits) => {
-                        self.stop().await;
-                        return Err(DaemonError::Stuck(chits));
-                    }
                     IdleExit::Work => continue,
+                    IdleExit::Exit => return self.exit(None).await,
+                    IdleExit::Stuck(chits) => return self.exit(Some(chits)).await,
                 }
             }
             let linger = self.commits.deadline(self.deliveries_under_way());
@@ -173,6 +166,21 @@ impl Scheduler {
     fn last_look(&mut self) -> IdleExit {
         self.scan(true);
         idle_exit(&self.queues, &self.stuck, &self.shared.consumers)
+    }
+
+    /// Exit, idle: with nothing left, after sweeping orphaned partials;
+    /// with only `stuck` chits left, with an error naming them.
+    async fn exit(&mut self, stuck: Option<String>) -> Result<(), DaemonError> {
+        let result = match stuck {
+            Some(chits) => Err(DaemonError::Stuck(chits)),
+            None => {
+                self.sweep_orphans().await;
+                tracing::info!("idle: no chit in any request/ or fetch/; exiting");
+                Ok(())
+            }
+        };
+        self.stop().await;
+        result
     }
 
     /// Start what the slots allow: a group commit of the delivered chits,
@@ -457,3 +465,6 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;
