@@ -1,12 +1,142 @@
 //! `chitd run`: recover, watch, schedule, and (optionally) exit when idle.
 //!
-//! One scheduler task owns all state: per-consumer queues of chit names
-//! (served round-robin, so a flood in one spool never starves another), the
-//! [`InFlight`] map of downloads and their waiting chits, and two task sets:
-//! *local* steps (claim, parse, cache lookup, delivery: blocking file work,
-//! at most [`LOCAL_SLOTS`] at once) and *downloads* (at most `jobs`). A chit
-//! waiting for a download holds no task and no slot, so a slow download
-//! never blocks cache hits.
+//! This module holds the daemon's scheduling policy; `spool-layout.md`
+//! holds the files, states, fsync order and crash table it works within.
+//!
+//! # Parts
+//!
+//! One task, the `scheduler`, routes events between parts that each own
+//! their data:
+//!
+//! - `queue`: per-consumer queues of chit names and of deliveries;
+//! - `downloads`: the downloads, their waiting chits and early
+//!   deliveries;
+//! - `commit`: the group commit of delivered chits;
+//! - `parked`: chits waiting for their delivery target;
+//! - `stuck`: retry and backoff of stuck chits;
+//! - `scan`: scans, state directories made anew, lost directories;
+//! - `housekeeping`: cache directory syncs, orphan sweeps, status files;
+//! - `limits`: how much local work runs at once;
+//! - `idle`: when `--exit-when-idle` exits.
+//!
+//! What happens to one chit on the blocking pool is in `work` (claim,
+//! parse, cache lookup, delivery, failure) and `not_utf8` (a chit whose
+//! name is not UTF-8).
+//!
+//! # Admission and fairness
+//!
+//! Consumers are served round-robin, one item each in turn, so a flood in
+//! one spool never starves another. That holds for deliveries too: when a
+//! download ends, its chits queue for delivery in their own consumers'
+//! turns (before that consumer's new chits), so the thousands of chits one
+//! consumer had waiting for it do not hold up another consumer's chit. A
+//! name is queued once, however many events and scans name it, until its
+//! step is over.
+//!
+//! At most [`LOCAL_SLOTS`] (128) chits are in their *local step* (claim,
+//! parse, cache lookup, delivery: blocking file work) at once, so that
+//! many deliveries wait for their flushes together; a chit waiting for a
+//! download holds no slot and no task, so a slow download never blocks
+//! cache hits. No new chit starts while twice as many delivered chits wait
+//! for their group commit. `chitd run` raises its soft open files limit to
+//! the hard one; under a hard limit too low for 128 slots the daemon takes
+//! fewer ([`LocalLimits`]) and says so at start. A chit that meets the
+//! limit anyway (`EMFILE`, `ENFILE`, `ENOMEM`) is not failed for it: it
+//! stays in `fetch/` and is tried again by the next scan of the idle
+//! daemon, and is stuck after [`SHORT_TRIES`] such tries in a row.
+//!
+//! # Group commit
+//!
+//! A delivered chit waits for the next group commit, which fsyncs each
+//! distinct delivery directory of its batch once, moves every chit of the
+//! batch `fetch/ → downloaded/` and fsyncs each consumer's `downloaded/`
+//! once. One commit runs at a time. While other deliveries are under way,
+//! a batch waits up to [`COMMIT_LINGER`] (2 ms) for them, or until it holds
+//! [`COMMIT_BATCH`] (256) chits; a lone chit is committed at once.
+//!
+//! # Downloads
+//!
+//! At most `jobs` downloads run at once, one per sha256 and size, shared
+//! by every chit that names both; queued downloads start round-robin
+//! across consumers (one lane each, [`crate::inflight`]). A download holds
+//! its slot only while it transfers: once verified, the slot goes to the
+//! next download and the object is published (fdatasync, rename) on the
+//! local pool, beside the slots, with room for one publish per download,
+//! so publishes waiting for the disk cannot pile up. A chit that looked in
+//! the cache just before such a publish is delivered from the cache, not
+//! downloaded again.
+//!
+//! A chit that joins a running download hands it its own sources (its
+//! URLs, then each mirror under its path): they join the end of the
+//! download's current round, so a chit with a working URL does not wait
+//! for another chit's dead one to give up. A download that fails while a
+//! chit names sources nobody tried is started again, from those only.
+//! When a shared download fails, each chit's `# error:` line names only
+//! the sources that chit would have tried itself (its URLs, and each mirror
+//! under its path), each with its answer; sources only other chits named
+//! (perhaps private: a token in a query) are counted, never named. The
+//! failure stays a value ([`crate::fetch::Failure`]) until that line is
+//! rendered; the daemon's log names every source (tested by
+//! `dedup::a_shared_failure_names_to_each_consumer_only_its_own_sources`).
+//! How
+//! the fetcher treats a slow source (left for a source not tried yet,
+//! come back to in the next round) is [`crate::fetch`]'s.
+//!
+//! Two chits that name one sha256 with different sizes never share a
+//! download. A size that comes while a download of another size of its
+//! sha256 is under way waits for it, for at most one inactivity window
+//! (checked every second, with the status files); once one size is
+//! verified, downloads of that sha256 with another size are stopped and
+//! their chits failed.
+//!
+//! One delivery at a time per target path (beneath a delivery directory,
+//! so consumers sharing one share its paths), from the rename into place
+//! until its group commit: a chit whose path another is delivering to is
+//! parked (holding no slot) and delivered after that one is terminal.
+//!
+//! # Scans
+//!
+//! The directory is the truth, events are hints. An inotify watch on every
+//! `request/` turns a chit renamed in into a hint naming it, so it is
+//! claimed within milliseconds; every `request/` is rescanned at start, on
+//! watcher overflow or error, and every [`RESCAN_INTERVAL`] (2 s). `fetch/`
+//! is scanned at start (chits an earlier run claimed are resumed) and
+//! whenever the daemon is idle (anything there then is nobody's work).
+//!
+//! chitd works through directory handles opened at start. A scan that finds
+//! a state directory made anew by its consumer (`rm -rf spool/*`, then
+//! `mkdir`) opens the state directories anew beneath the spool directory
+//! opened at start, watches the new `request/`, and drops the chits that
+//! went with the old `fetch/` (see [`Consumer::refresh`]). A directory
+//! removed or replaced is logged once; a removed root is served again
+//! after a restart.
+//!
+//! # Stuck chits
+//!
+//! A chit that can be neither claimed nor moved to `fail/` stays where it
+//! is and is never lost. Scans leave it alone for [`STUCK_RETRY_FIRST`]
+//! (2 s), then twice as long each time, up to [`STUCK_RETRY_MAX`] (5 min),
+//! each retry logging `stuck ...; trying again in <t>`. A consumer's own
+//! `mv` of it into `request/` is acted on at once; one it removes is
+//! forgotten at the next idle scan.
+//!
+//! # Exit when idle, and shutdown
+//!
+//! With `--exit-when-idle` the daemon exits once no chit is left in any
+//! `request/` or `fetch/`; when only stuck chits are left, it exits 1
+//! naming them (see `idle`). On SIGTERM or SIGINT it cancels downloads
+//! (each checkpoints), lets local steps finish, syncs the cache
+//! directories, removes early deliveries' temporaries and its status
+//! files, within [`SHUTDOWN_GRACE`].
+//!
+//! # Housekeeping
+//!
+//! Cache directories that received objects are fsync'd at most every
+//! [`CACHE_SYNC_INTERVAL`] while busy, at once when quiet. Orphaned partial
+//! downloads are swept at the first idle moment and every
+//! [`ORPHAN_SWEEP_INTERVAL`] of idleness, or after [`ORPHAN_SWEEP_BUSY`]
+//! without one. Each consumer's status file is rewritten every
+//! [`STATUS_INTERVAL`] when it changes.
 
 mod chit_id;
 mod commit;
