@@ -38,10 +38,6 @@ pub const DEFAULT_CONFIG_NAME: &str = "chitd.toml";
 /// default layout define.
 pub const DEFAULT_CONSUMER: &str = "default";
 
-/// The state directories of a spool, in the order a chit moves through them.
-/// `spool.rs` owns them; they are repeated here only for [`Config::describe`].
-const SPOOL_STATES: [&str; 4] = ["request", "fetch", "downloaded", "fail"];
-
 /// Everything `chitd run` needs to know about its layout. Paths are absolute
 /// whenever the base directory given to [`Config::parse`] was.
 #[derive(Debug, Clone, PartialEq)]
@@ -397,7 +393,7 @@ impl Config {
             let age = humantime::format_duration(age);
             lines.push(format!("cache_max_age:  {age} unused"));
         }
-        let [request, fetch, downloaded, fail] = SPOOL_STATES;
+        let [request, fetch, downloaded, fail] = crate::spool::STATES;
         for consumer in &self.consumers {
             let spool = consumer.spool.display();
             lines.push(format!("consumer {:?}:", consumer.name));

@@ -61,10 +61,17 @@ impl FileId {
             ino: meta.ino(),
         }
     }
+
+    fn of_stat(stat: &rustix::fs::Stat) -> FileId {
+        FileId {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        }
+    }
 }
 
 /// Directories whose own name is known to be durable in their parent, by
-/// (device, inode): made by this process, or found and their parent
+/// [`FileId`]: made by this process, or found and their parent
 /// fsync'd once. A directory chitd finds already there may have been made
 /// by a run that crashed before fsyncing its parent, or by a consumer that
 /// never did: on file systems that do not order a directory's creation
@@ -74,18 +81,18 @@ impl FileId {
 /// One fsync of each parent per run, the first time a directory is used,
 /// rules that out.
 #[derive(Debug, Default)]
-pub struct DurableDirs(Mutex<HashSet<(u64, u64)>>);
+pub struct DurableDirs(Mutex<HashSet<FileId>>);
 
 impl DurableDirs {
-    fn contains(&self, id: (u64, u64)) -> bool {
+    fn contains(&self, id: FileId) -> bool {
         self.lock().contains(&id)
     }
 
-    fn insert(&self, id: (u64, u64)) {
+    fn insert(&self, id: FileId) {
         self.lock().insert(id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, u64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<FileId>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -229,11 +236,11 @@ impl Dir {
         Ok((current, syncs))
     }
 
-    /// This directory's (device, inode), from its descriptor.
-    pub fn id(&self) -> io::Result<(u64, u64)> {
+    /// This directory's identity, from its descriptor.
+    pub fn id(&self) -> io::Result<FileId> {
         let stat = rustix::fs::fstat(&self.fd)
             .map_err(|e| with_path(e.into(), "inspecting directory", &self.path))?;
-        Ok((stat.st_dev, stat.st_ino))
+        Ok(FileId::of_stat(&stat))
     }
 
     /// Open the regular file `name` for reading, without following a
@@ -370,7 +377,7 @@ impl Dir {
         if FileType::from_raw_mode(entry.st_mode) != FileType::Directory {
             return Ok(Holds::Other);
         }
-        Ok(if dir.id()? == (entry.st_dev, entry.st_ino) {
+        Ok(if dir.id()? == FileId::of_stat(&entry) {
             Holds::Same
         } else {
             Holds::OtherDir
@@ -521,6 +528,13 @@ impl Dir {
                 names.push(name.to_owned());
             }
         })?;
+        Ok(names)
+    }
+
+    /// Every name in this directory (without `.` and `..`), UTF-8 or not.
+    pub fn all_names(&self) -> io::Result<Vec<OsString>> {
+        let mut names = Vec::new();
+        self.each_name(|bytes| names.push(OsString::from_vec(bytes.to_vec())))?;
         Ok(names)
     }
 

@@ -29,22 +29,19 @@
 //! All access is confined with [`Dir`]: a chit that is a symlink, FIFO,
 //! device or hard link is refused without being read through.
 //!
-//! The daemon names chits with `String`s. A chit whose name is not UTF-8
-//! never reaches it: [`Spool::fail_names_not_utf8`] moves it, by its raw
-//! name, through the same `request/ → fetch/ → fail/` renames, with a
-//! reason that asks for a UTF-8 name.
+//! Chit names are bytes: every transition takes any `AsRef<OsStr>`, so a
+//! chit whose name is not UTF-8 goes through the same renames as any other
+//! (the daemon fails it, with a reason that asks for a UTF-8 name).
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::sync::Mutex;
 
 use crate::chit::{ERROR_LINE_PREFIX, MAX_CHIT_BYTES, error_line, with_error_line};
-use crate::dir::{Dir, DurableDirs, Holds, Kind};
+use crate::dir::{Dir, DurableDirs, FileId, Holds, Kind};
 use crate::durable::{out_of_resources, with_path};
 
 /// The file [`Spool::fail`] writes the reason into, inside a chit that is
@@ -60,15 +57,12 @@ pub struct Spool {
     /// The spool directory itself, as opened at start: state directories
     /// are only ever (re)opened beneath it.
     root: Dir,
-    /// `fetch/`'s device and inode, as opened.
-    fetch_id: (u64, u64),
+    /// `fetch/`'s identity, as opened.
+    fetch_id: FileId,
     pub request: Dir,
     pub fetch: Dir,
     pub downloaded: Dir,
     pub failed: Dir,
-    /// Chits with non-UTF-8 names that [`Spool::fail_names_not_utf8`] could
-    /// not move on and has warned about: warned once, not on every scan.
-    stuck_not_utf8: Mutex<HashSet<OsString>>,
 }
 
 /// How a batch of `fetch/ → downloaded/` renames went.
@@ -136,7 +130,6 @@ impl Spool {
             downloaded: state("downloaded")?,
             failed: state("fail")?,
             root,
-            stuck_not_utf8: Mutex::default(),
         })
     }
 
@@ -156,9 +149,9 @@ impl Spool {
         Spool::beneath(&self.name, self.root.try_clone()?)
     }
 
-    /// The `fetch/` directory's (device, inode), as opened: a chit claimed
-    /// into another one is not in this spool.
-    pub fn fetch_id(&self) -> (u64, u64) {
+    /// The `fetch/` directory's identity, as opened: a chit claimed into
+    /// another one is not in this spool.
+    pub fn fetch_id(&self) -> FileId {
         self.fetch_id
     }
 
@@ -175,11 +168,8 @@ impl Spool {
     }
 
     /// `request/X → fetch/X`.
-    pub fn claim(&self, chit: &str) -> io::Result<Claim> {
-        self.claim_os(OsStr::new(chit))
-    }
-
-    fn claim_os(&self, chit: &OsStr) -> io::Result<Claim> {
+    pub fn claim(&self, chit: impl AsRef<OsStr>) -> io::Result<Claim> {
+        let chit = chit.as_ref();
         match self.request.rename_noreplace(chit, &self.fetch, chit) {
             Ok(()) => Ok(Claim::Claimed),
             // Not the chit that is missing, but the directory it goes to.
@@ -192,12 +182,8 @@ impl Spool {
 
     /// Read the claimed chit `fetch/X`: a regular file with one link, at
     /// most [`MAX_CHIT_BYTES`] (read no further than one byte past it).
-    pub fn read(&self, chit: &str) -> Result<Vec<u8>, ReadError> {
-        self.read_os(OsStr::new(chit))
-    }
-
-    fn read_os(&self, chit: &OsStr) -> Result<Vec<u8>, ReadError> {
-        read_chit_in(&self.fetch, chit)
+    pub fn read(&self, chit: impl AsRef<OsStr>) -> Result<Vec<u8>, ReadError> {
+        read_chit_in(&self.fetch, chit.as_ref())
     }
 
     /// The terminal state, `downloaded` or `fail`, that holds the same
@@ -209,8 +195,8 @@ impl Spool {
     /// terminal copy with other lines is the outcome of an earlier request
     /// of the name, and the newer one in `fetch/` wins
     /// ([`Spool::clear_outcomes`]).
-    pub fn terminal_twin(&self, chit: &str, bytes: &[u8]) -> Option<&'static str> {
-        let chit = OsStr::new(chit);
+    pub fn terminal_twin(&self, chit: impl AsRef<OsStr>, bytes: &[u8]) -> Option<&'static str> {
+        let chit = chit.as_ref();
         [("downloaded", &self.downloaded), ("fail", &self.failed)]
             .into_iter()
             .find(|(state, dir)| {
@@ -222,7 +208,7 @@ impl Spool {
     }
 
     /// Remove `fetch/X`, a twin of a terminal chit ([`Spool::terminal_twin`]).
-    pub fn drop_fetched(&self, chit: &str) -> io::Result<()> {
+    pub fn drop_fetched(&self, chit: impl AsRef<OsStr>) -> io::Result<()> {
         self.fetch.remove_file(chit)?;
         self.fetch.sync()
     }
@@ -270,11 +256,13 @@ impl Spool {
     /// the line, never read nor written through. A directory is moved as
     /// it is, with the line in a new file inside it, [`DIR_REASON_FILE`]
     /// (when that file can be made: see [`Spool::leave_reason_in_dir`]).
-    pub fn fail(&self, chit: &str, original: Option<&[u8]>, reason: &str) -> io::Result<()> {
-        self.fail_os(OsStr::new(chit), original, reason)
-    }
-
-    fn fail_os(&self, chit: &OsStr, original: Option<&[u8]>, reason: &str) -> io::Result<()> {
+    pub fn fail(
+        &self,
+        chit: impl AsRef<OsStr>,
+        original: Option<&[u8]>,
+        reason: &str,
+    ) -> io::Result<()> {
+        let chit = chit.as_ref();
         if self.fetch.kind(chit)? == Kind::Dir {
             // A directory cannot carry a reason line: a file inside it does.
             self.leave_reason_in_dir(chit, reason)?;
@@ -392,11 +380,8 @@ impl Spool {
     /// it holds nothing but chitd's [`DIR_REASON_FILE`]; one holding more is
     /// the consumer's and is left alone (the new outcome's rename then
     /// reports it).
-    pub fn clear_outcomes(&self, chit: &str) {
-        self.clear_outcomes_os(OsStr::new(chit));
-    }
-
-    fn clear_outcomes_os(&self, chit: &OsStr) {
+    pub fn clear_outcomes(&self, chit: impl AsRef<OsStr>) {
+        let chit = chit.as_ref();
         for dir in [&self.downloaded, &self.failed] {
             let removed = match dir.remove_file(chit) {
                 Err(e)
@@ -434,165 +419,12 @@ impl Spool {
             .collect()
     }
 
-    /// Chit names in a state directory (dot-files are not chits).
-    pub fn chits(&self, state: &Dir) -> io::Result<Vec<String>> {
-        let mut names = state.names()?;
-        names.retain(|name| is_chit_name(OsStr::new(name)));
+    /// Chit names in a state directory, UTF-8 or not (dot-files are not
+    /// chits).
+    pub fn chits(&self, state: &Dir) -> io::Result<Vec<OsString>> {
+        let mut names = state.all_names()?;
+        names.retain(|name| is_chit_name(name));
         Ok(names)
-    }
-
-    /// Fail every chit whose name is not UTF-8, by its raw name: those in
-    /// `fetch/` (left by a crash; only `with_fetch`), then those in
-    /// `request/`, each claimed `request/X → fetch/X` (never replacing a
-    /// chit there) and failed as [`Spool::fail`] fails a refused chit: its
-    /// bytes are kept when [`Spool::read`] accepts it (a regular file with
-    /// one link, at most [`MAX_CHIT_BYTES`]), and a symlink, FIFO, device or
-    /// hard link is never read nor written through. Dot-files are ignored.
-    ///
-    /// Returns how many chits reached `fail/`. A chit that cannot be moved
-    /// on stays where it is (never lost) and is retried at the next call;
-    /// it is logged at WARN once, not at every call. An error is returned
-    /// only when a directory cannot be listed.
-    ///
-    /// The common case (no such name) costs one listing of `request/` (and
-    /// of `fetch/` when `with_fetch`), and logs nothing.
-    pub fn fail_names_not_utf8(&self, with_fetch: bool) -> io::Result<usize> {
-        let mut failed = 0;
-        let mut listed = HashSet::new();
-        if with_fetch {
-            for chit in self.fetch.names_not_utf8()? {
-                if is_chit_name(&chit) {
-                    failed += usize::from(self.fail_not_utf8(&chit));
-                    listed.insert(chit);
-                }
-            }
-        }
-        for chit in self.request.names_not_utf8()? {
-            if !is_chit_name(&chit) {
-                continue;
-            }
-            let mut claim = self.claim_os(&chit);
-            if matches!(claim, Ok(Claim::Busy)) && !listed.contains(&chit) {
-                // `fetch/X` is such a chit too (so chitd can only fail it):
-                // fail it first, then this newer one.
-                if self.fail_not_utf8(&chit) {
-                    failed += 1;
-                    claim = self.claim_os(&chit);
-                }
-            }
-            match claim {
-                Ok(Claim::Claimed) => failed += usize::from(self.fail_not_utf8(&chit)),
-                Ok(Claim::Gone) => self.unstuck(&chit),
-                Ok(Claim::Busy) => {
-                    tracing::debug!(consumer = %self.name, chit = ?chit, "a chit of this name (not UTF-8) is still in fetch/; leaving request/ for later")
-                }
-                Err(e) => self.stuck(&chit, &format!("cannot claim the chit: {e}")),
-            }
-            listed.insert(chit);
-        }
-        if with_fetch {
-            // Both directories were listed: forget chits no longer in them.
-            let mut stuck = self
-                .stuck_not_utf8
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            stuck.retain(|chit| listed.contains(chit));
-        }
-        Ok(failed)
-    }
-
-    /// Fail `fetch/X`, whose name is not UTF-8; `true` once it is in
-    /// `fail/`, `false` when it is gone or stays in `fetch/` (logged).
-    fn fail_not_utf8(&self, chit: &OsStr) -> bool {
-        let mut reason = format!(
-            "the chit's name {chit:?} is not UTF-8; chitd handles only chits with UTF-8 \
-             names: rename it to a UTF-8 name and retry"
-        );
-        let original = match self.read_os(chit) {
-            Ok(mut bytes) => {
-                // Failed before but stuck in fetch/: not the line again.
-                let line = error_line(&reason);
-                if let Some(kept) = bytes.strip_suffix(line.as_bytes())
-                    && (kept.is_empty() || kept.ends_with(b"\n"))
-                {
-                    bytes.truncate(kept.len());
-                }
-                Some(bytes)
-            }
-            Err(ReadError::Gone) => {
-                self.unstuck(chit);
-                return false;
-            }
-            Err(ReadError::Refused(why)) => {
-                reason = format!("{reason}; besides, {why}");
-                None
-            }
-            // Failed without its lines, it would lose them: later. It
-            // supersedes earlier outcomes now all the same (the next try,
-            // by a stuck chit, does not clear them).
-            Err(ReadError::Unavailable(why)) => {
-                if !self.is_stuck(chit) {
-                    self.clear_outcomes_os(chit);
-                }
-                self.stuck(chit, &why);
-                return false;
-            }
-        };
-        // As for any chit read in fetch/: it supersedes earlier outcomes
-        // (once: a chit stuck in fetch/ does not log this at every scan).
-        if !self.is_stuck(chit) {
-            self.clear_outcomes_os(chit);
-        }
-        match self.fail_os(chit, original.as_deref(), &reason) {
-            Ok(()) => {
-                tracing::info!(consumer = %self.name, chit = ?chit, reason, "failed (its name is not UTF-8): fetch/ → fail/");
-                self.unstuck(chit);
-                true
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && self.fetch.kind(chit).is_err() => {
-                self.unstuck(chit); // removed by its consumer meanwhile
-                false
-            }
-            Err(e) => {
-                self.stuck(chit, &format!("cannot move the chit to fail/: {e}"));
-                false
-            }
-        }
-    }
-
-    /// Log that the non-UTF-8 chit cannot move on: at WARN the first time.
-    fn stuck(&self, chit: &OsStr, error: &str) {
-        let mut stuck = self.stuck_lock();
-        if stuck.insert(chit.to_owned()) {
-            tracing::warn!(consumer = %self.name, chit = ?chit, "{error} (its name is not UTF-8; retried at each scan, not logged again)");
-        } else {
-            tracing::debug!(consumer = %self.name, chit = ?chit, "{error}");
-        }
-    }
-
-    /// The chits with names that are not UTF-8 that could not be moved
-    /// (rendered with their bytes escaped, like `bad\xFF`).
-    pub fn stuck_names_not_utf8(&self) -> Vec<String> {
-        let stuck = self.stuck_lock();
-        stuck
-            .iter()
-            .map(|chit| chit.as_bytes().escape_ascii().to_string())
-            .collect()
-    }
-
-    fn is_stuck(&self, chit: &OsStr) -> bool {
-        let stuck = self.stuck_lock();
-        stuck.contains(chit)
-    }
-
-    fn unstuck(&self, chit: &OsStr) {
-        self.stuck_lock().remove(chit);
-    }
-
-    fn stuck_lock(&self) -> std::sync::MutexGuard<'_, HashSet<OsString>> {
-        self.stuck_not_utf8
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Remove the dot-named temporaries chitd itself left in `fetch/` (a
@@ -733,7 +565,7 @@ mod tests {
             fs::read_to_string(root.join("fail/b")).unwrap(),
             "chit b\n# error: it broke badly\n"
         );
-        assert_eq!(spool.chits(&spool.fetch).unwrap(), Vec::<String>::new());
+        assert!(spool.chits(&spool.fetch).unwrap().is_empty());
         assert_eq!(
             fs::read_dir(root.join("fetch")).unwrap().count(),
             0,
@@ -948,133 +780,27 @@ mod tests {
         names
     }
 
-    const NAME_REASON: &str = "# error: the chit's name \"bad\\xFF\" is not UTF-8; chitd handles only \
-                               chits with UTF-8 names: rename it to a UTF-8 name and retry";
-
+    /// Names are bytes: a chit whose name is not UTF-8 is listed, claimed,
+    /// read and failed by its raw name, like any other; a dot-named one is
+    /// no chit.
     #[test]
-    fn non_utf8_chit_fails_with_its_bytes_and_the_reason() {
+    fn chits_with_names_that_are_not_utf8_take_the_same_transitions() {
         let (dir, spool) = spool();
         let root = dir.path();
-        fs::write(raw(&root.join("request"), b"bad\xff"), "chit\nbytes").unwrap();
-        fs::write(root.join("request/good"), "ok\n").unwrap();
-        assert_eq!(spool.fail_names_not_utf8(false).unwrap(), 1);
-        assert_eq!(
-            fs::read_to_string(raw(&root.join("fail"), b"bad\xff")).unwrap(),
-            format!("chit\nbytes\n{NAME_REASON}\n")
-        );
-        assert_eq!(entries(&root.join("request")), ["good"]);
-        assert_eq!(entries(&root.join("fetch")), Vec::<OsString>::new());
-        // The daemon's listing never sees it; nothing left to do.
-        assert_eq!(spool.chits(&spool.failed).unwrap(), Vec::<String>::new());
-        assert_eq!(spool.fail_names_not_utf8(true).unwrap(), 0);
-    }
-
-    #[test]
-    fn non_utf8_symlink_fails_with_the_reason_only_and_is_not_followed() {
-        let (dir, spool) = spool();
-        let root = dir.path();
-        let outside = root.join("outside");
-        fs::write(&outside, "secret\n").unwrap();
-        let chit = raw(&root.join("request"), b"bad\xff");
-        std::os::unix::fs::symlink(&outside, &chit).unwrap();
-        assert_eq!(spool.fail_names_not_utf8(false).unwrap(), 1);
-        assert_eq!(fs::read_to_string(&outside).unwrap(), "secret\n");
-        let failed = raw(&root.join("fail"), b"bad\xff");
-        assert!(!fs::symlink_metadata(&failed).unwrap().is_symlink());
-        let text = fs::read_to_string(&failed).unwrap();
-        assert!(text.starts_with(NAME_REASON), "{text}");
-        assert!(text.contains("symbolic link"), "{text}");
-        assert_eq!(text.lines().count(), 1, "{text}");
-        assert!(!chit.exists() && entries(&root.join("fetch")).is_empty());
-    }
-
-    #[test]
-    fn non_utf8_hard_link_fifo_and_oversized_chits_are_failed_unread() {
-        let (dir, spool) = spool();
-        let root = dir.path();
-        let outside = root.join("outside");
-        fs::write(&outside, "secret\n").unwrap();
-        fs::hard_link(&outside, raw(&root.join("request"), b"h\xff")).unwrap();
-        let fifo = raw(&root.join("request"), b"f\xff");
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-        )
-        .unwrap();
-        let big = vec![b'x'; MAX_CHIT_BYTES + 1];
-        fs::write(raw(&root.join("request"), b"b\xff"), &big).unwrap();
-        assert_eq!(spool.fail_names_not_utf8(false).unwrap(), 3);
-        assert_eq!(fs::read_to_string(&outside).unwrap(), "secret\n");
-        let fail = root.join("fail");
-        let linked = fs::read_to_string(raw(&fail, b"h\xff")).unwrap();
-        assert!(
-            linked.starts_with("# error: the chit's name \"h\\xFF\""),
-            "{linked}"
-        );
-        assert!(linked.contains("2 hard links"), "{linked}");
-        let fifo = fs::read_to_string(raw(&fail, b"f\xff")).unwrap();
-        assert!(fifo.contains("FIFO"), "{fifo}");
-        // Too big to copy: the reason is appended in place.
-        let oversized = fs::read(raw(&fail, b"b\xff")).unwrap();
-        assert!(oversized.starts_with(&big));
-        assert!(oversized[big.len()..].starts_with(b"\n# error: the chit's name \"b\\xFF\""));
-        assert!(entries(&root.join("fetch")).is_empty());
-    }
-
-    #[test]
-    fn dot_named_non_utf8_files_are_ignored() {
-        let (dir, spool) = spool();
-        let root = dir.path();
-        let hidden = raw(&root.join("request"), b".bad\xff");
-        fs::write(&hidden, "being written").unwrap();
-        fs::write(raw(&root.join("fetch"), b".tmp\xff"), "x").unwrap();
-        assert_eq!(spool.fail_names_not_utf8(true).unwrap(), 0);
-        assert_eq!(fs::read_to_string(&hidden).unwrap(), "being written");
-        assert!(entries(&root.join("fail")).is_empty());
-    }
-
-    #[test]
-    fn non_utf8_chits_left_in_fetch_are_failed_first() {
-        let (dir, spool) = spool();
-        let root = dir.path();
-        fs::write(raw(&root.join("fetch"), b"bad\xff"), "old\n").unwrap();
-        fs::write(raw(&root.join("request"), b"bad\xff"), "new\n").unwrap();
-        fs::write(raw(&root.join("fetch"), b"left\xff"), "crash\n").unwrap();
-        // Without listing fetch/, the chit in the way is still failed first.
-        assert_eq!(spool.fail_names_not_utf8(false).unwrap(), 2);
-        assert_eq!(
-            fs::read_to_string(raw(&root.join("fail"), b"bad\xff")).unwrap(),
-            format!("new\n{NAME_REASON}\n"),
-            "the newer request wins"
-        );
-        assert!(raw(&root.join("fetch"), b"left\xff").exists());
-        assert_eq!(spool.fail_names_not_utf8(true).unwrap(), 1);
-        assert!(
-            fs::read_to_string(raw(&root.join("fail"), b"left\xff"))
-                .unwrap()
-                .starts_with("crash\n# error: the chit's name \"left\\xFF\"")
-        );
-        assert!(entries(&root.join("fetch")).is_empty());
-        assert!(entries(&root.join("request")).is_empty());
-    }
-
-    #[test]
-    fn a_non_utf8_chit_that_cannot_move_stays_in_fetch() {
-        let (dir, spool) = spool();
-        let root = dir.path();
-        // fail/X is a non-empty directory: the rename cannot replace it.
-        fs::create_dir_all(raw(&root.join("fail"), b"bad\xff").join("d")).unwrap();
+        let name = OsStr::from_bytes(b"bad\xff");
         fs::write(raw(&root.join("request"), b"bad\xff"), "chit\n").unwrap();
-        assert_eq!(spool.fail_names_not_utf8(false).unwrap(), 0);
-        assert_eq!(spool.fail_names_not_utf8(true).unwrap(), 0);
-        // Kept, with its bytes and the reason once (not once per attempt).
+        fs::write(raw(&root.join("request"), b".tmp\xff"), "x").unwrap();
+        fs::write(root.join("request/good"), "ok\n").unwrap();
+        let mut listed = spool.chits(&spool.request).unwrap();
+        listed.sort();
+        assert_eq!(listed, [name, OsStr::new("good")]);
+        assert_eq!(spool.claim(name).unwrap(), Claim::Claimed);
+        assert_eq!(spool.read(name).unwrap(), b"chit\n");
+        spool.fail(name, Some(b"chit\n"), "its name").unwrap();
         assert_eq!(
-            fs::read_to_string(raw(&root.join("fetch"), b"bad\xff")).unwrap(),
-            format!("chit\n{NAME_REASON}\n")
+            fs::read_to_string(raw(&root.join("fail"), b"bad\xff")).unwrap(),
+            "chit\n# error: its name\n"
         );
-        assert_eq!(entries(&root.join("fetch")).len(), 1, "no temporary left");
-        fs::remove_dir_all(raw(&root.join("fail"), b"bad\xff")).unwrap();
-        assert_eq!(spool.fail_names_not_utf8(true).unwrap(), 1);
+        assert!(entries(&root.join("fetch")).is_empty());
     }
 }

@@ -20,7 +20,7 @@ use crate::dir::Dir;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hint {
     /// A name appeared in consumer N's `request/`.
-    Chit(usize, String),
+    Chit(usize, std::ffi::OsString),
     /// Consumer N's `request/` may have changed in ways we missed.
     Rescan(usize),
     /// Rescan every consumer.
@@ -118,11 +118,8 @@ pub fn watch(request_dirs: &[&Dir], hints: UnboundedSender<Hint>) -> notify::Res
             if !crate::spool::is_chit_name(name) {
                 return; // a dot-file, UTF-8 or not: never a chit
             }
-            let _ = hints.send(match name.to_str() {
-                Some(name) => Hint::Chit(consumer, name.to_owned()),
-                // Not UTF-8: only a scan can fail it (`Spool::fail_names_not_utf8`).
-                None => Hint::Rescan(consumer),
-            });
+            // UTF-8 or not: a name that is not is failed like any bad chit.
+            let _ = hints.send(Hint::Chit(consumer, name.to_owned()));
         }
     })?;
     for dir in request_dirs {
@@ -169,9 +166,10 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(next().await, Hint::Chit(0, "x".into()));
-        // A name that is not UTF-8 cannot be a hint: only a scan finds it.
+        // A name that is not UTF-8 is a hint too, by its bytes.
         fs::write(not_utf8(b"bad\xff"), "chit").unwrap();
-        assert_eq!(next().await, Hint::Rescan(0));
+        let bad = std::ffi::OsStr::from_bytes(b"bad\xff").to_owned();
+        assert_eq!(next().await, Hint::Chit(0, bad));
     }
 
     /// The watch is on the directory chitd opened, not on whatever its

@@ -25,20 +25,20 @@ pub const COLLECT_INTERVAL: Duration = Duration::from_secs(3600);
 /// it holds), a publish starts the next one no sooner than this.
 pub const COLLECT_GAP: Duration = Duration::from_secs(10);
 
-/// What keeps the cache of `config`: the last-use record, and the
-/// collector. Lists the consumers' spools in the cache for `chitd cache gc`
-/// ([`gc::publish_spools`]).
-pub fn start_keeping(config: &Config) -> (Recorder, Collector) {
-    let spools: Vec<PathBuf> = config.consumers.iter().map(|c| c.spool.clone()).collect();
-    if let Err(e) = gc::publish_spools(&config.cache, &spools) {
+/// The last-use record of the cache of `config`. Lists the consumers'
+/// spools in the cache for `chitd cache gc` ([`gc::publish_spools`]).
+pub fn record_uses(config: &Config) -> Recorder {
+    if let Err(e) = gc::publish_spools(&config.cache, &spools(config)) {
         tracing::warn!(
             "cannot list the spools for `chitd cache gc` to spare their chits' objects: {e}"
         );
     }
     let objects = config.cache.join(crate::cache::OBJECTS_DIR);
-    let uses = Recorder::start(&config.cache, objects);
-    let collector = Collector::new(config.cache_limits, config.cache.clone(), spools);
-    (uses, collector)
+    Recorder::start(&config.cache, objects)
+}
+
+fn spools(config: &Config) -> Vec<PathBuf> {
+    config.consumers.iter().map(|c| c.spool.clone()).collect()
 }
 
 /// When and how the cache is collected.
@@ -59,6 +59,11 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// The collector of the cache of `config`, by its limits.
+    pub fn for_config(config: &Config) -> Collector {
+        Collector::new(config.cache_limits, config.cache.clone(), spools(config))
+    }
+
     /// Due at once, if there is a limit at all.
     pub fn new(limits: CacheLimits, cache: PathBuf, spools: Vec<PathBuf>) -> Collector {
         Collector {

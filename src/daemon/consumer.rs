@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::{DaemonError, StatusFile};
 use crate::config;
-use crate::dir::Dir;
+use crate::dir::{Dir, FileId};
 use crate::spool::Spool;
 use crate::watch::Watch;
 
@@ -26,9 +26,9 @@ use crate::watch::Watch;
 pub struct Consumer {
     pub name: String,
     pub deliver: Dir,
-    /// The delivery directory's device and inode: consumers that share one
+    /// The delivery directory's identity: consumers that share one
     /// share its delivery targets (see `work::Target`).
-    pub deliver_root: (u64, u64),
+    pub deliver_root: FileId,
     pub status: StatusFile,
     /// The state directories, as opened now.
     spool: RwLock<Arc<Spool>>,

@@ -9,10 +9,12 @@
 //! A name is *known* from the moment it is queued until its local step (or
 //! its delivery after a download) is done, so the many hints a burst of
 //! events and rescans produce for one chit queue it once. The pending
-//! queue and the known set share each name (`Arc<str>`): a backlog of
+//! queue and the known set share each name (`Arc<OsStr>`: names are
+//! bytes, UTF-8 or not): a backlog of
 //! 100,000 chits with 255-byte names holds one copy of them, not two.
 
 use std::collections::{HashSet, VecDeque};
+use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
 
 use super::work::Origin;
@@ -21,8 +23,8 @@ use super::work::Origin;
 struct Queue<R> {
     /// Chits whose download ended, in the order they were handed over.
     deliveries: VecDeque<R>,
-    pending: VecDeque<(Arc<str>, Origin)>,
-    known: HashSet<Arc<str>>,
+    pending: VecDeque<(Arc<OsStr>, Origin)>,
+    known: HashSet<Arc<OsStr>>,
 }
 
 impl<R> Default for Queue<R> {
@@ -41,7 +43,7 @@ pub enum Next<R> {
     /// Deliver (or fail) a chit whose download ended.
     Deliver(R),
     /// Start a chit that is in `request/` or `fetch/`.
-    Start(usize, String, Origin),
+    Start(usize, OsString, Origin),
 }
 
 #[derive(Debug)]
@@ -65,12 +67,12 @@ impl<R> Queues<R> {
     }
 
     /// Queue a chit unless it is already queued or being worked on.
-    pub fn push(&mut self, consumer: usize, name: String, origin: Origin) {
+    pub fn push(&mut self, consumer: usize, name: OsString, origin: Origin) {
         let queue = &mut self.queues[consumer];
-        if queue.known.contains(name.as_str()) {
+        if queue.known.contains(name.as_os_str()) {
             return;
         }
-        let name: Arc<str> = name.into();
+        let name: Arc<OsStr> = name.into();
         queue.known.insert(Arc::clone(&name));
         queue.pending.push_back((name, origin));
         self.waiting += 1;
@@ -98,7 +100,7 @@ impl<R> Queues<R> {
                 self.deliveries -= 1;
                 Next::Deliver(item)
             } else if let Some((name, origin)) = queue.pending.pop_front() {
-                Next::Start(consumer, name.to_string(), origin)
+                Next::Start(consumer, name.to_os_string(), origin)
             } else {
                 continue;
             };
@@ -115,12 +117,12 @@ impl<R> Queues<R> {
     }
 
     /// The chit's work is over; a later hint may queue the name again.
-    pub fn finished(&mut self, consumer: usize, name: &str) {
-        self.queues[consumer].known.remove(name);
+    pub fn finished(&mut self, consumer: usize, name: impl AsRef<OsStr>) {
+        self.queues[consumer].known.remove(name.as_ref());
     }
 
     /// Every chit queued or being worked on, as (consumer, name).
-    pub fn known(&self) -> impl Iterator<Item = (usize, &str)> {
+    pub fn known(&self) -> impl Iterator<Item = (usize, &OsStr)> {
         self.queues
             .iter()
             .enumerate()

@@ -16,6 +16,7 @@ use crate::spool::{Claim, ReadError, Spool};
 use crate::store::Lookup;
 
 use super::Shared;
+use super::chit_id::ChitId;
 
 /// Where the chit was when it was queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,15 +33,15 @@ pub struct Waiter {
     pub name: String,
     pub chit: Chit,
     /// The `fetch/` it was claimed into ([`Spool::fetch_id`]).
-    pub claimed_in: (u64, u64),
+    pub claimed_in: FileId,
     /// Its file was in the cache, corrupt (now in `quarantine/`): it waits
     /// for the file to be fetched again, and fails if that copy is found
     /// corrupt too.
     pub cache_was_corrupt: bool,
 }
 
-/// Whether a chit claimed into the `fetch/` of device and inode
-/// `claimed_in` went with it: the consumer removed that `fetch/` and made
+/// Whether a chit claimed into the `fetch/` identified by `claimed_in`
+/// went with it: the consumer removed that `fetch/` and made
 /// one anew (`spool` is as opened now). Such a chit is nobody's work any
 /// more (not delivered, not moved; a chit of its name in the new one is
 /// another); it is logged here.
@@ -49,7 +50,7 @@ pub fn went_with_its_fetch(
     spool: &Spool,
     consumer: usize,
     name: &str,
-    claimed_in: (u64, u64),
+    claimed_in: FileId,
 ) -> bool {
     let gone = spool.fetch_id() != claimed_in;
     if gone {
@@ -65,20 +66,20 @@ fn spool_of(
     shared: &Shared,
     consumer: usize,
     name: &str,
-    claimed_in: (u64, u64),
+    claimed_in: FileId,
 ) -> Option<Arc<Spool>> {
     let spool = shared.consumers[consumer].spool();
     (!went_with_its_fetch(shared, &spool, consumer, name, claimed_in)).then_some(spool)
 }
 
 /// A delivery target: a path beneath a delivery directory (identified by
-/// device and inode, so consumers sharing one directory share targets).
+/// its [`FileId`], so consumers sharing one directory share targets).
 /// One chit at a time delivers to a target, from its rename into place to
 /// its group commit: two chits that want different files at one path can
 /// never both reach `downloaded/` with only one of the files there.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
-    root: (u64, u64),
+    root: FileId,
     path: String,
 }
 
@@ -140,15 +141,15 @@ pub fn target(shared: &Shared, consumer: usize, chit: &Chit) -> Target {
 #[derive(Debug)]
 pub enum Step {
     /// The chit is terminal, gone, or must wait for a later scan.
-    Done { consumer: usize, name: String },
+    Done(ChitId),
     /// The chit could not be claimed, or not moved to `fail/` (the error is
     /// logged): it stays where it is, and only a later scan retries it.
-    Stuck { consumer: usize, name: String },
+    Stuck(ChitId),
     /// chitd was short of descriptors or memory for the chit
     /// ([`out_of_resources`]; logged): no fault of the chit, which stays
     /// where it is (in `fetch/`) for the scan of an idle daemon to try
-    /// again; stuck after a few such tries (`daemon::SHORT_TRIES`).
-    Short { consumer: usize, name: String },
+    /// again; stuck after a few such tries (`stuck::SHORT_TRIES`).
+    Short(ChitId),
     /// The chit needs its digest downloaded.
     Wait(Waiter),
     /// The chit's file is in the cache at `object`, but another chit is
@@ -164,14 +165,9 @@ pub enum Step {
     /// A group commit ended: these chits are terminal, or left in `fetch/`
     /// (`left`: [`Step::Stuck`] or [`Step::Short`]), and their targets free
     /// again.
-    Committed {
-        done: Vec<(usize, String)>,
-        left: Vec<Step>,
-    },
+    Committed { done: Vec<ChitId>, left: Vec<Step> },
     /// A round of cache directory fsyncs ended (see [`sync_cache_dirs`]).
     CacheDirsSynced,
-    /// The chits of `consumer` whose names are not UTF-8 were failed.
-    NamesChecked { consumer: usize },
     /// An early delivery was stopped and its temporary removed; its
     /// download failed (the sources tried, the reason), or was replaced or
     /// stopped.
@@ -198,14 +194,14 @@ pub struct Commit {
     pub digest: Digest,
     pub path: String,
     pub from: &'static str,
-    pub claimed_in: (u64, u64),
+    pub claimed_in: FileId,
     /// The delivery directory that holds the new file; fsync'd by the
     /// commit. Shared by the chits of a batch delivered into the same one
-    /// (see `Scheduler::commit_dirs`): a batch holds a descriptor per
+    /// (see [`super::commit::GroupCommit`]): a batch holds a descriptor per
     /// directory, not per chit.
     pub parent: Arc<Dir>,
-    /// Its device and inode, if they could be read.
-    pub parent_id: Option<(u64, u64)>,
+    /// Its identity, if it could be read.
+    pub parent_id: Option<FileId>,
     /// Held until the commit is over.
     pub target: Target,
 }
@@ -214,7 +210,7 @@ pub struct Commit {
 pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> Step {
     let spool = shared.consumers[consumer].spool();
     let claimed_in = spool.fetch_id();
-    let done = |name| Step::Done { consumer, name };
+    let done = |name| Step::Done(ChitId::new(consumer, name));
     // Logged once the digest is known (or known to be unreadable).
     let mut claimed = false;
     if origin == Origin::Request {
@@ -227,7 +223,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
             }
             Err(e) => {
                 tracing::error!(consumer = %spool.name, chit = %name, "cannot claim the chit: {e}");
-                return Step::Stuck { consumer, name };
+                return Step::Stuck(ChitId::new(consumer, name));
             }
         }
     }
@@ -244,7 +240,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
             }
             Err(e) => {
                 tracing::error!(consumer = %spool.name, chit = %name, "the same chit is in fetch/ and {state}/, and cannot be removed from fetch/: {e}");
-                Step::Stuck { consumer, name }
+                Step::Stuck(ChitId::new(consumer, name))
             }
         };
     }
@@ -269,7 +265,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         }
         Err(ReadError::Unavailable(reason)) => {
             tracing::error!(consumer = %spool.name, chit = %name, "{reason}");
-            return Step::Short { consumer, name };
+            return Step::Short(ChitId::new(consumer, name));
         }
     };
     let chit = match parsed.unwrap_or_else(|| Chit::parse(&bytes)) {
@@ -316,7 +312,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
         ),
         Err(e) if out_of_resources(&e) => {
             tracing::error!(consumer = %spool.name, chit = %name, digest = %chit.digest, "cannot look in the cache: {e}");
-            return Step::Short { consumer, name };
+            return Step::Short(ChitId::new(consumer, name));
         }
         Err(e) => format!("cannot read the cache: {e}"),
     };
@@ -334,10 +330,7 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
 /// reason, which names only the sources this chit would have tried.
 pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Object<'_>, &Failure>) -> Step {
     let Some(spool) = spool_of(shared, waiter.consumer, &waiter.name, waiter.claimed_in) else {
-        return Step::Done {
-            consumer: waiter.consumer,
-            name: waiter.name,
-        };
+        return Step::Done(ChitId::new(waiter.consumer, waiter.name));
     };
     match outcome {
         Ok(object) => deliver_chit(shared, waiter, object, "download"),
@@ -424,10 +417,7 @@ fn deliver_chased(
 ) -> Step {
     if spool_of(shared, waiter.consumer, &waiter.name, waiter.claimed_in).is_none() {
         chased.discard();
-        return Step::Done {
-            consumer: waiter.consumer,
-            name: waiter.name,
-        };
+        return Step::Done(ChitId::new(waiter.consumer, waiter.name));
     }
     let target = target(shared, waiter.consumer, &waiter.chit);
     if !shared.targets.take(&target) {
@@ -469,10 +459,7 @@ fn deliver_chased(
 /// another chit is delivering to the same target.
 fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'static str) -> Step {
     let Some(spool) = spool_of(shared, waiter.consumer, &waiter.name, waiter.claimed_in) else {
-        return Step::Done {
-            consumer: waiter.consumer,
-            name: waiter.name,
-        };
+        return Step::Done(ChitId::new(waiter.consumer, waiter.name));
     };
     let target = target(shared, waiter.consumer, &waiter.chit);
     if !shared.targets.take(&target) {
@@ -526,7 +513,7 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
         Err(e) if out_of_resources(&e) => {
             shared.targets.release(&target);
             tracing::error!(consumer = %spool.name, chit = %name, digest = %chit.digest, "cannot deliver {}: {e}", chit.path);
-            Step::Short { consumer, name }
+            Step::Short(ChitId::new(consumer, name))
         }
         Err(e) => {
             shared.targets.release(&target);
@@ -568,107 +555,6 @@ fn corrupt_in_cache(shared: &Shared, spool: &Spool, mut waiter: Waiter, object: 
     Step::Wait(waiter)
 }
 
-/// Group commit: fsync each delivery directory of the batch once, then move
-/// every chit `fetch/ → downloaded/` with one fsync of each consumer's
-/// `downloaded/`. A chit whose delivery cannot be made durable, or that
-/// cannot move to `downloaded/`, is failed with the reason (stuck if it
-/// cannot move to `fail/` either).
-pub fn commit(shared: &Shared, batch: Vec<Commit>) -> Step {
-    tracing::debug!(chits = batch.len(), "group commit");
-    // Each directory once (chits delivered into one share it).
-    let mut synced: Vec<(&Arc<Dir>, std::io::Result<()>)> = Vec::new();
-    for entry in &batch {
-        if !synced
-            .iter()
-            .any(|(dir, _)| Arc::ptr_eq(dir, &entry.parent))
-        {
-            synced.push((&entry.parent, entry.parent.sync()));
-        }
-    }
-    let mut left = Vec::new();
-    let mut fail = |spool: &Spool, entry: &Commit, reason: String| {
-        let name = entry.name.clone();
-        let step = fail_read_again(spool, entry.consumer, name, &entry.digest, &reason);
-        if matches!(step, Step::Stuck { .. } | Step::Short { .. }) {
-            left.push(step);
-        }
-    };
-    // Each consumer's spool once, for the whole batch.
-    let mut durable: Vec<(Option<Arc<Spool>>, Vec<&Commit>)> = (0..shared.consumers.len())
-        .map(|_| (None, Vec::new()))
-        .collect();
-    for entry in &batch {
-        let (spool, entries) = &mut durable[entry.consumer];
-        let spool = spool.get_or_insert_with(|| shared.consumers[entry.consumer].spool());
-        if went_with_its_fetch(shared, spool, entry.consumer, &entry.name, entry.claimed_in) {
-            continue;
-        }
-        match synced
-            .iter()
-            .find(|(dir, _)| Arc::ptr_eq(dir, &entry.parent))
-        {
-            Some((_, Err(e))) => {
-                let reason = format!("cannot make the delivery of {} durable: {e}", entry.path);
-                fail(spool, entry, reason);
-            }
-            _ => entries.push(entry),
-        }
-    }
-    for (spool, entries) in &durable {
-        let (Some(spool), false) = (spool, entries.is_empty()) else {
-            continue;
-        };
-        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-        let completed = spool.complete_all(&names);
-        for (entry, renamed) in entries.iter().zip(completed.renamed) {
-            match renamed {
-                Ok(()) => {
-                    tracing::info!(
-                        consumer = %spool.name, chit = %entry.name, digest = %entry.digest, path = %entry.path,
-                        from = entry.from, "downloaded: fetch/ → downloaded/"
-                    );
-                    shared.uses.record(entry.digest, &entry.path);
-                }
-                Err(e) => fail(
-                    spool,
-                    entry,
-                    format!(
-                        "{} was delivered, but the chit cannot move to downloaded/: {e}",
-                        entry.path
-                    ),
-                ),
-            }
-        }
-        if let Err(e) = completed.synced {
-            tracing::error!(consumer = %spool.name, chits = names.len(), "moved to downloaded/, but a power cut may undo it: {e}");
-        }
-    }
-    // Every chit of the batch is terminal (or stuck in fetch/): their
-    // targets are free for the chits parked on them.
-    for entry in &batch {
-        shared.targets.release(&entry.target);
-    }
-    let is_left = |consumer: usize, name: &str| {
-        left.iter().any(|step| match step {
-            Step::Stuck {
-                consumer: c,
-                name: n,
-            }
-            | Step::Short {
-                consumer: c,
-                name: n,
-            } => *c == consumer && n == name,
-            _ => false,
-        })
-    };
-    let done = batch
-        .into_iter()
-        .map(|e| (e.consumer, e.name))
-        .filter(|(consumer, name)| !is_left(*consumer, name))
-        .collect();
-    Step::Committed { done, left }
-}
-
 /// Make the renames that published new cache objects durable: one fsync
 /// of each cache directory that received objects since the last round.
 /// No delivery waits for this (a delivered file is durable on its own): a
@@ -694,18 +580,9 @@ pub fn sync_cache_dirs(dirs: Vec<PathBuf>) -> Step {
     Step::CacheDirsSynced
 }
 
-/// Fail the chits of `consumer` whose names are not UTF-8 (see
-/// [`crate::spool::Spool::fail_names_not_utf8`]); an error is logged.
-pub fn fail_names_not_utf8(shared: &Shared, consumer: usize, with_fetch: bool) {
-    let spool = shared.consumers[consumer].spool();
-    if let Err(e) = spool.fail_names_not_utf8(with_fetch) {
-        tracing::error!(consumer = %spool.name, "cannot fail the chits whose names are not UTF-8: {e}");
-    }
-}
-
 /// [`fail_step`] for a chit whose bytes were not kept after its parse:
 /// they are read again, so `fail/` gets them with the reason.
-fn fail_read_again(
+pub fn fail_read_again(
     spool: &Spool,
     consumer: usize,
     name: String,
@@ -718,7 +595,7 @@ fn fail_read_again(
         // fetch/, and its next try starts over.
         Err(ReadError::Unavailable(why)) => {
             tracing::error!(consumer = %spool.name, chit = %name, digest = %digest, reason, "cannot fail the chit now: {why}");
-            return Step::Short { consumer, name };
+            return Step::Short(ChitId::new(consumer, name));
         }
         Err(ReadError::Gone | ReadError::Refused(_)) => None,
     };
@@ -746,11 +623,21 @@ fn fail_step(
     match spool.fail(&name, original, reason) {
         Ok(()) => {
             tracing::info!(consumer = %spool.name, chit = %name, digest = %digest, reason, "failed: fetch/ → fail/");
-            Step::Done { consumer, name }
+            Step::Done(ChitId::new(consumer, name))
         }
         Err(e) => {
             tracing::error!(consumer = %spool.name, chit = %name, digest = %digest, reason, "cannot move the chit to fail/: {e}");
-            Step::Stuck { consumer, name }
+            Step::Stuck(ChitId::new(consumer, name))
+        }
+    }
+}
+
+#[cfg(test)]
+impl Target {
+    pub fn new(root: FileId, path: &str) -> Target {
+        Target {
+            root,
+            path: path.to_owned(),
         }
     }
 }

@@ -356,9 +356,6 @@ fn not_utf8(dir: &std::path::Path, name: &[u8]) -> std::path::PathBuf {
 /// UTF-8 name; a symlink is replaced by the reason alone, its target
 /// untouched; a dot-named one is left alone. Nothing is fetched, and
 /// `--exit-when-idle` exits only once they are in `fail/`.
-///
-/// Needs the daemon hook (`Spool::fail_names_not_utf8` called from
-/// `scan_consumer`).
 #[test]
 fn chits_with_names_that_are_not_utf8_are_failed_under_their_own_names() {
     let setup = Setup::new();
@@ -408,9 +405,6 @@ fn chits_with_names_that_are_not_utf8_are_failed_under_their_own_names() {
 /// A flood of names that are not UTF-8, dropped while the daemon runs:
 /// every one reaches `fail/`, with one log line each (not one per scan),
 /// and the daemon keeps serving.
-///
-/// Needs the daemon hook (`Spool::fail_names_not_utf8` called from
-/// `scan_consumer`).
 #[test]
 fn a_flood_of_names_that_are_not_utf8_is_failed_without_flooding_the_log() {
     const NAMES: usize = 1_000;
