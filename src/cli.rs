@@ -17,7 +17,7 @@ use clap::builder::{ArgPredicate, RangedU64ValueParser};
 /// spool directory; the daemon fetches each file once into a shared, verified
 /// cache and delivers it, moving the chit to downloaded/ or fail/.
 #[derive(Debug, clap::Parser)]
-#[command(name = "chitd", version, about)]
+#[command(name = "chitd", version, about, after_help = crate::env::HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -433,6 +433,19 @@ mod tests {
         usage_error(&["cache", "import"]);
         usage_error(&["cache", "verify", "extra"]);
         usage_error(&["cache", "frob"]);
+    }
+
+    #[test]
+    fn help_lists_the_environment_variables() {
+        let help = Cli::command().render_long_help().to_string();
+        for name in [
+            "RUST_LOG",
+            "CHITD_RETRY_DELAY_MS",
+            "HTTPS_PROXY",
+            "SSL_CERT_FILE",
+        ] {
+            assert!(help.contains(name), "{name} missing from:\n{help}");
+        }
     }
 
     #[test]

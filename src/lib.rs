@@ -14,6 +14,8 @@
 //! - [`config`]: TOML text → [`config::Config`]; merging `run` flags. Pure,
 //!   plus a thin `load`.
 //! - [`cli`]: clap types for the subcommands. No I/O.
+//! - [`env`]: the environment variables (`RUST_LOG`, `CHITD_*`), checked.
+//!   Pure, plus a thin `read`.
 //! - [`durable`]: the few fsync / atomic-write primitives everyone uses.
 //! - [`dir`]: confined access beneath a consumer's directories (openat2
 //!   `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): nothing a consumer plants can
@@ -56,6 +58,7 @@ pub mod daemon;
 pub mod deliver;
 pub mod dir;
 pub mod durable;
+pub mod env;
 pub mod fetch;
 pub mod inflight;
 pub mod partial;

@@ -4,14 +4,13 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use chitd::cli::{Cli, Command, RequestArgs, RunArgs, StatusArgs};
 use chitd::config::{self, LayoutSource};
 use chitd::daemon::{self, Options};
+use chitd::env::Environment;
 use chitd::fetch::FetchSettings;
 use chitd::request::{self, Outcome, RequestError};
 use chitd::status;
@@ -28,22 +27,24 @@ fn main() -> ExitCode {
             };
         }
     };
+    let environment = match Environment::read() {
+        Ok(environment) => environment,
+        Err(e) => return fatal(2, format!("{e}")),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("chitd=info")),
-        )
+        .with_env_filter(environment.filter())
         .with_writer(|| OneLine(std::io::stderr()))
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Run(args) => run(&args),
+        Command::Run(args) => run(&args, &environment),
         Command::Request(args) => request(&args),
         Command::Status(args) => status(&args),
         Command::Cache(args) => ExitCode::from(chitd::cache::run(&args)),
     }
 }
 
-fn run(args: &RunArgs) -> ExitCode {
+fn run(args: &RunArgs, environment: &Environment) -> ExitCode {
     let cwd = match std::env::current_dir() {
         Ok(cwd) => cwd,
         Err(e) => return fatal(1, format!("cannot read the current directory: {e}")),
@@ -77,9 +78,9 @@ fn run(args: &RunArgs) -> ExitCode {
     print!("{}", config.describe());
     let options = Options {
         exit_when_idle: args.exit_when_idle,
-        fetch: fetch_settings_from_env(),
-        rescan_interval: env_millis("CHITD_RESCAN_INTERVAL_MS")
-            .filter(|interval| !interval.is_zero())
+        fetch: fetch_settings(environment),
+        rescan_interval: environment
+            .rescan_interval
             .unwrap_or(daemon::RESCAN_INTERVAL),
     };
     match runtime.block_on(daemon::run(config, options, shutdown)) {
@@ -148,24 +149,16 @@ impl<W: std::io::Write> std::io::Write for OneLine<W> {
     }
 }
 
-/// A test and tuning knob in milliseconds, if set to a number.
-fn env_millis(name: &str) -> Option<Duration> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_millis)
-}
-
 /// Test and tuning knobs: `CHITD_RETRY_DELAY_MS` (first backoff between
 /// retry rounds) and `CHITD_INACTIVITY_TIMEOUT_MS` (no data for this long
 /// cuts a connection).
-fn fetch_settings_from_env() -> FetchSettings {
+fn fetch_settings(environment: &Environment) -> FetchSettings {
     let mut settings = FetchSettings::default();
-    if let Some(delay) = env_millis("CHITD_RETRY_DELAY_MS") {
+    if let Some(delay) = environment.retry_delay {
         settings.retry_delay = delay;
         settings.max_retry_delay = settings.max_retry_delay.max(delay);
     }
-    if let Some(timeout) = env_millis("CHITD_INACTIVITY_TIMEOUT_MS") {
+    if let Some(timeout) = environment.inactivity_timeout {
         settings.inactivity_timeout = timeout;
     }
     settings

@@ -12,6 +12,7 @@
 //! - `chits`: bad and unusual chits.
 //! - `sources`: chit URLs, mirrors, `file://` mirrors, HTTP framings.
 //! - `cli`: `request` and usage errors.
+//! - `ops`: `retry`, `check`, JSON logs, checked environment variables.
 //! - `examples`: the shell and Python consumer examples in `scripts/examples/`.
 //! - `status`: `status --json`.
 //! - `config`: configuration files.
@@ -34,6 +35,7 @@ mod dedup;
 mod examples;
 mod failures;
 mod hostile;
+mod ops;
 mod restart;
 mod resume;
 mod sources;
