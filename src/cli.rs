@@ -1,4 +1,4 @@
-//! The command line of contract §5 and §8 as clap types: `chitd run`,
+//! The command line of contract §5, §8 and §9 as clap types: `chitd run`,
 //! `chitd request`, `chitd status` and the `chitd cache` commands.
 //!
 //! This file owns the flags, their help text and the checks clap can make on
@@ -46,6 +46,16 @@ pub enum Command {
     Cache(CacheArgs),
 }
 
+/// How `chitd run` writes its log to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event.
+    #[default]
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct RunArgs {
     /// Read the layout (cache, mirrors, jobs, give_up_after, consumers) from
@@ -81,6 +91,11 @@ pub struct RunArgs {
     /// download is in flight.
     #[arg(long)]
     pub exit_when_idle: bool,
+
+    /// How the log on stderr is written: text, or one JSON object per line
+    /// [default: text, or --config's log_format].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Clone, PartialEq, clap::Args)]
@@ -278,6 +293,8 @@ mod tests {
             "--jobs",
             "8",
             "--exit-when-idle",
+            "--log-format",
+            "json",
         ]);
         let expected = RunArgs {
             config: Some("etc/chitd.toml".into()),
@@ -287,6 +304,7 @@ mod tests {
             mirror: vec!["https://a.example/".into(), "file:///srv/mirror".into()],
             jobs: Some(8),
             exit_when_idle: true,
+            log_format: Some(LogFormat::Json),
         };
         assert_eq!(args, expected);
     }
@@ -433,6 +451,15 @@ mod tests {
         usage_error(&["cache", "import"]);
         usage_error(&["cache", "verify", "extra"]);
         usage_error(&["cache", "frob"]);
+    }
+
+    #[test]
+    fn log_format_values() {
+        assert_eq!(run(&["run"]).log_format, None);
+        let text = run(&["run", "--log-format", "text"]).log_format;
+        assert_eq!(text, Some(LogFormat::Text));
+        let error = usage_error(&["run", "--log-format", "xml"]);
+        assert_eq!(error.kind(), ErrorKind::InvalidValue);
     }
 
     #[test]

@@ -3,12 +3,13 @@
 //! 124 timeout).
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use chitd::cli::{Cli, Command, RequestArgs, RunArgs, StatusArgs};
-use chitd::config::{self, LayoutSource};
+use chitd::cli::{Cli, Command, LogFormat, RequestArgs, RunArgs, StatusArgs};
+use chitd::config::{self, Config, LayoutSource};
 use chitd::daemon::{self, Options};
 use chitd::env::Environment;
 use chitd::fetch::FetchSettings;
@@ -31,11 +32,10 @@ fn main() -> ExitCode {
         Ok(environment) => environment,
         Err(e) => return fatal(2, format!("{e}")),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(environment.filter())
-        .with_writer(|| OneLine(std::io::stderr()))
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // `run` sets up its log once its configuration (log_format) is known.
+    if !matches!(cli.command, Command::Run(_)) {
+        init_logging(&environment, LogFormat::Text);
+    }
     match cli.command {
         Command::Run(args) => run(&args, &environment),
         Command::Request(args) => request(&args),
@@ -44,14 +44,53 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr, one event a line, as text or JSON objects.
+fn init_logging(environment: &Environment, format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(environment.filter())
+        .with_writer(|| OneLine(std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `run`'s configuration: the layout and how it was arrived at, or the
+/// error (a configuration error is a usage error: exit 2).
+fn resolve(args: &RunArgs) -> Result<(Config, LayoutSource, PathBuf), ExitCode> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| fatal(1, format!("cannot read the current directory: {e}")))?;
+    let (config, source) = config::resolve_run(args, &cwd).map_err(|e| fatal(2, format!("{e}")))?;
+    Ok((config, source, cwd))
+}
+
+/// The first line of the layout printed by `run`.
+fn layout_source(source: &LayoutSource, cwd: &Path) -> String {
+    match source {
+        LayoutSource::EmbeddedDefault => format!(
+            "chitd: no --config or --spool given; using the default layout in {}",
+            cwd.display()
+        ),
+        LayoutSource::ConfigFile(path) => format!("chitd: configuration {}", path.display()),
+        LayoutSource::Flags => "chitd: layout from flags".to_owned(),
+    }
+}
+
 fn run(args: &RunArgs, environment: &Environment) -> ExitCode {
-    let cwd = match std::env::current_dir() {
-        Ok(cwd) => cwd,
-        Err(e) => return fatal(1, format!("cannot read the current directory: {e}")),
-    };
-    let (config, source) = match config::resolve_run(args, &cwd) {
+    let (config, source, cwd) = match resolve(args) {
         Ok(resolved) => resolved,
-        Err(e) => return fatal(2, format!("{e}")),
+        Err(code) => return code,
+    };
+    let format = config.log_format;
+    init_logging(environment, format);
+    // Once the log is set up, fatal errors are log events too (a JSON log
+    // stays all JSON).
+    let fatal = |code: u8, message: String| match format {
+        LogFormat::Text => fatal(code, message),
+        LogFormat::Json => {
+            tracing::error!("{message}");
+            ExitCode::from(code)
+        }
     };
     raise_open_files_limit();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -67,15 +106,11 @@ fn run(args: &RunArgs, environment: &Environment) -> ExitCode {
             Err(e) => return fatal(1, format!("cannot install signal handlers: {e}")),
         }
     };
-    match &source {
-        LayoutSource::EmbeddedDefault => println!(
-            "chitd: no --config or --spool given; using the default layout in {}",
-            cwd.display()
-        ),
-        LayoutSource::ConfigFile(path) => println!("chitd: configuration {}", path.display()),
-        LayoutSource::Flags => println!("chitd: layout from flags"),
+    let source = layout_source(&source, &cwd);
+    match format {
+        LogFormat::Text => print!("{source}\n{}", config.describe()),
+        LogFormat::Json => tracing::info!(layout = %config.describe(), "{source}"),
     }
-    print!("{}", config.describe());
     let options = Options {
         exit_when_idle: args.exit_when_idle,
         fetch: fetch_settings(environment),
