@@ -1,5 +1,6 @@
 //! The command line of contract §5, §8 and §9 as clap types: `chitd run`,
-//! `chitd request`, `chitd status` and the `chitd cache` commands.
+//! `chitd check`, `chitd request`, `chitd status` and the `chitd cache`
+//! commands.
 //!
 //! This file owns the flags, their help text and the checks clap can make on
 //! its own (`--spool` needs `--deliver`, `--jobs` ≥ 1, `--timeout` ≥ 0). It
@@ -44,6 +45,14 @@ pub enum Command {
     /// Each command exits 0 on success, 1 on a failure it names, 2 on a
     /// usage error.
     Cache(CacheArgs),
+    /// Validate a configuration exactly as `run` would, print the layout,
+    /// and touch nothing.
+    ///
+    /// Takes every flag of `run`, so that `run` replaced by `check` in a
+    /// command line checks that command line (flags that only matter while
+    /// serving, such as --exit-when-idle, are checked and have no effect).
+    /// Exits 0 if `run` would accept it, 2 with the error if not.
+    Check(RunArgs),
 }
 
 /// How `chitd run` writes its log to stderr.
@@ -460,6 +469,17 @@ mod tests {
         assert_eq!(text, Some(LogFormat::Text));
         let error = usage_error(&["run", "--log-format", "xml"]);
         assert_eq!(error.kind(), ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn check_takes_the_flags_of_run() {
+        let args = match parse(&["check", "--config", "c.toml", "--jobs", "2"]) {
+            Ok(Command::Check(args)) => args,
+            other => panic!("expected check, got {other:?}"),
+        };
+        assert_eq!(args.config, Some(PathBuf::from("c.toml")));
+        assert_eq!(args.jobs, Some(2));
+        usage_error(&["check", "--spool", "s"]);
     }
 
     #[test]

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Run(args) => run(&args, &environment),
+        Command::Check(args) => check(&args),
         Command::Request(args) => request(&args),
         Command::Status(args) => status(&args),
         Command::Cache(args) => ExitCode::from(chitd::cache::run(&args)),
@@ -64,7 +65,7 @@ fn resolve(args: &RunArgs) -> Result<(Config, LayoutSource, PathBuf), ExitCode> 
     Ok((config, source, cwd))
 }
 
-/// The first line of the layout printed by `run`.
+/// The first line of the layout printed by `run` and `check`.
 fn layout_source(source: &LayoutSource, cwd: &Path) -> String {
     match source {
         LayoutSource::EmbeddedDefault => format!(
@@ -74,6 +75,17 @@ fn layout_source(source: &LayoutSource, cwd: &Path) -> String {
         LayoutSource::ConfigFile(path) => format!("chitd: configuration {}", path.display()),
         LayoutSource::Flags => "chitd: layout from flags".to_owned(),
     }
+}
+
+fn check(args: &RunArgs) -> ExitCode {
+    let (config, source, cwd) = match resolve(args) {
+        Ok(resolved) => resolved,
+        Err(code) => return code,
+    };
+    println!("{}", layout_source(&source, &cwd));
+    print!("{}", config.describe());
+    println!("chitd: the configuration is valid; nothing was created");
+    ExitCode::SUCCESS
 }
 
 fn run(args: &RunArgs, environment: &Environment) -> ExitCode {

@@ -1,8 +1,82 @@
-//! Operating chitd: JSON logs, and the environment variables checked at
-//! start.
+//! Operating chitd: `check`, JSON logs, and the environment variables
+//! checked at start.
+
+use std::ffi::OsString;
 
 use crate::server::Server;
 use crate::util::{ConfigFile, Content, Daemon, TIMEOUT, TestDir, run_cli, run_cli_with_env};
+
+#[test]
+fn check_prints_the_layout_and_creates_nothing() {
+    let dir = TestDir::new();
+    let layout = dir.join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    let text = "cache = \"cache\"\nlog_format = \"json\"\n\n[[consumer]]\nname = \"b1\"\n\
+                spool = \"b1/spool\"\ndeliver = \"b1/distfiles\"\n";
+    let config = dir.write("layout/chitd.toml", text);
+
+    let output = run_cli(
+        &dir,
+        [OsString::from("check"), "--config".into(), config.into()],
+        TIMEOUT,
+    );
+
+    assert_eq!(output.code, Some(0), "{output:?}");
+    for part in [
+        "layout/cache",
+        "consumer \"b1\"",
+        "layout/b1/spool",
+        "layout/b1/distfiles",
+        "json",
+    ] {
+        assert!(output.stdout.contains(part), "{part}: {output:?}");
+    }
+    let left: Vec<_> = std::fs::read_dir(&layout)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["chitd.toml"]);
+
+    // No flags: the default layout in the current directory, not made.
+    let output = run_cli(&dir, ["check"], TIMEOUT);
+    assert_eq!(output.code, Some(0), "{output:?}");
+    assert!(output.stdout.contains("default layout"), "{output:?}");
+    for made_by_run in ["cache", "spool", "distfiles"] {
+        assert!(!dir.join(made_by_run).exists(), "check made {made_by_run}");
+    }
+}
+
+#[test]
+fn check_refuses_what_run_refuses_with_exit_2() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let mut text = ConfigFile {
+        cache: Some(spool.spool.join("cache")),
+        consumers: vec![spool.clone()],
+        ..ConfigFile::default()
+    }
+    .render();
+    let overlapping = dir.write("overlap.toml", &text);
+    text.insert_str(0, "jobs = 2\ncolour = \"blue\"\n");
+    let unknown_key = dir.write("unknown.toml", &text);
+
+    for (file, says) in [
+        (&overlapping, "contains the cache"),
+        (&unknown_key, "line 2"),
+    ] {
+        let args = [OsString::from("check"), "--config".into(), file.into()];
+        let output = run_cli(&dir, &args, TIMEOUT);
+        assert_eq!(output.code, Some(2), "{output:?}");
+        assert!(output.stderr.contains(says), "{says}: {output:?}");
+        assert!(output.stdout.is_empty(), "{output:?}");
+        // What `run` says about the same file.
+        let mut run_args = args.clone();
+        run_args[0] = "run".into();
+        let run = run_cli(&dir, &run_args, TIMEOUT);
+        assert_eq!((run.code, &run.stderr), (Some(2), &output.stderr));
+    }
+    assert!(!spool.spool.join("cache").exists());
+}
 
 #[test]
 fn json_log_lines_are_objects_and_the_finished_download_has_size_duration_rate() {
