@@ -109,7 +109,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct RequestArgs {
-    /// The consumer's spool directory; the chit is written into its request/.
+    /// The consumer's spool directory, which must exist; the chit is written
+    /// into its request/ (made if missing).
     #[arg(long, value_name = "DIR")]
     pub spool: PathBuf,
 

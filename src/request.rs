@@ -1,7 +1,10 @@
 //! `chitd request`: write a chit atomically into a spool's `request/`, and
-//! optionally wait until it is terminal. Needs no running daemon.
+//! optionally wait until it is terminal. Needs no running daemon, but the
+//! spool must exist: a missing one is a usage error, never made here (its
+//! state directories are).
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -37,11 +40,7 @@ pub enum RequestError {
 /// the outcome.
 pub fn request(args: &RequestArgs) -> Result<(String, Outcome), RequestError> {
     let chit = chit_of(args)?;
-    if args.spool.exists() && !args.spool.is_dir() {
-        let error = format!("{} is not a directory", args.spool.display());
-        return Err(RequestError::Invalid("--spool", error));
-    }
-    let spool = Spool::open("request", &args.spool)?;
+    let spool = open_spool(&args.spool)?;
     // Watch before the chit exists, so its arrival cannot be missed.
     let (sender, events) = mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |_| {
@@ -84,6 +83,25 @@ pub fn request(args: &RequestArgs) -> Result<(String, Outcome), RequestError> {
         }
         let _ = events.recv_timeout(wait);
     }
+}
+
+/// The spool at `path`, which must exist: a usage error if it does not
+/// (a mistyped path would otherwise make a spool that no daemon serves).
+fn open_spool(path: &Path) -> Result<Spool, RequestError> {
+    Spool::open_existing("request", path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => {
+            let why = format!(
+                "{}: no such directory (request does not make a spool: create it, \
+                 or start the daemon that serves it)",
+                path.display()
+            );
+            RequestError::Invalid("--spool", why)
+        }
+        std::io::ErrorKind::NotADirectory => {
+            RequestError::Invalid("--spool", format!("{} is not a directory", path.display()))
+        }
+        _ => RequestError::Io(error),
+    })
 }
 
 /// The chit the arguments make, or what is wrong with which argument.

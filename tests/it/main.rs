@@ -12,6 +12,8 @@
 //! - `chits`: bad and unusual chits.
 //! - `sources`: chit URLs, mirrors, `file://` mirrors, HTTP framings.
 //! - `cli`: `request` and usage errors.
+//! - `manifest`: `request --manifest` in both distinfo forms; `request`
+//!   refusing a missing spool.
 //! - `ops`: `retry`, `check`, JSON logs, checked environment variables.
 //! - `examples`: the shell and Python consumer examples in `scripts/examples/`.
 //! - `status`: `status --json`.
@@ -35,6 +37,7 @@ mod dedup;
 mod examples;
 mod failures;
 mod hostile;
+mod manifest;
 mod ops;
 mod restart;
 mod resume;
