@@ -114,6 +114,13 @@ pub struct RequestArgs {
     #[arg(long, value_name = "DIR")]
     pub spool: PathBuf,
 
+    /// Request every file a distinfo FILE lists, one chit each, instead of
+    /// SHA256 SIZE PATH: lines "<sha256> <size> <path>" (Ravenports), or
+    /// FreeBSD's "SHA256 (path) = <hex>" and "SIZE (path) = <n>" pairs. The
+    /// whole file is checked before any chit is written.
+    #[arg(long, value_name = "FILE", conflicts_with = "sha256")]
+    pub manifest: Option<PathBuf>,
+
     /// Wait until the chit is downloaded (exit 0) or failed (exit 1, printing
     /// the reason). Implied by --timeout.
     #[arg(long, default_value_if("timeout", ArgPredicate::IsPresent, "true"))]
@@ -125,17 +132,17 @@ pub struct RequestArgs {
     pub timeout: Option<f64>,
 
     /// The file's SHA-256 digest: 64 hexadecimal digits, any case.
-    #[arg(value_name = "SHA256")]
-    pub sha256: String,
+    #[arg(value_name = "SHA256", required_unless_present = "manifest")]
+    pub sha256: Option<String>,
 
     /// The file's size in bytes, in decimal.
-    #[arg(value_name = "SIZE")]
-    pub size: String,
+    #[arg(value_name = "SIZE", required_unless_present = "manifest")]
+    pub size: Option<String>,
 
     /// Where the file must appear, relative to the consumer's delivery
     /// directory, with / separators (for example gnu/make-4.4.tar.gz).
-    #[arg(value_name = "PATH")]
-    pub path: String,
+    #[arg(value_name = "PATH", required_unless_present = "manifest")]
+    pub path: Option<String>,
 
     /// Absolute http or https URLs to try first, in order, before the mirrors.
     #[arg(value_name = "URL")]
@@ -363,10 +370,10 @@ mod tests {
         assert!(!args.wait);
         assert_eq!(args.timeout, None);
         assert_eq!(
-            (args.sha256.as_str(), args.size.as_str()),
-            (digest.as_str(), "1234")
+            (args.sha256.as_deref(), args.size.as_deref()),
+            (Some(digest.as_str()), Some("1234"))
         );
-        assert_eq!(args.path, "gnu/make-4.4.tar.gz");
+        assert_eq!(args.path.as_deref(), Some("gnu/make-4.4.tar.gz"));
         assert_eq!(args.urls.len(), 2);
         let args = request(&["request", "--spool", "sp", "--wait", &digest, "0", "p"]);
         assert!(args.wait);
@@ -461,6 +468,35 @@ mod tests {
         usage_error(&["cache", "import"]);
         usage_error(&["cache", "verify", "extra"]);
         usage_error(&["cache", "frob"]);
+    }
+
+    #[test]
+    fn request_manifest_replaces_the_chit_fields() {
+        let args = request(&[
+            "request",
+            "--spool",
+            "s",
+            "--manifest",
+            "distinfo",
+            "--wait",
+        ]);
+        assert_eq!(args.manifest, Some(PathBuf::from("distinfo")));
+        assert_eq!((args.sha256, args.size, args.path), (None, None, None));
+        assert!(args.wait);
+        let digest = "a".repeat(64);
+        let both = [
+            "request",
+            "--spool",
+            "s",
+            "--manifest",
+            "m",
+            &digest,
+            "1",
+            "p",
+        ];
+        assert_eq!(usage_error(&both).kind(), ErrorKind::ArgumentConflict);
+        let neither = usage_error(&["request", "--spool", "s"]);
+        assert_eq!(neither.kind(), ErrorKind::MissingRequiredArgument);
     }
 
     #[test]

@@ -44,7 +44,8 @@
 //!   exit when idle (`queue.rs`: per-consumer round-robin; `work.rs`: a
 //!   chit's blocking steps and the group commit; `status_file.rs`: progress
 //!   published for `chitd status`).
-//! - [`request`], [`status`]: the other two subcommands.
+//! - [`request`], [`status`]: the other subcommands;
+//!   [`manifest`]: distinfo text → chits for `request --manifest` (pure).
 //! - [`cache`]: the `chitd cache` commands, beside or without a running
 //!   daemon (`import.rs`: files into the cache; `verify.rs`: re-hash every
 //!   object, quarantine the corrupt ones).
@@ -61,6 +62,7 @@ pub mod durable;
 pub mod env;
 pub mod fetch;
 pub mod inflight;
+pub mod manifest;
 pub mod partial;
 pub mod request;
 pub mod spool;

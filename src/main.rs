@@ -13,7 +13,7 @@ use chitd::config::{self, Config, LayoutSource};
 use chitd::daemon::{self, Options};
 use chitd::env::Environment;
 use chitd::fetch::FetchSettings;
-use chitd::request::{self, Outcome, RequestError};
+use chitd::request::{self, Outcome, RequestError, Requested};
 use chitd::status;
 
 fn main() -> ExitCode {
@@ -39,7 +39,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(&args, &environment),
         Command::Check(args) => check(&args),
-        Command::Request(args) => request(&args),
+        Command::Request(args) => match &args.manifest {
+            Some(file) => request_manifest(&args, file),
+            None => request(&args),
+        },
         Command::Status(args) => status(&args),
         Command::Cache(args) => ExitCode::from(chitd::cache::run(&args)),
     }
@@ -246,6 +249,48 @@ fn request(args: &RequestArgs) -> ExitCode {
         }
         Err(e @ RequestError::Invalid(..)) => fatal(2, format!("{e}")),
         Err(e) => fatal(1, format!("{e}")),
+    }
+}
+
+/// `request --manifest`: the chits' names (and with `--wait` how each
+/// ended); exit 1 if any failed, else 124 if any is not terminal yet.
+fn request_manifest(args: &RequestArgs, file: &Path) -> ExitCode {
+    let requested = match request::request_manifest(args, file) {
+        Ok(requested) => requested,
+        Err(e @ RequestError::Invalid(..)) => return fatal(2, format!("{e}")),
+        Err(e) => return fatal(1, format!("{e}")),
+    };
+    let (mut failed, mut pending) = (0, 0);
+    for Requested {
+        name,
+        path,
+        outcome,
+        ..
+    } in &requested
+    {
+        match outcome {
+            Outcome::Queued => println!("{name}"),
+            Outcome::Downloaded => println!("{name}: downloaded"),
+            Outcome::Failed(reason) => {
+                failed += 1;
+                println!("{name}: failed");
+                eprintln!("chitd: {path} ({name}) failed: {reason}");
+            }
+            Outcome::TimedOut => {
+                pending += 1;
+                println!("{name}: not terminal yet");
+            }
+        }
+    }
+    if !args.wait {
+        return ExitCode::SUCCESS;
+    }
+    let downloaded = requested.len() - failed - pending;
+    eprintln!("chitd: {downloaded} downloaded, {failed} failed, {pending} not terminal yet");
+    match (failed, pending) {
+        (0, 0) => ExitCode::SUCCESS,
+        (0, _) => fatal(124, "timed out waiting".to_owned()),
+        _ => ExitCode::from(1),
     }
 }
 
