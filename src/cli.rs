@@ -1,6 +1,6 @@
 //! The command line of contract §5, §8 and §9 as clap types: `chitd run`,
-//! `chitd check`, `chitd request`, `chitd status` and the `chitd cache`
-//! commands.
+//! `chitd check`, `chitd request`, `chitd retry`, `chitd status` and the
+//! `chitd cache` commands.
 //!
 //! This file owns the flags, their help text and the checks clap can make on
 //! its own (`--spool` needs `--deliver`, `--jobs` ≥ 1, `--timeout` ≥ 0). It
@@ -53,6 +53,16 @@ pub enum Command {
     /// serving, such as --exit-when-idle, are checked and have no effect).
     /// Exits 0 if `run` would accept it, 2 with the error if not.
     Check(RunArgs),
+    /// Move failed chits from fail/ back to request/, for the daemon to try
+    /// again.
+    ///
+    /// Each chit is one rename(2) and keeps its name and its old "# error:"
+    /// lines (comments). A chit of the same name already in request/ or
+    /// fetch/ is never replaced: that chit is named as a conflict and left
+    /// in fail/. Exits 0 when every chit was retried, 1 when a NAME was not
+    /// in fail/ or could not be moved (the others are retried), 2 on a
+    /// usage error.
+    Retry(RetryArgs),
 }
 
 /// How `chitd run` writes its log to stderr.
@@ -225,6 +235,21 @@ pub struct VerifyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct RetryArgs {
+    /// The consumer's spool directory, which must exist.
+    #[arg(long, value_name = "DIR")]
+    pub spool: PathBuf,
+
+    /// Retry every chit in fail/.
+    #[arg(long, conflicts_with = "names", required_unless_present = "names")]
+    pub all: bool,
+
+    /// The chits to retry: names of files in fail/.
+    #[arg(value_name = "NAME")]
+    pub names: Vec<std::ffi::OsString>,
 }
 
 /// `--timeout`: a finite, non-negative number of seconds.
@@ -517,6 +542,24 @@ mod tests {
         assert_eq!(args.config, Some(PathBuf::from("c.toml")));
         assert_eq!(args.jobs, Some(2));
         usage_error(&["check", "--spool", "s"]);
+    }
+
+    #[test]
+    fn retry_needs_all_or_names_not_both() {
+        let retry = |list: &[&str]| match parse(list) {
+            Ok(Command::Retry(args)) => args,
+            other => panic!("expected retry, got {other:?}"),
+        };
+        let args = retry(&["retry", "--spool", "s", "--all"]);
+        assert!(args.all && args.names.is_empty());
+        let args = retry(&["retry", "--spool", "s", "a", "b"]);
+        assert_eq!(args.names, ["a", "b"]);
+        assert!(!args.all);
+        let neither = usage_error(&["retry", "--spool", "s"]);
+        assert_eq!(neither.kind(), ErrorKind::MissingRequiredArgument);
+        let both = usage_error(&["retry", "--spool", "s", "--all", "a"]);
+        assert_eq!(both.kind(), ErrorKind::ArgumentConflict);
+        usage_error(&["retry", "--all"]);
     }
 
     #[test]

@@ -44,7 +44,7 @@
 //!   exit when idle (`queue.rs`: per-consumer round-robin; `work.rs`: a
 //!   chit's blocking steps and the group commit; `status_file.rs`: progress
 //!   published for `chitd status`).
-//! - [`request`], [`status`]: the other subcommands;
+//! - [`request`], [`status`], [`retry`]: the other subcommands;
 //!   [`manifest`]: distinfo text → chits for `request --manifest` (pure).
 //! - [`cache`]: the `chitd cache` commands, beside or without a running
 //!   daemon (`import.rs`: files into the cache; `verify.rs`: re-hash every
@@ -65,6 +65,7 @@ pub mod inflight;
 pub mod manifest;
 pub mod partial;
 pub mod request;
+pub mod retry;
 pub mod spool;
 pub mod status;
 pub mod store;

@@ -8,12 +8,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use chitd::cli::{Cli, Command, LogFormat, RequestArgs, RunArgs, StatusArgs};
+use chitd::cli::{Cli, Command, LogFormat, RequestArgs, RetryArgs, RunArgs, StatusArgs};
 use chitd::config::{self, Config, LayoutSource};
 use chitd::daemon::{self, Options};
 use chitd::env::Environment;
 use chitd::fetch::FetchSettings;
 use chitd::request::{self, Outcome, RequestError, Requested};
+use chitd::retry::{self, RetryError};
 use chitd::status;
 
 fn main() -> ExitCode {
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
             Some(file) => request_manifest(&args, file),
             None => request(&args),
         },
+        Command::Retry(args) => retry(&args),
         Command::Status(args) => status(&args),
         Command::Cache(args) => ExitCode::from(chitd::cache::run(&args)),
     }
@@ -292,6 +294,36 @@ fn request_manifest(args: &RequestArgs, file: &Path) -> ExitCode {
         (0, _) => fatal(124, "timed out waiting".to_owned()),
         _ => ExitCode::from(1),
     }
+}
+
+/// `retry`: each chit moved back prints `retried NAME`; each that could not
+/// be is named on stderr, and makes the exit code 1.
+fn retry(args: &RetryArgs) -> ExitCode {
+    let outcomes = match retry::retry(args) {
+        Ok(outcomes) => outcomes,
+        Err(e @ RetryError::Invalid(..)) => return fatal(2, format!("{e}")),
+        Err(e) => return fatal(1, format!("{e}")),
+    };
+    if outcomes.is_empty() {
+        eprintln!("chitd: nothing to retry: fail/ holds no chit");
+    }
+    let mut code = ExitCode::SUCCESS;
+    for (name, outcome) in outcomes {
+        let name = name.to_string_lossy();
+        let problem = match outcome {
+            retry::Outcome::Retried => {
+                println!("retried {name}");
+                continue;
+            }
+            retry::Outcome::NotFailed => "not in fail/".to_owned(),
+            retry::Outcome::Conflict(state) => {
+                format!("a chit of this name is already in {state}; left in fail/")
+            }
+            retry::Outcome::Failed(error) => error,
+        };
+        code = fatal(1, format!("{name}: {problem}"));
+    }
+    code
 }
 
 fn status(args: &StatusArgs) -> ExitCode {

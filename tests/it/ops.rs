@@ -1,10 +1,128 @@
-//! Operating chitd: `check`, JSON logs, and the environment variables
-//! checked at start.
+//! Operating chitd: `retry`, `check`, JSON logs and the environment
+//! variables that are checked at start.
 
 use std::ffi::OsString;
 
 use crate::server::Server;
-use crate::util::{ConfigFile, Content, Daemon, TIMEOUT, TestDir, run_cli, run_cli_with_env};
+use crate::util::{
+    ConfigFile, Content, Daemon, State, TIMEOUT, TestDir, TestSpool, run_cli, run_cli_with_env,
+};
+
+/// A failed chit as chitd leaves it: lines, then the reason.
+fn failed_chit(content: &Content, path: &str) -> String {
+    content.chit(path, &[]) + "# error: every source failed: HTTP 404 Not Found\n"
+}
+
+fn retry_args(spool: &TestSpool, rest: &[&str]) -> Vec<OsString> {
+    let mut args: Vec<OsString> =
+        vec!["retry".into(), "--spool".into(), spool.spool.clone().into()];
+    args.extend(rest.iter().map(OsString::from));
+    args
+}
+
+#[test]
+fn retry_moves_named_chits_then_all_back_to_request() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let content = Content::random(10);
+    for name in ["a", "b", "c"] {
+        spool.put_chit(State::Fail, name, failed_chit(&content, name));
+    }
+    spool.put_chit(State::Fail, ".a-temporary", "not a chit");
+
+    let output = run_cli(&dir, retry_args(&spool, &["b"]), TIMEOUT);
+    assert_eq!(output.code, Some(0), "{output:?}");
+    assert_eq!(output.stdout, "retried b\n");
+    assert_eq!(spool.states_of("b"), [State::Request]);
+    // One rename: the chit keeps its lines, the old reason a comment.
+    assert_eq!(
+        spool.read_chit(State::Request, "b"),
+        failed_chit(&content, "b")
+    );
+
+    let output = run_cli(&dir, retry_args(&spool, &["--all"]), TIMEOUT);
+    assert_eq!(output.code, Some(0), "{output:?}");
+    assert_eq!(output.stdout, "retried a\nretried c\n");
+    assert_eq!(spool.chits_in(State::Request), ["a", "b", "c"]);
+    assert_eq!(spool.entries_in(State::Fail), [".a-temporary"]);
+
+    // The daemon serves them again (from the mirror this time).
+    let server = Server::start();
+    for name in ["a", "b", "c"] {
+        server.add(&format!("/m/{name}"), content.bytes.clone());
+    }
+    Daemon::for_spool(&dir, &spool)
+        .mirror(&server.url("/m"))
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+    assert_eq!(spool.chits_in(State::Downloaded), ["a", "b", "c"]);
+}
+
+#[test]
+fn retry_names_a_chit_not_in_fail_and_never_replaces_one_in_request() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let content = Content::random(10);
+    spool.put_chit(State::Fail, "ok", failed_chit(&content, "ok"));
+    spool.put_chit(State::Fail, "twin", failed_chit(&content, "old"));
+    spool.put_chit(State::Request, "twin", content.chit("new", &[]));
+    spool.put_chit(State::Fail, "busy", failed_chit(&content, "busy"));
+    spool.put_chit(State::Fetch, "busy", content.chit("busy", &[]));
+
+    let args = retry_args(&spool, &["nosuch", "twin", "ok", "busy"]);
+    let output = run_cli(&dir, args, TIMEOUT);
+
+    assert_eq!(output.code, Some(1), "{output:?}");
+    assert_eq!(output.stdout, "retried ok\n", "the others are retried");
+    assert!(output.stderr.contains("nosuch: not in fail/"), "{output:?}");
+    assert!(
+        output
+            .stderr
+            .contains("twin: a chit of this name is already in request/"),
+        "{output:?}"
+    );
+    assert!(
+        output
+            .stderr
+            .contains("busy: a chit of this name is already in fetch/"),
+        "{output:?}"
+    );
+    assert_eq!(spool.states_of("ok"), [State::Request]);
+    assert_eq!(
+        spool.read_chit(State::Request, "twin"),
+        content.chit("new", &[])
+    );
+    assert_eq!(
+        spool.read_chit(State::Fail, "twin"),
+        failed_chit(&content, "old")
+    );
+    assert_eq!(spool.states_of("busy"), [State::Fetch, State::Fail]);
+}
+
+#[test]
+fn retry_usage_errors_exit_2() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let missing = dir.join("none");
+    let cases: Vec<Vec<OsString>> = vec![
+        retry_args(&spool, &[]),
+        retry_args(&spool, &["--all", "x"]),
+        retry_args(&spool, &["../request/x"]),
+        vec![
+            "retry".into(),
+            "--spool".into(),
+            missing.clone().into(),
+            "--all".into(),
+        ],
+    ];
+    for args in cases {
+        let output = run_cli(&dir, &args, TIMEOUT);
+        assert_eq!(output.code, Some(2), "{args:?}: {output:?}");
+        assert!(!output.stderr.is_empty(), "{output:?}");
+    }
+    assert!(!missing.exists());
+}
 
 #[test]
 fn check_prints_the_layout_and_creates_nothing() {
