@@ -15,6 +15,9 @@ use crate::cli::RequestArgs;
 use crate::manifest::{self, Entry};
 use crate::spool::Spool;
 
+mod progress;
+use progress::Progress;
+
 /// How a waited-for chit ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -50,7 +53,9 @@ pub fn request(args: &RequestArgs) -> Result<(String, Outcome), RequestError> {
     if !args.wait {
         return Ok((name, Outcome::Queued));
     }
-    let mut outcomes = waiter.wait(&spool, std::slice::from_ref(&name), args.timeout);
+    let chits = [(name, chit.size)];
+    let mut outcomes = waiter.wait(&spool, &chits, args);
+    let [(name, _)] = chits;
     Ok((name, outcomes.remove(0)))
 }
 
@@ -90,8 +95,12 @@ pub fn request_manifest(args: &RequestArgs, file: &Path) -> Result<Vec<Requested
     }
     spool.request.sync()?;
     if args.wait {
-        let names: Vec<String> = requested.iter().map(|r| r.name.clone()).collect();
-        let outcomes = waiter.wait(&spool, &names, args.timeout);
+        let chits: Vec<(String, u64)> = requested
+            .iter()
+            .zip(&entries)
+            .map(|(requested, entry)| (requested.name.clone(), entry.chit.size))
+            .collect();
+        let outcomes = waiter.wait(&spool, &chits, args);
         for (requested, outcome) in requested.iter_mut().zip(outcomes) {
             requested.outcome = outcome;
         }
@@ -186,17 +195,24 @@ impl Waiter {
         })
     }
 
-    /// Waits until every chit of `names` is terminal, or `timeout` seconds
-    /// have passed; the outcome of each, in order (`TimedOut` for those
-    /// still pending).
-    fn wait(&self, spool: &Spool, names: &[String], timeout: Option<f64>) -> Vec<Outcome> {
-        let deadline = timeout.map(|s| Instant::now() + Duration::from_secs_f64(s));
-        let mut outcomes: Vec<Option<Outcome>> = names.iter().map(|_| None).collect();
+    /// Waits until every chit of `chits` (name and size) is terminal, or
+    /// `--timeout` has passed; the outcome of each, in order (`TimedOut` for
+    /// those still pending). Shows a progress line on a terminal.
+    fn wait(&self, spool: &Spool, chits: &[(String, u64)], args: &RequestArgs) -> Vec<Outcome> {
+        let deadline = args
+            .timeout
+            .map(|s| Instant::now() + Duration::from_secs_f64(s));
+        let total = chits.iter().map(|(_, size)| size).sum();
+        let progress = Progress::start(&args.spool, total);
+        let mut outcomes: Vec<Option<Outcome>> = chits.iter().map(|_| None).collect();
         loop {
-            for (name, outcome) in names.iter().zip(outcomes.iter_mut()) {
+            for ((name, _), outcome) in chits.iter().zip(outcomes.iter_mut()) {
                 if outcome.is_none() {
                     *outcome = terminal(spool, name);
                 }
+            }
+            if let Some(progress) = &progress {
+                progress.update(chits, &outcomes);
             }
             if outcomes.iter().all(Option::is_some) {
                 break;
@@ -211,6 +227,9 @@ impl Waiter {
                 wait = wait.min(left);
             }
             let _ = self.events.recv_timeout(wait);
+        }
+        if let Some(progress) = progress {
+            progress.finish();
         }
         let timed_out = |outcome: Option<Outcome>| outcome.unwrap_or(Outcome::TimedOut);
         outcomes.into_iter().map(timed_out).collect()

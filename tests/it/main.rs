@@ -15,6 +15,7 @@
 //! - `manifest`: `request --manifest` in both distinfo forms; `request`
 //!   refusing a missing spool.
 //! - `ops`: `retry`, `check`, JSON logs, checked environment variables.
+//! - `progress`: the progress line of `request --wait`, on a terminal only.
 //! - `examples`: the shell and Python consumer examples in `scripts/examples/`.
 //! - `status`: `status --json`.
 //! - `config`: configuration files.
@@ -39,6 +40,7 @@ mod failures;
 mod hostile;
 mod manifest;
 mod ops;
+mod progress;
 mod restart;
 mod resume;
 mod sources;
