@@ -34,9 +34,16 @@ pub enum Command {
     Run(RunArgs),
     /// Ask for a file: write a chit into a spool's request/ atomically.
     ///
-    /// No daemon needs to be running. Exits 0 once written (with --wait: once
-    /// downloaded), 1 when the chit failed (printing why), 124 when --timeout
-    /// ran out, 2 on a usage error.
+    /// No daemon needs to be running, but the spool must exist. With
+    /// --manifest, one chit per file of a distinfo. Exits 0 once written
+    /// (with --wait: once downloaded), 1 when a chit failed (printing why),
+    /// 124 when --timeout ran out, 2 on a usage error.
+    #[command(
+        override_usage = "chitd request --spool <DIR> [--wait] [--timeout <SECONDS>] \
+                                <SHA256> <SIZE> <PATH> [URL]...\n       \
+                                chitd request --spool <DIR> --manifest <FILE> [--wait] \
+                                [--timeout <SECONDS>]"
+    )]
     Request(RequestArgs),
     /// Show the chits in each spool, and the downloads of a running daemon.
     Status(StatusArgs),
