@@ -1,5 +1,6 @@
-//! The command line of contract §5 and §8 as clap types: `chitd run`,
-//! `chitd request`, `chitd status` and the `chitd cache` commands.
+//! The command line of contract §5, §8 and §9 as clap types: `chitd run`,
+//! `chitd check`, `chitd request`, `chitd retry`, `chitd status` and the
+//! `chitd cache` commands.
 //!
 //! This file owns the flags, their help text and the checks clap can make on
 //! its own (`--spool` needs `--deliver`, `--jobs` ≥ 1, `--timeout` ≥ 0). It
@@ -17,7 +18,7 @@ use clap::builder::{ArgPredicate, RangedU64ValueParser};
 /// spool directory; the daemon fetches each file once into a shared, verified
 /// cache and delivers it, moving the chit to downloaded/ or fail/.
 #[derive(Debug, clap::Parser)]
-#[command(name = "chitd", version, about)]
+#[command(name = "chitd", version, about, after_help = crate::env::HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -33,9 +34,16 @@ pub enum Command {
     Run(RunArgs),
     /// Ask for a file: write a chit into a spool's request/ atomically.
     ///
-    /// No daemon needs to be running. Exits 0 once written (with --wait: once
-    /// downloaded), 1 when the chit failed (printing why), 124 when --timeout
-    /// ran out, 2 on a usage error.
+    /// No daemon needs to be running, but the spool must exist. With
+    /// --manifest, one chit per file of a distinfo. Exits 0 once written
+    /// (with --wait: once downloaded), 1 when a chit failed (printing why),
+    /// 124 when --timeout ran out, 2 on a usage error.
+    #[command(
+        override_usage = "chitd request --spool <DIR> [--wait] [--timeout <SECONDS>] \
+                                <SHA256> <SIZE> <PATH> [URL]...\n       \
+                                chitd request --spool <DIR> --manifest <FILE> [--wait] \
+                                [--timeout <SECONDS>]"
+    )]
     Request(RequestArgs),
     /// Show the chits in each spool, and the downloads of a running daemon.
     Status(StatusArgs),
@@ -44,6 +52,34 @@ pub enum Command {
     /// Each command exits 0 on success, 1 on a failure it names, 2 on a
     /// usage error.
     Cache(CacheArgs),
+    /// Validate a configuration exactly as `run` would, print the layout,
+    /// and touch nothing.
+    ///
+    /// Takes every flag of `run`, so that `run` replaced by `check` in a
+    /// command line checks that command line (flags that only matter while
+    /// serving, such as --exit-when-idle, are checked and have no effect).
+    /// Exits 0 if `run` would accept it, 2 with the error if not.
+    Check(RunArgs),
+    /// Move failed chits from fail/ back to request/, for the daemon to try
+    /// again.
+    ///
+    /// Each chit is one rename(2) and keeps its name and its old "# error:"
+    /// lines (comments). A chit of the same name already in request/ or
+    /// fetch/ is never replaced: that chit is named as a conflict and left
+    /// in fail/. Exits 0 when every chit was retried, 1 when a NAME was not
+    /// in fail/ or could not be moved (the others are retried), 2 on a
+    /// usage error.
+    Retry(RetryArgs),
+}
+
+/// How `chitd run` writes its log to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event.
+    #[default]
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
@@ -81,13 +117,26 @@ pub struct RunArgs {
     /// download is in flight.
     #[arg(long)]
     pub exit_when_idle: bool,
+
+    /// How the log on stderr is written: text, or one JSON object per line
+    /// [default: text, or --config's log_format].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct RequestArgs {
-    /// The consumer's spool directory; the chit is written into its request/.
+    /// The consumer's spool directory, which must exist; the chit is written
+    /// into its request/ (made if missing).
     #[arg(long, value_name = "DIR")]
     pub spool: PathBuf,
+
+    /// Request every file a distinfo FILE lists, one chit each, instead of
+    /// SHA256 SIZE PATH: lines "<sha256> <size> <path>" (Ravenports), or
+    /// FreeBSD's "SHA256 (path) = <hex>" and "SIZE (path) = <n>" pairs. The
+    /// whole file is checked before any chit is written.
+    #[arg(long, value_name = "FILE", conflicts_with = "sha256")]
+    pub manifest: Option<PathBuf>,
 
     /// Wait until the chit is downloaded (exit 0) or failed (exit 1, printing
     /// the reason). Implied by --timeout.
@@ -100,17 +149,17 @@ pub struct RequestArgs {
     pub timeout: Option<f64>,
 
     /// The file's SHA-256 digest: 64 hexadecimal digits, any case.
-    #[arg(value_name = "SHA256")]
-    pub sha256: String,
+    #[arg(value_name = "SHA256", required_unless_present = "manifest")]
+    pub sha256: Option<String>,
 
     /// The file's size in bytes, in decimal.
-    #[arg(value_name = "SIZE")]
-    pub size: String,
+    #[arg(value_name = "SIZE", required_unless_present = "manifest")]
+    pub size: Option<String>,
 
     /// Where the file must appear, relative to the consumer's delivery
     /// directory, with / separators (for example gnu/make-4.4.tar.gz).
-    #[arg(value_name = "PATH")]
-    pub path: String,
+    #[arg(value_name = "PATH", required_unless_present = "manifest")]
+    pub path: Option<String>,
 
     /// Absolute http or https URLs to try first, in order, before the mirrors.
     #[arg(value_name = "URL")]
@@ -228,6 +277,21 @@ pub struct GcArgs {
     pub dry_run: bool,
 }
 
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct RetryArgs {
+    /// The consumer's spool directory, which must exist.
+    #[arg(long, value_name = "DIR")]
+    pub spool: PathBuf,
+
+    /// Retry every chit in fail/.
+    #[arg(long, conflicts_with = "names", required_unless_present = "names")]
+    pub all: bool,
+
+    /// The chits to retry: names of files in fail/.
+    #[arg(value_name = "NAME")]
+    pub names: Vec<std::ffi::OsString>,
+}
+
 /// `--timeout`: a finite, non-negative number of seconds.
 fn parse_timeout(text: &str) -> Result<f64, String> {
     let seconds: f64 = text
@@ -311,6 +375,8 @@ mod tests {
             "--jobs",
             "8",
             "--exit-when-idle",
+            "--log-format",
+            "json",
         ]);
         let expected = RunArgs {
             config: Some("etc/chitd.toml".into()),
@@ -320,6 +386,7 @@ mod tests {
             mirror: vec!["https://a.example/".into(), "file:///srv/mirror".into()],
             jobs: Some(8),
             exit_when_idle: true,
+            log_format: Some(LogFormat::Json),
         };
         assert_eq!(args, expected);
     }
@@ -368,10 +435,10 @@ mod tests {
         assert!(!args.wait);
         assert_eq!(args.timeout, None);
         assert_eq!(
-            (args.sha256.as_str(), args.size.as_str()),
-            (digest.as_str(), "1234")
+            (args.sha256.as_deref(), args.size.as_deref()),
+            (Some(digest.as_str()), Some("1234"))
         );
-        assert_eq!(args.path, "gnu/make-4.4.tar.gz");
+        assert_eq!(args.path.as_deref(), Some("gnu/make-4.4.tar.gz"));
         assert_eq!(args.urls.len(), 2);
         let args = request(&["request", "--spool", "sp", "--wait", &digest, "0", "p"]);
         assert!(args.wait);
@@ -490,6 +557,86 @@ mod tests {
         usage_error(&["cache", "import"]);
         usage_error(&["cache", "verify", "extra"]);
         usage_error(&["cache", "frob"]);
+    }
+
+    #[test]
+    fn request_manifest_replaces_the_chit_fields() {
+        let args = request(&[
+            "request",
+            "--spool",
+            "s",
+            "--manifest",
+            "distinfo",
+            "--wait",
+        ]);
+        assert_eq!(args.manifest, Some(PathBuf::from("distinfo")));
+        assert_eq!((args.sha256, args.size, args.path), (None, None, None));
+        assert!(args.wait);
+        let digest = "a".repeat(64);
+        let both = [
+            "request",
+            "--spool",
+            "s",
+            "--manifest",
+            "m",
+            &digest,
+            "1",
+            "p",
+        ];
+        assert_eq!(usage_error(&both).kind(), ErrorKind::ArgumentConflict);
+        let neither = usage_error(&["request", "--spool", "s"]);
+        assert_eq!(neither.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn log_format_values() {
+        assert_eq!(run(&["run"]).log_format, None);
+        let text = run(&["run", "--log-format", "text"]).log_format;
+        assert_eq!(text, Some(LogFormat::Text));
+        let error = usage_error(&["run", "--log-format", "xml"]);
+        assert_eq!(error.kind(), ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn check_takes_the_flags_of_run() {
+        let args = match parse(&["check", "--config", "c.toml", "--jobs", "2"]) {
+            Ok(Command::Check(args)) => args,
+            other => panic!("expected check, got {other:?}"),
+        };
+        assert_eq!(args.config, Some(PathBuf::from("c.toml")));
+        assert_eq!(args.jobs, Some(2));
+        usage_error(&["check", "--spool", "s"]);
+    }
+
+    #[test]
+    fn retry_needs_all_or_names_not_both() {
+        let retry = |list: &[&str]| match parse(list) {
+            Ok(Command::Retry(args)) => args,
+            other => panic!("expected retry, got {other:?}"),
+        };
+        let args = retry(&["retry", "--spool", "s", "--all"]);
+        assert!(args.all && args.names.is_empty());
+        let args = retry(&["retry", "--spool", "s", "a", "b"]);
+        assert_eq!(args.names, ["a", "b"]);
+        assert!(!args.all);
+        let neither = usage_error(&["retry", "--spool", "s"]);
+        assert_eq!(neither.kind(), ErrorKind::MissingRequiredArgument);
+        let both = usage_error(&["retry", "--spool", "s", "--all", "a"]);
+        assert_eq!(both.kind(), ErrorKind::ArgumentConflict);
+        usage_error(&["retry", "--all"]);
+    }
+
+    #[test]
+    fn help_lists_the_environment_variables() {
+        let help = Cli::command().render_long_help().to_string();
+        for name in [
+            "RUST_LOG",
+            "CHITD_RETRY_DELAY_MS",
+            "HTTPS_PROXY",
+            "SSL_CERT_FILE",
+        ] {
+            assert!(help.contains(name), "{name} missing from:\n{help}");
+        }
     }
 
     #[test]

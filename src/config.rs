@@ -25,7 +25,7 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 use url::Url;
 
-use crate::cli::{CacheLocation, RunArgs, StatusArgs};
+use crate::cli::{CacheLocation, LogFormat, RunArgs, StatusArgs};
 
 /// Concurrent downloads when the configuration does not say.
 pub const DEFAULT_JOBS: usize = 4;
@@ -56,6 +56,8 @@ pub struct Config {
     /// Names are unique and non-empty; no two consumers share a spool. After
     /// [`Config::validate_for_run`], no two roots overlap (but see there).
     pub consumers: Vec<Consumer>,
+    /// How `chitd run` writes its log (`log_format`, or `--log-format`).
+    pub log_format: LogFormat,
     /// How much the cache may hold, and for how long unused (`cache_max_size`,
     /// `cache_max_age`; no limit by default).
     pub cache_limits: CacheLimits,
@@ -229,6 +231,7 @@ struct RawConfig {
     mirrors: Option<Spanned<Value>>,
     jobs: Option<Spanned<Value>>,
     give_up_after: Option<Spanned<Value>>,
+    log_format: Option<Spanned<Value>>,
     cache_max_size: Option<Spanned<Value>>,
     cache_max_age: Option<Spanned<Value>>,
     #[serde(default)]
@@ -266,6 +269,9 @@ impl Config {
         }
         if let Some(value) = &raw.give_up_after {
             config.give_up_after = reader.check("give_up_after", value, give_up_after)?;
+        }
+        if let Some(value) = &raw.log_format {
+            config.log_format = reader.check("log_format", value, log_format)?;
         }
         if let Some(value) = &raw.cache_max_size {
             let size = reader.check("cache_max_size", value, cache_max_size)?;
@@ -325,6 +331,7 @@ impl Config {
             mirrors: Vec::new(),
             jobs: DEFAULT_JOBS,
             give_up_after: DEFAULT_GIVE_UP_AFTER,
+            log_format: LogFormat::Text,
             consumers: vec![Consumer::default_named(
                 dir.join("spool"),
                 dir.join("distfiles"),
@@ -386,6 +393,11 @@ impl Config {
         lines.push(format!("jobs:          {}", self.jobs));
         let give_up_after = humantime::format_duration(self.give_up_after);
         lines.push(format!("give_up_after: {give_up_after} without progress"));
+        let log_format = match self.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        lines.push(format!("log_format:    {log_format}"));
         if let Some(size) = self.cache_limits.max_size {
             lines.push(format!("cache_max_size: {size} bytes"));
         }
@@ -574,6 +586,14 @@ fn jobs(value: &Value) -> Result<usize, String> {
              not {}",
             show(other)
         )),
+    }
+}
+
+fn log_format(value: &Value) -> Result<LogFormat, String> {
+    match value.as_str() {
+        Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        _ => Err(format!("must be \"text\" or \"json\", not {}", show(value))),
     }
 }
 
@@ -868,6 +888,9 @@ pub fn resolve_run(args: &RunArgs, cwd: &Path) -> Result<(Config, LayoutSource),
             return Err(flag_error("--jobs", jobs, message));
         }
         config.jobs = jobs;
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
     }
     if let Err(error) = config.validate_for_run() {
         return Err(match &source {

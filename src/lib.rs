@@ -14,6 +14,8 @@
 //! - [`config`]: TOML text → [`config::Config`]; merging `run` flags. Pure,
 //!   plus a thin `load`.
 //! - [`cli`]: clap types for the subcommands. No I/O.
+//! - [`env`]: the environment variables (`RUST_LOG`, `CHITD_*`), checked.
+//!   Pure, plus a thin `read`.
 //! - [`durable`]: the few fsync / atomic-write primitives everyone uses.
 //! - [`dir`]: confined access beneath a consumer's directories (openat2
 //!   `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): nothing a consumer plants can
@@ -45,7 +47,8 @@
 //!   chit's blocking steps and the group commit; `status_file.rs`: progress
 //!   published for `chitd status`; `collect.rs`: the cache's own
 //!   collection).
-//! - [`request`], [`status`]: the other two subcommands.
+//! - [`request`], [`status`], [`retry`]: the other subcommands;
+//!   [`manifest`]: distinfo text → chits for `request --manifest` (pure).
 //! - [`cache`]: the `chitd cache` commands, beside or without a running
 //!   daemon (`import.rs`: files into the cache; `verify.rs`: re-hash every
 //!   object, quarantine the corrupt ones; `ls.rs`: the objects with their
@@ -62,10 +65,13 @@ pub mod daemon;
 pub mod deliver;
 pub mod dir;
 pub mod durable;
+pub mod env;
 pub mod fetch;
 pub mod inflight;
+pub mod manifest;
 pub mod partial;
 pub mod request;
+pub mod retry;
 pub mod spool;
 pub mod status;
 pub mod store;

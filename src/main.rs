@@ -3,17 +3,18 @@
 //! 124 timeout).
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
-use chitd::cli::{Cli, Command, RequestArgs, RunArgs, StatusArgs};
-use chitd::config::{self, LayoutSource};
+use chitd::cli::{Cli, Command, LogFormat, RequestArgs, RetryArgs, RunArgs, StatusArgs};
+use chitd::config::{self, Config, LayoutSource};
 use chitd::daemon::{self, Options};
+use chitd::env::Environment;
 use chitd::fetch::FetchSettings;
-use chitd::request::{self, Outcome, RequestError};
+use chitd::request::{self, Outcome, RequestError, Requested};
+use chitd::retry::{self, RetryError};
 use chitd::status;
 
 fn main() -> ExitCode {
@@ -28,29 +29,85 @@ fn main() -> ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("chitd=info")),
-        )
-        .with_writer(|| OneLine(std::io::stderr()))
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let environment = match Environment::read() {
+        Ok(environment) => environment,
+        Err(e) => return fatal(2, format!("{e}")),
+    };
+    // `run` sets up its log once its configuration (log_format) is known.
+    if !matches!(cli.command, Command::Run(_)) {
+        init_logging(&environment, LogFormat::Text);
+    }
     match cli.command {
-        Command::Run(args) => run(&args),
-        Command::Request(args) => request(&args),
+        Command::Run(args) => run(&args, &environment),
+        Command::Check(args) => check(&args),
+        Command::Request(args) => match &args.manifest {
+            Some(file) => request_manifest(&args, file),
+            None => request(&args),
+        },
+        Command::Retry(args) => retry(&args),
         Command::Status(args) => status(&args),
         Command::Cache(args) => ExitCode::from(chitd::cache::run(&args)),
     }
 }
 
-fn run(args: &RunArgs) -> ExitCode {
-    let cwd = match std::env::current_dir() {
-        Ok(cwd) => cwd,
-        Err(e) => return fatal(1, format!("cannot read the current directory: {e}")),
-    };
-    let (config, source) = match config::resolve_run(args, &cwd) {
+/// Logs go to stderr, one event a line, as text or JSON objects.
+fn init_logging(environment: &Environment, format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(environment.filter())
+        .with_writer(|| OneLine(std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `run`'s configuration: the layout and how it was arrived at, or the
+/// error (a configuration error is a usage error: exit 2).
+fn resolve(args: &RunArgs) -> Result<(Config, LayoutSource, PathBuf), ExitCode> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| fatal(1, format!("cannot read the current directory: {e}")))?;
+    let (config, source) = config::resolve_run(args, &cwd).map_err(|e| fatal(2, format!("{e}")))?;
+    Ok((config, source, cwd))
+}
+
+/// The first line of the layout printed by `run` and `check`.
+fn layout_source(source: &LayoutSource, cwd: &Path) -> String {
+    match source {
+        LayoutSource::EmbeddedDefault => format!(
+            "chitd: no --config or --spool given; using the default layout in {}",
+            cwd.display()
+        ),
+        LayoutSource::ConfigFile(path) => format!("chitd: configuration {}", path.display()),
+        LayoutSource::Flags => "chitd: layout from flags".to_owned(),
+    }
+}
+
+fn check(args: &RunArgs) -> ExitCode {
+    let (config, source, cwd) = match resolve(args) {
         Ok(resolved) => resolved,
-        Err(e) => return fatal(2, format!("{e}")),
+        Err(code) => return code,
+    };
+    println!("{}", layout_source(&source, &cwd));
+    print!("{}", config.describe());
+    println!("chitd: the configuration is valid; nothing was created");
+    ExitCode::SUCCESS
+}
+
+fn run(args: &RunArgs, environment: &Environment) -> ExitCode {
+    let (config, source, cwd) = match resolve(args) {
+        Ok(resolved) => resolved,
+        Err(code) => return code,
+    };
+    let format = config.log_format;
+    init_logging(environment, format);
+    // Once the log is set up, fatal errors are log events too (a JSON log
+    // stays all JSON).
+    let fatal = |code: u8, message: String| match format {
+        LogFormat::Text => fatal(code, message),
+        LogFormat::Json => {
+            tracing::error!("{message}");
+            ExitCode::from(code)
+        }
     };
     raise_open_files_limit();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -66,20 +123,16 @@ fn run(args: &RunArgs) -> ExitCode {
             Err(e) => return fatal(1, format!("cannot install signal handlers: {e}")),
         }
     };
-    match &source {
-        LayoutSource::EmbeddedDefault => println!(
-            "chitd: no --config or --spool given; using the default layout in {}",
-            cwd.display()
-        ),
-        LayoutSource::ConfigFile(path) => println!("chitd: configuration {}", path.display()),
-        LayoutSource::Flags => println!("chitd: layout from flags"),
+    let source = layout_source(&source, &cwd);
+    match format {
+        LogFormat::Text => print!("{source}\n{}", config.describe()),
+        LogFormat::Json => tracing::info!(layout = %config.describe(), "{source}"),
     }
-    print!("{}", config.describe());
     let options = Options {
         exit_when_idle: args.exit_when_idle,
-        fetch: fetch_settings_from_env(),
-        rescan_interval: env_millis("CHITD_RESCAN_INTERVAL_MS")
-            .filter(|interval| !interval.is_zero())
+        fetch: fetch_settings(environment),
+        rescan_interval: environment
+            .rescan_interval
             .unwrap_or(daemon::RESCAN_INTERVAL),
     };
     match runtime.block_on(daemon::run(config, options, shutdown)) {
@@ -148,24 +201,16 @@ impl<W: std::io::Write> std::io::Write for OneLine<W> {
     }
 }
 
-/// A test and tuning knob in milliseconds, if set to a number.
-fn env_millis(name: &str) -> Option<Duration> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_millis)
-}
-
 /// Test and tuning knobs: `CHITD_RETRY_DELAY_MS` (first backoff between
 /// retry rounds) and `CHITD_INACTIVITY_TIMEOUT_MS` (no data for this long
 /// cuts a connection).
-fn fetch_settings_from_env() -> FetchSettings {
+fn fetch_settings(environment: &Environment) -> FetchSettings {
     let mut settings = FetchSettings::default();
-    if let Some(delay) = env_millis("CHITD_RETRY_DELAY_MS") {
+    if let Some(delay) = environment.retry_delay {
         settings.retry_delay = delay;
         settings.max_retry_delay = settings.max_retry_delay.max(delay);
     }
-    if let Some(timeout) = env_millis("CHITD_INACTIVITY_TIMEOUT_MS") {
+    if let Some(timeout) = environment.inactivity_timeout {
         settings.inactivity_timeout = timeout;
     }
     settings
@@ -207,6 +252,78 @@ fn request(args: &RequestArgs) -> ExitCode {
         Err(e @ RequestError::Invalid(..)) => fatal(2, format!("{e}")),
         Err(e) => fatal(1, format!("{e}")),
     }
+}
+
+/// `request --manifest`: the chits' names (and with `--wait` how each
+/// ended); exit 1 if any failed, else 124 if any is not terminal yet.
+fn request_manifest(args: &RequestArgs, file: &Path) -> ExitCode {
+    let requested = match request::request_manifest(args, file) {
+        Ok(requested) => requested,
+        Err(e @ RequestError::Invalid(..)) => return fatal(2, format!("{e}")),
+        Err(e) => return fatal(1, format!("{e}")),
+    };
+    let (mut failed, mut pending) = (0, 0);
+    for Requested {
+        name,
+        path,
+        outcome,
+        ..
+    } in &requested
+    {
+        match outcome {
+            Outcome::Queued => println!("{name}"),
+            Outcome::Downloaded => println!("{name}: downloaded"),
+            Outcome::Failed(reason) => {
+                failed += 1;
+                println!("{name}: failed");
+                eprintln!("chitd: {path} ({name}) failed: {reason}");
+            }
+            Outcome::TimedOut => {
+                pending += 1;
+                println!("{name}: not terminal yet");
+            }
+        }
+    }
+    if !args.wait {
+        return ExitCode::SUCCESS;
+    }
+    let downloaded = requested.len() - failed - pending;
+    eprintln!("chitd: {downloaded} downloaded, {failed} failed, {pending} not terminal yet");
+    match (failed, pending) {
+        (0, 0) => ExitCode::SUCCESS,
+        (0, _) => fatal(124, "timed out waiting".to_owned()),
+        _ => ExitCode::from(1),
+    }
+}
+
+/// `retry`: each chit moved back prints `retried NAME`; each that could not
+/// be is named on stderr, and makes the exit code 1.
+fn retry(args: &RetryArgs) -> ExitCode {
+    let outcomes = match retry::retry(args) {
+        Ok(outcomes) => outcomes,
+        Err(e @ RetryError::Invalid(..)) => return fatal(2, format!("{e}")),
+        Err(e) => return fatal(1, format!("{e}")),
+    };
+    if outcomes.is_empty() {
+        eprintln!("chitd: nothing to retry: fail/ holds no chit");
+    }
+    let mut code = ExitCode::SUCCESS;
+    for (name, outcome) in outcomes {
+        let name = name.to_string_lossy();
+        let problem = match outcome {
+            retry::Outcome::Retried => {
+                println!("retried {name}");
+                continue;
+            }
+            retry::Outcome::NotFailed => "not in fail/".to_owned(),
+            retry::Outcome::Conflict(state) => {
+                format!("a chit of this name is already in {state}; left in fail/")
+            }
+            retry::Outcome::Failed(error) => error,
+        };
+        code = fatal(1, format!("{name}: {problem}"));
+    }
+    code
 }
 
 fn status(args: &StatusArgs) -> ExitCode {

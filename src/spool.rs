@@ -117,6 +117,13 @@ impl Spool {
         Spool::beneath(name, Dir::open_root(path)?)
     }
 
+    /// Open a consumer's spool that must exist already (for `chitd request`
+    /// and `chitd retry`: a mistyped path must not make a spool that no
+    /// daemon serves), creating the state directories if missing.
+    pub fn open_existing(name: &str, path: &Path) -> io::Result<Spool> {
+        Spool::beneath(name, Dir::open_existing(path)?)
+    }
+
     fn beneath(name: &str, root: Dir) -> io::Result<Spool> {
         let durable = DurableDirs::default();
         let state = |dir: &str| root.create_dirs([dir], &durable);

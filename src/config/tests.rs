@@ -52,6 +52,7 @@ fn contract_example() {
         mirrors: vec![Url::parse("https://mirror.example/distfiles").expect("url")],
         jobs: 4,
         give_up_after: Duration::from_secs(60),
+        log_format: LogFormat::Text,
         consumers: vec![Consumer {
             name: "builder01".into(),
             spool: "/etc/chitd/builders/01/spool".into(),
@@ -345,6 +346,26 @@ fn default_layout_and_describe() {
     );
 }
 
+#[test]
+fn log_format_from_the_file_and_the_flag() {
+    let json = parse(&format!("log_format = \"json\"\n{CONSUMER}")).expect("valid");
+    assert_eq!(json.log_format, LogFormat::Json);
+    assert!(json.describe().contains("log_format:    json"));
+    assert_eq!(parse(CONSUMER).expect("valid").log_format, LogFormat::Text);
+    let message = key_error("log_format = \"xml\"\n", "log_format", 1);
+    assert!(
+        message.contains("must be \"text\" or \"json\""),
+        "{message}"
+    );
+    key_error("\nlog_format = 1\n", "log_format", 2);
+    let args = RunArgs {
+        log_format: Some(LogFormat::Json),
+        ..RunArgs::default()
+    };
+    let (config, _) = resolve_run(&args, &cwd()).expect("valid");
+    assert_eq!(config.log_format, LogFormat::Json);
+}
+
 fn cwd() -> PathBuf {
     PathBuf::from("/home/me/work")
 }
@@ -416,6 +437,7 @@ fn flags_override_the_file() {
         mirror: vec!["file:///srv/m".into(), "http://n.example".into()],
         jobs: Some(2),
         exit_when_idle: true,
+        log_format: None,
     };
     let (config, _) = resolve_run(&args, &cwd()).expect("overrides");
     assert_eq!(config.cache, PathBuf::from("/var/cache/x"));

@@ -42,6 +42,7 @@ pub type DownloadOutcome = (Key, Vec<url::Url>, Result<Partial, DownloadError>);
 struct UnderWay {
     more: Arc<MoreSources>,
     cancel: CancellationToken,
+    started: std::time::Instant,
 }
 
 pub struct Downloads {
@@ -49,6 +50,9 @@ pub struct Downloads {
     /// The download tasks.
     tasks: JoinSet<DownloadOutcome>,
     under_way: HashMap<Key, UnderWay>,
+    /// Finished downloads being published, and when each started (for the
+    /// log line's duration and rate).
+    publishing: HashMap<Key, std::time::Instant>,
     /// Early deliveries of the downloads under way (see [`crate::chase`]).
     chases: HashMap<Key, Chase>,
     /// Sources already tried in vain for a file that is being retried
@@ -68,6 +72,7 @@ impl Downloads {
             inflight: InFlight::default(),
             tasks: JoinSet::new(),
             under_way: HashMap::new(),
+            publishing: HashMap::new(),
             chases: HashMap::new(),
             tried: HashMap::new(),
             earlier_failures: HashMap::new(),
@@ -127,6 +132,7 @@ impl Downloads {
             let under_way = UnderWay {
                 more: Arc::clone(&job.more),
                 cancel: cancel.clone(),
+                started: std::time::Instant::now(),
             };
             self.under_way.insert(key, under_way);
             let shared = Arc::clone(shared);
@@ -219,9 +225,17 @@ impl Downloads {
         local: &mut JoinSet<Step>,
         queues: &mut Queues<Delivery>,
     ) {
-        self.under_way.remove(&key);
+        let started = self
+            .under_way
+            .remove(&key)
+            .map(|under_way| under_way.started);
         let error = match result {
-            Ok(partial) => return self.publish(shared, key, partial, local),
+            Ok(partial) => {
+                if let Some(started) = started {
+                    self.publishing.insert(key, started);
+                }
+                return self.publish(shared, key, partial, local);
+            }
             Err(error) => error,
         };
         let failed = match error {
@@ -240,6 +254,14 @@ impl Downloads {
             }
             (None, None) => {}
         }
+    }
+
+    /// How long the download of `key`, published now, took: from its start
+    /// to the file in the cache (zero if not known).
+    pub fn took(&mut self, key: &Key) -> std::time::Duration {
+        self.publishing
+            .remove(key)
+            .map_or(std::time::Duration::ZERO, |started| started.elapsed())
     }
 
     /// The transfer is over: its slot is free for the next one, while the

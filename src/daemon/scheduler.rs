@@ -284,8 +284,11 @@ impl Scheduler {
                 if let Some(step) = delivered {
                     self.step_done(*step);
                 }
+                let took = self.downloads.took(&key);
                 if let Ok(object) = &published {
-                    tracing::info!(digest = %key.digest, source = %source.unwrap_or_default(), "download finished, verified and cached");
+                    let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+                    let rate = bytes_per_second(key.size, took);
+                    tracing::info!(digest = %key.digest, source = %source.unwrap_or_default(), size = key.size, duration_ms, rate, "download finished, verified and cached");
                     self.housekeeping.published(object);
                     self.collector.published(key.size);
                 }
@@ -485,6 +488,11 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
+}
+
+/// `bytes` over `took`, in bytes per second (as if it took at least 1 ms).
+fn bytes_per_second(bytes: u64, took: std::time::Duration) -> u64 {
+    (bytes as f64 / took.as_secs_f64().max(0.001)) as u64
 }
 
 #[cfg(test)]

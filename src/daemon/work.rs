@@ -2,6 +2,7 @@
 //! it, deliver it from the cache or hand it to the scheduler to wait for a
 //! download; and, once a download ends, deliver or fail its waiters.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -210,43 +211,74 @@ pub struct Commit {
 pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> Step {
     let spool = shared.consumers[consumer].spool();
     let claimed_in = spool.fetch_id();
-    let done = |name| Step::Done(ChitId::new(consumer, name));
-    // Logged once the digest is known (or known to be unreadable).
-    let mut claimed = false;
-    if origin == Origin::Request {
-        match spool.claim(&name) {
-            Ok(Claim::Claimed) => claimed = true,
-            Ok(Claim::Gone) => return done(name),
-            Ok(Claim::Busy) => {
-                tracing::debug!(consumer = %spool.name, chit = %name, "a chit of this name is still in fetch/; leaving request/ for later");
-                return done(name);
-            }
-            Err(e) => {
-                tracing::error!(consumer = %spool.name, chit = %name, "cannot claim the chit: {e}");
-                return Step::Stuck(ChitId::new(consumer, name));
-            }
+    let (bytes, chit) = match claim_and_read(&spool, consumer, &name, origin) {
+        ControlFlow::Continue(read) => read,
+        ControlFlow::Break(step) => return step,
+    };
+    let waiter = Waiter {
+        consumer,
+        name,
+        chit,
+        claimed_in,
+        cache_was_corrupt: false,
+    };
+    look_up(shared, &spool, waiter, &bytes)
+}
+
+/// Claim the chit and read it: its bytes and the chit, or the step that
+/// ends its turn here.
+fn claim_and_read(
+    spool: &Spool,
+    consumer: usize,
+    name: &str,
+    origin: Origin,
+) -> ControlFlow<Step, (Vec<u8>, Chit)> {
+    let claimed = claim(spool, consumer, name, origin)?;
+    read_chit(spool, consumer, name, origin, claimed)
+}
+
+/// Claim `request/NAME` into `fetch/` (one queued from `fetch/` is
+/// claimed already): whether it was claimed now, or the step that ends
+/// the chit's turn here.
+fn claim(spool: &Spool, consumer: usize, name: &str, origin: Origin) -> ControlFlow<Step, bool> {
+    if origin == Origin::Fetch {
+        return ControlFlow::Continue(false);
+    }
+    let done = || Step::Done(ChitId::new(consumer, name.to_owned()));
+    match spool.claim(name) {
+        Ok(Claim::Claimed) => ControlFlow::Continue(true),
+        Ok(Claim::Gone) => ControlFlow::Break(done()),
+        Ok(Claim::Busy) => {
+            tracing::debug!(consumer = %spool.name, chit = %name, "a chit of this name is still in fetch/; leaving request/ for later");
+            ControlFlow::Break(done())
+        }
+        Err(e) => {
+            tracing::error!(consumer = %spool.name, chit = %name, "cannot claim the chit: {e}");
+            ControlFlow::Break(Step::Stuck(ChitId::new(consumer, name.to_owned())))
         }
     }
-    let read = spool.read(&name);
+}
+
+/// Read and parse the claimed chit `fetch/NAME`: its bytes and the chit,
+/// or the step that ends its turn here (gone, failed as a bad chit, or
+/// left for later).
+fn read_chit(
+    spool: &Spool,
+    consumer: usize,
+    name: &str,
+    origin: Origin,
+    claimed: bool,
+) -> ControlFlow<Step, (Vec<u8>, Chit)> {
+    let read = spool.read(name);
     if origin == Origin::Fetch
         && let Ok(bytes) = &read
-        && let Some(state) = spool.terminal_twin(&name, bytes)
+        && let Some(step) = drop_terminal_twin(spool, consumer, name, bytes)
     {
-        // One chit in two places: the terminal copy wins.
-        return match spool.drop_fetched(&name) {
-            Ok(()) => {
-                tracing::info!(consumer = %spool.name, chit = %name, "the same chit is in fetch/ and {state}/: {state}/ wins; removed it from fetch/");
-                done(name)
-            }
-            Err(e) => {
-                tracing::error!(consumer = %spool.name, chit = %name, "the same chit is in fetch/ and {state}/, and cannot be removed from fetch/: {e}");
-                Step::Stuck(ChitId::new(consumer, name))
-            }
-        };
+        return ControlFlow::Break(step);
     }
     if !matches!(read, Err(ReadError::Gone | ReadError::Unavailable(_))) {
         // This request supersedes any outcome of an earlier one of its name.
-        spool.clear_outcomes(&name);
+        spool.clear_outcomes(name);
     }
     let parsed = read.as_ref().ok().map(|bytes| Chit::parse(bytes));
     if claimed {
@@ -259,69 +291,90 @@ pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> 
     }
     let bytes = match read {
         Ok(bytes) => bytes,
-        Err(ReadError::Gone) => return done(name),
+        Err(ReadError::Gone) => {
+            return ControlFlow::Break(Step::Done(ChitId::new(consumer, name.to_owned())));
+        }
         Err(ReadError::Refused(reason)) => {
-            return fail_step(&spool, consumer, name, None, None, &reason);
+            return ControlFlow::Break(fail_step(
+                spool,
+                consumer,
+                name.to_owned(),
+                None,
+                None,
+                &reason,
+            ));
         }
         Err(ReadError::Unavailable(reason)) => {
             tracing::error!(consumer = %spool.name, chit = %name, "{reason}");
-            return Step::Short(ChitId::new(consumer, name));
+            return ControlFlow::Break(Step::Short(ChitId::new(consumer, name.to_owned())));
         }
     };
-    let chit = match parsed.unwrap_or_else(|| Chit::parse(&bytes)) {
-        Ok(chit) => chit,
+    match parsed.unwrap_or_else(|| Chit::parse(&bytes)) {
+        Ok(chit) => ControlFlow::Continue((bytes, chit)),
         Err(e) => {
-            return fail_step(
-                &spool,
+            let reason = format!("bad chit: {e}");
+            let name = name.to_owned();
+            ControlFlow::Break(fail_step(
+                spool,
                 consumer,
                 name,
                 None,
                 Some(&bytes),
-                &format!("bad chit: {e}"),
-            );
+                &reason,
+            ))
         }
-    };
+    }
+}
+
+/// One chit in two places, `fetch/` and a terminal state (`bytes` read
+/// from `fetch/`): the terminal copy wins, and the one in `fetch/` is
+/// removed. `None` if there is no such twin.
+fn drop_terminal_twin(spool: &Spool, consumer: usize, name: &str, bytes: &[u8]) -> Option<Step> {
+    let state = spool.terminal_twin(name, bytes)?;
+    let id = ChitId::new(consumer, name.to_owned());
+    Some(match spool.drop_fetched(name) {
+        Ok(()) => {
+            tracing::info!(consumer = %spool.name, chit = %name, "the same chit is in fetch/ and {state}/: {state}/ wins; removed it from fetch/");
+            Step::Done(id)
+        }
+        Err(e) => {
+            tracing::error!(consumer = %spool.name, chit = %name, "the same chit is in fetch/ and {state}/, and cannot be removed from fetch/: {e}");
+            Step::Stuck(id)
+        }
+    })
+}
+
+/// Look the chit's file up in the cache: deliver a hit, wait for a
+/// download on a miss, fail a chit whose size the cache proves wrong.
+fn look_up(shared: &Shared, spool: &Spool, waiter: Waiter, bytes: &[u8]) -> Step {
+    let chit = &waiter.chit;
     let reason = match shared.store.lookup(&chit.digest, chit.size) {
         Ok(Lookup::Hit(object)) => {
             let object = Object {
                 path: &object,
                 bytes: None,
             };
-            let waiter = Waiter {
-                consumer,
-                name,
-                chit,
-                claimed_in,
-                cache_was_corrupt: false,
-            };
             return deliver_chit(shared, waiter, object, "cache");
         }
-        Ok(Lookup::Miss) => {
-            return Step::Wait(Waiter {
-                consumer,
-                name,
-                chit,
-                claimed_in,
-                cache_was_corrupt: false,
-            });
-        }
+        Ok(Lookup::Miss) => return Step::Wait(waiter),
         Ok(Lookup::OtherSize(actual)) => format!(
             "the chit says {} bytes, but the file with this sha256 is {actual} bytes \
              (verified, in the cache)",
             chit.size
         ),
         Err(e) if out_of_resources(&e) => {
-            tracing::error!(consumer = %spool.name, chit = %name, digest = %chit.digest, "cannot look in the cache: {e}");
-            return Step::Short(ChitId::new(consumer, name));
+            tracing::error!(consumer = %spool.name, chit = %waiter.name, digest = %chit.digest, "cannot look in the cache: {e}");
+            return Step::Short(ChitId::new(waiter.consumer, waiter.name));
         }
         Err(e) => format!("cannot read the cache: {e}"),
     };
+    let digest = chit.digest;
     fail_step(
-        &spool,
-        consumer,
-        name,
-        Some(&chit.digest),
-        Some(&bytes),
+        spool,
+        waiter.consumer,
+        waiter.name,
+        Some(&digest),
+        Some(bytes),
         &reason,
     )
 }

@@ -14,6 +14,10 @@
 //! - `chits`: bad and unusual chits.
 //! - `sources`: chit URLs, mirrors, `file://` mirrors, HTTP framings.
 //! - `cli`: `request` and usage errors.
+//! - `manifest`: `request --manifest` in both distinfo forms; `request`
+//!   refusing a missing spool.
+//! - `ops`: `retry`, `check`, JSON logs, checked environment variables.
+//! - `progress`: the progress line of `request --wait`, on a terminal only.
 //! - `examples`: the shell and Python consumer examples in `scripts/examples/`.
 //! - `status`: `status --json`.
 //! - `config`: configuration files.
@@ -37,6 +41,9 @@ mod dedup;
 mod examples;
 mod failures;
 mod hostile;
+mod manifest;
+mod ops;
+mod progress;
 mod restart;
 mod resume;
 mod sources;

@@ -57,12 +57,27 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    run_cli_with_env(dir, args, &[], timeout)
+}
+
+/// [`run_cli`] with `env` set on top of the test environment.
+pub fn run_cli_with_env<I, S>(
+    dir: &TestDir,
+    args: I,
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> CliOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let number = next_number();
     let stdout_path = dir.join(&format!("cli-{number}.stdout"));
     let stderr_path = dir.join(&format!("cli-{number}.stderr"));
     let started = Instant::now();
     let mut child = chitd_command(dir.path())
+        .envs(env.iter().copied())
         .args(&args)
         .stdout(fs::File::create(&stdout_path).expect("create stdout file"))
         .stderr(fs::File::create(&stderr_path).expect("create stderr file"))
