@@ -56,6 +56,8 @@ pub struct Config {
     /// Names are unique and non-empty; no two consumers share a spool. After
     /// [`Config::validate_for_run`], no two roots overlap (but see there).
     pub consumers: Vec<Consumer>,
+    /// The fleet's shared store (`[remote]`), if any.
+    pub remote: Option<crate::remote::RemoteConfig>,
 }
 
 /// One consumer: where its chits arrive and where its files are delivered.
@@ -212,6 +214,7 @@ struct RawConfig {
     give_up_after: Option<Spanned<Value>>,
     #[serde(default)]
     consumer: Vec<Spanned<RawConsumer>>,
+    remote: Option<Spanned<crate::remote::config::RawRemote>>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +274,10 @@ impl Config {
             }
             config.consumers.push(consumer);
         }
+        if let Some(table) = &raw.remote {
+            let remote = crate::remote::config::parse(table.get_ref(), table.span());
+            config.remote = Some(remote.map_err(|(span, key, why)| reader.error(span, key, why))?);
+        }
         Ok(config)
     }
 
@@ -300,6 +307,7 @@ impl Config {
                 dir.join("spool"),
                 dir.join("distfiles"),
             )],
+            remote: None,
         }
     }
 
@@ -356,6 +364,12 @@ impl Config {
         lines.push(format!("jobs:          {}", self.jobs));
         let give_up_after = humantime::format_duration(self.give_up_after);
         lines.push(format!("give_up_after: {give_up_after} without progress"));
+        if let Some(remote) = &self.remote {
+            lines.push(format!(
+                "remote:        {}",
+                crate::remote::describe(remote)
+            ));
+        }
         let [request, fetch, downloaded, fail] = crate::spool::STATES;
         for consumer in &self.consumers {
             let spool = consumer.spool.display();
@@ -450,6 +464,10 @@ impl Reader<'_> {
             let expected = rest.split_once(", expected ").map_or("", |(_, list)| list);
             let message = format!("unknown key `{key}` (expected {expected})");
             return self.error(span, key, message);
+        }
+        if message.contains("RawRemote") {
+            let message = "`remote` must be a [remote] section with endpoint and bucket";
+            return self.error(span, "remote", message.to_string());
         }
         let message = "`consumer` must be written as [[consumer]] sections (with double \
                        brackets), one per consumer, each with name, spool and deliver";

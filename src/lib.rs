@@ -42,6 +42,10 @@
 //!   exit when idle (`queue.rs`: per-consumer round-robin; `work.rs`: a
 //!   chit's blocking steps and the group commit; `status_file.rs`: progress
 //!   published for `chitd status`).
+//! - [`remote`]: the fleet tier, an S3-compatible store shared by many
+//!   hosts: read before the chit's sources (`read.rs`), uploads in the
+//!   background with durable multipart state (`upload.rs`), leases for one
+//!   upstream download per fleet (`lease.rs`), `[remote]` (`config.rs`).
 //! - [`request`], [`status`]: the other two subcommands.
 //! - [`cache`]: the `chitd cache` commands, beside or without a running
 //!   daemon (`import.rs`: files into the cache; `verify.rs`: re-hash every
@@ -59,6 +63,7 @@ pub mod durable;
 pub mod fetch;
 pub mod inflight;
 pub mod partial;
+pub mod remote;
 pub mod request;
 pub mod spool;
 pub mod status;

@@ -81,6 +81,7 @@ fn run(args: &RunArgs) -> ExitCode {
         rescan_interval: env_millis("CHITD_RESCAN_INTERVAL_MS")
             .filter(|interval| !interval.is_zero())
             .unwrap_or(daemon::RESCAN_INTERVAL),
+        remote: chitd::remote::Settings::from_env(),
     };
     match runtime.block_on(daemon::run(config, options, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,

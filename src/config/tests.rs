@@ -57,6 +57,7 @@ fn contract_example() {
             spool: "/etc/chitd/builders/01/spool".into(),
             deliver: "/etc/chitd/builders/01/distfiles".into(),
         }],
+        remote: None,
     };
     assert_eq!(config, expected);
     assert_eq!(
