@@ -248,3 +248,42 @@ fn two_hosts_missing_one_file_at_once_download_it_upstream_once() {
             .exists()
     );
 }
+
+/// A remote that drips (played by the test server, which ignores the
+/// signature): cut after one window, ruled out, and its bytes kept for
+/// upstream to resume from.
+#[test]
+fn a_slow_remote_is_ruled_out_and_upstream_resumes_its_bytes() {
+    let fake_remote = Server::start();
+    let upstream = Server::start();
+    let content = Content::random(4 << 20);
+    let key = format!("/distfiles/chitd/sha256/{}", content.sha256);
+    fake_remote.add(&key, content.bytes.clone());
+    let drip = Fault::SlowDrip {
+        bytes_per_tick: 16 * 1024,
+        tick: Duration::from_millis(50),
+    };
+    fake_remote.set_fault(&key, drip);
+    upstream.add("/f.bin", content.bytes.clone());
+
+    let endpoint = fake_remote.url("");
+    let host = Host::new(&remote_section(endpoint.trim_end_matches('/')));
+    host.spool
+        .drop_chit("f", content.chit("f.bin", &[upstream.url("/f.bin")]));
+    let daemon = host.daemon().env("CHITD_REMOTE_STALL_MS", "1000");
+    let mut daemon = daemon.exit_when_idle().start();
+    daemon.expect_success(TIMEOUT);
+
+    host.spool.assert_delivered("f", "f.bin", &content);
+    let log = daemon.log();
+    assert!(
+        log.contains("the remote tier ruled out") && log.contains("too slow"),
+        "{log}"
+    );
+    let asked = upstream.requests_for("/f.bin");
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].range_start().is_some_and(|start| start > 0),
+        "{asked:?}"
+    );
+}
