@@ -1,6 +1,7 @@
 //! Leases: one host downloads a digest upstream for the whole fleet.
 //!
-//! A host that misses an object creates `<prefix>lease/<hex>` with
+//! A host that misses an object (of at least `Settings::lease_min_size`)
+//! creates `<prefix>lease/<hex>` with
 //! `If-None-Match: *` (`PutMode::Create`), its body `{"holder",
 //! "expires"}` (Unix seconds). Whoever creates it downloads upstream and
 //! deletes it once the object is uploaded or the download failed. The

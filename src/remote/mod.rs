@@ -19,7 +19,9 @@
 //!   resumes the same upload without sending the finished parts again.
 //!   Every pending upload has such a record, so an upload the store refused
 //!   or a shutdown cut is tried again at the next start.
-//! - **Lease** (`lease`): a host that misses an object creates
+//! - **Lease** (`lease`): a host that misses an object of at least
+//!   [`Settings::lease_min_size`] (a smaller one costs less to fetch twice
+//!   than a lease's round trips would add to every miss) creates
 //!   `<prefix>lease/<hex>` with `If-None-Match: *` (its name and expiry in
 //!   the body) and downloads upstream; a host that finds the lease taken
 //!   waits for the object and downloads it from the remote, or downloads
@@ -73,6 +75,9 @@ pub struct Settings {
     pub lease_ttl: Duration,
     /// How often a host waiting on a lease looks for the object.
     pub lease_poll: Duration,
+    /// Smaller files take no lease: fetching one twice costs less than
+    /// the lease's round trips would add to every miss.
+    pub lease_min_size: u64,
 }
 
 impl Default for Settings {
@@ -87,6 +92,7 @@ impl Default for Settings {
             abort_after: Duration::from_secs(7 * 24 * 3600),
             lease_ttl: Duration::from_secs(600),
             lease_poll: Duration::from_millis(500),
+            lease_min_size: 1 << 20,
         }
     }
 }

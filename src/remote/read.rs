@@ -68,6 +68,9 @@ impl Remote {
                     self.rule_out(&digest, &why);
                     return (partial, Fill::Elsewhere);
                 }
+                Err(Miss::NotThere) if partial.total() < self.settings.lease_min_size => {
+                    return (partial, Fill::Elsewhere);
+                }
                 Err(Miss::NotThere) => {}
             }
             match self.await_lease(digest, cancel).await {
