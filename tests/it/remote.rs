@@ -287,3 +287,31 @@ fn a_slow_remote_is_ruled_out_and_upstream_resumes_its_bytes() {
         "{asked:?}"
     );
 }
+
+/// A chit with no URL (and no mirror) is served by the remote tier when
+/// it has the file, and fails as having no source when it does not.
+#[test]
+fn a_chit_without_sources_is_served_by_the_remote_alone() {
+    let work = TestDir::new();
+    let s3 = S3Server::start(&work);
+    let content = Content::random(2 << 20);
+    let planted = s3.object_file(&content.sha256);
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::write(&planted, &content.bytes).unwrap();
+    let absent = Content::random(5000);
+
+    let host = Host::new(&s3.remote_section());
+    host.spool
+        .drop_chit("there", content.chit("there.bin", &[]));
+    host.spool
+        .drop_chit("absent", absent.chit("absent.bin", &[]));
+    let mut daemon = host.daemon().exit_when_idle().start();
+    daemon.expect_success(TIMEOUT);
+    host.spool.assert_delivered("there", "there.bin", &content);
+    let reason = host.spool.expect_failed("absent");
+    assert!(
+        !reason.contains("remote") && !reason.contains("127.0.0.1"),
+        "{reason}"
+    );
+    assert!(host.upload_records().is_empty(), "{}", daemon.log());
+}
