@@ -107,7 +107,8 @@ struct Uploader {
 }
 
 impl Uploader {
-    /// Record a new upload durably, then start it.
+    /// Record a new upload durably (a record already there, perhaps of a
+    /// multipart upload under way, is kept), then start it.
     async fn add(&self, upload: Upload) {
         let record = Record {
             size: upload.size,
@@ -115,9 +116,13 @@ impl Uploader {
             multipart: None,
         };
         let (dir, digest) = (self.remote.upload_dir.clone(), upload.digest);
-        let saved = blocking(move || save(&dir, &digest, &record)).await;
-        if let Err(e) = saved {
-            tracing::warn!(%digest, "cannot record the upload to {REMOTE_SOURCE}; uploading anyway: {e}");
+        let saved = blocking(move || match record_path(&dir, &digest).try_exists() {
+            Ok(true) => Ok(()),
+            _ => save(&dir, &digest, &record),
+        });
+        if let Err(e) = saved.await {
+            tracing::warn!(%digest, "cannot record the upload to {REMOTE_SOURCE}, so it is not made: {e}");
+            return;
         }
         self.spawn(upload.digest);
     }
@@ -170,6 +175,11 @@ impl Remote {
         let record = blocking(move || load(&dir, &digest))
             .await
             .map_err(|e| format!("cannot read its record: {e}"))?;
+        let object = record.object.clone();
+        if let Ok(false) = blocking(move || object.try_exists()).await {
+            tracing::info!(%digest, "left the cache before its upload to {REMOTE_SOURCE}: not uploaded");
+            return Ok(());
+        }
         let path = self.object_path(&digest);
         match self.store.head(&path).await {
             Ok(_) => {
