@@ -15,6 +15,8 @@
 #   chitd-nginx    the chit's file from nginx (`--mirror`), no remote tier
 #   chitd-remote   the same chit, [remote] configured and no source at all:
 #                  every byte comes from the store
+#   curl-store     curl of the object from the store: the store's own speed,
+#                  the ceiling of chitd-remote
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -92,7 +94,15 @@ measure chitd-nginx fresh \
     'chitd_run --spool "$out/spool" --deliver "$out/deliver" --cache "$out/cache" --mirror "$NGINX_URL"' \
     delivered_ok
 measure chitd-remote with_remote 'chitd_run --config "$out/chitd.toml"' from_remote_ok
+store_url=http://127.0.0.1:$s3_port/distfiles/chitd/sha256/$sha
+store_get() {
+    curl -sS --fail --aws-sigv4 "aws:amz:us-east-1:s3" \
+        --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+        -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o "$out/deliver/big.bin" "$store_url"
+}
+measure curl-store fresh store_get \
+    'cmp -s "$src" "$out/deliver/big.bin"'
 
 report "remote: one $(human_bytes "$bytes") file for a second host" \
-    --bytes "$bytes" --baseline chitd-nginx \
+    --bytes "$bytes" --baseline chitd-nginx --baseline curl-store \
     --note "$(machine_note); s3s-fs and nginx on the same machine; target: chitd-remote >= 0.8x chitd-nginx."
