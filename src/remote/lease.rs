@@ -9,7 +9,10 @@
 //! (gone: they try to take it), and its expiry (past: they download
 //! themselves). Nobody waits longer than one lease's time to live.
 //! Leases are used only where the store refuses a second create of one
-//! key, which [`Remote::probe`] checks at start.
+//! key, which [`Remote::probe`] checks at start. A lease is read back a
+//! moment after its create: a store whose check-then-create is not atomic
+//! (s3s-fs) can let two creates of one key both succeed, and then only the
+//! host whose body stayed holds it.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -130,7 +130,15 @@ impl Uploader {
     /// Start every pending upload not running.
     async fn resume_pending(&self) {
         let dir = self.remote.upload_dir.clone();
-        for digest in blocking(move || pending(&dir)).await {
+        let pending = blocking(move || pending(&dir)).await;
+        if !pending.is_empty() {
+            let count = pending.len();
+            tracing::info!(
+                count,
+                "uploads to {REMOTE_SOURCE} pending (upload-v1/): starting those not under way"
+            );
+        }
+        for digest in pending {
             self.spawn(digest);
         }
     }
