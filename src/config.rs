@@ -61,6 +61,8 @@ pub struct Config {
     /// How much the cache may hold, and for how long unused (`cache_max_size`,
     /// `cache_max_age`; no limit by default).
     pub cache_limits: CacheLimits,
+    /// The fleet's shared store (`[remote]`), if any.
+    pub remote: Option<crate::remote::RemoteConfig>,
 }
 
 /// The bounds of the cache that collection keeps it within (see `gc`).
@@ -236,6 +238,7 @@ struct RawConfig {
     cache_max_age: Option<Spanned<Value>>,
     #[serde(default)]
     consumer: Vec<Spanned<RawConsumer>>,
+    remote: Option<Spanned<crate::remote::config::RawRemote>>,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +309,10 @@ impl Config {
             }
             config.consumers.push(consumer);
         }
+        if let Some(table) = &raw.remote {
+            let remote = crate::remote::config::parse(table.get_ref(), table.span());
+            config.remote = Some(remote.map_err(|(span, key, why)| reader.error(span, key, why))?);
+        }
         Ok(config)
     }
 
@@ -337,6 +344,7 @@ impl Config {
                 dir.join("distfiles"),
             )],
             cache_limits: CacheLimits::default(),
+            remote: None,
         }
     }
 
@@ -404,6 +412,12 @@ impl Config {
         if let Some(age) = self.cache_limits.max_age {
             let age = humantime::format_duration(age);
             lines.push(format!("cache_max_age:  {age} unused"));
+        }
+        if let Some(remote) = &self.remote {
+            lines.push(format!(
+                "remote:        {}",
+                crate::remote::describe(remote)
+            ));
         }
         let [request, fetch, downloaded, fail] = crate::spool::STATES;
         for consumer in &self.consumers {
@@ -499,6 +513,10 @@ impl Reader<'_> {
             let expected = rest.split_once(", expected ").map_or("", |(_, list)| list);
             let message = format!("unknown key `{key}` (expected {expected})");
             return self.error(span, key, message);
+        }
+        if message.contains("RawRemote") {
+            let message = "`remote` must be a [remote] section with endpoint and bucket";
+            return self.error(span, "remote", message.to_string());
         }
         let message = "`consumer` must be written as [[consumer]] sections (with double \
                        brackets), one per consumer, each with name, spool and deliver";

@@ -32,6 +32,17 @@ Environment:
                                is cut and resumed, default 30000 (1 or more)
   CHITD_RESCAN_INTERVAL_MS     the safety-net rescan of every request/,
                                default 2000 (1 or more)
+  CHITD_REMOTE_RULE_OUT_MS     the fleet tier ([remote]): a remote that failed
+                               is not asked again for this long, default 60000
+  CHITD_REMOTE_STALL_MS        no byte from the remote for this long rules it
+                               out, default 10000
+  CHITD_REMOTE_MULTIPART_THRESHOLD, CHITD_REMOTE_PART_SIZE
+                               uploads this big (bytes) go in parts of this
+                               size, defaults 64 MiB and 16 MiB
+  CHITD_REMOTE_UPLOAD_RATE     bytes per second of each upload, 0 unbounded
+  CHITD_REMOTE_LEASE_TTL_MS, CHITD_REMOTE_LEASE_POLL_MS
+                               how long a lease holds (default 600000) and how
+                               often a host waiting on one looks (500)
   HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY
                                proxies for downloads (also in lower case)
   SSL_CERT_FILE, SSL_CERT_DIR  trusted CA certificates (PEM) instead of the
@@ -52,6 +63,20 @@ pub struct Environment {
     pub inactivity_timeout: Option<Duration>,
     /// `CHITD_RESCAN_INTERVAL_MS`.
     pub rescan_interval: Option<Duration>,
+    /// The fleet tier's `CHITD_REMOTE_*` knobs.
+    pub remote: RemoteKnobs,
+}
+
+/// The `CHITD_REMOTE_*` knobs (see `remote::Settings`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RemoteKnobs {
+    pub rule_out_for: Option<Duration>,
+    pub stall: Option<Duration>,
+    pub multipart_threshold: Option<u64>,
+    pub part_size: Option<u64>,
+    pub upload_rate: Option<u64>,
+    pub lease_ttl: Option<Duration>,
+    pub lease_poll: Option<Duration>,
 }
 
 /// A variable set to a value chitd cannot use.
@@ -80,6 +105,7 @@ impl Environment {
             retry_delay: millis("CHITD_RETRY_DELAY_MS", 0)?,
             inactivity_timeout: millis("CHITD_INACTIVITY_TIMEOUT_MS", 1)?,
             rescan_interval: millis("CHITD_RESCAN_INTERVAL_MS", 1)?,
+            remote: RemoteKnobs::parse(&lookup)?,
         })
     }
 
@@ -95,6 +121,30 @@ impl Environment {
         EnvFilter::builder()
             .parse(directives)
             .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER))
+    }
+}
+
+impl RemoteKnobs {
+    fn parse(lookup: &impl Fn(&str) -> Option<OsString>) -> Result<RemoteKnobs, EnvError> {
+        let millis = |name, minimum| {
+            set(name, lookup)?
+                .map(|value| millis(name, &value, minimum))
+                .transpose()
+        };
+        let bytes = |name, minimum| {
+            set(name, lookup)?
+                .map(|value| bytes(name, &value, minimum))
+                .transpose()
+        };
+        Ok(RemoteKnobs {
+            rule_out_for: millis("CHITD_REMOTE_RULE_OUT_MS", 1)?,
+            stall: millis("CHITD_REMOTE_STALL_MS", 1)?,
+            multipart_threshold: bytes("CHITD_REMOTE_MULTIPART_THRESHOLD", 1)?,
+            part_size: bytes("CHITD_REMOTE_PART_SIZE", 1)?,
+            upload_rate: bytes("CHITD_REMOTE_UPLOAD_RATE", 0)?,
+            lease_ttl: millis("CHITD_REMOTE_LEASE_TTL_MS", 1)?,
+            lease_poll: millis("CHITD_REMOTE_LEASE_POLL_MS", 1)?,
+        })
     }
 }
 
@@ -128,6 +178,20 @@ fn log_filter(value: &str) -> Result<String, EnvError> {
 }
 
 fn millis(name: &'static str, value: &str, minimum: u64) -> Result<Duration, EnvError> {
+    whole(name, value, minimum..=MAX_MILLIS, "milliseconds").map(Duration::from_millis)
+}
+
+fn bytes(name: &'static str, value: &str, minimum: u64) -> Result<u64, EnvError> {
+    whole(name, value, minimum..=u64::MAX, "bytes")
+}
+
+/// `value` as a whole number of `unit` within `range`.
+fn whole(
+    name: &'static str,
+    value: &str,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+) -> Result<u64, EnvError> {
     let error = |problem: String| EnvError {
         name,
         value: value.to_owned(),
@@ -135,12 +199,14 @@ fn millis(name: &'static str, value: &str, minimum: u64) -> Result<Duration, Env
     };
     let digits = value.trim();
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(error("is not a whole number of milliseconds".into()));
+        return Err(error(format!("is not a whole number of {unit}")));
     }
     match digits.parse::<u64>() {
-        Ok(number) if (minimum..=MAX_MILLIS).contains(&number) => Ok(Duration::from_millis(number)),
+        Ok(number) if range.contains(&number) => Ok(number),
         _ => Err(error(format!(
-            "is out of range: give {minimum} to {MAX_MILLIS} milliseconds"
+            "is out of range: give {} to {} {unit}",
+            range.start(),
+            range.end()
         ))),
     }
 }
@@ -198,6 +264,12 @@ mod tests {
             ),
             ("CHITD_INACTIVITY_TIMEOUT_MS", "0", "give 1 to"),
             ("CHITD_RESCAN_INTERVAL_MS", "0", "give 1 to"),
+            (
+                "CHITD_REMOTE_PART_SIZE",
+                "16MiB",
+                "is not a whole number of bytes",
+            ),
+            ("CHITD_REMOTE_STALL_MS", "soon", "is not a whole number"),
             ("CHITD_RESCAN_INTERVAL_MS", "604800001", "out of range"),
             ("RUST_LOG", "chitd=verbose", "is not a log filter"),
             ("RUST_LOG", "[", "is not a log filter"),

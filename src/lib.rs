@@ -49,6 +49,10 @@
 //!   collection).
 //! - [`request`], [`status`], [`retry`]: the other subcommands;
 //!   [`manifest`]: distinfo text → chits for `request --manifest` (pure).
+//! - [`remote`]: the fleet tier, an S3-compatible store shared by many
+//!   hosts: read before the chit's sources (`read.rs`), uploads in the
+//!   background with durable multipart state (`upload.rs`), leases for one
+//!   upstream download per fleet (`lease.rs`), `[remote]` (`config.rs`).
 //! - [`cache`]: the `chitd cache` commands, beside or without a running
 //!   daemon (`import.rs`: files into the cache; `verify.rs`: re-hash every
 //!   object, quarantine the corrupt ones; `ls.rs`: the objects with their
@@ -70,6 +74,7 @@ pub mod fetch;
 pub mod inflight;
 pub mod manifest;
 pub mod partial;
+pub mod remote;
 pub mod request;
 pub mod retry;
 pub mod spool;

@@ -134,6 +134,7 @@ fn run(args: &RunArgs, environment: &Environment) -> ExitCode {
         rescan_interval: environment
             .rescan_interval
             .unwrap_or(daemon::RESCAN_INTERVAL),
+        remote: chitd::remote::Settings::from_environment(&environment.remote),
     };
     match runtime.block_on(daemon::run(config, options, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -59,6 +59,7 @@ fn contract_example() {
             deliver: "/etc/chitd/builders/01/distfiles".into(),
         }],
         cache_limits: CacheLimits::default(),
+        remote: None,
     };
     assert_eq!(config, expected);
     assert_eq!(

@@ -197,6 +197,8 @@ pub struct Options {
     pub fetch: FetchSettings,
     /// Safety-net rescan of every `request/` ([`RESCAN_INTERVAL`]).
     pub rescan_interval: Duration,
+    /// The fleet tier's knobs (used when the configuration has `[remote]`).
+    pub remote: crate::remote::Settings,
 }
 
 impl Default for Options {
@@ -205,6 +207,7 @@ impl Default for Options {
             exit_when_idle: false,
             fetch: FetchSettings::default(),
             rescan_interval: RESCAN_INTERVAL,
+            remote: crate::remote::Settings::default(),
         }
     }
 }
@@ -223,6 +226,8 @@ pub enum DaemonError {
     Watch(notify::Error),
     #[error("cannot build the HTTP client: {}", crate::fetch::with_causes(.0))]
     Http(reqwest::Error),
+    #[error("cannot set up the remote tier ([remote]): {0}")]
+    Remote(object_store::Error),
     #[error(
         "not idle, but stuck: {0} cannot leave request/ or fetch/ (see the errors above); \
          exiting instead of retrying forever"
@@ -305,13 +310,28 @@ fn open(config: &Config, options: &Options) -> Result<(Arc<Shared>, Hints), Daem
         watch: std::sync::Mutex::new(watch),
         store: Arc::new(store),
         fetcher: Fetcher::new(options.fetch.clone(), config.give_up_after)
-            .map_err(DaemonError::Http)?,
+            .map_err(DaemonError::Http)?
+            .with_remote(open_remote(config, options)?),
         mirrors: config.mirrors.clone(),
         targets: work::Targets::default(),
         durable_dirs: DurableDirs::default(),
         uses: collect::record_uses(config),
     });
     Ok((shared, hints))
+}
+
+/// The fleet tier, when the configuration has `[remote]`.
+fn open_remote(
+    config: &Config,
+    options: &Options,
+) -> Result<Option<Arc<crate::remote::Remote>>, DaemonError> {
+    let Some(remote) = &config.remote else {
+        return Ok(None);
+    };
+    let settings = options.remote.clone();
+    crate::remote::Remote::start(remote, settings, &config.cache)
+        .map(Some)
+        .map_err(DaemonError::Remote)
 }
 
 /// The watcher's hints, as the scheduler receives them.

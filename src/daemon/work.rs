@@ -426,10 +426,14 @@ pub fn publish(
         // The chaser copies the tail while the `.part` is synced.
         chase.wrap_up();
     }
+    let from_remote = crate::remote::is_remote_source(partial.source.as_deref());
     let published = shared
         .store
         .publish(partial, &key.digest)
         .map_err(|e| Failure::from(Cause::Publish(e)));
+    if let (Some(remote), Ok(object), false) = (shared.fetcher.remote(), &published, from_remote) {
+        remote.upload_later(key.digest, total, object.path.clone());
+    }
     let chased = chase.and_then(|chase| {
         let for_lone = lone
             .as_ref()

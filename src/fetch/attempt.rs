@@ -358,7 +358,7 @@ struct Body {
 /// blocking writer that appends and hashes them (receiving and writing
 /// overlap), or, for a partial held in memory, straight into it (a few KiB:
 /// no thread, no hand-offs).
-enum Sink {
+pub(crate) enum Sink {
     Writer {
         sender: tokio::sync::mpsc::Sender<Bytes>,
         writer: tokio::task::JoinHandle<(Partial, std::io::Result<()>)>,
@@ -367,7 +367,7 @@ enum Sink {
 }
 
 impl Sink {
-    fn new(partial: Partial) -> Sink {
+    pub(crate) fn new(partial: Partial) -> Sink {
         if partial.is_in_memory() {
             return Sink::Inline(Box::new(partial), Ok(()));
         }
@@ -385,7 +385,7 @@ impl Sink {
     }
 
     /// Hand over a chunk; false once writing has failed.
-    async fn push(&mut self, chunk: Bytes) -> bool {
+    pub(crate) async fn push(&mut self, chunk: Bytes) -> bool {
         match self {
             Sink::Writer { sender, .. } => sender.send(chunk).await.is_ok(),
             Sink::Inline(partial, result) => {
@@ -399,7 +399,7 @@ impl Sink {
 
     /// The partial back, with the first write error; an incomplete one on
     /// disk is checkpointed.
-    async fn finish(self) -> (Partial, std::io::Result<()>) {
+    pub(crate) async fn finish(self) -> (Partial, std::io::Result<()>) {
         match self {
             Sink::Writer { sender, writer } => {
                 drop(sender);

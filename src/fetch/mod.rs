@@ -54,11 +54,13 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+pub(crate) use self::attempt::{Sink, verify};
 pub use self::error::{FetchError, Next, with_causes};
 pub use self::failure::{Cause, DownloadFailure, Ending, Failure, SourceAnswer};
 use self::run::{Run, Source};
 use crate::chit::{Digest, redact_url};
 use crate::partial::{Frontier, Partial};
+use crate::remote::{Fill, Remote};
 use crate::store::Store;
 
 /// Redirects followed per request; more is a redirect loop for our purposes.
@@ -180,6 +182,8 @@ pub struct Fetcher {
     /// The configuration's `give_up_after` (its one home is
     /// [`crate::config::Config`]).
     give_up_after: Duration,
+    /// The fleet tier, asked before the sources (see [`crate::remote`]).
+    remote: Option<Arc<Remote>>,
 }
 
 impl Fetcher {
@@ -224,7 +228,18 @@ impl Fetcher {
             client,
             settings,
             give_up_after,
+            remote: None,
         })
+    }
+
+    /// Ask `remote` first on every download.
+    pub fn with_remote(mut self, remote: Option<Arc<Remote>>) -> Fetcher {
+        self.remote = remote;
+        self
+    }
+
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
     }
 
     pub fn settings(&self) -> &FetchSettings {
@@ -250,7 +265,7 @@ impl Fetcher {
                 answers: Vec::new(),
             })
         };
-        if job.sources.is_empty() {
+        if job.sources.is_empty() && self.remote.is_none() {
             return Err(failed(Ending::NoSource));
         }
         let (digest, size) = (job.digest, job.size);
@@ -277,6 +292,10 @@ impl Fetcher {
                 }
             }
         }
+        partial = match self.remote_first(partial, job, progress, cancel).await {
+            Ok(partial) => partial,
+            Err(over) => return over,
+        };
         let run = Run {
             fetcher: self,
             sources: job.sources.iter().cloned().map(Source::new).collect(),
@@ -289,7 +308,44 @@ impl Fetcher {
             disk_full: false,
             delay: self.settings.retry_delay,
         };
-        run.rounds(partial).await
+        let result = run.rounds(partial).await;
+        if let (Some(remote), Err(DownloadError::Failed(_))) = (&self.remote, &result) {
+            remote.release_lease(digest);
+        }
+        result
+    }
+
+    /// The remote tier before the sources: `Err` with the download's end
+    /// when it gave the file (or the daemon stops, or there is no source
+    /// left to ask), else the partial for the sources.
+    async fn remote_first(
+        &self,
+        partial: Partial,
+        job: &Job,
+        progress: &AtomicU64,
+        cancel: &CancellationToken,
+    ) -> Result<Partial, Result<Partial, DownloadError>> {
+        let Some(remote) = &self.remote else {
+            return Ok(partial);
+        };
+        let (partial, fill) = remote.fill(partial, job.digest, progress, cancel).await;
+        match fill {
+            Fill::Verified => Err(Ok(partial)),
+            Fill::Shutdown => Err(Err(DownloadError::Shutdown)),
+            Fill::Elsewhere if job.sources.is_empty() => {
+                remote.release_lease(job.digest);
+                if !partial.is_resumable() {
+                    blocking(move || partial.discard()).await;
+                }
+                let ending = Ending::NoSource;
+                let answers = Vec::new();
+                Err(Err(DownloadError::Failed(DownloadFailure {
+                    ending,
+                    answers,
+                })))
+            }
+            Fill::Elsewhere => Ok(partial),
+        }
     }
 }
 

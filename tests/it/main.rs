@@ -27,6 +27,8 @@
 //!   recovery of delivery temporaries and re-used chit names.
 //! - `confinement`: symlinks and hard links never lead writes outside.
 //! - `hostile`: one test per attack by a consumer or a server (issue 4).
+//! - `remote`: the fleet tier against a real S3 server (`s3`: `s3s-fs`,
+//!   which must be on PATH).
 
 mod basic;
 mod cache;
@@ -44,12 +46,15 @@ mod hostile;
 mod manifest;
 mod ops;
 mod progress;
+mod remote;
 mod restart;
 mod resume;
 mod sources;
 mod status;
 
 // Fixtures offer more than every test uses.
+#[allow(dead_code)]
+mod s3;
 #[allow(dead_code)]
 mod server;
 #[allow(dead_code)]
