@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-pub use process::{Daemon, run_cli};
+pub use process::{Daemon, DaemonBuilder, run_cli};
 
 /// Deadline for anything that should happen "soon" on a loaded 2-core box.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
