@@ -57,6 +57,11 @@ pub struct Config {
     /// This is the setting's one home: `daemon::run` hands it to
     /// [`crate::fetch::Fetcher::new`].
     pub give_up_after: Duration,
+    /// Requests in flight to one host (scheme, host, port) at once, over
+    /// all downloads; at least 1 (see `fetch::hosts`).
+    pub per_host: usize,
+    /// A PEM file of certificates trusted besides the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// Names are unique and non-empty; no two consumers share a spool. After
     /// [`Config::validate_for_run`], no two roots overlap (but see there).
     pub consumers: Vec<Consumer>,
@@ -214,6 +219,8 @@ struct RawConfig {
     mirrors: Option<Spanned<Value>>,
     jobs: Option<Spanned<Value>>,
     give_up_after: Option<Spanned<Value>>,
+    per_host: Option<Spanned<Value>>,
+    ca_file: Option<Spanned<Value>>,
     #[serde(default)]
     consumer: Vec<Spanned<RawConsumer>>,
 }
@@ -249,6 +256,12 @@ impl Config {
         }
         if let Some(value) = &raw.give_up_after {
             config.give_up_after = reader.check("give_up_after", value, give_up_after)?;
+        }
+        if let Some(value) = &raw.per_host {
+            config.per_host = reader.check("per_host", value, per_host)?;
+        }
+        if let Some(value) = &raw.ca_file {
+            config.ca_file = Some(reader.check("ca_file", value, |value| file(base_dir, value))?);
         }
         for table in &raw.consumer {
             let consumer = &table.get_ref();
@@ -300,6 +313,8 @@ impl Config {
             mirrors: Vec::new(),
             jobs: DEFAULT_JOBS,
             give_up_after: DEFAULT_GIVE_UP_AFTER,
+            per_host: crate::fetch::DEFAULT_PER_HOST,
+            ca_file: None,
             consumers: vec![Consumer::default_named(
                 dir.join("spool"),
                 dir.join("distfiles"),
@@ -360,6 +375,10 @@ impl Config {
         lines.push(format!("jobs:          {}", self.jobs));
         let give_up_after = humantime::format_duration(self.give_up_after);
         lines.push(format!("give_up_after: {give_up_after} without progress"));
+        lines.push(format!("per_host:      {} requests at once", self.per_host));
+        if let Some(ca_file) = &self.ca_file {
+            lines.push(format!("ca_file:       {}", ca_file.display()));
+        }
         let [request, fetch, downloaded, fail] = SPOOL_STATES;
         for consumer in &self.consumers {
             let spool = consumer.spool.display();
@@ -525,6 +544,13 @@ fn directory(base_dir: &Path, value: &Value) -> Result<PathBuf, String> {
     }
 }
 
+fn file(base_dir: &Path, value: &Value) -> Result<PathBuf, String> {
+    match string(value)? {
+        "" => Err("is empty, but it must name a file".to_string()),
+        text => Ok(resolve_path(base_dir, Path::new(text))),
+    }
+}
+
 fn consumer_name(value: &Value) -> Result<String, String> {
     match string(value)? {
         "" => Err("is empty, but a consumer needs a name".to_string()),
@@ -539,6 +565,17 @@ fn jobs(value: &Value) -> Result<usize, String> {
         other => Err(format!(
             "is the number of downloads at once and must be a whole number of at least 1, \
              not {}",
+            show(other)
+        )),
+    }
+}
+
+fn per_host(value: &Value) -> Result<usize, String> {
+    match value {
+        Value::Integer(limit) if *limit >= 1 => Ok(usize::try_from(*limit).unwrap_or(usize::MAX)),
+        other => Err(format!(
+            "is the number of requests to one host at once and must be a whole number of \
+             at least 1, not {}",
             show(other)
         )),
     }

@@ -178,8 +178,8 @@ pub enum DaemonError {
     NoConsumer,
     #[error("cannot watch the spools: {0}")]
     Watch(notify::Error),
-    #[error("cannot build the HTTP client: {}", crate::fetch::with_causes(.0))]
-    Http(reqwest::Error),
+    #[error("{0}")]
+    Http(crate::fetch::ClientError),
     #[error(
         "not idle, but stuck: {0} cannot leave request/ or fetch/ (see the errors above); \
          exiting instead of retrying forever"
@@ -238,8 +238,7 @@ pub async fn run(
         consumers,
         watch: std::sync::Mutex::new(watch),
         store: Arc::new(store),
-        fetcher: Fetcher::new(options.fetch.clone(), config.give_up_after)
-            .map_err(DaemonError::Http)?,
+        fetcher: Fetcher::new(options.fetch.clone(), &config).map_err(DaemonError::Http)?,
         mirrors: config.mirrors.clone(),
         targets: work::Targets::default(),
         durable_dirs: DurableDirs::default(),

@@ -20,6 +20,8 @@
 //!   recovery of delivery temporaries and re-used chit names.
 //! - `confinement`: symlinks and hard links never lead writes outside.
 //! - `hostile`: one test per attack by a consumer or a server (issue 4).
+//! - `hosts`: per-host limits, `Retry-After` and backoff shared by downloads.
+//! - `tls`: certificates chitd does not trust, `ca_file`, and proxies.
 
 mod basic;
 mod cache;
@@ -32,10 +34,12 @@ mod dedup;
 mod examples;
 mod failures;
 mod hostile;
+mod hosts;
 mod restart;
 mod resume;
 mod sources;
 mod status;
+mod tls;
 
 // Fixtures offer more than every test uses.
 #[allow(dead_code)]
