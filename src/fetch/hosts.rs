@@ -57,6 +57,9 @@ pub const DEFAULT_PER_HOST: usize = 6;
 /// `give_up_after`.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
+/// Hosts known before idle ones are forgotten (see [`Hosts::of`]).
+const FORGET_IDLE_HOSTS_AT: usize = 1024;
+
 /// (scheme, host, port): what `per_host` counts by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostKey {
@@ -158,6 +161,11 @@ impl Hosts {
     pub fn of(&self, url: &Url) -> Option<Arc<Host>> {
         let key = HostKey::of(url)?;
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        if hosts.len() >= FORGET_IDLE_HOSTS_AT && !hosts.contains_key(&key) {
+            // Chits may name any number of hosts: keep only those in use
+            // or with something to remember.
+            hosts.retain(|_, host| Arc::strong_count(host) > 1 || !host.lock().is_idle());
+        }
         let host = hosts.entry(key.clone()).or_insert_with(|| {
             Arc::new(Host {
                 permits: Arc::new(Semaphore::new(self.per_host)),
@@ -199,6 +207,12 @@ struct State {
 }
 
 impl State {
+    /// Nothing to remember: as a host never asked.
+    fn is_idle(&self) -> bool {
+        let now = Instant::now();
+        self.failures == 0 && !self.probing && self.told_until.is_none_or(|until| until <= now)
+    }
+
     /// Whether a request for `path` must wait, and until when (`None`:
     /// until the probe under way answers).
     fn wait_for(&self, path: &str, now: Instant) -> Option<Option<Instant>> {

@@ -228,3 +228,22 @@ async fn trouble_of_requests_in_flight_together_is_one_step_of_backoff() {
         "{left:?}"
     );
 }
+
+#[tokio::test]
+async fn idle_hosts_are_forgotten_those_with_something_to_remember_are_not() {
+    let hosts = Hosts::new(8, LONG);
+    let failing = hosts.of(&x()).unwrap();
+    go(failing.admit(&x()).await).answered(trouble());
+    drop(failing);
+    for n in 0..FORGET_IDLE_HOSTS_AT + 10 {
+        let other = url(&format!("http://h{n}.example/x"));
+        go(hosts.of(&other).unwrap().admit(&other).await).answered(HostAnswer::Healthy);
+    }
+    let known = hosts.hosts.lock().unwrap().len();
+    assert!(known < FORGET_IDLE_HOSTS_AT, "{known} hosts kept");
+    let failing = hosts.of(&x()).unwrap();
+    assert!(
+        wait(failing.admit(&x()).await).until.is_some(),
+        "its trouble was forgotten"
+    );
+}
