@@ -14,6 +14,8 @@
 #                    self-signed certificate every client is told to trust:
 #                    chitd through `ca_file`); WAN_TLS=0: plain HTTP/1.1
 #   WAN_RTT, WAN_MBIT  override the set's round trip (ms) and bandwidth
+#   CHITD_JOBS=, CHITD_PER_HOST=  chitd's jobs / per_host (default: its own)
+#   WAN_PEERS=0      measure chitd only
 #   RUNS=3           timed runs per tool
 #   BENCH_DIR, CHITD, CHITD_BUILT, KEEP, NO_INSTALL, NO_CHITD: see lib.sh
 #
@@ -64,8 +66,11 @@ scheme=http
 tls_conf=
 if [[ $WAN_TLS == 1 ]]; then
     scheme=https
+    # A self-signed server certificate, not a CA's (openssl's default
+    # CA:TRUE is refused as a server's own by webpki: CaUsedAsEndEntity).
     openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
-        -addext subjectAltName=IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+        -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+        -addext extendedKeyUsage=serverAuth -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
     tls_conf="ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem;"
 fi
 nginx_start "$WORK/www" "$tls_conf"
@@ -116,7 +121,9 @@ if have_chitd; then
     python3 "$BENCHTOOL" chits "$files/manifest.tsv" "$WORK/chits" --name-prefix c
     config=$WORK/chitd.toml
     : >"$config"
-    [[ $WAN_TLS == 1 ]] && printf 'ca_file = "%s"\n' "$WORK/cert.pem" >"$config"
+    [[ $WAN_TLS == 1 ]] && printf 'ca_file = "%s"\n' "$WORK/cert.pem" >>"$config"
+    [[ -z ${CHITD_JOBS:-} ]] || printf 'jobs = %s\n' "$CHITD_JOBS" >>"$config"
+    [[ -z ${CHITD_PER_HOST:-} ]] || printf 'per_host = %s\n' "$CHITD_PER_HOST" >>"$config"
     chitd_prepare() {
         fresh
         make_spool "$out/spool"
@@ -131,6 +138,11 @@ if have_chitd; then
             }
     }
     measure chitd chitd_prepare chitd_run all_ok
+fi
+
+if [[ ${WAN_PEERS:-1} == 0 ]]; then
+    report "wan ($WAN_SET): chitd only, jobs ${CHITD_JOBS:-default}, per_host ${CHITD_PER_HOST:-default}" --count "$count" --unit files
+    exit 0
 fi
 
 curl_z() { (cd "$out/deliver" && curl -sS --fail "${tls[@]}" -Z --parallel-max 16 -K "$lists/curl.cfg"); }
