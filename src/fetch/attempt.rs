@@ -81,6 +81,11 @@ impl Attempt<'_> {
             };
             *self.redirected.lock().unwrap_or_else(|e| e.into_inner()) =
                 (response.url() != self.source).then(|| response.url().clone());
+            // (The version of the source's own answer, not of a host it
+            // redirected to.)
+            if let Some(host) = self.host.filter(|_| response.url() == self.source) {
+                host.spoke(response.version());
+            }
             match self.check_response(&mut partial, &response) {
                 Ok(true) => {
                     if let Some(host) = self.host {

@@ -7,10 +7,13 @@
 //!   [`DEFAULT_PER_HOST`], as browsers allow per origin): at most that many
 //!   requests in flight to the host at once, over all downloads, counted
 //!   from the request until its body is read or abandoned. Over HTTP/1.1 a
-//!   request in flight is a connection; over HTTP/2 several share one, so
-//!   the limit is stricter than needed there. The client keeps at most as
-//!   many idle connections per host. Redirects are followed within the
-//!   request's permit (to another host too).
+//!   request in flight is a connection. Once a host answers over HTTP/2
+//!   (the client then sends every request to it over one connection), up
+//!   to [`STREAMS_PER_CONNECTION`] times `per_host` requests may be in
+//!   flight to it: many small files then cost one round trip each, side
+//!   by side, not `per_host` at a time. The client keeps at most
+//!   `per_host` idle connections per host. Redirects are followed within
+//!   the request's permit (to another host too).
 //! - **When it may be asked again.** A `Retry-After` on a 429 or 503
 //!   (seconds or an HTTP date, RFC 9110 §10.2.3) means no download asks the
 //!   host before then (capped at [`MAX_RETRY_AFTER`], logged). Other
@@ -51,6 +54,10 @@ use url::Url;
 /// Requests in flight to one host when the configuration does not say:
 /// what browsers allow per origin over HTTP/1.1.
 pub const DEFAULT_PER_HOST: usize = 6;
+
+/// Over HTTP/2, requests in flight per allowed connection (the client
+/// multiplexes them on one; servers allow 100 or more streams).
+pub const STREAMS_PER_CONNECTION: usize = 16;
 
 /// The longest `Retry-After` honoured; a longer one is cut to this (and
 /// logged). A download still fails once its sources made no progress for
@@ -169,6 +176,8 @@ impl Hosts {
         let host = hosts.entry(key.clone()).or_insert_with(|| {
             Arc::new(Host {
                 permits: Arc::new(Semaphore::new(self.per_host)),
+                per_host: self.per_host,
+                multiplexed: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
                 changed: watch::Sender::new(0),
                 backoff: self.backoff,
@@ -184,6 +193,9 @@ impl Hosts {
 pub struct Host {
     key: HostKey,
     permits: Arc<Semaphore>,
+    per_host: usize,
+    /// It answered over HTTP/2: it has more permits (see the module doc).
+    multiplexed: AtomicBool,
     state: Mutex<State>,
     /// Bumped at every change of `state` that may let a waiter go.
     changed: watch::Sender<u64>,
@@ -366,6 +378,17 @@ impl Host {
 }
 
 impl Admitted {
+    /// The host answered in `version`: over HTTP/2, requests to it are
+    /// multiplexed, and more of them may be in flight at once.
+    pub fn spoke(&self, version: reqwest::Version) {
+        let host = &self.host;
+        if version == reqwest::Version::HTTP_2 && !host.multiplexed.swap(true, Ordering::AcqRel) {
+            let more = host.per_host * (STREAMS_PER_CONNECTION - 1);
+            host.permits.add_permits(more);
+            tracing::debug!(host = %host.key, in_flight = host.per_host + more, "host speaks HTTP/2: requests are multiplexed");
+        }
+    }
+
     /// What the attempt's answer says about the host. May be called more
     /// than once (a good response head, then how its body ended); the
     /// probe's role ends at the first.

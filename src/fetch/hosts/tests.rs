@@ -247,3 +247,26 @@ async fn idle_hosts_are_forgotten_those_with_something_to_remember_are_not() {
         "its trouble was forgotten"
     );
 }
+
+#[tokio::test]
+async fn over_http2_more_requests_share_a_connection() {
+    let hosts = Hosts::new(2, NO_PAUSE);
+    let host = hosts.of(&x()).unwrap();
+    let first = go(host.admit(&x()).await);
+    first.spoke(reqwest::Version::HTTP_11);
+    let second = go(host.admit(&x()).await);
+    assert!(
+        host.admit(&x()).now_or_never().is_none(),
+        "HTTP/1.1: two at once"
+    );
+    second.spoke(reqwest::Version::HTTP_2);
+    second.spoke(reqwest::Version::HTTP_2); // once is enough
+    let mut held = vec![first, second];
+    for _ in 2..2 * STREAMS_PER_CONNECTION {
+        held.push(go(host.admit(&x()).await));
+    }
+    assert!(
+        host.admit(&x()).now_or_never().is_none(),
+        "more than allowed"
+    );
+}
