@@ -53,6 +53,11 @@ pub struct Config {
     /// This is the setting's one home: `daemon::run` hands it to
     /// [`crate::fetch::Fetcher::new`].
     pub give_up_after: Duration,
+    /// Requests in flight to one host (scheme, host, port) at once, over
+    /// all downloads; at least 1 (see `fetch::hosts`).
+    pub per_host: usize,
+    /// A PEM file of certificates trusted besides the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// Names are unique and non-empty; no two consumers share a spool. After
     /// [`Config::validate_for_run`], no two roots overlap (but see there).
     pub consumers: Vec<Consumer>,
@@ -236,6 +241,8 @@ struct RawConfig {
     log_format: Option<Spanned<Value>>,
     cache_max_size: Option<Spanned<Value>>,
     cache_max_age: Option<Spanned<Value>>,
+    per_host: Option<Spanned<Value>>,
+    ca_file: Option<Spanned<Value>>,
     #[serde(default)]
     consumer: Vec<Spanned<RawConsumer>>,
     remote: Option<Spanned<crate::remote::config::RawRemote>>,
@@ -283,6 +290,12 @@ impl Config {
         if let Some(value) = &raw.cache_max_age {
             let age = reader.check("cache_max_age", value, cache_max_age)?;
             config.cache_limits.max_age = Some(age);
+        }
+        if let Some(value) = &raw.per_host {
+            config.per_host = reader.check("per_host", value, per_host)?;
+        }
+        if let Some(value) = &raw.ca_file {
+            config.ca_file = Some(reader.check("ca_file", value, |value| file(base_dir, value))?);
         }
         for table in &raw.consumer {
             let consumer = &table.get_ref();
@@ -339,6 +352,8 @@ impl Config {
             jobs: DEFAULT_JOBS,
             give_up_after: DEFAULT_GIVE_UP_AFTER,
             log_format: LogFormat::Text,
+            per_host: crate::fetch::DEFAULT_PER_HOST,
+            ca_file: None,
             consumers: vec![Consumer::default_named(
                 dir.join("spool"),
                 dir.join("distfiles"),
@@ -418,6 +433,10 @@ impl Config {
                 "remote:        {}",
                 crate::remote::describe(remote)
             ));
+        }
+        lines.push(format!("per_host:      {} requests at once", self.per_host));
+        if let Some(ca_file) = &self.ca_file {
+            lines.push(format!("ca_file:       {}", ca_file.display()));
         }
         let [request, fetch, downloaded, fail] = crate::spool::STATES;
         for consumer in &self.consumers {
@@ -588,6 +607,13 @@ fn directory(base_dir: &Path, value: &Value) -> Result<PathBuf, String> {
     }
 }
 
+fn file(base_dir: &Path, value: &Value) -> Result<PathBuf, String> {
+    match string(value)? {
+        "" => Err("is empty, but it must name a file".to_string()),
+        text => Ok(resolve_path(base_dir, Path::new(text))),
+    }
+}
+
 fn consumer_name(value: &Value) -> Result<String, String> {
     match string(value)? {
         "" => Err("is empty, but a consumer needs a name".to_string()),
@@ -612,6 +638,17 @@ fn log_format(value: &Value) -> Result<LogFormat, String> {
         Some("text") => Ok(LogFormat::Text),
         Some("json") => Ok(LogFormat::Json),
         _ => Err(format!("must be \"text\" or \"json\", not {}", show(value))),
+    }
+}
+
+fn per_host(value: &Value) -> Result<usize, String> {
+    match value {
+        Value::Integer(limit) if *limit >= 1 => Ok(usize::try_from(*limit).unwrap_or(usize::MAX)),
+        other => Err(format!(
+            "is the number of requests to one host at once and must be a whole number of \
+             at least 1, not {}",
+            show(other)
+        )),
     }
 }
 

@@ -43,6 +43,8 @@ Environment:
   CHITD_REMOTE_LEASE_TTL_MS, CHITD_REMOTE_LEASE_POLL_MS
                                how long a lease holds (default 600000) and how
                                often a host waiting on one looks (500)
+  CHITD_BOOT_ID                a test knob: the boot id progress records are
+                               compared with, default the kernel's
   HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY
                                proxies for downloads (also in lower case)
   SSL_CERT_FILE, SSL_CERT_DIR  trusted CA certificates (PEM) instead of the
@@ -65,6 +67,9 @@ pub struct Environment {
     pub rescan_interval: Option<Duration>,
     /// The fleet tier's `CHITD_REMOTE_*` knobs.
     pub remote: RemoteKnobs,
+    /// `CHITD_BOOT_ID` (read where it is used, `partial::boot`; checked
+    /// here).
+    pub boot_id: Option<String>,
 }
 
 /// The `CHITD_REMOTE_*` knobs (see `remote::Settings`).
@@ -106,6 +111,9 @@ impl Environment {
             inactivity_timeout: millis("CHITD_INACTIVITY_TIMEOUT_MS", 1)?,
             rescan_interval: millis("CHITD_RESCAN_INTERVAL_MS", 1)?,
             remote: RemoteKnobs::parse(&lookup)?,
+            boot_id: set("CHITD_BOOT_ID", &lookup)?
+                .map(|value| boot_id(&value))
+                .transpose()?,
         })
     }
 
@@ -175,6 +183,14 @@ fn log_filter(value: &str) -> Result<String, EnvError> {
             problem: format!("is not a log filter ({error}); for example chitd=debug"),
         }),
     }
+}
+
+fn boot_id(value: &str) -> Result<String, EnvError> {
+    crate::partial::boot::usable(value).ok_or_else(|| EnvError {
+        name: "CHITD_BOOT_ID",
+        value: value.to_owned(),
+        problem: "is not a boot id: one word of printable ASCII".into(),
+    })
 }
 
 fn millis(name: &'static str, value: &str, minimum: u64) -> Result<Duration, EnvError> {

@@ -11,10 +11,12 @@
 //! [`Partial::checkpoint_due_in`]). The
 //! record names the source, its validator, the total length, the durable
 //! byte offset and the sha256 *midstate* at that offset, and ends with a
-//! checksum of itself. Only bytes covered by a valid record count as done:
-//! after a crash the `.part` is truncated to the recorded offset and hashing
-//! continues from the saved midstate, so resuming a 10 GiB partial does not
-//! re-read it before continuing. A torn, edited or foreign record is
+//! checksum of itself, and the boot it was written in. Only bytes covered
+//! by a valid record count as done: after a reboot the `.part` is truncated
+//! to the recorded offset and hashing continues from the saved midstate,
+//! so resuming a 10 GiB partial does not re-read it before continuing. In
+//! the same boot (a `kill -9`, not a power loss) the bytes past the offset
+//! are still there and kept: only that tail is re-read (see `boot`). A torn, edited or foreign record is
 //! rejected and the download starts from 0.
 //!
 //! The saved midstate vouches for the prefix only if the `.part` still holds
@@ -42,6 +44,7 @@ use std::time::{Duration, Instant};
 use sha2::digest::common::hazmat::SerializableState;
 use sha2::{Digest as _, Sha256};
 
+pub(crate) mod boot;
 mod hasher;
 
 pub use self::hasher::hash_all;
@@ -101,6 +104,10 @@ pub struct Record {
     pub offset: u64,
     /// Serialized sha256 state after `offset` bytes.
     pub midstate: Vec<u8>,
+    /// The boot of the machine the record was written in (see `boot`):
+    /// in the same boot, the `.part`'s bytes past `offset` are kept too.
+    /// Records written before this field existed have none.
+    pub boot: Option<String>,
 }
 
 impl Record {
@@ -116,6 +123,10 @@ impl Record {
             self.offset,
             hex::encode(&self.midstate),
         );
+        let body = match &self.boot {
+            Some(boot) => format!("{body}boot {boot}\n"),
+            None => body,
+        };
         let check = hex::encode(Sha256::digest(body.as_bytes()));
         format!("{body}check {check}\n")
     }
@@ -162,6 +173,11 @@ impl Record {
         let total = number(field("total")?)?;
         let offset = number(field("offset")?)?;
         let midstate = hex::decode(field("midstate")?).map_err(|e| e.to_string())?;
+        // Optional, and last: a record without it is read as before.
+        let boot = lines
+            .next()
+            .and_then(|line| line.strip_prefix("boot "))
+            .map(str::to_owned);
         if offset > total {
             return Err("record offset is past the total".into());
         }
@@ -175,6 +191,7 @@ impl Record {
             total,
             offset,
             midstate,
+            boot,
         })
     }
 }
@@ -353,7 +370,18 @@ impl Partial {
 
     /// Open the partial for `digest` on disk, resuming from its record when
     /// the record is valid and agrees with the `.part` file, else from 0.
+    /// A record of this boot keeps the whole `.part` (see `boot`).
     pub fn open(dir: &Path, digest: Digest, total: u64) -> io::Result<Partial> {
+        Partial::open_in_boot(dir, digest, total, boot::current())
+    }
+
+    /// [`Partial::open`], as if the machine were in boot `boot`.
+    pub fn open_in_boot(
+        dir: &Path,
+        digest: Digest,
+        total: u64,
+        boot: Option<&str>,
+    ) -> io::Result<Partial> {
         let part_path = Partial::part_path(dir, &digest, total);
         let file = OpenOptions::new()
             .read(true)
@@ -364,22 +392,7 @@ impl Partial {
             .map_err(|e| with_path(e, "opening", &part_path))?;
         let mut partial = Partial::new(dir, digest, total, Backing::Disk(file));
         match partial.load_record() {
-            Ok(Some(record)) => {
-                partial.truncate(record.offset)?;
-                partial.offset = record.offset;
-                partial.durable_offset = record.offset;
-                partial.checkpoint_offset = record.offset;
-                partial.writeback_offset = record.offset;
-                partial.source = Some(record.source);
-                partial.validator = record.validator;
-                partial.resumed = record.offset > 0;
-                partial.prefix_check = Some(spawn_prefix_check(
-                    &partial.part_path,
-                    record.offset,
-                    record.midstate,
-                ));
-                tracing::info!(digest = %digest, offset = record.offset, total, "resuming partial download from its progress record");
-            }
+            Ok(Some(record)) => partial.resume(record, boot)?,
             Ok(None) => partial.reset()?,
             Err(reason) => {
                 tracing::warn!(digest = %digest, path = %partial.record_path.display(), "discarding progress record: {reason}");
@@ -387,6 +400,65 @@ impl Partial {
             }
         }
         Ok(partial)
+    }
+
+    /// Resume from a valid `record`: from its offset, or, when it was
+    /// written in `boot` (no reboot since), from the whole `.part`, its
+    /// tail past the offset re-hashed from disk. The prefix is re-checked
+    /// against the midstate beside the download (module doc).
+    fn resume(&mut self, record: Record, boot: Option<&str>) -> io::Result<()> {
+        let kept = match boot.filter(|now| record.boot.as_deref() == Some(*now)) {
+            Some(_) => self.keep_tail(record.offset, &record.midstate),
+            None => record.offset,
+        };
+        self.truncate(kept)?;
+        self.offset = kept;
+        self.durable_offset = record.offset;
+        self.checkpoint_offset = record.offset;
+        self.writeback_offset = record.offset;
+        self.source = Some(record.source);
+        self.validator = record.validator;
+        self.resumed = kept > 0;
+        self.prefix_check = Some(spawn_prefix_check(
+            &self.part_path,
+            record.offset,
+            record.midstate,
+        ));
+        let (digest, total, tail) = (self.digest, self.total, kept - record.offset);
+        tracing::info!(digest = %digest, offset = kept, checkpoint = record.offset, tail, total, "resuming partial download from its progress record");
+        Ok(())
+    }
+
+    /// In the boot its record was written in, the `.part`'s bytes past the
+    /// checkpoint at `offset` are still what was written (a crash of the
+    /// process loses no completed write): hash them on from the restored
+    /// midstate. Returns the offset to resume from; `offset` itself when
+    /// the tail cannot be read (then only the checkpoint counts).
+    /// (The midstate is known good: `load_record` restored it.)
+    fn keep_tail(&mut self, offset: u64, midstate: &[u8]) -> u64 {
+        let Backing::Disk(file) = &self.backing else {
+            return offset;
+        };
+        let length = match file.metadata() {
+            Ok(metadata) => metadata.len().min(self.total),
+            Err(_) => return offset,
+        };
+        if length <= offset {
+            return offset;
+        }
+        let Ok(mut hasher) = Hasher::resume(midstate) else {
+            return offset;
+        };
+        match boot::hash_tail(file, offset, length, &mut hasher) {
+            Ok(()) => {
+                self.hasher = hasher;
+                length
+            }
+            Err(e) => {
+                tracing::warn!(digest = %self.digest, path = %self.part_path.display(), "cannot re-read the bytes past the checkpoint, resuming from it: {e}");
+                offset
+            }
+        }
     }
 
     fn load_record(&mut self) -> Result<Option<Record>, String> {
@@ -598,6 +670,7 @@ impl Partial {
             total: self.total,
             offset: self.offset,
             midstate: self.hasher.state(),
+            boot: boot::current().map(str::to_owned),
         }
     }
 
@@ -733,9 +806,20 @@ mod tests {
             total: 10,
             offset: 4,
             midstate: vec![1, 2, 3],
+            boot: None,
         };
         let text = record.render();
         assert_eq!(Record::parse(&text).unwrap(), record);
+        let booted = Record {
+            boot: Some("4f0c-77".into()),
+            ..record.clone()
+        };
+        let booted_text = booted.render();
+        assert!(
+            booted_text.contains("\nboot 4f0c-77\ncheck "),
+            "{booted_text}"
+        );
+        assert_eq!(Record::parse(&booted_text).unwrap(), booted);
         let edited = text.replace("offset 4", "offset 9");
         assert!(Record::parse(&edited).unwrap_err().contains("checksum"));
         assert!(Record::parse(&text[..text.len() - 10]).is_err());
@@ -786,13 +870,16 @@ mod tests {
             .append(Bytes::copy_from_slice(&data[..33_333]))
             .unwrap();
         partial.checkpoint().unwrap();
-        // Bytes after the checkpoint are not durable and must be dropped.
+        // Bytes after the checkpoint are not durable and, after a reboot,
+        // must be dropped.
         partial
             .append(Bytes::copy_from_slice(&data[33_333..50_000]))
             .unwrap();
         drop(partial);
 
-        let mut resumed = Partial::open(dir.path(), digest, data.len() as u64).unwrap();
+        let rebooted = Some("another boot");
+        let mut resumed =
+            Partial::open_in_boot(dir.path(), digest, data.len() as u64, rebooted).unwrap();
         assert_eq!(resumed.offset(), 33_333);
         assert!(resumed.resumed);
         resumed
@@ -804,6 +891,53 @@ mod tests {
             panic!("a partial opened on disk stays on disk");
         };
         assert_eq!(fs::read(path).unwrap(), data);
+    }
+
+    /// Without a reboot since the checkpoint (a `kill -9`), the bytes past
+    /// it are kept and hashed on from disk; a record without a boot id
+    /// (written before records had one) resumes from its offset.
+    #[test]
+    fn in_the_same_boot_the_bytes_past_the_checkpoint_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let (digest, total) = (digest_of(&data), data.len() as u64);
+        let this_boot = Some("boot-a");
+        let mut partial = Partial::open_in_boot(dir.path(), digest, total, this_boot).unwrap();
+        partial.source = Some("http://h/x".into());
+        partial
+            .append(Bytes::copy_from_slice(&data[..33_333]))
+            .unwrap();
+        partial.checkpoint().unwrap();
+        partial
+            .append(Bytes::copy_from_slice(&data[33_333..50_000]))
+            .unwrap();
+        drop(partial); // as a kill -9 would: no checkpoint of the tail
+
+        let record_path = Partial::record_path(dir.path(), &digest, total);
+        let mut record = Record::parse(&fs::read_to_string(&record_path).unwrap()).unwrap();
+        assert_eq!(record.offset, 33_333);
+        assert_eq!(record.boot.as_deref(), boot::current());
+        record.boot = this_boot.map(str::to_owned);
+        fs::write(&record_path, record.render()).unwrap();
+        let mut resumed = Partial::open_in_boot(dir.path(), digest, total, this_boot).unwrap();
+        assert_eq!(resumed.offset(), 50_000);
+        assert!(resumed.resumed);
+        assert!(
+            resumed.checkpoint_due_in().is_some(),
+            "the tail is not durable yet"
+        );
+        resumed
+            .append(Bytes::copy_from_slice(&data[50_000..]))
+            .unwrap();
+        assert_eq!(resumed.finished_digest(), Some(digest));
+        assert_eq!(resumed.verify_prefix(), Ok(()));
+        drop(resumed);
+
+        // An old record (no boot id): from its offset, as before.
+        record.boot = None;
+        fs::write(&record_path, record.render()).unwrap();
+        let old = Partial::open_in_boot(dir.path(), digest, total, this_boot).unwrap();
+        assert_eq!(old.offset(), 33_333);
     }
 
     #[test]

@@ -53,6 +53,8 @@ fn contract_example() {
         jobs: 4,
         give_up_after: Duration::from_secs(60),
         log_format: LogFormat::Text,
+        per_host: crate::fetch::DEFAULT_PER_HOST,
+        ca_file: None,
         consumers: vec![Consumer {
             name: "builder01".into(),
             spool: "/etc/chitd/builders/01/spool".into(),
@@ -154,6 +156,31 @@ fn jobs_must_be_at_least_one() {
     key_error("jobs = 0\n", "jobs", 1);
     key_error("jobs = -3\n", "jobs", 1);
     assert_eq!(parse("jobs = 16\n").expect("valid").jobs, 16);
+}
+
+#[test]
+fn network_keys() {
+    let config = parse("per_host = 2\nca_file = \"tls/extra-cas.pem\"\n").expect("valid");
+    assert_eq!(config.per_host, 2);
+    assert_eq!(
+        config.ca_file,
+        Some(PathBuf::from("/etc/chitd/tls/extra-cas.pem"))
+    );
+    let defaults = parse("").expect("valid");
+    assert_eq!(defaults.per_host, crate::fetch::DEFAULT_PER_HOST);
+    assert_eq!(defaults.ca_file, None);
+    let absolute = parse("ca_file = \"/pki/roots.pem\"\n").expect("valid");
+    assert_eq!(absolute.ca_file, Some(PathBuf::from("/pki/roots.pem")));
+    let message = key_error("jobs = 2\nper_host = 0\n", "per_host", 2);
+    assert!(message.contains("at least 1"), "{message}");
+    key_error("per_host = \"4\"\n", "per_host", 1);
+    key_error("ca_file = \"\"\n", "ca_file", 1);
+    key_error("ca_file = 3\n", "ca_file", 1);
+    let text = parse("per_host = 3\nca_file = \"x.pem\"\n")
+        .unwrap()
+        .describe();
+    assert!(text.contains("per_host:      3"), "{text}");
+    assert!(text.contains("ca_file:       /etc/chitd/x.pem"), "{text}");
 }
 
 #[test]

@@ -224,8 +224,8 @@ pub enum DaemonError {
     NoConsumer,
     #[error("cannot watch the spools: {0}")]
     Watch(notify::Error),
-    #[error("cannot build the HTTP client: {}", crate::fetch::with_causes(.0))]
-    Http(reqwest::Error),
+    #[error("{0}")]
+    Http(crate::fetch::ClientError),
     #[error("cannot set up the remote tier ([remote]): {0}")]
     Remote(object_store::Error),
     #[error(
@@ -309,7 +309,7 @@ fn open(config: &Config, options: &Options) -> Result<(Arc<Shared>, Hints), Daem
         consumers,
         watch: std::sync::Mutex::new(watch),
         store: Arc::new(store),
-        fetcher: Fetcher::new(options.fetch.clone(), config.give_up_after)
+        fetcher: Fetcher::new(options.fetch.clone(), config)
             .map_err(DaemonError::Http)?
             .with_remote(open_remote(config, options)?),
         mirrors: config.mirrors.clone(),

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::error::FetchError;
+use super::hosts::{Admitted, HostAnswer, parse_retry_after};
 use super::pace::Pace;
 use crate::chit::Digest;
 use crate::partial::{Partial, Validator};
@@ -57,6 +58,10 @@ pub struct Attempt<'a> {
     /// Whether the download has sources it has not tried yet: a slow body
     /// is then left for them (see `pace::SLOW_BYTES`).
     pub untried_elsewhere: &'a (dyn Fn() -> bool + Sync),
+    /// The permit of the source's host (none for `file://`): told as soon
+    /// as a usable response head arrives, so a probe lets the host's other
+    /// downloads go without waiting for its whole body.
+    pub host: Option<&'a Admitted>,
 }
 
 impl Attempt<'_> {
@@ -76,8 +81,18 @@ impl Attempt<'_> {
             };
             *self.redirected.lock().unwrap_or_else(|e| e.into_inner()) =
                 (response.url() != self.source).then(|| response.url().clone());
+            // (The version of the source's own answer, not of a host it
+            // redirected to.)
+            if let Some(host) = self.host.filter(|_| response.url() == self.source) {
+                host.spoke(response.version());
+            }
             match self.check_response(&mut partial, &response) {
-                Ok(true) => return self.stream(partial, response).await,
+                Ok(true) => {
+                    if let Some(host) = self.host {
+                        host.answered(HostAnswer::Healthy);
+                    }
+                    return self.stream(partial, response).await;
+                }
                 Ok(false) => continue, // partial was reset; ask for the whole object
                 Err(e) => return (partial, Err(e.into())),
             }
@@ -144,7 +159,7 @@ impl Attempt<'_> {
             status if status.is_redirection() => {
                 Err(FetchError::Redirect(redirect_target(response)))
             }
-            status => Err(FetchError::Status(status)),
+            status => Err(refusal(status, headers)),
         }
     }
 
@@ -488,6 +503,23 @@ fn copy_local(source: &Url, partial: &mut Partial, cancel: &CancellationToken) -
         partial
             .append(Bytes::copy_from_slice(&buffer[..n]))
             .map_err(FetchError::Disk)?;
+    }
+}
+
+/// An error status; a 429 or 503 that says when to come back
+/// (`Retry-After`) is [`FetchError::Busy`].
+fn refusal(status: StatusCode, headers: &HeaderMap) -> FetchError {
+    let busy = status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+    let retry_after = headers
+        .get(header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| parse_retry_after(value, std::time::SystemTime::now()));
+    match retry_after {
+        Some(retry_after) if busy => FetchError::Busy {
+            status,
+            retry_after,
+        },
+        _ => FetchError::Status(status),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::hosts::HostAnswer;
 use crate::chit::Digest;
 
 /// One source's answer to one attempt, worded for the `# error:` line.
@@ -9,6 +10,22 @@ use crate::chit::Digest;
 pub enum FetchError {
     #[error("HTTP {0}")]
     Status(reqwest::StatusCode),
+    /// A 429 or 503 that said when to come back (`Retry-After`): no
+    /// download asks the host before then (see `hosts`).
+    #[error("HTTP {status} (Retry-After: {})", human(*.retry_after))]
+    Busy {
+        status: reqwest::StatusCode,
+        retry_after: Duration,
+    },
+    /// The server's TLS certificate was refused; the text says why, for a
+    /// person (see `tls`).
+    #[error("{0}")]
+    Certificate(String),
+    /// Not asked: its host must not be asked yet (a backoff, a
+    /// `Retry-After` or a probe under way, from another download's
+    /// answer); the text says which and why.
+    #[error("{0}")]
+    HostWaiting(String),
     #[error("{0}")]
     Transport(String),
     #[error("redirect refused: {0}")]
@@ -110,6 +127,9 @@ impl FetchError {
                 return Next::StartOver;
             }
             FetchError::Slow { .. } => return Next::Yield,
+            // Never asked: nothing progressed, whatever the caller says.
+            FetchError::HostWaiting(_) => return Next::Later,
+            FetchError::Busy { .. } => true,
             FetchError::Status(status) => {
                 status.is_server_error()
                     || *status == reqwest::StatusCode::TOO_MANY_REQUESTS
@@ -129,12 +149,54 @@ impl FetchError {
             | FetchError::DigestMismatch { .. }
             | FetchError::BadRange(_)
             | FetchError::UnaskedRange
+            | FetchError::Certificate(_)
             | FetchError::Local(_) => false,
         };
         match (transient, progressed) {
             (true, true) => Next::AgainNow,
             (true, false) => Next::Later,
             (false, _) => Next::RuleOut,
+        }
+    }
+
+    /// What the answer says about the source's host (see `hosts`): it is
+    /// not serving (5xx, 429, 408, a connection refused or reset, a
+    /// timeout before any response), it said when to come back, or it
+    /// answered. Trouble with a body under way, and local trouble, say
+    /// nothing about it.
+    pub fn for_host(&self) -> HostAnswer {
+        match self {
+            FetchError::Busy { retry_after, .. } => HostAnswer::Busy {
+                after: *retry_after,
+                answer: self.to_string(),
+            },
+            FetchError::Status(status)
+                if status.is_server_error()
+                    || *status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    || *status == reqwest::StatusCode::REQUEST_TIMEOUT =>
+            {
+                HostAnswer::Trouble(self.to_string())
+            }
+            FetchError::Transport(_) | FetchError::NoResponse(_) => {
+                HostAnswer::Trouble(self.to_string())
+            }
+            FetchError::Status(_)
+            | FetchError::Redirect(_)
+            | FetchError::Certificate(_)
+            | FetchError::WrongLength { .. }
+            | FetchError::EndedShort { .. }
+            | FetchError::TooLong { .. }
+            | FetchError::UnaskedRange
+            | FetchError::BadRange(_) => HostAnswer::Healthy,
+            FetchError::Stalled(_)
+            | FetchError::TooSlow { .. }
+            | FetchError::Slow { .. }
+            | FetchError::Truncated { .. }
+            | FetchError::DigestMismatch { .. }
+            | FetchError::CorruptPartial(_)
+            | FetchError::HostWaiting(_)
+            | FetchError::Local(_)
+            | FetchError::Disk(_) => HostAnswer::Neutral,
         }
     }
 
@@ -150,6 +212,9 @@ impl FetchError {
     /// Classify a reqwest error, with its cause chain but without the URL
     /// (the caller names the source itself, with credentials redacted).
     pub fn from_reqwest(error: reqwest::Error) -> FetchError {
+        if let Some(certificate) = super::tls::certificate_problem(&error) {
+            return certificate;
+        }
         let redirect = error.is_redirect();
         let timeout = error.is_timeout();
         let text = with_causes(&error.without_url());
@@ -192,6 +257,13 @@ mod tests {
         FetchError::Status(S::from_u16(code).unwrap())
     }
 
+    fn busy(code: u16) -> FetchError {
+        FetchError::Busy {
+            status: S::from_u16(code).unwrap(),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+
     fn digest() -> Digest {
         Digest::from_bytes([7; 32])
     }
@@ -225,6 +297,20 @@ mod tests {
             ("500", status(500), Later, AgainNow),
             ("502", status(502), Later, AgainNow),
             ("503", status(503), Later, AgainNow),
+            ("503 with Retry-After", busy(503), Later, AgainNow),
+            ("429 with Retry-After", busy(429), Later, AgainNow),
+            (
+                "host waiting (another download's answer)",
+                FetchError::HostWaiting("not asked: http://h:80 answered HTTP 503".into()),
+                Later,
+                Later,
+            ),
+            (
+                "TLS certificate refused",
+                FetchError::Certificate("certificate of unknown issuer".into()),
+                RuleOut,
+                RuleOut,
+            ),
             ("504", status(504), Later, AgainNow),
             (
                 "3xx reaching us",
@@ -405,6 +491,47 @@ mod tests {
                 "{what} with progress: {error}"
             );
         }
+    }
+
+    /// What each class of answer says about its host (see `hosts`).
+    #[test]
+    fn every_answer_says_one_thing_about_its_host() {
+        use HostAnswer::{Healthy, Neutral};
+        let trouble = |error: &FetchError| HostAnswer::Trouble(error.to_string());
+        for (what, error, _, _) in table() {
+            let expected = match &error {
+                FetchError::Busy { retry_after, .. } => HostAnswer::Busy {
+                    after: *retry_after,
+                    answer: error.to_string(),
+                },
+                FetchError::Status(s)
+                    if s.is_server_error() || s.as_u16() == 429 || s.as_u16() == 408 =>
+                {
+                    trouble(&error)
+                }
+                FetchError::Transport(_) | FetchError::NoResponse(_) => trouble(&error),
+                FetchError::Status(_)
+                | FetchError::Redirect(_)
+                | FetchError::Certificate(_)
+                | FetchError::WrongLength { .. }
+                | FetchError::EndedShort { .. }
+                | FetchError::TooLong { .. }
+                | FetchError::UnaskedRange
+                | FetchError::BadRange(_) => Healthy,
+                _ => Neutral,
+            };
+            assert_eq!(error.for_host(), expected, "{what}: {error}");
+        }
+        // Spot checks, in words.
+        assert!(matches!(status(503).for_host(), HostAnswer::Trouble(_)));
+        assert!(matches!(busy(429).for_host(), HostAnswer::Busy { .. }));
+        assert_eq!(status(404).for_host(), Healthy);
+        assert_eq!(FetchError::Stalled(W).for_host(), Neutral);
+        assert_eq!(os(libc::ENOSPC).for_host(), Neutral);
+        assert_eq!(
+            busy(503).to_string(),
+            "HTTP 503 Service Unavailable (Retry-After: 5s)"
+        );
     }
 
     #[test]

@@ -36,6 +36,15 @@
 //! stays one ([`Failure`]) until each waiting chit's `# error:` line is
 //! rendered from it, naming only that chit's own sources (see `failure`).
 //!
+//! What one download learns about a host is shared with every other
+//! (`hosts`): at most `per_host` requests to it at once, `Retry-After`,
+//! and one backoff per host, so a failing host is probed, not asked once
+//! per chit. A source whose host must not be asked yet is passed over in
+//! the round ([`FetchError::HostWaiting`]) and its other sources are
+//! asked; the pause after the round ends when the host may be asked. A
+//! TLS certificate the client refuses is permanent for its source
+//! ([`FetchError::Certificate`], see `tls`).
+//!
 //! Chits that join a running download may bring sources of their own
 //! ([`MoreSources`]): they are added at the end of the list, in the
 //! current round (a backoff pause ends early for them), so a chit with a
@@ -44,8 +53,10 @@
 mod attempt;
 mod error;
 mod failure;
+mod hosts;
 mod pace;
 mod run;
+mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -57,8 +68,10 @@ use url::Url;
 pub(crate) use self::attempt::{Sink, verify};
 pub use self::error::{FetchError, Next, with_causes};
 pub use self::failure::{Cause, DownloadFailure, Ending, Failure, SourceAnswer};
+pub use self::hosts::{DEFAULT_PER_HOST, MAX_RETRY_AFTER};
 use self::run::{Run, Source};
 use crate::chit::{Digest, redact_url};
+use crate::config::Config;
 use crate::partial::{Frontier, Partial};
 use crate::remote::{Fill, Remote};
 use crate::store::Store;
@@ -184,51 +197,37 @@ pub struct Fetcher {
     give_up_after: Duration,
     /// The fleet tier, asked before the sources (see [`crate::remote`]).
     remote: Option<Arc<Remote>>,
+    /// Every host's connection limit and backoff, shared by all
+    /// downloads (see `hosts`).
+    hosts: Arc<hosts::Hosts>,
 }
 
 impl Fetcher {
-    /// A fetcher whose downloads fail once their sources made no progress
-    /// for `give_up_after`.
-    pub fn new(
-        settings: FetchSettings,
-        give_up_after: Duration,
-    ) -> Result<Fetcher, reqwest::Error> {
+    /// A fetcher for `config`: its downloads fail once their sources made
+    /// no progress for `give_up_after`, ask each host at most `per_host`
+    /// at a time, and trust `ca_file`'s roots besides the system's.
+    pub fn new(settings: FetchSettings, config: &Config) -> Result<Fetcher, ClientError> {
         // reqwest is built without a default crypto provider; installing one
         // twice is harmless (the second attempt is refused and ignored).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        // Each refusal names the target (without credentials): it becomes
-        // part of the chit's `# error:` line.
-        let redirects = reqwest::redirect::Policy::custom(|attempt| {
-            let target = redact_url(attempt.url());
-            let scheme = attempt.url().scheme();
-            if scheme != "http" && scheme != "https" {
-                attempt.error(format!("redirect to {target}, which is not http or https"))
-            } else if attempt.previous().iter().any(|seen| seen == attempt.url()) {
-                attempt.error(format!("redirect loop: back to {target}"))
-            } else if attempt.previous().len() > MAX_REDIRECTS {
-                attempt.error(format!(
-                    "more than {MAX_REDIRECTS} redirects (the last to {target})"
-                ))
-            } else {
-                attempt.follow()
-            }
-        });
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("chitd/", env!("CARGO_PKG_VERSION")))
-            .redirect(redirects)
-            // Response heads are bounded: hyper keeps at most about 400 KiB
-            // of an HTTP/1 head (not configurable through reqwest) and
-            // these many fields; HTTP/2 header lists are capped in bytes.
-            .http1_max_headers(MAX_RESPONSE_HEADERS)
-            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-            .connect_timeout(settings.connect_timeout)
-            .pool_max_idle_per_host(16)
-            .build()?;
+        let extra_roots = match &config.ca_file {
+            Some(path) => tls::load_ca_file(path)?,
+            None => Vec::new(),
+        };
+        let client = client_builder(&settings, config.per_host)
+            .tls_certs_merge(extra_roots)
+            .build()
+            .map_err(ClientError::Client)?;
+        let backoff = hosts::Backoff {
+            first: settings.retry_delay,
+            max: settings.max_retry_delay,
+        };
         Ok(Fetcher {
             client,
             settings,
-            give_up_after,
+            give_up_after: config.give_up_after,
             remote: None,
+            hosts: Arc::new(hosts::Hosts::new(config.per_host, backoff)),
         })
     }
 
@@ -307,6 +306,7 @@ impl Fetcher {
             started_over,
             disk_full: false,
             delay: self.settings.retry_delay,
+            waits: Vec::new(),
         };
         let result = run.rounds(partial).await;
         if let (Some(remote), Err(DownloadError::Failed(_))) = (&self.remote, &result) {
@@ -347,6 +347,58 @@ impl Fetcher {
             Fill::Elsewhere => Ok(partial),
         }
     }
+}
+
+/// The HTTP client's settings (roots of trust apart).
+///
+/// Proxies: reqwest's system proxy support is left on, so `HTTPS_PROXY`,
+/// `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (or their lower-case forms)
+/// are honoured as curl does. Roots of trust: the platform verifier
+/// (`rustls-platform-verifier`; on Linux the system's CA store as
+/// `rustls-native-certs` finds it, `SSL_CERT_FILE`/`SSL_CERT_DIR`
+/// included), merged with `ca_file`'s.
+fn client_builder(settings: &FetchSettings, per_host: usize) -> reqwest::ClientBuilder {
+    // Each refusal names the target (without credentials): it becomes
+    // part of the chit's `# error:` line.
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        let target = redact_url(attempt.url());
+        let scheme = attempt.url().scheme();
+        if scheme != "http" && scheme != "https" {
+            attempt.error(format!("redirect to {target}, which is not http or https"))
+        } else if attempt.previous().iter().any(|seen| seen == attempt.url()) {
+            attempt.error(format!("redirect loop: back to {target}"))
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!(
+                "more than {MAX_REDIRECTS} redirects (the last to {target})"
+            ))
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .user_agent(concat!("chitd/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirects)
+        // Response heads are bounded: hyper keeps at most about 400 KiB
+        // of an HTTP/1 head (not configurable through reqwest) and
+        // these many fields; HTTP/2 header lists are capped in bytes.
+        .http1_max_headers(MAX_RESPONSE_HEADERS)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .connect_timeout(settings.connect_timeout)
+        // No more idle connections to a host than may be busy at once.
+        .pool_max_idle_per_host(per_host)
+}
+
+/// Why no [`Fetcher`] could be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot build the HTTP client: {}", with_causes(.0))]
+    Client(reqwest::Error),
+    /// `ca_file` cannot be read or holds no usable certificate.
+    #[error("ca_file {}: {reason}", path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// A partial whose progress record covers every byte (a checkpoint of the

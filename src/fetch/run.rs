@@ -11,6 +11,7 @@ use url::Url;
 use super::attempt::{Attempt, Stop};
 use super::error::{FetchError, Next};
 use super::failure::{DownloadFailure, Ending, SourceAnswer};
+use super::hosts::{Admission, Admitted, HostAnswer, Wait};
 use super::{DownloadError, Fetcher, Job, blocking};
 use crate::chit::redact_url;
 use crate::config::whole_ms;
@@ -68,6 +69,18 @@ pub(super) struct Run<'a> {
     pub disk_full: bool,
     /// The next backoff between rounds.
     pub delay: Duration,
+    /// Sources' hosts that were not to be asked in this round (see
+    /// `hosts`): the pause after it ends when the first may be.
+    pub waits: Vec<Wait>,
+}
+
+/// Whether source `index` may be asked now.
+enum Leave {
+    /// Yes; with its host's permit (none for a `file://` source).
+    Go(Option<Admitted>),
+    /// Its host is not to be asked yet: on to the next source.
+    Wait,
+    Shutdown,
 }
 
 /// How asking one source ended.
@@ -98,18 +111,40 @@ impl Run<'_> {
             if let Some(ending) = self.give_up() {
                 return Err(self.fail(partial, ending).await);
             }
-            let pause = if self.sources.iter().any(|source| source.yielded) {
-                Duration::ZERO // back to the source it left, at once
-            } else {
-                self.delay.min(self.left())
+            let pause = self.pause();
+            let waits = std::mem::take(&mut self.waits);
+            let host_changed = async {
+                if waits.is_empty() {
+                    std::future::pending::<()>().await;
+                }
+                futures_util::future::select_all(waits.into_iter().map(|w| Box::pin(w.changed())))
+                    .await;
             };
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err(DownloadError::Shutdown),
                 _ = tokio::time::sleep(pause) => {}
                 _ = self.job.more.added.notified() => {}
+                _ = host_changed => {}
             }
             self.delay = (self.delay * 2).min(self.fetcher.settings.max_retry_delay);
         }
+    }
+
+    /// The pause after a round: none when a source was left while it
+    /// progressed; else the backoff, but no longer than until the first
+    /// host that was not to be asked may be, nor than `give_up_after`
+    /// leaves.
+    fn pause(&self) -> Duration {
+        if self.sources.iter().any(|source| source.yielded) {
+            return Duration::ZERO; // back to the source it left, at once
+        }
+        let now = Instant::now();
+        let host_opens = self.waits.iter().filter_map(|wait| wait.until);
+        let first_open = host_opens
+            .map(|until| until.saturating_duration_since(now))
+            .min();
+        let pause = self.delay.min(self.left());
+        first_open.map_or(pause, |open| pause.min(open))
     }
 
     /// Ask each source not ruled out, in order: `Ok` with the partial when
@@ -153,34 +188,39 @@ impl Run<'_> {
     async fn ask(&mut self, index: usize, mut partial: Partial) -> Asked {
         let untried = (self.sources.iter().enumerate())
             .any(|(other, source)| other != index && !source.asked());
+        let next = |partial| Asked::Next {
+            partial,
+            first: false,
+        };
         loop {
+            // Before the wait for a permit, which moves the no-progress
+            // clock on by as long as it takes.
             let inactivity = self.inactivity(index);
             if inactivity.is_zero() {
-                // Its time is up: on to the give-up check.
-                return Asked::Next {
-                    partial,
-                    first: false,
-                };
+                return next(partial); // its time is up: on to the give-up check
             }
+            let admitted = match self.leave(index).await {
+                Leave::Go(admitted) => admitted,
+                Leave::Wait => return next(partial),
+                Leave::Shutdown => return Asked::Over(Err(DownloadError::Shutdown)),
+            };
             self.sources[index].yielded = false;
-            let tried = self.attempt(index, partial, inactivity, untried).await;
+            let tried =
+                (self.attempt(index, partial, inactivity, untried, admitted.as_ref())).await;
             partial = tried.partial;
             let error = match tried.result {
                 Ok(()) => return Asked::Over(Ok(partial)),
                 Err(Stop::Shutdown) => return Asked::Over(Err(DownloadError::Shutdown)),
                 Err(Stop::Failed(error)) => error,
             };
-            let next = error.next(tried.progressed, self.started_over);
-            tracing::warn!(digest = %self.job.digest, source = %redact_url(self.sources[index].url()), "attempt failed: {error}");
-            self.disk_full |= error.is_disk_full();
-            let source = &mut self.sources[index];
-            source.answer.error = Some(error);
-            source.answer.redirected = tried.redirected;
-            match next {
+            if let Some(admitted) = &admitted {
+                admitted.answered(match tried.progressed {
+                    true => HostAnswer::Healthy,
+                    false => error.for_host(),
+                });
+            }
+            match self.answered(index, error, tried.progressed, tried.redirected) {
                 Next::AgainNow => continue,
-                Next::Later => {}
-                Next::Yield => source.yielded = true,
-                Next::RuleOut => source.ruled_out = true,
                 Next::StartOver => {
                     self.started_over = true;
                     self.high_water = 0;
@@ -189,11 +229,61 @@ impl Run<'_> {
                         first: true,
                     };
                 }
+                Next::Later | Next::Yield | Next::RuleOut => return next(partial),
             }
-            return Asked::Next {
-                partial,
-                first: false,
-            };
+        }
+    }
+
+    /// Keep source `index`'s answer, and mark the source as it means.
+    fn answered(
+        &mut self,
+        index: usize,
+        error: FetchError,
+        progressed: bool,
+        redirected: Option<Url>,
+    ) -> Next {
+        let next = error.next(progressed, self.started_over);
+        tracing::warn!(digest = %self.job.digest, source = %redact_url(self.sources[index].url()), "attempt failed: {error}");
+        self.disk_full |= error.is_disk_full();
+        let source = &mut self.sources[index];
+        source.answer.error = Some(error);
+        source.answer.redirected = redirected;
+        match next {
+            Next::Yield => source.yielded = true,
+            Next::RuleOut => source.ruled_out = true,
+            Next::AgainNow | Next::Later | Next::StartOver => {}
+        }
+        next
+    }
+
+    /// Wait for a permit of source `index`'s host, then see whether the
+    /// host may be asked now (see `hosts`). Time spent waiting for the
+    /// permit, while the host serves other downloads, is not held against
+    /// this one's `give_up_after`. A host not to be asked yet leaves the
+    /// source an answer saying so, unless it has one of its own.
+    async fn leave(&mut self, index: usize) -> Leave {
+        let url = self.sources[index].url();
+        let Some(host) = self.fetcher.hosts.of(url) else {
+            return Leave::Go(None);
+        };
+        let admission = tokio::select! {
+            _ = self.cancel.cancelled() => return Leave::Shutdown,
+            admission = host.admit(url) => admission,
+        };
+        match admission {
+            Admission::Go(admitted) => {
+                self.last_progress = (self.last_progress + admitted.waited).min(Instant::now());
+                Leave::Go(Some(admitted))
+            }
+            Admission::Wait(wait) => {
+                let source = &mut self.sources[index];
+                tracing::debug!(digest = %self.job.digest, source = %redact_url(source.url()), "{}", wait.reason);
+                if !source.asked() {
+                    source.answer.error = Some(FetchError::HostWaiting(wait.reason.clone()));
+                }
+                self.waits.push(wait);
+                Leave::Wait
+            }
         }
     }
 
@@ -204,6 +294,7 @@ impl Run<'_> {
         partial: Partial,
         inactivity: Duration,
         untried: bool,
+        host: Option<&Admitted>,
     ) -> Tried {
         let more = &self.job.more;
         let untried_elsewhere = || untried || !more.is_empty();
@@ -218,6 +309,7 @@ impl Run<'_> {
             redirected: std::sync::Mutex::new(None),
             last_byte: std::sync::Mutex::new(None),
             untried_elsewhere: &untried_elsewhere,
+            host,
         };
         tracing::debug!(digest = %self.job.digest, source = %redact_url(source), offset = partial.offset(), "requesting");
         let (partial, result) = attempt.run(partial).await;

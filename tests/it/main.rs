@@ -29,6 +29,8 @@
 //! - `hostile`: one test per attack by a consumer or a server (issue 4).
 //! - `remote`: the fleet tier against a real S3 server (`s3`: `s3s-fs`,
 //!   which must be on PATH).
+//! - `hosts`: per-host limits, `Retry-After` and backoff shared by downloads.
+//! - `tls`: certificates chitd does not trust, `ca_file`, and proxies.
 
 mod basic;
 mod cache;
@@ -43,6 +45,7 @@ mod dedup;
 mod examples;
 mod failures;
 mod hostile;
+mod hosts;
 mod manifest;
 mod ops;
 mod progress;
@@ -51,6 +54,7 @@ mod restart;
 mod resume;
 mod sources;
 mod status;
+mod tls;
 
 // Fixtures offer more than every test uses.
 #[allow(dead_code)]

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::server::{Fault, Request, Server};
-use crate::util::{Content, Daemon, State, TIMEOUT, TestDir, TestSpool, sha256_hex, wait_until};
+use crate::util::{
+    Content, Daemon, DaemonBuilder, State, TIMEOUT, TestDir, TestSpool, sha256_hex, wait_until,
+};
 
 const MIB: usize = 1 << 20;
 /// A download that breaks is resumed, so the server sends little more than
@@ -77,8 +79,19 @@ impl Case {
     /// Run a daemon until idle and expect the file delivered, its partial
     /// gone. Returns the requests for its sources that this run made.
     fn run_to_delivery(&self, inactivity_ms: u64) -> Vec<Request> {
+        self.run_to_delivery_in(Daemon::for_spool(&self.dir, &self.spool), inactivity_ms)
+    }
+
+    /// [`Case::run_to_delivery`] as after a reboot: only the bytes a
+    /// progress record covers count (see `partial::boot`).
+    fn run_to_delivery_after_reboot(&self) -> Vec<Request> {
+        let daemon = Daemon::for_spool(&self.dir, &self.spool).env("CHITD_BOOT_ID", "rebooted");
+        self.run_to_delivery_in(daemon, 30_000)
+    }
+
+    fn run_to_delivery_in(&self, daemon: DaemonBuilder, inactivity_ms: u64) -> Vec<Request> {
         let before = self.requests().len();
-        Daemon::for_spool(&self.dir, &self.spool)
+        daemon
             .inactivity_timeout_ms(inactivity_ms)
             .exit_when_idle()
             .start()
@@ -516,13 +529,50 @@ fn valid_record_is_resumed_with_range_and_if_range() {
     let etag = field(&record, "etag").expect("etag in the record");
     assert_eq!(Some(etag.clone()), case.server.etag("/f"));
 
-    let requests = case.run_to_delivery(30_000);
+    let requests = case.run_to_delivery_after_reboot();
     assert_eq!(requests.len(), 1, "{requests:#?}");
     let expected_range = format!("bytes={offset}-");
     assert_eq!(requests[0].range.as_deref(), Some(expected_range.as_str()));
     assert_eq!(requests[0].if_range.as_deref(), Some(etag.as_str()));
     assert_eq!(requests[0].status, 206);
     case.assert_little_waste();
+}
+
+/// After a `kill -9` (no reboot), the bytes written past the last
+/// checkpoint are kept: the restart asks only for what the `.part` lacks,
+/// so at most 1 MiB more than it held is fetched again (contract §10).
+#[test]
+fn after_a_kill_the_bytes_past_the_checkpoint_are_kept() {
+    let case = Case::new(16 * MIB);
+    let drip = Fault::SlowDrip {
+        bytes_per_tick: 64 << 10,
+        tick: Duration::from_millis(20),
+    };
+    case.server.set_fault("/f", drip);
+    let mut daemon = Daemon::for_spool(&case.dir, &case.spool).start();
+    let tail = "a checkpoint, then 1 MiB more sent";
+    let record = wait_until(TIMEOUT, tail, || {
+        let text = fs::read_to_string(case.record_path()).ok()?;
+        let offset = offset_of(&text);
+        let sent = case.server.bytes_served_for("/f");
+        (offset > 0 && sent > offset + MIB as u64).then_some(text)
+    });
+    daemon.kill();
+    case.server.clear_fault("/f");
+    let held = fs::metadata(case.partial("part")).expect("the .part").len();
+    let checkpoint = offset_of(&record);
+    assert!(held > checkpoint, "held {held}, checkpoint {checkpoint}");
+
+    let before = case.server.bytes_served_for("/f");
+    let requests = case.run_to_delivery(30_000);
+    let expected_range = format!("bytes={held}-");
+    assert_eq!(requests[0].range.as_deref(), Some(expected_range.as_str()));
+    let refetched = case.server.bytes_served_for("/f") - before;
+    let missing = case.content.len() as u64 - held;
+    assert!(
+        refetched <= missing + MIB as u64,
+        "fetched {refetched} bytes again for {missing} missing: {requests:#?}"
+    );
 }
 
 /// Kill after a checkpoint, damage the record with `edit`, restart: the
@@ -587,7 +637,7 @@ fn digest_mismatch_after_resuming_a_record_fetches_once_more_from_zero() {
     let range = format!("bytes={}-", offset_of(&record));
     let etag = field(&record, "etag");
     assert_eq!(etag, case.server.etag("/f"));
-    let requests = case.run_to_delivery(30_000);
+    let requests = case.run_to_delivery_after_reboot();
     assert_eq!(
         exchanges(&requests),
         [
@@ -654,7 +704,7 @@ fn corrupt_part_file_behind_a_valid_record_is_fetched_once_more_from_zero() {
     bytes[1000] ^= 0xff;
     fs::write(&part, bytes).expect("corrupt part");
 
-    let requests = case.run_to_delivery(30_000);
+    let requests = case.run_to_delivery_after_reboot();
     let expected_range = format!("bytes={offset}-");
     assert_eq!(requests[0].range.as_deref(), Some(expected_range.as_str()));
     let last = requests.last().expect("requests");
@@ -756,7 +806,7 @@ fn orphaned_partial_is_kept_and_resumed_when_its_chit_returns() {
     // Retrying later resumes where the orphan left off.
     let text = fs::read(&saved).expect("saved chit");
     case.spool.drop_chit("f", text);
-    let requests = case.run_to_delivery(30_000);
+    let requests = case.run_to_delivery_after_reboot();
     let expected_range = format!("bytes={}-", offset_of(&record));
     assert_eq!(requests[0].range.as_deref(), Some(expected_range.as_str()));
 }
@@ -793,7 +843,7 @@ fn aged_partials_are_resumed_by_their_chit_and_removed_without_one() {
     let orphan = plant_aged_orphan(&case.dir.cache().join("partial-v1"), "ab");
     age_past_the_grace(&[case.partial("part"), case.record_path()]);
 
-    let requests = case.run_to_delivery(30_000);
+    let requests = case.run_to_delivery_after_reboot();
 
     let expected_range = format!("bytes={}-", offset_of(&record));
     assert_eq!(requests[0].range.as_deref(), Some(expected_range.as_str()));

@@ -22,6 +22,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+pub mod front;
 #[cfg(test)]
 mod tests;
 mod wire;
@@ -37,6 +38,9 @@ pub enum Fault {
     Forbidden,
     /// Any status with a short text body, e.g. 500, 503, 429.
     Status(u16),
+    /// A status with a `Retry-After` header of this value, verbatim
+    /// (`"2"`, an HTTP date).
+    RetryAfter { status: u16, value: String },
     /// Announce the full length, send `after` body bytes, close cleanly.
     Truncate { after: usize },
     /// Send `after` body bytes, then reset the connection (SO_LINGER 0).
@@ -124,6 +128,8 @@ pub struct Request {
     pub status: u16,
     /// Body bytes actually written to the socket.
     pub body_bytes: u64,
+    /// When its head arrived.
+    pub arrived: std::time::SystemTime,
 }
 
 impl Request {
@@ -209,6 +215,10 @@ impl State {
 struct Shared {
     addr: SocketAddr,
     state: Mutex<State>,
+    /// Requests being answered now (from the head until the reply is
+    /// sent or the connection ends), and the most there ever were.
+    active: std::sync::atomic::AtomicUsize,
+    most_active: std::sync::atomic::AtomicUsize,
     /// Woken whenever a held path is released.
     released: tokio::sync::Notify,
 }
@@ -246,6 +256,8 @@ impl Server {
         let shared = Arc::new(Shared {
             addr,
             state: Mutex::new(State::default()),
+            active: Default::default(),
+            most_active: Default::default(),
             released: tokio::sync::Notify::new(),
         });
         let accept_shared = shared.clone();
@@ -354,6 +366,14 @@ impl Server {
         let state = self.shared.lock();
         let is_get = |r: &&Request| r.path == path && r.method == "GET";
         state.requests.iter().filter(is_get).count()
+    }
+
+    /// The most requests that were ever being answered at once (held,
+    /// or sending their bodies).
+    pub fn most_concurrent(&self) -> usize {
+        self.shared
+            .most_active
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn total_requests(&self) -> usize {

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -109,9 +111,38 @@ impl Reply {
     }
 }
 
+/// Counts a request as being answered while it lives.
+struct Active<'a>(&'a Shared);
+
+impl<'a> Active<'a> {
+    fn new(shared: &'a Shared) -> Active<'a> {
+        let now = shared.active.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.most_active.fetch_max(now, Ordering::SeqCst);
+        Active(shared)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The path of a request target, also of the absolute form a client
+/// sends to a proxy (`http://host:port/path`), which the proxy of the
+/// tests passes on as it is.
+fn origin_form(target: &str) -> &str {
+    let Some(rest) = target.split_once("://").map(|(_, rest)| rest) else {
+        return target;
+    };
+    rest.find('/').map_or("/", |slash| &rest[slash..])
+}
+
 /// Answer one request; returns whether the connection may be reused.
 async fn respond(shared: &Shared, stream: &mut TcpStream, head: Head) -> bool {
-    let raw_path = head.target.split('?').next().unwrap_or("").to_string();
+    let _active = Active::new(shared);
+    let origin = origin_form(&head.target);
+    let raw_path = origin.split('?').next().unwrap_or("").to_string();
     let path = percent_encoding::percent_decode_str(&raw_path)
         .decode_utf8_lossy()
         .into_owned();
@@ -133,6 +164,7 @@ async fn respond(shared: &Shared, stream: &mut TcpStream, head: Head) -> bool {
             fault: fault.clone(),
             status: 0,
             body_bytes: 0,
+            arrived: std::time::SystemTime::now(),
         });
         (fault, object, state.requests.len() - 1)
     };
@@ -214,6 +246,11 @@ fn build_reply(
         Some(Fault::Gone) => return Reply::text(410, "gone\n"),
         Some(Fault::Forbidden) => return Reply::text(403, "forbidden\n"),
         Some(Fault::Status(code)) => return Reply::text(*code, "injected status\n"),
+        Some(Fault::RetryAfter { status, value }) => {
+            let mut reply = Reply::text(*status, "come back later\n");
+            reply.headers.push(("Retry-After", value.clone()));
+            return reply;
+        }
         Some(Fault::Redirect { to }) => {
             return Reply::redirect(format!("http://{}{}", shared.addr, to));
         }

@@ -1,0 +1,178 @@
+//! Per-host manners shared by every download (contract §10): `per_host`,
+//! `Retry-After` in seconds and as an HTTP date, and one backoff per host,
+//! so a failing host is probed, not asked once per chit.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::server::{Fault, Request, Server};
+use crate::util::{Content, Daemon, TIMEOUT, TestDir, wait_until};
+
+/// A configuration file of network keys (`per_host = 2`, ...), beside
+/// the consumer given by flags.
+fn network_config(dir: &TestDir, text: &str) -> PathBuf {
+    dir.write("network.toml", text)
+}
+
+/// The requests that arrived after `after` (the answer that set the wait).
+fn later_than(requests: &[Request], after: &Request) -> Vec<Request> {
+    let position = requests
+        .iter()
+        .position(|r| r.arrived == after.arrived && r.path == after.path)
+        .expect("the answer is among the requests");
+    requests[position + 1..].to_vec()
+}
+
+/// Chit `a` meets a 503 with `Retry-After: value` on `/a`; chit `b`, for
+/// another file on the same host, is dropped after it. Neither asks the
+/// host again before `not_before(answer)`; both are delivered.
+fn retry_after_holds_off_every_download(value: &str, not_before: impl Fn(&Request) -> SystemTime) {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let (a, b) = (Content::random(40_000), Content::random(50_000));
+    server.add("/a", a.bytes.clone());
+    server.add("/b", b.bytes.clone());
+    let fault = Fault::RetryAfter {
+        status: 503,
+        value: value.to_string(),
+    };
+    server.set_fault_times("/a", fault, 1);
+    let _daemon = Daemon::for_spool(&dir, &spool).start();
+    spool.drop_chit("a", a.chit("a.bin", &[server.url("/a")]));
+    let busy = wait_until(TIMEOUT, "the 503 on /a", || {
+        server.requests().into_iter().find(|r| r.status == 503)
+    });
+    spool.drop_chit("b", b.chit("b.bin", &[server.url("/b")]));
+    spool.expect_downloaded("a");
+    spool.expect_downloaded("b");
+    spool.assert_delivered("b", "b.bin", &b);
+    let until = not_before(&busy);
+    let later = later_than(&server.requests(), &busy);
+    assert!(later.iter().any(|r| r.path == "/b"), "{later:#?}");
+    for request in &later {
+        assert!(
+            request.arrived >= until,
+            "{} asked {:?} before the Retry-After ended",
+            request.path,
+            until.duration_since(request.arrived).unwrap_or_default()
+        );
+    }
+}
+
+#[test]
+fn retry_after_in_seconds_holds_off_every_download_from_the_host() {
+    retry_after_holds_off_every_download("2", |busy| busy.arrived + Duration::from_secs(2));
+}
+
+#[test]
+fn retry_after_as_an_http_date_holds_off_every_download_from_the_host() {
+    // Three seconds on, in whole seconds: at least two from now.
+    let date = SystemTime::now() + Duration::from_secs(3);
+    let value = httpdate::fmt_http_date(date);
+    let until = httpdate::parse_http_date(&value).expect("a date");
+    retry_after_holds_off_every_download(&value, |_| until);
+}
+
+/// A host that says "come back in an hour" is not asked again, by any
+/// download, and chits are served by their other sources meanwhile.
+#[test]
+fn other_sources_are_used_while_a_host_must_not_be_asked() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let (busy, good) = (Server::start(), Server::start());
+    let (a, b) = (Content::random(30_000), Content::random(70_000));
+    for (path, content) in [("/a", &a), ("/b", &b)] {
+        busy.add(path, content.bytes.clone());
+        good.add(path, content.bytes.clone());
+        let fault = Fault::RetryAfter {
+            status: 429,
+            value: "3600".into(),
+        };
+        busy.set_fault(path, fault);
+    }
+    let _daemon = Daemon::for_spool(&dir, &spool).start();
+    let started = Instant::now();
+    spool.drop_chit("a", a.chit("a.bin", &[busy.url("/a"), good.url("/a")]));
+    spool.expect_downloaded("a");
+    spool.drop_chit("b", b.chit("b.bin", &[busy.url("/b"), good.url("/b")]));
+    spool.expect_downloaded("b");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(busy.total_requests(), 1, "{:#?}", busy.requests());
+    spool.assert_delivered("b", "b.bin", &b);
+}
+
+/// 16 chits for 16 files on a host that answers 503 to everything: the
+/// host is asked a few times per backoff step (the first requests at
+/// once, then one probe per step), not once per chit per step. Each of
+/// the 16 downloads backing off on its own would ask it about ten times
+/// in the 3 s (the tests' backoff starts at 10 ms): some 160 requests.
+#[test]
+fn a_failing_host_is_probed_not_asked_once_per_chit() {
+    const CHITS: usize = 16;
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    for n in 0..CHITS {
+        let content = Content::random(1000 + n);
+        let path = format!("/f{n}");
+        server.add(&path, content.bytes.clone());
+        server.set_fault(&path, Fault::Status(503));
+        spool.drop_chit(
+            &format!("c{n}"),
+            content.chit("f.bin", &[server.url(&path)]),
+        );
+    }
+    let config = network_config(&dir, "give_up_after = \"3s\"\njobs = 16\n");
+    Daemon::for_spool(&dir, &spool)
+        .config(&config)
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+    for n in 0..CHITS {
+        let reason = spool.expect_failed(&format!("c{n}"));
+        assert!(reason.contains("503"), "{reason}");
+    }
+    let asked = server.total_requests();
+    eprintln!("{asked} requests for {CHITS} chits");
+    // per_host (6) at first, then about one probe per backoff step
+    // (10 ms doubling: ten steps fill the 3 s).
+    assert!(asked <= 24, "{asked} requests: {:#?}", server.requests());
+}
+
+/// `per_host = 2`: eight downloads from one host, never more than two
+/// requests at the server at once (counted there, held until two came).
+#[test]
+fn per_host_limits_the_requests_in_flight_to_one_host() {
+    const CHITS: usize = 8;
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let contents: Vec<Content> = (0..CHITS).map(|_| Content::random(256 << 10)).collect();
+    for (n, content) in contents.iter().enumerate() {
+        let path = format!("/f{n}");
+        server.add(&path, content.bytes.clone());
+        server.hold(&path);
+    }
+    let config = network_config(&dir, "per_host = 2\njobs = 8\n");
+    let _daemon = Daemon::for_spool(&dir, &spool).config(&config).start();
+    for (n, content) in contents.iter().enumerate() {
+        let url = server.url(&format!("/f{n}"));
+        spool.drop_chit(&format!("c{n}"), content.chit(&format!("f{n}.bin"), &[url]));
+    }
+    wait_until(TIMEOUT, "two requests held at the server", || {
+        (server.most_concurrent() >= 2).then_some(())
+    });
+    for n in 0..CHITS {
+        server.release(&format!("/f{n}"));
+    }
+    for (n, content) in contents.iter().enumerate() {
+        spool.expect_downloaded(&format!("c{n}"));
+        spool.assert_delivered(&format!("c{n}"), &format!("f{n}.bin"), content);
+    }
+    assert_eq!(server.most_concurrent(), 2, "{:#?}", server.requests());
+}
