@@ -17,7 +17,8 @@
 //! - `scan`: scans, state directories made anew, lost directories;
 //! - `housekeeping`: cache directory syncs, orphan sweeps, status files;
 //! - `limits`: how much local work runs at once;
-//! - `idle`: when `--exit-when-idle` exits.
+//! - `idle`: when `--exit-when-idle` exits;
+//! - `notify`: systemd's readiness, status, stopping and watchdog messages.
 //!
 //! What happens to one chit on the blocking pool is in `work` (claim,
 //! parse, cache lookup, delivery, failure) and `not_utf8` (a chit whose
@@ -146,6 +147,7 @@ mod housekeeping;
 mod idle;
 mod limits;
 mod not_utf8;
+mod notify;
 mod parked;
 mod queue;
 mod scan;
@@ -209,7 +211,7 @@ pub enum DaemonError {
     #[error("no consumer's directories could be opened")]
     NoConsumer,
     #[error("cannot watch the spools: {0}")]
-    Watch(notify::Error),
+    Watch(::notify::Error),
     #[error("cannot build the HTTP client: {}", crate::fetch::with_causes(.0))]
     Http(reqwest::Error),
     #[error(
@@ -255,7 +257,9 @@ pub async fn run(
     }
     let mut scheduler = Scheduler::new(shared, limits, jobs, !options.exit_when_idle);
     scheduler.start();
-    scheduler.serve(&options, hints, shutdown).await
+    let notifier = notify::Notifier::from_env();
+    notifier.ready();
+    scheduler.serve(&options, hints, notifier, shutdown).await
 }
 
 /// Open the cache and each consumer's directories (a consumer that cannot

@@ -20,6 +20,7 @@ use super::housekeeping::{self, Housekeeping};
 use super::idle::{IdleExit, idle_exit};
 use super::limits::LocalLimits;
 use super::not_utf8;
+use super::notify::{self, Notifier};
 use super::queue::{Next, Queues};
 use super::scan::{self, Scans};
 use super::stuck::Stuck;
@@ -81,6 +82,7 @@ impl Scheduler {
         &mut self,
         options: &Options,
         mut hints: super::Hints,
+        mut notifier: Notifier,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
@@ -93,14 +95,15 @@ impl Scheduler {
             if exit_when_idle && self.is_idle() {
                 match self.last_look() {
                     IdleExit::Work => continue,
-                    IdleExit::Exit => return self.exit(None).await,
-                    IdleExit::Stuck(chits) => return self.exit(Some(chits)).await,
+                    IdleExit::Exit => return self.exit(None, &notifier).await,
+                    IdleExit::Stuck(chits) => return self.exit(Some(chits), &notifier).await,
                 }
             }
             let linger = self.commits.deadline(self.deliveries_under_way());
             tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("shutting down; downloads keep their progress for the next start");
+                    notifier.stopping();
                     break;
                 }
                 Some(hint) = hints.recv() => {
@@ -124,7 +127,8 @@ impl Scheduler {
                     self.downloads.done(&self.shared, outcome, &mut self.local, &mut self.queues);
                 }
                 _ = rescan.tick() => self.rescan(exit_when_idle).await,
-                _ = status.tick() => self.status_tick(),
+                _ = status.tick() => self.status_tick(&mut notifier),
+                _ = notifier.watchdog_due() => notifier.watchdog(),
                 _ = sleep_until(linger) => {}
             }
         }
@@ -154,11 +158,13 @@ impl Scheduler {
 
     /// Once a second: a download of another size of a digest waits for the
     /// one under way no longer than an inactivity window; and the status
-    /// files are written.
-    fn status_tick(&mut self) {
+    /// files are written, and the service manager's status line.
+    fn status_tick(&mut self, notifier: &mut Notifier) {
         let limit = self.shared.fetcher.settings().inactivity_timeout;
         self.downloads.release_overdue(limit);
         housekeeping::write_status(&self.shared, self.downloads.inflight());
+        let downloads = self.downloads.inflight().running().count();
+        notifier.status(notify::summary(downloads, self.queues.known().count()));
     }
 
     /// The last look of an idle daemon that exits when idle (see
@@ -170,7 +176,12 @@ impl Scheduler {
 
     /// Exit, idle: with nothing left, after sweeping orphaned partials;
     /// with only `stuck` chits left, with an error naming them.
-    async fn exit(&mut self, stuck: Option<String>) -> Result<(), DaemonError> {
+    async fn exit(
+        &mut self,
+        stuck: Option<String>,
+        notifier: &Notifier,
+    ) -> Result<(), DaemonError> {
+        notifier.stopping();
         let result = match stuck {
             Some(chits) => Err(DaemonError::Stuck(chits)),
             None => {

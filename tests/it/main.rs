@@ -18,6 +18,7 @@
 //! - `progress`: the progress line of `request --wait`, on a terminal only.
 //! - `examples`: the shell and Python consumer examples in `scripts/examples/`.
 //! - `status`: `status --json`.
+//! - `systemd`: readiness, status, stopping and watchdog notifications.
 //! - `config`: configuration files.
 //! - `restart`: SIGTERM, SIGINT, SIGKILL and the next start.
 //! - `crash`: the crash torture test (random SIGKILLs under a mixed load).
@@ -45,6 +46,7 @@ mod restart;
 mod resume;
 mod sources;
 mod status;
+mod systemd;
 
 // Fixtures offer more than every test uses.
 #[allow(dead_code)]
