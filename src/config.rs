@@ -58,6 +58,9 @@ pub struct Config {
     pub consumers: Vec<Consumer>,
     /// How `chitd run` writes its log (`log_format`, or `--log-format`).
     pub log_format: LogFormat,
+    /// Where `chitd run` serves Prometheus metrics at `/metrics`
+    /// (`metrics`, or `--metrics`); none by default.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// One consumer: where its chits arrive and where its files are delivered.
@@ -213,6 +216,7 @@ struct RawConfig {
     jobs: Option<Spanned<Value>>,
     give_up_after: Option<Spanned<Value>>,
     log_format: Option<Spanned<Value>>,
+    metrics: Option<Spanned<Value>>,
     #[serde(default)]
     consumer: Vec<Spanned<RawConsumer>>,
 }
@@ -251,6 +255,9 @@ impl Config {
         }
         if let Some(value) = &raw.log_format {
             config.log_format = reader.check("log_format", value, log_format)?;
+        }
+        if let Some(value) = &raw.metrics {
+            config.metrics = Some(reader.check("metrics", value, metrics_address)?);
         }
         for table in &raw.consumer {
             let consumer = &table.get_ref();
@@ -303,6 +310,7 @@ impl Config {
             jobs: DEFAULT_JOBS,
             give_up_after: DEFAULT_GIVE_UP_AFTER,
             log_format: LogFormat::Text,
+            metrics: None,
             consumers: vec![Consumer::default_named(
                 dir.join("spool"),
                 dir.join("distfiles"),
@@ -368,6 +376,9 @@ impl Config {
             LogFormat::Json => "json",
         };
         lines.push(format!("log_format:    {log_format}"));
+        if let Some(address) = self.metrics {
+            lines.push(format!("metrics:       http://{address}/metrics"));
+        }
         let [request, fetch, downloaded, fail] = crate::spool::STATES;
         for consumer in &self.consumers {
             let spool = consumer.spool.display();
@@ -558,6 +569,21 @@ fn log_format(value: &Value) -> Result<LogFormat, String> {
         Some("json") => Ok(LogFormat::Json),
         _ => Err(format!("must be \"text\" or \"json\", not {}", show(value))),
     }
+}
+
+fn metrics_address(value: &Value) -> Result<std::net::SocketAddr, String> {
+    let text = value.as_str().ok_or_else(|| {
+        format!(
+            "must be an address and port such as \"127.0.0.1:9187\", not {}",
+            show(value)
+        )
+    })?;
+    text.parse().map_err(|_| {
+        format!(
+            "= {text:?} is not an IP address and port; write it like \"127.0.0.1:9187\" \
+             or \"[::1]:9187\""
+        )
+    })
 }
 
 fn give_up_after(value: &Value) -> Result<Duration, String> {
@@ -803,6 +829,9 @@ pub fn resolve_run(args: &RunArgs, cwd: &Path) -> Result<(Config, LayoutSource),
     }
     if let Some(format) = args.log_format {
         config.log_format = format;
+    }
+    if let Some(address) = args.metrics {
+        config.metrics = Some(address);
     }
     if let Err(error) = config.validate_for_run() {
         return Err(match &source {

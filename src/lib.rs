@@ -43,7 +43,9 @@
 //! - [`daemon`]: `run(config, options, shutdown)`: recover, watch, schedule,
 //!   exit when idle (`queue.rs`: per-consumer round-robin; `work.rs`: a
 //!   chit's blocking steps and the group commit; `status_file.rs`: progress
-//!   published for `chitd status`).
+//!   published for `chitd status`;
+//!   `notify.rs`: systemd notifications).
+//! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`request`], [`status`], [`retry`]: the other subcommands;
 //!   [`manifest`]: distinfo text → chits for `request --manifest` (pure).
 //! - [`cache`]: the `chitd cache` commands, beside or without a running
@@ -63,6 +65,7 @@ pub mod env;
 pub mod fetch;
 pub mod inflight;
 pub mod manifest;
+pub mod metrics;
 pub mod partial;
 pub mod request;
 pub mod retry;

@@ -121,7 +121,7 @@ fn is_chit_in(dir: &Dir, name: &str) -> bool {
 }
 
 /// The chits (names but dot-files) in the state directory `state`.
-fn count_chits(root: &Dir, state: &str) -> io::Result<usize> {
+pub fn count_chits(root: &Dir, state: &str) -> io::Result<usize> {
     let dir = match root.open_dir(state) {
         Ok(dir) => dir,
         // Not made yet (`chitd run` makes it); or not a directory, or a

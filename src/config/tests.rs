@@ -53,6 +53,7 @@ fn contract_example() {
         jobs: 4,
         give_up_after: Duration::from_secs(60),
         log_format: LogFormat::Text,
+        metrics: None,
         consumers: vec![Consumer {
             name: "builder01".into(),
             spool: "/etc/chitd/builders/01/spool".into(),
@@ -437,6 +438,7 @@ fn flags_override_the_file() {
         jobs: Some(2),
         exit_when_idle: true,
         log_format: None,
+        metrics: None,
     };
     let (config, _) = resolve_run(&args, &cwd()).expect("overrides");
     assert_eq!(config.cache, PathBuf::from("/var/cache/x"));
@@ -830,4 +832,25 @@ fn run_refuses_overlapping_roots_naming_the_file() {
             .len(),
         2
     );
+}
+
+#[test]
+fn metrics_is_an_address_and_the_flag_overrides_it() {
+    let config = parse("metrics = \"127.0.0.1:9187\"\n").expect("valid");
+    assert_eq!(config.metrics, Some("127.0.0.1:9187".parse().unwrap()));
+    assert!(
+        config
+            .describe()
+            .contains("metrics:       http://127.0.0.1:9187/metrics")
+    );
+    assert_eq!(parse("").expect("valid").metrics, None);
+    let message = key_error("metrics = \"localhost\"\n", "metrics", 1);
+    assert!(message.contains("not an IP address and port"), "{message}");
+    key_error("\nmetrics = 9187\n", "metrics", 2);
+    let args = RunArgs {
+        metrics: Some("[::1]:9000".parse().unwrap()),
+        ..RunArgs::default()
+    };
+    let (config, _) = resolve_run(&args, &cwd()).expect("valid");
+    assert_eq!(config.metrics, Some("[::1]:9000".parse().unwrap()));
 }

@@ -145,6 +145,7 @@ impl Downloads {
                 (key, job.sources, result)
             });
         }
+        crate::metrics::METRICS.downloads_running(self.tasks.len());
     }
 
     /// For a big download, start delivering it to its first waiter while
@@ -229,6 +230,7 @@ impl Downloads {
             .under_way
             .remove(&key)
             .map(|under_way| under_way.started);
+        crate::metrics::METRICS.downloads_running(self.tasks.len());
         let error = match result {
             Ok(partial) => {
                 if let Some(started) = started {
@@ -241,6 +243,9 @@ impl Downloads {
         let failed = match error {
             DownloadError::Failed(failure) => {
                 tracing::warn!(digest = %key.digest, size = key.size, "download failed: {failure}");
+                let errors = failure.answers.iter();
+                let errors = errors.filter_map(|a| Some((&a.source, a.error.as_ref()?)));
+                crate::metrics::METRICS.download_failed(errors);
                 Some((tried, Failure::from(failure)))
             }
             // Shut down, or stopped because its size is known wrong (its

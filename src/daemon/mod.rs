@@ -210,6 +210,11 @@ pub enum DaemonError {
     Deliver { name: String, error: std::io::Error },
     #[error("no consumer's directories could be opened")]
     NoConsumer,
+    #[error("cannot serve metrics on {address}: {error}")]
+    Metrics {
+        address: std::net::SocketAddr,
+        error: std::io::Error,
+    },
     #[error("cannot watch the spools: {0}")]
     Watch(::notify::Error),
     #[error("cannot build the HTTP client: {}", crate::fetch::with_causes(.0))]
@@ -245,6 +250,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let (shared, hints) = open(&config, &options)?;
+    if let Some(address) = config.metrics {
+        crate::metrics::server::start(address, metrics_layout(&config))
+            .await
+            .map_err(|error| DaemonError::Metrics { address, error })?;
+    }
     let jobs = config.jobs.max(1);
     let limits = LocalLimits::for_this_process(jobs, shared.consumers.len());
     if limits.slots < LOCAL_SLOTS {
@@ -301,6 +311,16 @@ fn open(config: &Config, options: &Options) -> Result<(Arc<Shared>, Hints), Daem
         durable_dirs: DurableDirs::default(),
     });
     Ok((shared, hints))
+}
+
+/// What a metrics scrape reads: every configured consumer's spool, and
+/// the cache.
+fn metrics_layout(config: &Config) -> crate::metrics::Layout {
+    let spools = config.consumers.iter();
+    crate::metrics::Layout {
+        spools: spools.map(|c| (c.name.clone(), c.spool.clone())).collect(),
+        cache: config.cache.clone(),
+    }
 }
 
 /// The watcher's hints, as the scheduler receives them.

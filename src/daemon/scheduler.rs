@@ -283,6 +283,7 @@ impl Scheduler {
                 if let Ok(object) = &published {
                     let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
                     let rate = bytes_per_second(key.size, took);
+                    crate::metrics::METRICS.download_finished(key.size, took);
                     tracing::info!(digest = %key.digest, source = %source.unwrap_or_default(), size = key.size, duration_ms, rate, "download finished, verified and cached");
                     self.housekeeping.published(object);
                 }

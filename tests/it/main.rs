@@ -14,6 +14,8 @@
 //! - `cli`: `request` and usage errors.
 //! - `manifest`: `request --manifest` in both distinfo forms; `request`
 //!   refusing a missing spool.
+//! - `metrics`: the Prometheus endpoint's series after a miss, a hit and a
+//!   failure; 404 elsewhere.
 //! - `ops`: `retry`, `check`, JSON logs, checked environment variables.
 //! - `progress`: the progress line of `request --wait`, on a terminal only.
 //! - `examples`: the shell and Python consumer examples in `scripts/examples/`.
@@ -40,6 +42,7 @@ mod examples;
 mod failures;
 mod hostile;
 mod manifest;
+mod metrics;
 mod ops;
 mod progress;
 mod restart;
