@@ -16,6 +16,7 @@
 //! - `stuck`: retry and backoff of stuck chits;
 //! - `scan`: scans, state directories made anew, lost directories;
 //! - `housekeeping`: cache directory syncs, orphan sweeps, status files;
+//! - `rates`: the download rates the status files show;
 //! - `limits`: how much local work runs at once;
 //! - `idle`: when `--exit-when-idle` exits;
 //! - `notify`: systemd's readiness, status, stopping and watchdog messages.
@@ -150,6 +151,7 @@ mod not_utf8;
 mod notify;
 mod parked;
 mod queue;
+mod rates;
 mod scan;
 mod scheduler;
 pub mod status_file;

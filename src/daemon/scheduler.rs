@@ -162,7 +162,8 @@ impl Scheduler {
     fn status_tick(&mut self, notifier: &mut Notifier) {
         let limit = self.shared.fetcher.settings().inactivity_timeout;
         self.downloads.release_overdue(limit);
-        housekeeping::write_status(&self.shared, self.downloads.inflight());
+        let speeds = self.downloads.speeds();
+        housekeeping::write_status(&self.shared, self.downloads.inflight(), &speeds);
         let downloads = self.downloads.inflight().running().count();
         notifier.status(notify::summary(downloads, self.queues.known().count()));
     }

@@ -118,6 +118,8 @@ struct Offered {
     known: Vec<Url>,
     /// Those it has not taken in yet.
     pending: Vec<Url>,
+    /// The source asked last (for `chitd status`).
+    serving: Option<Url>,
 }
 
 impl MoreSources {
@@ -127,6 +129,7 @@ impl MoreSources {
             urls: std::sync::Mutex::new(Offered {
                 known: sources.to_vec(),
                 pending: Vec::new(),
+                serving: None,
             }),
             added: tokio::sync::Notify::new(),
         }
@@ -148,6 +151,16 @@ impl MoreSources {
         if new {
             self.added.notify_one();
         }
+    }
+
+    /// The source the download asked last: the one serving it, while
+    /// it makes progress.
+    pub fn serving(&self) -> Option<Url> {
+        self.lock().serving.clone()
+    }
+
+    fn now_serving(&self, source: &Url) {
+        self.lock().serving = Some(source.clone());
     }
 
     fn take(&self) -> Vec<Url> {
