@@ -122,6 +122,12 @@ pub struct RunArgs {
     /// [default: text, or --config's log_format].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, ADDR an IP address
+    /// and port such as 127.0.0.1:9187 [default: none, or --config's
+    /// metrics]. Anything but a loopback address is reachable by others.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, clap::Args)]
@@ -387,6 +393,7 @@ mod tests {
             jobs: Some(8),
             exit_when_idle: true,
             log_format: Some(LogFormat::Json),
+            metrics: None,
         };
         assert_eq!(args, expected);
     }

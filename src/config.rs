@@ -68,6 +68,9 @@ pub struct Config {
     pub cache_limits: CacheLimits,
     /// The fleet's shared store (`[remote]`), if any.
     pub remote: Option<crate::remote::RemoteConfig>,
+    /// Where `chitd run` serves Prometheus metrics at `/metrics`
+    /// (`metrics`, or `--metrics`); none by default.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The bounds of the cache that collection keeps it within (see `gc`).
@@ -243,6 +246,7 @@ struct RawConfig {
     cache_max_age: Option<Spanned<Value>>,
     per_host: Option<Spanned<Value>>,
     ca_file: Option<Spanned<Value>>,
+    metrics: Option<Spanned<Value>>,
     #[serde(default)]
     consumer: Vec<Spanned<RawConsumer>>,
     remote: Option<Spanned<crate::remote::config::RawRemote>>,
@@ -296,6 +300,9 @@ impl Config {
         }
         if let Some(value) = &raw.ca_file {
             config.ca_file = Some(reader.check("ca_file", value, |value| file(base_dir, value))?);
+        }
+        if let Some(value) = &raw.metrics {
+            config.metrics = Some(reader.check("metrics", value, metrics_address)?);
         }
         for table in &raw.consumer {
             let consumer = &table.get_ref();
@@ -354,6 +361,7 @@ impl Config {
             log_format: LogFormat::Text,
             per_host: crate::fetch::DEFAULT_PER_HOST,
             ca_file: None,
+            metrics: None,
             consumers: vec![Consumer::default_named(
                 dir.join("spool"),
                 dir.join("distfiles"),
@@ -437,6 +445,9 @@ impl Config {
         lines.push(format!("per_host:      {} requests at once", self.per_host));
         if let Some(ca_file) = &self.ca_file {
             lines.push(format!("ca_file:       {}", ca_file.display()));
+        }
+        if let Some(address) = self.metrics {
+            lines.push(format!("metrics:       http://{address}/metrics"));
         }
         let [request, fetch, downloaded, fail] = crate::spool::STATES;
         for consumer in &self.consumers {
@@ -650,6 +661,21 @@ fn per_host(value: &Value) -> Result<usize, String> {
             show(other)
         )),
     }
+}
+
+fn metrics_address(value: &Value) -> Result<std::net::SocketAddr, String> {
+    let text = value.as_str().ok_or_else(|| {
+        format!(
+            "must be an address and port such as \"127.0.0.1:9187\", not {}",
+            show(value)
+        )
+    })?;
+    text.parse().map_err(|_| {
+        format!(
+            "= {text:?} is not an IP address and port; write it like \"127.0.0.1:9187\" \
+             or \"[::1]:9187\""
+        )
+    })
 }
 
 fn give_up_after(value: &Value) -> Result<Duration, String> {
@@ -946,6 +972,9 @@ pub fn resolve_run(args: &RunArgs, cwd: &Path) -> Result<(Config, LayoutSource),
     }
     if let Some(format) = args.log_format {
         config.log_format = format;
+    }
+    if let Some(address) = args.metrics {
+        config.metrics = Some(address);
     }
     if let Err(error) = config.validate_for_run() {
         return Err(match &source {

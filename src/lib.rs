@@ -46,7 +46,8 @@
 //!   exit when idle (`queue.rs`: per-consumer round-robin; `work.rs`: a
 //!   chit's blocking steps and the group commit; `status_file.rs`: progress
 //!   published for `chitd status`; `collect.rs`: the cache's own
-//!   collection).
+//!   collection; `notify.rs`: systemd notifications).
+//! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`request`], [`status`], [`retry`]: the other subcommands;
 //!   [`manifest`]: distinfo text → chits for `request --manifest` (pure).
 //! - [`remote`]: the fleet tier, an S3-compatible store shared by many
@@ -73,6 +74,7 @@ pub mod env;
 pub mod fetch;
 pub mod inflight;
 pub mod manifest;
+pub mod metrics;
 pub mod partial;
 pub mod remote;
 pub mod request;

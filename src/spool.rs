@@ -244,7 +244,10 @@ impl Spool {
                     })
             })
             .collect();
-        let synced = if renamed.iter().any(Result::is_ok) {
+        // Counted as soon as they are there to be seen.
+        let moved = renamed.iter().filter(|renamed| renamed.is_ok()).count();
+        crate::metrics::METRICS.chits_downloaded(&self.name, moved as u64);
+        let synced = if moved > 0 {
             self.downloaded.sync()
         } else {
             Ok(())
@@ -286,6 +289,7 @@ impl Spool {
             }
         }
         self.fetch.rename(chit, &self.failed, chit)?;
+        crate::metrics::METRICS.chit_failed(&self.name);
         self.failed.sync()
     }
 

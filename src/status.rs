@@ -121,7 +121,7 @@ fn is_chit_in(dir: &Dir, name: &str) -> bool {
 }
 
 /// The chits (names but dot-files) in the state directory `state`.
-fn count_chits(root: &Dir, state: &str) -> io::Result<usize> {
+pub fn count_chits(root: &Dir, state: &str) -> io::Result<usize> {
     let dir = match root.open_dir(state) {
         Ok(dir) => dir,
         // Not made yet (`chitd run` makes it); or not a directory, or a
@@ -185,19 +185,39 @@ pub fn render(report: &Report) -> String {
             );
         }
         for d in &c.in_flight {
-            let percent = if d.total == 0 {
-                100.0
-            } else {
-                d.done as f64 * 100.0 / d.total as f64
-            };
-            _ = writeln!(
-                out,
-                "  {}  {}  {}/{} bytes ({percent:.1}%)",
-                d.chit, d.path, d.done, d.total
-            );
+            _ = writeln!(out, "  {}", in_flight_line(d));
         }
     }
     out
+}
+
+/// "f  sub/f.bin  100000/200000 bytes (50.0%)  3.91 KiB/s  ETA 26s  from
+/// example.org".
+fn in_flight_line(d: &InFlightChit) -> String {
+    let percent = if d.total == 0 {
+        100.0
+    } else {
+        d.done as f64 * 100.0 / d.total as f64
+    };
+    let mut line = format!(
+        "{}  {}  {}/{} bytes ({percent:.1}%)  {}/s",
+        d.chit,
+        d.path,
+        d.done,
+        d.total,
+        indicatif::HumanBytes(d.rate)
+    );
+    match d.eta_seconds() {
+        Some(eta) => {
+            let eta = humantime::format_duration(std::time::Duration::from_secs(eta));
+            _ = write!(line, "  ETA {eta}");
+        }
+        None => line.push_str("  ETA unknown"),
+    }
+    if let Some(source) = &d.source {
+        _ = write!(line, "  from {source}");
+    }
+    line
 }
 
 #[cfg(test)]
@@ -255,6 +275,8 @@ mod tests {
             path: "p".into(),
             done: 1,
             total: 2,
+            rate: 0,
+            source: None,
         };
         StatusFile::new(dir.path()).write(vec![chit("here"), chit("done"), chit("../fetch/here")]);
         let report = status(&[("c".into(), dir.path().to_path_buf())], Failed::Newest).unwrap();
@@ -265,5 +287,28 @@ mod tests {
             .map(|d| d.chit.as_str())
             .collect();
         assert_eq!(shown, ["here"]);
+    }
+
+    #[test]
+    fn an_in_flight_line_has_rate_eta_and_source() {
+        let mut d = InFlightChit {
+            chit: "f".into(),
+            digest: "d".into(),
+            path: "sub/f.bin".into(),
+            done: 100_000,
+            total: 200_000,
+            rate: 4000,
+            source: Some("example.org".into()),
+        };
+        assert_eq!(
+            in_flight_line(&d),
+            "f  sub/f.bin  100000/200000 bytes (50.0%)  3.91 KiB/s  ETA 25s  from example.org"
+        );
+        d.rate = 0;
+        d.source = None;
+        assert_eq!(
+            in_flight_line(&d),
+            "f  sub/f.bin  100000/200000 bytes (50.0%)  0 B/s  ETA unknown"
+        );
     }
 }

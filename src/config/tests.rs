@@ -55,6 +55,7 @@ fn contract_example() {
         log_format: LogFormat::Text,
         per_host: crate::fetch::DEFAULT_PER_HOST,
         ca_file: None,
+        metrics: None,
         consumers: vec![Consumer {
             name: "builder01".into(),
             spool: "/etc/chitd/builders/01/spool".into(),
@@ -466,6 +467,7 @@ fn flags_override_the_file() {
         jobs: Some(2),
         exit_when_idle: true,
         log_format: None,
+        metrics: None,
     };
     let (config, _) = resolve_run(&args, &cwd()).expect("overrides");
     assert_eq!(config.cache, PathBuf::from("/var/cache/x"));
@@ -931,4 +933,25 @@ fn sizes_and_ages() {
         let error = parse_age(text).expect_err(text);
         assert!(error.contains(&format!("{text:?}")), "{error}");
     }
+}
+
+#[test]
+fn metrics_is_an_address_and_the_flag_overrides_it() {
+    let config = parse("metrics = \"127.0.0.1:9187\"\n").expect("valid");
+    assert_eq!(config.metrics, Some("127.0.0.1:9187".parse().unwrap()));
+    assert!(
+        config
+            .describe()
+            .contains("metrics:       http://127.0.0.1:9187/metrics")
+    );
+    assert_eq!(parse("").expect("valid").metrics, None);
+    let message = key_error("metrics = \"localhost\"\n", "metrics", 1);
+    assert!(message.contains("not an IP address and port"), "{message}");
+    key_error("\nmetrics = 9187\n", "metrics", 2);
+    let args = RunArgs {
+        metrics: Some("[::1]:9000".parse().unwrap()),
+        ..RunArgs::default()
+    };
+    let (config, _) = resolve_run(&args, &cwd()).expect("valid");
+    assert_eq!(config.metrics, Some("[::1]:9000".parse().unwrap()));
 }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::queue::Queues;
+use super::rates::{Rates, Speed, source_host};
 use super::work::{self, Step, Waiter};
 use crate::chase::{CHASE_MIN, Chase, Target};
 use crate::chit::{DeliveryPath, Digest};
@@ -61,6 +62,8 @@ pub struct Downloads {
     /// The reasons of those earlier, failed downloads: the final reason
     /// lists every source's answer, not only the last round's.
     earlier_failures: HashMap<Key, Failure>,
+    /// Samples of the running downloads' progress, for their rates.
+    rates: Rates,
     /// Downloads at once, at most.
     jobs: usize,
     cancel: CancellationToken,
@@ -76,6 +79,7 @@ impl Downloads {
             chases: HashMap::new(),
             tried: HashMap::new(),
             earlier_failures: HashMap::new(),
+            rates: Rates::default(),
             jobs,
             cancel: CancellationToken::new(),
         }
@@ -88,6 +92,29 @@ impl Downloads {
     /// The downloads and their waiters.
     pub fn inflight(&self) -> &InFlight<Waiter> {
         &self.inflight
+    }
+
+    /// Each running download's rate and the host of the source it asked
+    /// last, sampled now (see [`super::rates`]).
+    pub fn speeds(&mut self) -> HashMap<Key, Speed> {
+        let running = self.inflight.running().map(|(key, done, _)| (*key, done));
+        let rates = self.rates.sample(running, std::time::Instant::now());
+        let source = |key: &Key| {
+            let serving = self.under_way.get(key)?.more.serving()?;
+            Some(source_host(&serving))
+        };
+        rates
+            .into_iter()
+            .map(|(key, rate)| {
+                (
+                    key,
+                    Speed {
+                        rate,
+                        source: source(&key),
+                    },
+                )
+            })
+            .collect()
     }
 
     /// No download is running or waiting for a slot.
@@ -145,6 +172,7 @@ impl Downloads {
                 (key, job.sources, result)
             });
         }
+        crate::metrics::METRICS.downloads_running(self.tasks.len());
     }
 
     /// For a big download, start delivering it to its first waiter while
@@ -229,6 +257,7 @@ impl Downloads {
             .under_way
             .remove(&key)
             .map(|under_way| under_way.started);
+        crate::metrics::METRICS.downloads_running(self.tasks.len());
         let error = match result {
             Ok(partial) => {
                 if let Some(started) = started {
@@ -241,6 +270,9 @@ impl Downloads {
         let failed = match error {
             DownloadError::Failed(failure) => {
                 tracing::warn!(digest = %key.digest, size = key.size, "download failed: {failure}");
+                let errors = failure.answers.iter();
+                let errors = errors.filter_map(|a| Some((&a.source, a.error.as_ref()?)));
+                crate::metrics::METRICS.download_failed(errors);
                 Some((tried, Failure::from(failure)))
             }
             // Shut down, or stopped because its size is known wrong (its

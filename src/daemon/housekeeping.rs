@@ -14,7 +14,7 @@
 //! idle for [`ORPHAN_SWEEP_BUSY`] sweeps anyway, sparing the partials of
 //! the downloads under way or waiting for a slot.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Shared;
+use super::rates::Speed;
 use super::status_file;
 use super::work::Waiter;
 use crate::inflight::{InFlight, Key};
@@ -148,7 +149,7 @@ impl Housekeeping {
 
 /// Write each consumer's status file: its chits waiting for a running
 /// download, and how far each download is.
-pub fn write_status(shared: &Shared, inflight: &InFlight<Waiter>) {
+pub fn write_status(shared: &Shared, inflight: &InFlight<Waiter>, speeds: &HashMap<Key, Speed>) {
     for (index, consumer) in shared.consumers.iter().enumerate() {
         let downloads = inflight.running().flat_map(|(key, done, waiters)| {
             waiters
@@ -160,6 +161,8 @@ pub fn write_status(shared: &Shared, inflight: &InFlight<Waiter>) {
                     path: w.chit.path.to_string(),
                     done,
                     total: key.size,
+                    rate: speeds.get(key).map_or(0, |speed| speed.rate),
+                    source: speeds.get(key).and_then(|speed| speed.source.clone()),
                 })
         });
         consumer.status.write(downloads.collect());

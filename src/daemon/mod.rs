@@ -16,8 +16,10 @@
 //! - `stuck`: retry and backoff of stuck chits;
 //! - `scan`: scans, state directories made anew, lost directories;
 //! - `housekeeping`: cache directory syncs, orphan sweeps, status files;
+//! - `rates`: the download rates the status files show;
 //! - `limits`: how much local work runs at once;
-//! - `idle`: when `--exit-when-idle` exits.
+//! - `idle`: when `--exit-when-idle` exits;
+//! - `notify`: systemd's readiness, status, stopping and watchdog messages.
 //!
 //! What happens to one chit on the blocking pool is in `work` (claim,
 //! parse, cache lookup, delivery, failure) and `not_utf8` (a chit whose
@@ -157,8 +159,10 @@ mod housekeeping;
 mod idle;
 mod limits;
 mod not_utf8;
+mod notify;
 mod parked;
 mod queue;
+mod rates;
 mod scan;
 mod scheduler;
 pub mod status_file;
@@ -222,8 +226,13 @@ pub enum DaemonError {
     Deliver { name: String, error: std::io::Error },
     #[error("no consumer's directories could be opened")]
     NoConsumer,
+    #[error("cannot serve metrics on {address}: {error}")]
+    Metrics {
+        address: std::net::SocketAddr,
+        error: std::io::Error,
+    },
     #[error("cannot watch the spools: {0}")]
-    Watch(notify::Error),
+    Watch(::notify::Error),
     #[error("{0}")]
     Http(crate::fetch::ClientError),
     #[error("cannot set up the remote tier ([remote]): {0}")]
@@ -261,6 +270,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let (shared, hints) = open(&config, &options)?;
+    if let Some(address) = config.metrics {
+        crate::metrics::server::start(address, metrics_layout(&config))
+            .await
+            .map_err(|error| DaemonError::Metrics { address, error })?;
+    }
     let jobs = config.jobs.max(1);
     let limits = LocalLimits::for_this_process(jobs, shared.consumers.len());
     if limits.slots < LOCAL_SLOTS {
@@ -274,7 +288,9 @@ pub async fn run(
     let mut scheduler = Scheduler::new(shared, limits, jobs, !options.exit_when_idle)
         .with_collector(collect::Collector::for_config(&config));
     scheduler.start();
-    scheduler.serve(&options, hints, shutdown).await
+    let notifier = notify::Notifier::from_env();
+    notifier.ready();
+    scheduler.serve(&options, hints, notifier, shutdown).await
 }
 
 /// Open the cache and each consumer's directories (a consumer that cannot
@@ -332,6 +348,16 @@ fn open_remote(
     crate::remote::Remote::start(remote, settings, &config.cache)
         .map(Some)
         .map_err(DaemonError::Remote)
+}
+
+/// What a metrics scrape reads: every configured consumer's spool, and
+/// the cache.
+fn metrics_layout(config: &Config) -> crate::metrics::Layout {
+    let spools = config.consumers.iter();
+    crate::metrics::Layout {
+        spools: spools.map(|c| (c.name.clone(), c.spool.clone())).collect(),
+        cache: config.cache.clone(),
+    }
 }
 
 /// The watcher's hints, as the scheduler receives them.

@@ -21,6 +21,7 @@ use super::housekeeping::{self, Housekeeping};
 use super::idle::{IdleExit, idle_exit};
 use super::limits::LocalLimits;
 use super::not_utf8;
+use super::notify::{self, Notifier};
 use super::queue::{Next, Queues};
 use super::scan::{self, Scans};
 use super::stuck::Stuck;
@@ -93,6 +94,7 @@ impl Scheduler {
         &mut self,
         options: &Options,
         mut hints: super::Hints,
+        mut notifier: Notifier,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
@@ -105,14 +107,15 @@ impl Scheduler {
             if exit_when_idle && self.is_idle() {
                 match self.last_look() {
                     IdleExit::Work => continue,
-                    IdleExit::Exit => return self.exit(None).await,
-                    IdleExit::Stuck(chits) => return self.exit(Some(chits)).await,
+                    IdleExit::Exit => return self.exit(None, &notifier).await,
+                    IdleExit::Stuck(chits) => return self.exit(Some(chits), &notifier).await,
                 }
             }
             let linger = self.commits.deadline(self.deliveries_under_way());
             tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("shutting down; downloads keep their progress for the next start");
+                    notifier.stopping();
                     break;
                 }
                 Some(hint) = hints.recv() => {
@@ -136,7 +139,8 @@ impl Scheduler {
                     self.downloads.done(&self.shared, outcome, &mut self.local, &mut self.queues);
                 }
                 _ = rescan.tick() => self.rescan(exit_when_idle).await,
-                _ = status.tick() => self.status_tick(),
+                _ = status.tick() => self.status_tick(&mut notifier),
+                _ = notifier.watchdog_due() => notifier.watchdog(),
                 _ = sleep_until(linger) => {}
                 _ = sleep_until(self.collector.due()) => self.collector.start(&self.shared),
                 summary = self.collector.ended() => self.collector.done(summary),
@@ -168,11 +172,14 @@ impl Scheduler {
 
     /// Once a second: a download of another size of a digest waits for the
     /// one under way no longer than an inactivity window; and the status
-    /// files are written.
-    fn status_tick(&mut self) {
+    /// files are written, and the service manager's status line.
+    fn status_tick(&mut self, notifier: &mut Notifier) {
         let limit = self.shared.fetcher.settings().inactivity_timeout;
         self.downloads.release_overdue(limit);
-        housekeeping::write_status(&self.shared, self.downloads.inflight());
+        let speeds = self.downloads.speeds();
+        housekeeping::write_status(&self.shared, self.downloads.inflight(), &speeds);
+        let downloads = self.downloads.inflight().running().count();
+        notifier.status(notify::summary(downloads, self.queues.known().count()));
     }
 
     /// The last look of an idle daemon that exits when idle (see
@@ -184,7 +191,12 @@ impl Scheduler {
 
     /// Exit, idle: with nothing left, after sweeping orphaned partials;
     /// with only `stuck` chits left, with an error naming them.
-    async fn exit(&mut self, stuck: Option<String>) -> Result<(), DaemonError> {
+    async fn exit(
+        &mut self,
+        stuck: Option<String>,
+        notifier: &Notifier,
+    ) -> Result<(), DaemonError> {
+        notifier.stopping();
         let result = match stuck {
             Some(chits) => Err(DaemonError::Stuck(chits)),
             None => {
@@ -288,6 +300,7 @@ impl Scheduler {
                 if let Ok(object) = &published {
                     let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
                     let rate = bytes_per_second(key.size, took);
+                    crate::metrics::METRICS.download_finished(key.size, took);
                     tracing::info!(digest = %key.digest, source = %source.unwrap_or_default(), size = key.size, duration_ms, rate, "download finished, verified and cached");
                     self.housekeeping.published(object);
                     self.collector.published(key.size);

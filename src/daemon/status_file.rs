@@ -2,7 +2,8 @@
 //!
 //! While downloads run, the daemon rewrites `<spool>/.chitd-status.json`
 //! (dot name: not a chit, not a state) every second with its pid and the
-//! consumer's chits being downloaded (bytes done / total). It is replaced by
+//! consumer's chits being downloaded (bytes done / total, the rate sampled
+//! by the daemon's `rates`, the host of the source asked last). It is replaced by
 //! rename, never written in place (so a symlink planted there is replaced,
 //! not followed), and removed at a clean exit; a temporary a crash left
 //! behind is removed at the next start. `status` trusts it only while
@@ -27,6 +28,21 @@ pub struct InFlightChit {
     pub path: String,
     pub done: u64,
     pub total: u64,
+    /// Bytes per second, sampled by the daemon (0: not known yet, or not
+    /// progressing).
+    #[serde(default)]
+    pub rate: u64,
+    /// The host of the source the download asked last.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+impl InFlightChit {
+    /// Seconds until done at the current rate; `None` without one.
+    pub fn eta_seconds(&self) -> Option<u64> {
+        let left = self.total.saturating_sub(self.done);
+        (self.rate > 0).then(|| left.div_ceil(self.rate))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +174,8 @@ mod tests {
             path: "p".into(),
             done: 1,
             total: 2,
+            rate: 0,
+            source: None,
         }
     }
 

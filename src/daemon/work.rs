@@ -350,6 +350,7 @@ fn look_up(shared: &Shared, spool: &Spool, waiter: Waiter, bytes: &[u8]) -> Step
     let chit = &waiter.chit;
     let reason = match shared.store.lookup(&chit.digest, chit.size) {
         Ok(Lookup::Hit(object)) => {
+            crate::metrics::METRICS.cache_hit();
             let object = Object {
                 path: &object,
                 bytes: None,
@@ -491,6 +492,7 @@ fn deliver_chased(
     match chased.rename_into_place() {
         Ok(()) => {
             tracing::debug!(digest = %waiter.chit.digest, path = %waiter.chit.path, "delivered the copy made while it downloaded");
+            crate::metrics::METRICS.delivered(waiter.chit.size);
             Step::Commit(Commit {
                 consumer: waiter.consumer,
                 name: waiter.name,
@@ -555,6 +557,9 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
         claimed_in,
         ..
     } = waiter;
+    if delivered.is_ok() {
+        crate::metrics::METRICS.delivered(chit.size);
+    }
     match delivered {
         Ok(parent) => Step::Commit(Commit {
             consumer,

@@ -133,6 +133,8 @@ struct Offered {
     known: Vec<Url>,
     /// Those it has not taken in yet.
     pending: Vec<Url>,
+    /// The source asked last (for `chitd status`).
+    serving: Option<Url>,
 }
 
 impl MoreSources {
@@ -142,6 +144,7 @@ impl MoreSources {
             urls: std::sync::Mutex::new(Offered {
                 known: sources.to_vec(),
                 pending: Vec::new(),
+                serving: None,
             }),
             added: tokio::sync::Notify::new(),
         }
@@ -163,6 +166,16 @@ impl MoreSources {
         if new {
             self.added.notify_one();
         }
+    }
+
+    /// The source the download asked last: the one serving it, while
+    /// it makes progress.
+    pub fn serving(&self) -> Option<Url> {
+        self.lock().serving.clone()
+    }
+
+    fn now_serving(&self, source: &Url) {
+        self.lock().serving = Some(source.clone());
     }
 
     fn take(&self) -> Vec<Url> {

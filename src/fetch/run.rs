@@ -299,6 +299,7 @@ impl Run<'_> {
         let more = &self.job.more;
         let untried_elsewhere = || untried || !more.is_empty();
         let source = self.sources[index].url();
+        more.now_serving(source);
         let attempt = Attempt {
             client: &self.fetcher.client,
             source,

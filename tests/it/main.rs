@@ -16,10 +16,13 @@
 //! - `cli`: `request` and usage errors.
 //! - `manifest`: `request --manifest` in both distinfo forms; `request`
 //!   refusing a missing spool.
+//! - `metrics`: the Prometheus endpoint's series after a miss, a hit and a
+//!   failure; 404 elsewhere.
 //! - `ops`: `retry`, `check`, JSON logs, checked environment variables.
 //! - `progress`: the progress line of `request --wait`, on a terminal only.
 //! - `examples`: the shell and Python consumer examples in `scripts/examples/`.
 //! - `status`: `status --json`.
+//! - `systemd`: readiness, status, stopping and watchdog notifications.
 //! - `config`: configuration files.
 //! - `restart`: SIGTERM, SIGINT, SIGKILL and the next start.
 //! - `crash`: the crash torture test (random SIGKILLs under a mixed load).
@@ -47,6 +50,7 @@ mod failures;
 mod hostile;
 mod hosts;
 mod manifest;
+mod metrics;
 mod ops;
 mod progress;
 mod remote;
@@ -55,6 +59,7 @@ mod resume;
 mod sources;
 mod status;
 mod tls;
+mod systemd;
 
 // Fixtures offer more than every test uses.
 #[allow(dead_code)]

@@ -284,3 +284,37 @@ fn status_lists_failed_chits_with_their_reasons_newest_first() {
     assert!(all.stdout.contains("failed  c00:"), "{all:?}");
     assert!(!all.stdout.contains("more failed"), "{all:?}");
 }
+
+/// A download at 4 KB/s ([`Fault::slow_but_steady`]): the daemon samples
+/// its rate, and `status` shows it with an ETA and the source's host.
+#[test]
+fn status_shows_rate_eta_and_source_of_downloads_in_flight() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(400_000);
+    server.add("/f", content.bytes.clone());
+    server.set_fault("/f", Fault::slow_but_steady());
+    let mut daemon = Daemon::for_spool(&dir, &spool).start();
+    spool.drop_chit("f", content.chit("f.bin", &[server.url("/f")]));
+
+    let json = wait_until(TIMEOUT, "a rate for the download", || {
+        let json = status_json(&dir, &spool);
+        (json["consumers"][0]["in_flight"][0]["rate"].as_u64()? > 0).then_some(json)
+    });
+    let entry = &json["consumers"][0]["in_flight"][0];
+    assert_eq!(entry["source"], "127.0.0.1", "{json}");
+    // 200 bytes every 50 ms at most; less when the machine is busy.
+    let rate = entry["rate"].as_u64().unwrap_or_default();
+    assert!(rate <= 8_000, "{json}");
+    let text = status_of(&dir, &spool, false);
+    let line = text
+        .lines()
+        .find(|line| line.contains("f.bin"))
+        .unwrap_or_else(|| panic!("no line for f.bin in: {text}"));
+    assert!(line.contains("/s  ETA "), "{line}");
+    assert!(!line.contains("ETA unknown"), "{line}");
+    assert!(line.ends_with("  from 127.0.0.1"), "{line}");
+    daemon.sigterm();
+    assert!(daemon.wait_exit(TIMEOUT).success());
+}

@@ -219,7 +219,7 @@ async fn a_stuck_chit_backs_off_while_serving_until_shutdown() {
         tokio::time::sleep(Duration::from_secs(10)).await;
     };
     scheduler
-        .serve(&Options::default(), hints, shutdown)
+        .serve(&Options::default(), hints, Notifier::off(), shutdown)
         .await
         .unwrap();
     assert_eq!(start.elapsed(), Duration::from_secs(20));
