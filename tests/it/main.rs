@@ -58,8 +58,8 @@ mod restart;
 mod resume;
 mod sources;
 mod status;
-mod tls;
 mod systemd;
+mod tls;
 
 // Fixtures offer more than every test uses.
 #[allow(dead_code)]
