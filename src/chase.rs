@@ -172,13 +172,8 @@ fn chase(
     state: &AtomicU8,
     prepare: impl FnOnce() -> std::io::Result<Target>,
 ) -> Option<Chased> {
-    // Until the download opens (and follows) its partial, there is
-    // nothing to read.
-    while frontier.generation() == 0 {
-        if state.load(Ordering::Acquire) != RUNNING {
-            return None;
-        }
-        std::thread::sleep(CAUGHT_UP_WAIT);
+    if !wait_for_open(frontier, state) {
+        return None;
     }
     let source = File::open(part).ok()?;
     let target = match prepare() {
@@ -194,26 +189,59 @@ fn chase(
         file,
         name,
     } = target;
-    let discard = |parent: Dir, temp: String| {
-        let _ = parent.remove_file(&temp);
-        None
-    };
+    let followed = follow(&source, &file, total, frontier, state);
+    match followed {
+        Some((generation, copied)) if file.sync_data().is_ok() => Some(Chased {
+            parent,
+            temp,
+            name,
+            file,
+            generation,
+            copied,
+        }),
+        _ => {
+            let _ = parent.remove_file(&temp);
+            None
+        }
+    }
+}
+
+/// Until the download opens (and follows) its partial, there is nothing
+/// to read: wait for that, `false` if the download ended first.
+fn wait_for_open(frontier: &Frontier, state: &AtomicU8) -> bool {
+    while frontier.generation() == 0 {
+        if state.load(Ordering::Acquire) != RUNNING {
+            return false;
+        }
+        std::thread::sleep(CAUGHT_UP_WAIT);
+    }
+    true
+}
+
+/// Copy the `.part` into `file` as the download writes it, until told to
+/// finish and caught up: the generation copied and the bytes copied, or
+/// `None` if told to abort or the copy failed (the caller discards it).
+fn follow(
+    source: &File,
+    file: &File,
+    total: u64,
+    frontier: &Frontier,
+    state: &AtomicU8,
+) -> Option<(u64, u64)> {
     let (mut generation, mut copied) = (frontier.generation(), 0u64);
     // The buffer of a read/write copy, once `copy_file_range` is refused
     // (the cache and the delivery directory on different file systems).
     let mut plain: Option<Vec<u8>> = None;
     loop {
         let finishing = match state.load(Ordering::Acquire) {
-            ABORT => return discard(parent, temp),
+            ABORT => return None,
             FINISH => true,
             _ => false,
         };
         let (now, written) = frontier.now();
         if now != generation {
             // The `.part` was truncated: start over.
-            if file.set_len(0).is_err() {
-                return discard(parent, temp);
-            }
+            file.set_len(0).ok()?;
             (generation, copied) = (now, 0);
             continue;
         }
@@ -221,43 +249,32 @@ fn chase(
         if want == 0 {
             // Told to finish, the writer is done: this is all there is.
             if finishing {
-                break;
+                return Some((generation, copied));
             }
             std::thread::sleep(CAUGHT_UP_WAIT);
             continue;
         }
         let want = usize::try_from(want).unwrap_or(CHUNK).min(CHUNK);
-        match copy_range(&source, &file, copied, want, &mut plain) {
+        match copy_range(source, file, copied, want, &mut plain) {
             // Once the download is over, the `.part` holds what the
             // frontier says: a short file ends the copy (incomplete, so
             // discarded). Before, a truncation raced the copy: the next
             // round sees it.
-            Ok(0) if finishing => break,
+            Ok(0) if finishing => return Some((generation, copied)),
             Ok(0) => std::thread::sleep(CAUGHT_UP_WAIT),
             Ok(n) => {
                 if frontier.generation() == generation {
-                    start_writeback(&file, copied, n as u64);
+                    start_writeback(file, copied, n as u64);
                     copied += n as u64;
                 }
                 // Else the bytes may be stale: the next round starts over.
             }
             Err(e) => {
                 tracing::debug!("early delivery stopped: {e}");
-                return discard(parent, temp);
+                return None;
             }
         }
     }
-    if file.sync_data().is_err() {
-        return discard(parent, temp);
-    }
-    Some(Chased {
-        parent,
-        temp,
-        name,
-        file,
-        generation,
-        copied,
-    })
 }
 
 /// Copy up to `want` bytes at `at` from `source` to the same offset of
