@@ -430,11 +430,12 @@ impl Dir {
     /// Create the regular file `name` in this directory, which must not
     /// exist (`O_CREAT | O_EXCL | O_NOFOLLOW`: anything already there, a
     /// symlink included, is an error of kind `AlreadyExists`, never opened).
+    /// Open for reading too: a delivery reads its copy back to hash it.
     pub fn create_new(&self, name: &str) -> io::Result<File> {
         let fd = rustix::fs::openat2(
             &self.fd,
             name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::from_raw_mode(0o644),
             RESOLVE,
         )

@@ -3,15 +3,19 @@
 //! were checked, whatever happened to the object since it was published.
 //!
 //! The bytes hashed are the bytes written. A small object is read whole,
-//! hashed and written on the calling thread. A big one goes in chunks
-//! through a few reused buffers: this thread reads and writes them while a
-//! scoped thread hashes them, so hashing (~1.3 GB/s with SHA-NI) overlaps
-//! the copy on another core instead of adding to it. Writeback of the
-//! copy is started every [`WRITEBACK_EVERY`] bytes so the final fsync
-//! finds little left, and a big object's pages are dropped behind the
-//! copy. Where the filesystem shares extents copy-on-write, the copy is a
-//! reflink and the object is hashed after it (the clone shares its
-//! extents).
+//! hashed and written on the calling thread. A big one is copied by the
+//! kernel (`copy_file_range`, in chunks of [`KERNEL_CHUNK`]) while a scoped
+//! thread reads the copy back from the page cache right behind it and
+//! hashes it, so hashing (~1.3 GB/s with SHA-NI) overlaps the copy on
+//! another core instead of adding to it, and no byte crosses into user
+//! space on the copying side. Where the kernel refuses `copy_file_range`
+//! (the cache and the delivery directory on different file systems), the
+//! copy goes through a few reused buffers instead: this thread reads and
+//! writes them while the other hashes them. Writeback of the copy is
+//! started every [`WRITEBACK_EVERY`] bytes so the final fsync finds little
+//! left, and a big object's pages are dropped behind the copy. Where the
+//! filesystem shares extents copy-on-write, the copy is a reflink and the
+//! object is hashed after it (the clone shares its extents).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -23,6 +27,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::DeliverError;
 use crate::chit::Digest;
+use crate::deliver::copy_file_range_at;
 use crate::dir::FileId;
 use crate::durable::{start_writeback, with_path};
 
@@ -49,6 +54,11 @@ impl std::fmt::Display for Mismatch {
 /// Objects up to this size are read, hashed and written whole on the
 /// calling thread (a thread of its own costs more than it saves).
 const INLINE_MAX: u64 = 4 << 20;
+/// A big object is copied by the kernel this much at a time; the hasher
+/// follows one chunk behind.
+const KERNEL_CHUNK: u64 = 8 << 20;
+/// Copied chunks the hasher may be behind before the copy waits for it.
+const KERNEL_AHEAD: usize = 8;
 /// A big object is copied in chunks of this size...
 const CHUNK: usize = 1 << 20;
 /// ...through this many buffers, reused (the hashing thread hands each
@@ -144,6 +154,99 @@ fn copy_hashing(source: &File, target: &mut File, size: u64) -> Result<Hashed, F
         target.write_all(&buffer).map_err(Failed::Write)?;
         return Ok(Hashed::Whole(found));
     }
+    match copy_in_kernel(source, target, size)? {
+        Some(hashed) => Ok(hashed),
+        None => copy_through_buffers(source, target, size),
+    }
+}
+
+/// Copy the first `size` bytes of `source` to `target` with
+/// `copy_file_range`, hashing the copy as it is written: `None` if the
+/// kernel refuses to copy between these files (nothing was copied).
+fn copy_in_kernel(source: &File, target: &File, size: u64) -> Result<Option<Hashed>, Failed> {
+    let first = usize::try_from(KERNEL_CHUNK.min(size)).unwrap_or(usize::MAX);
+    let copied = copy_file_range_at(source, target, 0, first).map_err(Failed::Write)?;
+    let Some(first) = copied else {
+        return Ok(None);
+    };
+    let (to_hasher, written) = sync_channel::<u64>(KERNEL_AHEAD);
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(move || hash_behind(target, written));
+        let _ = to_hasher.send(first as u64);
+        let copied = copy_rest(source, target, size, first as u64, &to_hasher);
+        drop(to_hasher);
+        let hashed = hashing
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let done = copied?;
+        let found = hashed.map_err(Failed::Write)?;
+        Ok(Some(match done {
+            done if done < size => Hashed::Short(done),
+            _ => Hashed::Whole(found),
+        }))
+    })
+}
+
+/// The copying side of [`copy_in_kernel`], from `done` on: tells the
+/// hasher how far the copy has come after every chunk. Returns the bytes
+/// copied (fewer than `size` if the object is short).
+fn copy_rest(
+    source: &File,
+    target: &File,
+    size: u64,
+    mut done: u64,
+    to_hasher: &SyncSender<u64>,
+) -> Result<u64, Failed> {
+    let mut written_back = 0u64;
+    while done < size && done > 0 {
+        let want = usize::try_from(KERNEL_CHUNK.min(size - done)).unwrap_or(usize::MAX);
+        let n = match copy_file_range_at(source, target, done, want).map_err(Failed::Write)? {
+            Some(n) => n,
+            None => {
+                let refused = io::Error::other("copy_file_range refused in the middle of a copy");
+                return Err(Failed::Write(refused));
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        done += n as u64;
+        let _ = to_hasher.send(done);
+        if done - written_back >= WRITEBACK_EVERY {
+            start_writeback(target, written_back, done - written_back);
+            drop_behind(source, written_back, done - written_back);
+            written_back = done;
+        }
+    }
+    Ok(done)
+}
+
+/// The hashing side of [`copy_in_kernel`]: reads `target` back up to each
+/// length it is told was written, and hashes it.
+fn hash_behind(target: &File, written: Receiver<u64>) -> io::Result<Digest> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; CHUNK];
+    let mut hashed = 0u64;
+    for upto in written {
+        while hashed < upto {
+            let want = buffer
+                .len()
+                .min(usize::try_from(upto - hashed).unwrap_or(usize::MAX));
+            let n = read_at(target, &mut buffer[..want], hashed)?;
+            if n < want {
+                let short = "the copy ended before what was written to it";
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, short));
+            }
+            hasher.update(&buffer[..n]);
+            hashed += n as u64;
+        }
+    }
+    Ok(finish(hasher))
+}
+
+/// [`copy_hashing`] where the kernel will not copy: through a few reused
+/// buffers, hashed on another thread.
+fn copy_through_buffers(source: &File, target: &File, size: u64) -> Result<Hashed, Failed> {
     let (to_hasher, chunks) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
     let (to_reader, free) = sync_channel::<Vec<u8>>(BUFFERS);
     for _ in 0..BUFFERS {
@@ -237,4 +340,54 @@ fn drop_behind(source: &File, start: u64, length: u64) {
         std::num::NonZeroU64::new(length),
         rustix::fs::Advice::DontNeed,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Copy = fn(&File, &File, u64) -> Result<Hashed, Failed>;
+
+    /// Both big-object copies (the kernel's, and the buffers' used where
+    /// the kernel refuses) write every byte and hash what they wrote, and
+    /// see a short object as short.
+    #[test]
+    fn both_big_copies_hash_what_they_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 3 * KERNEL_CHUNK + 12345;
+        let bytes: Vec<u8> = (0..size).map(|i| (i % 239) as u8).collect();
+        let expected = finish(Sha256::new_with_prefix(&bytes));
+        let object = dir.path().join("object");
+        std::fs::write(&object, &bytes).unwrap();
+        let source = File::open(&object).unwrap();
+        let copies: [(&str, Copy); 2] = [
+            ("kernel", |s, t, n| {
+                Ok(copy_in_kernel(s, t, n)?.expect("same fs"))
+            }),
+            ("buffers", copy_through_buffers),
+        ];
+        for (name, copy) in copies {
+            for (asked, whole) in [(size, true), (size + 1, false)] {
+                let copy_path = dir.path().join(format!("{name}-{asked}"));
+                let target = File::options()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&copy_path)
+                    .unwrap();
+                let hashed = copy(&source, &target, asked).unwrap_or_else(|_| panic!("{name}"));
+                match hashed {
+                    Hashed::Whole(found) => {
+                        assert!(whole, "{name}: {asked} bytes asked of {size}");
+                        assert_eq!(found, expected, "{name}");
+                    }
+                    Hashed::Short(read) => {
+                        assert!(!whole, "{name}: short at {read}");
+                        assert_eq!(read, size, "{name}");
+                    }
+                }
+                assert!(std::fs::read(&copy_path).unwrap() == bytes, "{name}");
+            }
+        }
+    }
 }
