@@ -20,6 +20,9 @@
 # One at a time: rename one chit into request/, wait for it in downloaded/
 # (inotify), next; the drop->downloaded latency of each, p50/p90/p99/max.
 #
+# chitd+metrics: the same daemon with --metrics, its /metrics scraped ten
+# times a second throughout.
+#
 # Baselines: a naive shell worker, `inotifywait -m request/ -e moved_to |
 # while read; do cp cache/SHA deliver/PATH; mv request/X downloaded/X; done`,
 # and its durable variant (cp to a temp name, sync it, mv into place, sync
@@ -116,6 +119,28 @@ if have_chitd; then
     chitd_up() { chitd_start "$WORK/chitd.log" --spool "$out/spool" --deliver "$out/deliver" --cache "$WORK/cache"; }
     settle_deletes
     run_worker chitd chitd_up chitd_stop
+
+    # The same daemon serving /metrics, scraped 10 times a second (a
+    # Prometheus server scrapes every 15 s or so): what metrics cost the
+    # hot path. Progress (the status file) is published in both.
+    scraper_pid=
+    chitd_metrics_up() {
+        local port
+        port=$(python3 "$BENCHTOOL" free-port)
+        chitd_start "$WORK/chitd-metrics.log" --spool "$out/spool" --deliver "$out/deliver" \
+            --cache "$WORK/cache" --metrics "127.0.0.1:$port"
+        wait_for "curl -fsS -o /dev/null http://127.0.0.1:$port/metrics" 10 "chitd's /metrics"
+        setsid bash -c "while sleep 0.1; do curl -fsS -o /dev/null http://127.0.0.1:$port/metrics || exit 1; done" \
+            </dev/null >/dev/null 2>&1 &
+        scraper_pid=$!
+    }
+    chitd_metrics_stop() {
+        [[ -n $scraper_pid ]] && kill -TERM -- "-$scraper_pid" 2>/dev/null || true
+        scraper_pid=
+        chitd_stop
+    }
+    settle_deletes
+    run_worker chitd+metrics chitd_metrics_up chitd_metrics_stop
 fi
 
 # ---------------------------------------------------------------- naive
