@@ -1006,6 +1006,21 @@ pub fn resolve_status_spools(
         .collect())
 }
 
+/// The cache of `status`'s configuration (`--config`, else the default
+/// layout; none for `--spool` alone) if it has a fleet tier: where its
+/// pending uploads are recorded.
+pub fn resolve_status_remote_cache(
+    args: &StatusArgs,
+    cwd: &Path,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let config = match (&args.config, &args.spool) {
+        (Some(file), _) => Config::load(&resolve_path(cwd, file))?,
+        (None, Some(_)) => return Ok(None),
+        (None, None) => Config::default_layout(cwd),
+    };
+    Ok(config.remote.is_some().then_some(config.cache))
+}
+
 /// The layout a `chitd cache` command works on: the `--config` file's, else
 /// the default layout of `cwd` (as `chitd run` with no flags); `--cache`
 /// overrides its cache. Relative flag paths are relative to `cwd`.

@@ -333,6 +333,10 @@ fn status(args: &StatusArgs) -> ExitCode {
         Ok(spools) => spools,
         Err(e) => return fatal(2, format!("{e}")),
     };
+    let remote_cache = match config::resolve_status_remote_cache(args, &cwd) {
+        Ok(cache) => cache,
+        Err(e) => return fatal(2, format!("{e}")),
+    };
     // A spool named on the command line is expected to be there (a typo
     // should not read as an empty spool); configured ones may not be made
     // yet.
@@ -347,7 +351,12 @@ fn status(args: &StatusArgs) -> ExitCode {
         status::Failed::Newest
     };
     loop {
-        match status::status(&spools, listed) {
+        let report = status::status(&spools, listed).map(|mut report| {
+            report.uploads_pending =
+                (remote_cache.as_deref()).map(|cache| chitd::remote::pending_uploads(cache).len());
+            report
+        });
+        match report {
             Ok(report) if args.json => {
                 return match serde_json::to_string_pretty(&report) {
                     Ok(json) => {

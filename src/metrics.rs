@@ -10,10 +10,17 @@
 //!
 //! What the directories already hold is not counted twice but read at
 //! scrape time, on the blocking pool: the chits in each consumer's state
-//! directories (`chitd_chits{consumer,state}`), and the objects in the
+//! directories (`chitd_chits{consumer,state}`), the objects in the
 //! cache (`chitd_cache_objects`, `chitd_cache_bytes`: a walk of
 //! `sha256-v1/`, which is 256 directories; a scrape of a cache of a
-//! million objects costs about a second of `stat`s).
+//! million objects costs about a second of `stat`s), and the uploads to
+//! the fleet tier not done yet (`chitd_uploads_pending`: the records in
+//! `upload-v1/`).
+//!
+//! Beyond the contract's list, the fleet tier's uploads:
+//! `chitd_uploads_total{outcome}` (`uploaded`; `skipped`: the store had
+//! it already, or the object left the cache; `failed`: tried again later), `chitd_uploaded_bytes_total`,
+//! `chitd_uploads_in_flight`.
 //!
 //! The text served is Prometheus's text format 0.0.4 (the form every
 //! scraper reads), made from `prometheus-client`'s OpenMetrics text: a
@@ -76,6 +83,10 @@ pub struct Metrics {
     cache_bytes: Gauge,
     cache_objects: Gauge,
     source_errors: Family<SourceErrorLabels, Counter>,
+    uploads_total: Family<OutcomeLabels, Counter>,
+    uploaded_bytes: Counter,
+    uploads_in_flight: Gauge,
+    uploads_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -93,6 +104,10 @@ impl Default for Metrics {
             cache_bytes: Gauge::default(),
             cache_objects: Gauge::default(),
             source_errors: Family::default(),
+            uploads_total: Family::default(),
+            uploaded_bytes: Counter::default(),
+            uploads_in_flight: Gauge::default(),
+            uploads_pending: Gauge::default(),
         }
     }
 }
@@ -164,6 +179,21 @@ impl Metrics {
         }
     }
 
+    /// An upload to the fleet tier started sending (or checking).
+    pub fn upload_started(&self) {
+        self.uploads_in_flight.inc();
+    }
+
+    /// An upload ended: `outcome` is `uploaded` (with the `bytes` sent),
+    /// `skipped` (nothing to send) or `failed`.
+    pub fn upload_ended(&self, outcome: &'static str, bytes: u64) {
+        self.uploads_in_flight.dec();
+        self.uploads_total
+            .get_or_create_owned(&OutcomeLabels { outcome })
+            .inc();
+        self.uploaded_bytes.inc_by(bytes);
+    }
+
     fn download_outcome(&self, outcome: &'static str) -> Counter {
         self.downloads_total
             .get_or_create_owned(&OutcomeLabels { outcome })
@@ -203,6 +233,9 @@ impl Metrics {
                 self.chits.get_or_create(&labels).set(count);
             }
         }
+        let pending = crate::remote::pending_uploads(&layout.cache).len();
+        self.uploads_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
         let (objects, bytes) = cache_contents(&layout.cache);
         self.cache_objects
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
@@ -262,6 +295,16 @@ impl Metrics {
         r.register("chitd_cache_objects", "Objects in the cache", objects);
         let help = "Last errors of the sources of failed downloads, by host and class";
         r.register("chitd_source_errors", help, self.source_errors.clone());
+        let help = "Uploads to the fleet tier that ended, by outcome";
+        r.register("chitd_uploads", help, self.uploads_total.clone());
+        let help = "Bytes uploaded to the fleet tier";
+        r.register("chitd_uploaded_bytes", help, self.uploaded_bytes.clone());
+        let help = "Uploads to the fleet tier sending now";
+        let running = self.uploads_in_flight.clone();
+        r.register("chitd_uploads_in_flight", help, running);
+        let help = "Uploads to the fleet tier not done yet (records in upload-v1/)";
+        let pending = self.uploads_pending.clone();
+        r.register("chitd_uploads_pending", help, pending);
     }
 }
 

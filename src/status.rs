@@ -23,6 +23,10 @@ pub struct Report {
     /// Pid of the running daemon, when one has published its progress.
     pub daemon_pid: Option<u32>,
     pub consumers: Vec<ConsumerStatus>,
+    /// With a configured fleet tier (`[remote]`): the uploads to it not
+    /// done yet (the records in the cache's `upload-v1/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploads_pending: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,6 +58,7 @@ pub fn status(spools: &[(String, PathBuf)], listed: Failed) -> io::Result<Report
     let mut report = Report {
         daemon_pid: None,
         consumers: Vec::new(),
+        uploads_pending: None,
     };
     for (name, spool) in spools {
         let exists = match std::fs::metadata(spool) {
@@ -153,6 +158,9 @@ pub fn render(report: &Report) -> String {
                 "daemon: no progress published (not running, or idle since start)"
             )
         }
+    }
+    if let Some(pending) = report.uploads_pending {
+        _ = writeln!(out, "remote tier: {pending} uploads pending");
     }
     for c in &report.consumers {
         if !c.exists {

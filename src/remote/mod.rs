@@ -228,6 +228,12 @@ impl Remote {
     }
 }
 
+/// The uploads to the remote tier that `cache` has not finished: the
+/// digests recorded in its `upload-v1/` (for `status` and metrics).
+pub fn pending_uploads(cache: &Path) -> Vec<Digest> {
+    upload::pending(&cache.join(UPLOAD_DIR))
+}
+
 /// Whether a partial's bytes came from the remote tier (its
 /// `Partial::source`): such a file is not uploaded back.
 pub fn is_remote_source(source: Option<&str>) -> bool {

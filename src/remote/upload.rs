@@ -156,8 +156,16 @@ impl Uploader {
         tokio::spawn(async move {
             let _slot = uploader.slots.acquire().await;
             let remote = &uploader.remote;
-            match remote.upload(digest).await {
-                Ok(()) => {
+            let metrics = &crate::metrics::METRICS;
+            metrics.upload_started();
+            let uploaded = remote.upload(digest).await;
+            match &uploaded {
+                Ok(Some(bytes)) => metrics.upload_ended("uploaded", *bytes),
+                Ok(None) => metrics.upload_ended("skipped", 0),
+                Err(_) => metrics.upload_ended("failed", 0),
+            }
+            match uploaded {
+                Ok(_) => {
                     let dir = remote.upload_dir.clone();
                     let _ =
                         blocking(move || std::fs::remove_file(record_path(&dir, &digest))).await;
@@ -178,7 +186,8 @@ impl Uploader {
 
 impl Remote {
     /// Upload `digest` as its record says: done when the store has it.
-    async fn upload(&self, digest: Digest) -> Result<(), Failed> {
+    /// `Some(size)` if this sent it, `None` if there was nothing to send.
+    async fn upload(&self, digest: Digest) -> Result<Option<u64>, Failed> {
         let dir = self.upload_dir.clone();
         let record = blocking(move || load(&dir, &digest))
             .await
@@ -186,13 +195,13 @@ impl Remote {
         let object = record.object.clone();
         if let Ok(false) = blocking(move || object.try_exists()).await {
             tracing::info!(%digest, "left the cache before its upload to {REMOTE_SOURCE}: not uploaded");
-            return Ok(());
+            return Ok(None);
         }
         let path = self.object_path(&digest);
         match self.store.head(&path).await {
             Ok(_) => {
                 tracing::debug!(%digest, "already in {REMOTE_SOURCE}");
-                return Ok(());
+                return Ok(None);
             }
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.to_string()),
@@ -205,7 +214,7 @@ impl Remote {
         }
         let rate = (size as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64;
         tracing::info!(%digest, size, rate, "uploaded to {REMOTE_SOURCE}");
-        Ok(())
+        Ok(Some(size))
     }
 
     /// One `PUT` with `If-None-Match: *` (or a HEAD just before where the
@@ -377,7 +386,7 @@ fn load(dir: &Path, digest: &Digest) -> std::io::Result<Record> {
 }
 
 /// The digests with a record in `dir` (none if it does not exist).
-fn pending(dir: &Path) -> Vec<Digest> {
+pub(super) fn pending(dir: &Path) -> Vec<Digest> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };

@@ -7,7 +7,7 @@ use crate::server::Server;
 use crate::util::{ConfigFile, Content, Daemon, TIMEOUT, TestDir, toml_string, wait_until};
 
 /// The address the daemon says it serves metrics on.
-fn metrics_address(daemon: &Daemon) -> String {
+pub fn metrics_address(daemon: &Daemon) -> String {
     wait_until(TIMEOUT, "the metrics address in the log", || {
         let log = daemon.log();
         let rest = log.split("serving metrics at http://").nth(1)?;
@@ -16,7 +16,7 @@ fn metrics_address(daemon: &Daemon) -> String {
 }
 
 /// `GET path` over HTTP/1.0: (status line, body).
-fn get(address: &str, path: &str) -> (String, String) {
+pub fn get(address: &str, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(address).expect("connect to the metrics address");
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").expect("send");
     let mut response = String::new();
@@ -27,7 +27,7 @@ fn get(address: &str, path: &str) -> (String, String) {
 }
 
 /// The value of the sample `series` (name and labels, as written).
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())

@@ -6,10 +6,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::metrics::{get, metrics_address, sample};
 use crate::s3::{S3Server, files_under, remote_section, with_credentials};
 use crate::server::{Fault, Server};
 use crate::util::{
-    ConfigFile, Content, Daemon, TIMEOUT, TestDir, TestSpool, refused_url, wait_until,
+    ConfigFile, Content, Daemon, TIMEOUT, TestDir, TestSpool, refused_url, run_cli, wait_until,
 };
 
 /// One host: its directory, consumer and configuration (with `remote`).
@@ -62,7 +63,8 @@ fn a_second_host_is_served_from_the_remote_and_upstream_is_asked_once() {
     let chit = content.chit("f.tar.gz", &[upstream.url("/f.tar.gz")]);
 
     let first = Host::new(&s3.remote_section());
-    let mut daemon = first.daemon().start();
+    let mut daemon = first.daemon().args(["--metrics", "127.0.0.1:0"]).start();
+    let metrics = metrics_address(&daemon);
     first.spool.drop_chit("a", &chit);
     first.spool.wait_terminal("a", TIMEOUT);
     first.spool.assert_delivered("a", "f.tar.gz", &content);
@@ -70,6 +72,24 @@ fn a_second_host_is_served_from_the_remote_and_upstream_is_asked_once() {
     wait_until(TIMEOUT, "the upload record to go", || {
         first.upload_records().is_empty().then_some(())
     });
+    // The metrics count the upload once it has ended.
+    let text = wait_until(TIMEOUT, "the upload counted", || {
+        let (_, text) = get(&metrics, "/metrics");
+        let uploaded = sample(&text, r#"chitd_uploads_total{outcome="uploaded"}"#);
+        (uploaded == Some(1.0)).then_some(text)
+    });
+    let size = content.len() as f64;
+    assert_eq!(
+        sample(&text, "chitd_uploaded_bytes_total"),
+        Some(size),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "chitd_uploads_in_flight"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "chitd_uploads_pending"), Some(0.0), "{text}");
     daemon.sigterm();
     daemon.expect_success(TIMEOUT);
 
@@ -99,7 +119,8 @@ fn a_remote_that_is_down_never_fails_a_chit_nor_shows_in_its_error() {
         "gone",
         missing.chit("gone.bin", &[upstream.url("/gone.bin")]),
     );
-    let mut daemon = host.daemon().start();
+    let mut daemon = host.daemon().args(["--metrics", "127.0.0.1:0"]).start();
+    let metrics = metrics_address(&daemon);
     host.spool.wait_terminal("ok", TIMEOUT);
     host.spool.wait_terminal("gone", TIMEOUT);
     // The upload that could not be made stays pending for later.
@@ -108,6 +129,17 @@ fn a_remote_that_is_down_never_fails_a_chit_nor_shows_in_its_error() {
         log.contains("upload to the remote tier not done")
             .then_some(())
     });
+    let text = wait_until(TIMEOUT, "the failed upload counted", || {
+        let (_, text) = get(&metrics, "/metrics");
+        let failed = sample(&text, r#"chitd_uploads_total{outcome="failed"}"#)?;
+        (failed >= 1.0).then_some(text)
+    });
+    assert_eq!(sample(&text, "chitd_uploads_pending"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "chitd_uploaded_bytes_total"),
+        Some(0.0),
+        "{text}"
+    );
     daemon.sigterm();
     daemon.expect_success(TIMEOUT);
 
@@ -122,6 +154,17 @@ fn a_remote_that_is_down_never_fails_a_chit_nor_shows_in_its_error() {
     let log = daemon.log();
     assert!(log.contains("the remote tier ruled out"), "{log}");
     assert_eq!(host.upload_records().len(), 1, "{log}");
+    // `status` shows the upload still to be made.
+    let config = host.config.to_str().expect("a UTF-8 path");
+    let shown = run_cli(&host.dir, ["status", "--config", config], TIMEOUT);
+    assert_eq!(shown.code, Some(0), "{shown:?}");
+    assert!(
+        shown.stdout.contains("remote tier: 1 uploads pending"),
+        "{shown:?}"
+    );
+    let json = run_cli(&host.dir, ["status", "--config", config, "--json"], TIMEOUT);
+    let report: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(report["uploads_pending"], 1, "{report}");
 }
 
 #[test]
