@@ -149,7 +149,23 @@ impl Collector {
             (false, _) => now + COLLECT_INTERVAL,
         };
         self.published_during = 0;
-        self.due = Some(next);
+        self.due = self.limits.is_set().then_some(next);
+    }
+
+    /// A reload: collect by `config`'s limits, sparing its consumers'
+    /// chits, from now on (the list for `chitd cache gc` too). Changed
+    /// limits make a collection due at once; none stops collecting.
+    pub fn reconfigure(&mut self, config: &Config) {
+        self.spools = spools(config);
+        if let Err(e) = gc::publish_spools(&config.cache, &self.spools) {
+            tracing::warn!(
+                "cannot list the spools for `chitd cache gc` to spare their chits' objects: {e}"
+            );
+        }
+        if config.cache_limits != self.limits {
+            self.limits = config.cache_limits;
+            self.due = self.limits.is_set().then(Instant::now);
+        }
     }
 
     /// Let a running collection end (at shutdown).

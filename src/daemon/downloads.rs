@@ -89,6 +89,12 @@ impl Downloads {
         self.jobs
     }
 
+    /// A reload changed `jobs`: downloads running over a lower limit
+    /// finish; new ones start under it.
+    pub fn set_jobs(&mut self, jobs: usize) {
+        self.jobs = jobs;
+    }
+
     /// The downloads and their waiters.
     pub fn inflight(&self) -> &InFlight<Waiter> {
         &self.inflight

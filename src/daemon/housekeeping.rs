@@ -150,7 +150,8 @@ impl Housekeeping {
 /// Write each consumer's status file: its chits waiting for a running
 /// download, and how far each download is.
 pub fn write_status(shared: &Shared, inflight: &InFlight<Waiter>, speeds: &HashMap<Key, Speed>) {
-    for (index, consumer) in shared.consumers.iter().enumerate() {
+    for index in shared.serving() {
+        let consumer = &shared.consumers[index];
         let downloads = inflight.running().flat_map(|(key, done, waiters)| {
             waiters
                 .iter()

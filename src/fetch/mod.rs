@@ -244,6 +244,28 @@ impl Fetcher {
         })
     }
 
+    /// This fetcher under a reloaded `config`: its `give_up_after`; with
+    /// `network` (`per_host` or `ca_file` changed), a new HTTP client
+    /// (its roots of trust and idle pool) and every host's limit changed
+    /// in place, keeping what the hosts told (`Retry-After`, backoff).
+    /// Downloads under way go on with the fetcher they started with.
+    pub fn reconfigured(&self, config: &Config, network: bool) -> Result<Fetcher, ClientError> {
+        let mut fetcher = self.clone();
+        fetcher.give_up_after = config.give_up_after;
+        if network {
+            let extra_roots = match &config.ca_file {
+                Some(path) => tls::load_ca_file(path)?,
+                None => Vec::new(),
+            };
+            fetcher.client = client_builder(&self.settings, config.per_host)
+                .tls_certs_merge(extra_roots)
+                .build()
+                .map_err(ClientError::Client)?;
+            self.hosts.set_per_host(config.per_host);
+        }
+        Ok(fetcher)
+    }
+
     /// Ask `remote` first on every download.
     pub fn with_remote(mut self, remote: Option<Arc<Remote>>) -> Fetcher {
         self.remote = remote;
