@@ -216,7 +216,8 @@ mod tests {
         let running = layout(&[("a", "a")]);
         assert!(changes(&running, &running).is_empty());
         assert_eq!(changes(&running, &running).describe(), "nothing changed");
-        let cases: [(&str, fn(&mut Config)); 7] = [
+        type Change = fn(&mut Config);
+        let cases: [(&str, Change); 7] = [
             ("mirrors", |c| {
                 c.mirrors = vec!["http://m/".parse().unwrap()]
             }),

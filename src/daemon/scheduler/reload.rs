@@ -87,7 +87,9 @@ impl Scheduler {
     /// limits of the parts that own them.
     fn apply(&mut self, new: Config, changes: &Changes, fetcher: Fetcher) {
         let (consumers, retired) = self.reload_consumers(changes);
-        let added = self.shared.consumers.len()..consumers.len();
+        let added: Vec<usize> = (0..consumers.len())
+            .filter(|&c| !retired[c] && !self.shared.is_serving(c))
+            .collect();
         let old = &self.shared;
         self.shared = Arc::new(Shared {
             consumers,
@@ -111,16 +113,14 @@ impl Scheduler {
             running.config = new;
         }
         for consumer in added {
-            if self.shared.is_serving(consumer) {
-                self.scan_consumer(consumer, true);
-            }
+            self.scan_consumer(consumer, true);
         }
     }
 
     /// The consumers after a reload, and which are retired: those taken
     /// out retire (unwatched, their chits not started forgotten, their
-    /// status file removed); those added are opened, appended and
-    /// watched.
+    /// status file removed); those added are opened and appended (or, if
+    /// retired with the same directories, served again), and watched.
     fn reload_consumers(&mut self, changes: &Changes) -> (Vec<Arc<Consumer>>, Vec<bool>) {
         let mut consumers = self.shared.consumers.clone();
         let mut retired = self.shared.retired.clone();
@@ -137,22 +137,30 @@ impl Scheduler {
             tracing::info!(consumer = %name, "consumer taken out: no longer watched; its chits claimed already finish, the others stay where they are");
         }
         for added in &changes.added {
-            let consumer = match Consumer::open(added) {
-                Ok(consumer) => Arc::new(consumer),
-                Err(e) => {
-                    tracing::error!(consumer = %added.name, "not serving this consumer: {e}");
-                    continue;
-                }
+            // Brought back as it was: its chits still under way are known
+            // by its number, so none is started twice.
+            let back = (0..consumers.len()).find(|&c| retired[c] && consumers[c].config == *added);
+            let index = match back {
+                Some(index) => index,
+                None => match Consumer::open_added(added) {
+                    Ok(consumer) => {
+                        consumers.push(Arc::new(consumer));
+                        retired.push(false);
+                        self.queues.add_consumer();
+                        self.stuck.add_consumer();
+                        consumers.len() - 1
+                    }
+                    Err(e) => {
+                        tracing::error!(consumer = %added.name, "not serving this consumer: {e}");
+                        continue;
+                    }
+                },
             };
-            let index = consumers.len();
-            if let Err(e) = lock(&self.shared).add(index, &consumer.spool().request) {
+            retired[index] = false;
+            if let Err(e) = lock(&self.shared).add(index, &consumers[index].spool().request) {
                 // The rescans still find its chits, a little later.
                 tracing::error!(consumer = %added.name, "cannot watch its request/: {e}");
             }
-            consumers.push(consumer);
-            retired.push(false);
-            self.queues.add_consumer();
-            self.stuck.add_consumer();
             tracing::info!(consumer = %added.name, spool = %added.spool.display(), deliver = %added.deliver.display(), "consumer added");
         }
         (consumers, retired)
