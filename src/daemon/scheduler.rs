@@ -170,6 +170,7 @@ impl Scheduler {
     /// The safety-net rescan; when idle, of `fetch/` too (anything there
     /// then is nobody's work), and the orphan sweep when due.
     async fn rescan(&mut self, exit_when_idle: bool) {
+        self.downloads.stop_unwanted(&self.shared, &mut self.queues);
         let idle = self.is_idle();
         self.scan(idle);
         if !exit_when_idle {
@@ -194,7 +195,7 @@ impl Scheduler {
         let limit = self.shared.fetcher.settings().inactivity_timeout;
         self.downloads.release_overdue(limit);
         let speeds = self.downloads.speeds();
-        housekeeping::write_status(&self.shared, self.downloads.inflight(), &speeds);
+        housekeeping::write_status(&self.shared, &self.downloads, &speeds);
         let downloads = self.downloads.inflight().running().count();
         notifier.status(notify::summary(downloads, self.queues.known().count()));
     }
