@@ -19,7 +19,10 @@
 //! - `rates`: the download rates the status files show;
 //! - `limits`: how much local work runs at once;
 //! - `idle`: when `--exit-when-idle` exits;
-//! - `notify`: systemd's readiness, status, stopping and watchdog messages.
+//! - `notify`: systemd's readiness, reload, status, stopping and watchdog
+//!   messages;
+//! - [`reload`]: what SIGHUP applies and what it refuses (the policy), and
+//!   `scheduler/reload.rs`, which applies it.
 //!
 //! What happens to one chit on the blocking pool is in `work` (claim,
 //! parse, cache lookup, delivery, failure) and `not_utf8` (a chit whose
@@ -84,6 +87,10 @@
 //! the fetcher treats a slow source (left for a source not tried yet,
 //! come back to in the next round) is [`crate::fetch`]'s.
 //!
+//! A running download whose every waiting chit was removed from its
+//! `fetch/` is stopped at the next rescan, its partial kept for a later
+//! resume (`downloads/stopping.rs`).
+//!
 //! Two chits that name one sha256 with different sizes never share a
 //! download. A size that comes while a download of another size of its
 //! sha256 is under way waits for it, for at most one inactivity window
@@ -121,6 +128,16 @@
 //! each retry logging `stuck ...; trying again in <t>`. A consumer's own
 //! `mv` of it into `request/` is acted on at once; one it removes is
 //! forgotten at the next idle scan.
+//!
+//! # Reload
+//!
+//! SIGHUP re-reads the configuration file (see [`reload`] for what is
+//! applied, refused and kept). The tasks share a [`Shared`] snapshot; a
+//! reload makes a new one, and work started before it finishes with the
+//! old. Consumers keep their number for the whole run: a reload appends
+//! those it adds and marks those it takes out as retired (no longer
+//! watched, scanned or given new work; their chits claimed already
+//! finish).
 //!
 //! # Exit when idle, and shutdown
 //!
