@@ -37,6 +37,12 @@ pub struct Served {
 }
 
 impl Served {
+    /// Stop serving: once this returns, the address is closed.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     /// Scrapes read `layout` from now on.
     pub fn set_layout(&self, layout: Layout) {
         *self.layout.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(layout);

@@ -16,7 +16,7 @@ fn metrics_address(daemon: &Daemon) -> String {
 }
 
 /// `GET path` over HTTP/1.0: (status line, body).
-fn get(address: &str, path: &str) -> (String, String) {
+pub fn get(address: &str, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(address).expect("connect to the metrics address");
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").expect("send");
     let mut response = String::new();

@@ -154,3 +154,70 @@ fn sighup_without_a_configuration_file_changes_nothing() {
     a.expect_downloaded("after");
     assert!(daemon.try_exit().is_none(), "still running");
 }
+
+/// The address of the `count`th "serving metrics at" line.
+fn metrics_address(daemon: &Daemon, count: usize) -> String {
+    let line = daemon.wait_for_log("serving metrics at http://", count);
+    let rest = line
+        .split("serving metrics at http://")
+        .nth(1)
+        .expect("address");
+    rest.split('/').next().expect("address").to_owned()
+}
+
+/// `metrics` added by a reload serves (with the consumers a reload
+/// added); an address that cannot be bound is refused and the endpoint
+/// stays; `metrics` removed stops it.
+#[test]
+fn metrics_follow_the_file() {
+    let dir = TestDir::new();
+    let (a, b) = (dir.spool("a"), dir.spool("b"));
+    let config = configure(&dir, &[&a]);
+    let mut daemon = Daemon::builder(&dir).config(&config).start();
+    daemon.wait_for_log("chitd: configuration", 1);
+    let with_metrics = |address: &str, consumers: &[&TestSpool]| {
+        let layout = ConfigFile {
+            cache: Some(dir.cache()),
+            consumers: consumers.iter().map(|&c| c.clone()).collect(),
+            ..ConfigFile::default()
+        };
+        let address = crate::util::toml_string(address);
+        dir.write(
+            "chitd.toml",
+            format!("metrics = {address}\n{}", layout.render()),
+        );
+    };
+
+    with_metrics("127.0.0.1:0", &[&a, &b]);
+    let line = reload(&mut daemon, 1);
+    assert!(line.contains("consumers added: b; metrics"), "{line}");
+    let address = metrics_address(&daemon, 1);
+    let (status, text) = crate::metrics::get(&address, "/metrics");
+    assert_eq!(status, "HTTP/1.0 200 OK");
+    assert!(
+        text.contains(r#"chitd_chits{consumer="b",state="request"}"#),
+        "{text}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("address").to_string();
+    with_metrics(&busy, &[&a, &b]);
+    let line = reload(&mut daemon, 2);
+    assert!(
+        line.contains(&format!("cannot serve metrics on {busy}")),
+        "{line}"
+    );
+    assert_eq!(
+        crate::metrics::get(&address, "/metrics").0,
+        "HTTP/1.0 200 OK"
+    );
+
+    configure(&dir, &[&a, &b]);
+    let line = reload(&mut daemon, 3);
+    assert!(
+        line.contains("reloaded the configuration: metrics"),
+        "{line}"
+    );
+    let refused = std::net::TcpStream::connect(&address);
+    assert!(refused.is_err(), "metrics still served on {address}");
+}

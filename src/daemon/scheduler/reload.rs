@@ -70,7 +70,7 @@ impl Scheduler {
         if changes.metrics {
             // Bound before the old one stops: if it cannot be, metrics
             // stay as they are.
-            running.metrics = match new.metrics {
+            let served = match new.metrics {
                 Some(address) => {
                     let served = crate::metrics::server::start(address, metrics_layout(&new));
                     let served = served.await;
@@ -78,6 +78,9 @@ impl Scheduler {
                 }
                 None => None,
             };
+            if let Some(old) = std::mem::replace(&mut running.metrics, served) {
+                old.stop().await;
+            }
         }
         self.apply(new, &changes, fetcher);
         Ok(changes.describe())
