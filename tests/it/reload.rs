@@ -221,3 +221,36 @@ fn metrics_follow_the_file() {
     let refused = std::net::TcpStream::connect(&address);
     assert!(refused.is_err(), "metrics still served on {address}");
 }
+
+/// `per_host` raised by a reload applies to the host at once: a download
+/// waiting for the one request allowed asks beside it.
+#[test]
+fn a_raised_per_host_lets_a_waiting_download_ask_at_once() {
+    let dir = TestDir::new();
+    let a = dir.spool("a");
+    let server = Server::start();
+    server.hold("/x");
+    server.hold("/y");
+    let config = dir.write("network.toml", "per_host = 1\n");
+    let mut daemon = Daemon::for_spool(&dir, &a).config(&config).start();
+    a.drop_chit("x", served(&server, "/x", 1_000));
+    a.drop_chit("y", served(&server, "/y", 1_000));
+    daemon.wait_for_log("download started", 2);
+    crate::util::wait_until(crate::util::TIMEOUT, "the first request", || {
+        (server.total_requests() == 1).then_some(())
+    });
+
+    dir.write("network.toml", "per_host = 2\n");
+    let line = reload(&mut daemon, 1);
+    assert!(
+        line.contains("reloaded the configuration: per_host"),
+        "{line}"
+    );
+    crate::util::wait_until(crate::util::TIMEOUT, "the second request", || {
+        (server.total_requests() == 2).then_some(())
+    });
+    server.release("/x");
+    server.release("/y");
+    a.expect_downloaded("x");
+    a.expect_downloaded("y");
+}
