@@ -24,7 +24,9 @@
 //! changes every host's limit in place, keeping what hosts told chitd
 //! (`Retry-After`, backoff); requests in flight over a lowered limit
 //! finish. A lower `jobs` lets running downloads finish and starts new
-//! ones under the new limit.
+//! ones under the new limit. The local slots (`LocalLimits`), sized at
+//! start from the open files limit, `jobs` and the consumers, stay as
+//! they are.
 //!
 //! A consumer taken out is no longer watched or scanned, and its status
 //! file is removed. Its chits already claimed (waiting for a download, or
