@@ -328,6 +328,10 @@ pub async fn run(
         );
     }
     let collector = collect::Collector::for_config(&config);
+    // A consumer that could not be opened is not running: a reload tries
+    // it again.
+    let mut config = config;
+    config.consumers = scheduler::served(&config, &shared);
     let mut scheduler = Scheduler::new(shared, limits, jobs, !options.exit_when_idle)
         .with_collector(collector)
         .with_running(scheduler::Running { config, metrics });

@@ -54,7 +54,7 @@ pub struct Scheduler {
 
 mod reload;
 
-pub use self::reload::Running;
+pub use self::reload::{Running, served};
 
 use super::parked::Parked;
 

@@ -254,3 +254,37 @@ fn a_raised_per_host_lets_a_waiting_download_ask_at_once() {
     a.expect_downloaded("x");
     a.expect_downloaded("y");
 }
+
+/// A consumer added whose directories cannot be opened is logged and left
+/// out, the others served; once they can be, the next reload of the same
+/// file serves it.
+#[test]
+fn a_consumer_that_cannot_be_opened_is_tried_again_by_the_next_reload() {
+    let dir = TestDir::new();
+    let (a, b) = (dir.spool("a"), dir.spool("b"));
+    let server = Server::start();
+    let config = configure(&dir, &[&a]);
+    let mut daemon = Daemon::builder(&dir).config(&config).start();
+    daemon.wait_for_log("chitd: configuration", 1);
+    std::fs::remove_dir_all(&b.deliver).expect("remove deliver");
+    std::fs::write(&b.deliver, "a file where a directory should be").expect("plant");
+
+    configure(&dir, &[&a, &b]);
+    let line = reload(&mut daemon, 1);
+    assert!(line.contains("consumers added: b"), "{line}");
+    let refused = daemon.wait_for_log("not serving this consumer", 1);
+    assert!(
+        refused.contains("consumer=b") || refused.contains("\"b\""),
+        "{refused}"
+    );
+    b.drop_chit("waits", served(&server, "/waits", 1_000));
+    a.drop_chit("served", served(&server, "/served", 1_000));
+    a.expect_downloaded("served");
+    assert_eq!(b.states_of("waits"), [State::Request]);
+
+    std::fs::remove_file(&b.deliver).expect("unplant");
+    std::fs::create_dir(&b.deliver).expect("deliver");
+    let line = reload(&mut daemon, 2);
+    assert!(line.contains("consumers added: b"), "{line}");
+    b.expect_downloaded("waits");
+}

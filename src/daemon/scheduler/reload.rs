@@ -88,7 +88,7 @@ impl Scheduler {
 
     /// Apply a checked configuration: the new snapshot, the consumers, the
     /// limits of the parts that own them.
-    fn apply(&mut self, new: Config, changes: &Changes, fetcher: Fetcher) {
+    fn apply(&mut self, mut new: Config, changes: &Changes, fetcher: Fetcher) {
         let (consumers, retired) = self.reload_consumers(changes);
         let added: Vec<usize> = (0..consumers.len())
             .filter(|&c| !retired[c] && !self.shared.is_serving(c))
@@ -105,6 +105,9 @@ impl Scheduler {
             durable_dirs: Arc::clone(&old.durable_dirs),
             uses: Arc::clone(&old.uses),
         });
+        // A consumer that could not be opened is not running: the next
+        // reload tries it again.
+        new.consumers = served(&new, &self.shared);
         self.downloads.set_jobs(new.jobs.max(1));
         if changes.cache_limits || !changes.added.is_empty() || !changes.removed.is_empty() {
             self.collector.reconfigure(&new);
@@ -168,6 +171,16 @@ impl Scheduler {
         }
         (consumers, retired)
     }
+}
+
+/// The consumers of `config` that `shared` serves.
+pub fn served(config: &Config, shared: &Shared) -> Vec<crate::config::Consumer> {
+    let serving = |c: &&crate::config::Consumer| {
+        shared
+            .serving()
+            .any(|index| shared.consumers[index].config == **c)
+    };
+    config.consumers.iter().filter(serving).cloned().collect()
 }
 
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, crate::watch::Watch> {
