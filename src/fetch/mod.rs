@@ -246,9 +246,9 @@ impl Fetcher {
 
     /// This fetcher under a reloaded `config`: its `give_up_after`; with
     /// `network` (`per_host` or `ca_file` changed), a new HTTP client
-    /// (its roots of trust and idle pool) and every host's limit changed
-    /// in place, keeping what the hosts told (`Retry-After`, backoff).
-    /// Downloads under way go on with the fetcher they started with.
+    /// (its roots of trust and idle pool). Changes nothing shared: the
+    /// hosts' limit is [`Fetcher::set_per_host`]'s. Downloads under way go
+    /// on with the fetcher they started with.
     pub fn reconfigured(&self, config: &Config, network: bool) -> Result<Fetcher, ClientError> {
         let mut fetcher = self.clone();
         fetcher.give_up_after = config.give_up_after;
@@ -261,9 +261,15 @@ impl Fetcher {
                 .tls_certs_merge(extra_roots)
                 .build()
                 .map_err(ClientError::Client)?;
-            self.hosts.set_per_host(config.per_host);
         }
         Ok(fetcher)
+    }
+
+    /// Every host, known or met later, allows `per_host` requests at once,
+    /// for every download (those under way too); what the hosts told
+    /// (`Retry-After`, backoff) is kept.
+    pub fn set_per_host(&self, per_host: usize) {
+        self.hosts.set_per_host(per_host);
     }
 
     /// Ask `remote` first on every download.

@@ -108,6 +108,9 @@ impl Scheduler {
         // A consumer that could not be opened is not running: the next
         // reload tries it again.
         new.consumers = served(&new, &self.shared);
+        if changes.network {
+            self.shared.fetcher.set_per_host(new.per_host);
+        }
         self.downloads.set_jobs(new.jobs.max(1));
         if changes.cache_limits || !changes.added.is_empty() || !changes.removed.is_empty() {
             self.collector.reconfigure(&new);
