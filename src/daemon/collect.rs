@@ -201,3 +201,34 @@ fn collect(cache: &std::path::Path, spools: &[PathBuf], limits: &CacheLimits) ->
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reload that sets limits makes a collection due at once; one that
+    /// removes them stops collecting; the same limits leave the plan be.
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_sets_or_lifts_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default_layout(dir.path());
+        let mut collector = Collector::for_config(&config);
+        assert_eq!(collector.due(), None, "no limit: never");
+
+        config.cache_limits.max_size = Some(1_000);
+        collector.reconfigure(&config);
+        assert_eq!(collector.due(), Some(Instant::now()));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        collector.done(None);
+        let planned = collector.due();
+        assert_eq!(planned, Some(Instant::now() + COLLECT_INTERVAL));
+        collector.reconfigure(&config);
+        assert_eq!(collector.due(), planned, "unchanged limits");
+
+        config.cache_limits = CacheLimits::default();
+        collector.reconfigure(&config);
+        assert_eq!(collector.due(), None);
+        collector.done(None);
+        assert_eq!(collector.due(), None, "a collection that ends plans none");
+    }
+}
