@@ -30,7 +30,9 @@ pub enum Command {
     ///
     /// With --exit-when-idle, exit once there is nothing left to do. With no
     /// flags at all, serve the embedded default layout in the current
-    /// directory: ./cache, ./spool and ./distfiles.
+    /// directory: ./cache, ./spool and ./distfiles. SIGHUP re-reads the
+    /// --config file (the flags still override it) without dropping a chit
+    /// or a download.
     Run(RunArgs),
     /// Ask for a file: write a chit into a spool's request/ atomically.
     ///

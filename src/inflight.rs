@@ -235,8 +235,9 @@ impl<W> InFlight<W> {
 
     /// Take out every waiter that is `gone`, wherever it waits. A download
     /// left with no waiter is taken out too if it has not started (held or
-    /// queued); one running (or being published) goes on: its file is
-    /// cached for whoever asks next.
+    /// queued); one running (or being published) stays, for its task to
+    /// end (the daemon stops a running one nobody waits for: see
+    /// `daemon::downloads::stopping`).
     pub fn drop_waiters(&mut self, gone: impl Fn(&W) -> bool) -> Vec<W> {
         let mut dropped = Vec::new();
         let mut empty = Vec::new();

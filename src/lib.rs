@@ -42,11 +42,12 @@
 //! - [`chase`]: early delivery: a big download's `.part` copied beside its
 //!   first waiter's target while it downloads, renamed once verified.
 //! - [`watch`]: inotify events → "look at this chit" / "rescan this spool" hints.
-//! - [`daemon`]: `run(config, options, shutdown)`: recover, watch, schedule,
-//!   exit when idle (`queue.rs`: per-consumer round-robin; `work.rs`: a
-//!   chit's blocking steps and the group commit; `status_file.rs`: progress
-//!   published for `chitd status`; `collect.rs`: the cache's own
-//!   collection; `notify.rs`: systemd notifications).
+//! - [`daemon`]: `run(config, options, reloads, shutdown)`: recover, watch,
+//!   schedule, reload on SIGHUP, exit when idle (`queue.rs`: per-consumer
+//!   round-robin; `work.rs`: a chit's blocking steps and the group commit;
+//!   `status_file.rs`: progress published for `chitd status`; `collect.rs`:
+//!   the cache's own collection; `notify.rs`: systemd notifications;
+//!   `reload.rs`: what a reload applies and refuses).
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`request`], [`status`], [`retry`]: the other subcommands;
 //!   [`manifest`]: distinfo text → chits for `request --manifest` (pure).

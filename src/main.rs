@@ -115,14 +115,16 @@ fn run(args: &RunArgs, environment: &Environment) -> ExitCode {
         Err(e) => return fatal(1, format!("cannot start the async runtime: {e}")),
     };
     // Handlers first: a SIGTERM that arrives while the layout is printed
-    // must still mean a clean exit 0.
-    let shutdown = {
+    // must still mean a clean exit 0, and a SIGHUP must not kill.
+    let signals = {
         let _context = runtime.enter();
-        match shutdown_signal() {
-            Ok(shutdown) => shutdown,
-            Err(e) => return fatal(1, format!("cannot install signal handlers: {e}")),
-        }
+        shutdown_signal().and_then(|shutdown| Ok((shutdown, reload_requests()?)))
     };
+    let (shutdown, requests) = match signals {
+        Ok(signals) => signals,
+        Err(e) => return fatal(1, format!("cannot install signal handlers: {e}")),
+    };
+    let reloads = daemon::reload::Reloads::new(requests, reload_load(args, &source, &cwd));
     let source = layout_source(&source, &cwd);
     match format {
         LogFormat::Text => print!("{source}\n{}", config.describe()),
@@ -136,7 +138,7 @@ fn run(args: &RunArgs, environment: &Environment) -> ExitCode {
             .unwrap_or(daemon::RESCAN_INTERVAL),
         remote: chitd::remote::Settings::from_environment(&environment.remote),
     };
-    match runtime.block_on(daemon::run(config, options, shutdown)) {
+    match runtime.block_on(daemon::run(config, options, reloads, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fatal(1, format!("{e}")),
     }
@@ -229,6 +231,34 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+/// One message per SIGHUP, from the moment this is called.
+fn reload_requests() -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let (sender, requests) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the configuration");
+            if sender.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(requests)
+}
+
+/// How a reload loads the configuration: as at start, the `--config`
+/// file with the flags over it; nothing without a file.
+fn reload_load(args: &RunArgs, source: &LayoutSource, cwd: &Path) -> Option<daemon::reload::Load> {
+    let LayoutSource::ConfigFile(_) = source else {
+        return None;
+    };
+    let (args, cwd) = (args.clone(), cwd.to_path_buf());
+    Some(std::sync::Arc::new(move || {
+        config::resolve_run(&args, &cwd).map(|(config, _)| config)
+    }))
 }
 
 fn request(args: &RequestArgs) -> ExitCode {

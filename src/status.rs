@@ -102,15 +102,17 @@ pub fn status(spools: &[(String, PathBuf)], listed: Failed) -> io::Result<Report
             downloaded: counts[2],
             fail: counts[3],
             failed,
-            // Published up to a second ago: only chits still in fetch/.
+            // Published up to a second ago: only chits still in fetch/,
+            // and downloads being stopped because their chits left it.
             in_flight: published
                 .map(|p| p.downloads)
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|d| {
-                    fetch
-                        .as_ref()
-                        .is_some_and(|fetch| is_chit_in(fetch, &d.chit))
+                    d.stopping
+                        || fetch
+                            .as_ref()
+                            .is_some_and(|fetch| is_chit_in(fetch, &d.chit))
                 })
                 .collect(),
         });
@@ -202,6 +204,12 @@ pub fn render(report: &Report) -> String {
 /// "f  sub/f.bin  100000/200000 bytes (50.0%)  3.91 KiB/s  ETA 26s  from
 /// example.org".
 fn in_flight_line(d: &InFlightChit) -> String {
+    if d.stopping {
+        return format!(
+            "{}  {}  {}/{} bytes  stopping: no chit waits for it (the partial is kept)",
+            d.chit, d.path, d.done, d.total
+        );
+    }
     let percent = if d.total == 0 {
         100.0
     } else {
@@ -285,8 +293,18 @@ mod tests {
             total: 2,
             rate: 0,
             source: None,
+            stopping: false,
         };
-        StatusFile::new(dir.path()).write(vec![chit("here"), chit("done"), chit("../fetch/here")]);
+        let stopping = InFlightChit {
+            stopping: true,
+            ..chit("removed")
+        };
+        StatusFile::new(dir.path()).write(vec![
+            chit("here"),
+            chit("done"),
+            chit("../fetch/here"),
+            stopping,
+        ]);
         let report = status(&[("c".into(), dir.path().to_path_buf())], Failed::Newest).unwrap();
         assert_eq!(report.daemon_pid, Some(std::process::id()));
         let shown: Vec<&str> = report.consumers[0]
@@ -294,7 +312,12 @@ mod tests {
             .iter()
             .map(|d| d.chit.as_str())
             .collect();
-        assert_eq!(shown, ["here"]);
+        assert_eq!(shown, ["here", "removed"]);
+        let rendered = render(&report);
+        assert!(
+            rendered.contains("removed  p  1/2 bytes  stopping: no chit waits for it"),
+            "{rendered}"
+        );
     }
 
     #[test]
@@ -307,6 +330,7 @@ mod tests {
             total: 200_000,
             rate: 4000,
             source: Some("example.org".into()),
+            stopping: false,
         };
         assert_eq!(
             in_flight_line(&d),

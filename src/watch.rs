@@ -36,6 +36,24 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// Watch `dir`, the `request/` of consumer number `consumer` (added by
+    /// a reload).
+    pub fn add(&mut self, consumer: usize, dir: &Dir) -> notify::Result<()> {
+        let path = watch_path(dir);
+        lock(&self.consumers).insert(path.clone(), consumer);
+        self.watcher
+            .watch(&path, RecursiveMode::NonRecursive)
+            .map_err(|e| with_remedy(e, dir.path()))
+    }
+
+    /// Stop watching `dir` (its consumer was taken out by a reload).
+    pub fn remove(&mut self, dir: &Dir) {
+        let path = watch_path(dir);
+        lock(&self.consumers).remove(&path);
+        // Not watched any more is fine: the point is that it is not.
+        let _ = self.watcher.unwatch(&path);
+    }
+
     /// Watch `new`, the `request/` made anew in place of `old` (watched
     /// now). Call it while `old` is still open: its watch is removed first,
     /// since its end (when its last descriptor closes) would otherwise take

@@ -149,7 +149,23 @@ impl Collector {
             (false, _) => now + COLLECT_INTERVAL,
         };
         self.published_during = 0;
-        self.due = Some(next);
+        self.due = self.limits.is_set().then_some(next);
+    }
+
+    /// A reload: collect by `config`'s limits, sparing its consumers'
+    /// chits, from now on (the list for `chitd cache gc` too). Changed
+    /// limits make a collection due at once; none stops collecting.
+    pub fn reconfigure(&mut self, config: &Config) {
+        self.spools = spools(config);
+        if let Err(e) = gc::publish_spools(&config.cache, &self.spools) {
+            tracing::warn!(
+                "cannot list the spools for `chitd cache gc` to spare their chits' objects: {e}"
+            );
+        }
+        if config.cache_limits != self.limits {
+            self.limits = config.cache_limits;
+            self.due = self.limits.is_set().then(Instant::now);
+        }
     }
 
     /// Let a running collection end (at shutdown).
@@ -183,5 +199,36 @@ fn collect(cache: &std::path::Path, spools: &[PathBuf], limits: &CacheLimits) ->
             tracing::error!("cannot collect the cache: {e}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reload that sets limits makes a collection due at once; one that
+    /// removes them stops collecting; the same limits leave the plan be.
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_sets_or_lifts_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default_layout(dir.path());
+        let mut collector = Collector::for_config(&config);
+        assert_eq!(collector.due(), None, "no limit: never");
+
+        config.cache_limits.max_size = Some(1_000);
+        collector.reconfigure(&config);
+        assert_eq!(collector.due(), Some(Instant::now()));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        collector.done(None);
+        let planned = collector.due();
+        assert_eq!(planned, Some(Instant::now() + COLLECT_INTERVAL));
+        collector.reconfigure(&config);
+        assert_eq!(collector.due(), planned, "unchanged limits");
+
+        config.cache_limits = CacheLimits::default();
+        collector.reconfigure(&config);
+        assert_eq!(collector.due(), None);
+        collector.done(None);
+        assert_eq!(collector.due(), None, "a collection that ends plans none");
     }
 }

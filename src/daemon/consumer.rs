@@ -25,6 +25,8 @@ use crate::watch::Watch;
 #[derive(Debug)]
 pub struct Consumer {
     pub name: String,
+    /// As configured (a reload compares with it).
+    pub config: config::Consumer,
     pub deliver: Dir,
     /// The delivery directory's identity: consumers that share one
     /// share its delivery targets (see `work::Target`).
@@ -38,6 +40,16 @@ impl Consumer {
     /// Open a consumer's directories at start, making the missing ones, and
     /// remove the temporaries a crash left in them.
     pub fn open(consumer: &config::Consumer) -> Result<Consumer, DaemonError> {
+        let opened = Consumer::open_added(consumer)?;
+        opened.remove_temporaries()?;
+        Ok(opened)
+    }
+
+    /// Open the directories of a consumer a reload added, making the
+    /// missing ones. Its temporaries are left for the next start: work
+    /// under way may own them (another consumer delivering to a shared
+    /// directory).
+    pub fn open_added(consumer: &config::Consumer) -> Result<Consumer, DaemonError> {
         let name = || consumer.name.clone();
         let spool_error = |error| DaemonError::Spool {
             name: name(),
@@ -48,21 +60,31 @@ impl Consumer {
             error,
         };
         let spool = Spool::open(&consumer.name, &consumer.spool).map_err(spool_error)?;
-        spool.remove_temporaries().map_err(spool_error)?;
         let deliver = Dir::open_root(&consumer.deliver).map_err(deliver_error)?;
         let deliver_root = deliver.id().map_err(deliver_error)?;
-        if let Err(e) = crate::deliver::remove_temporaries(&deliver) {
-            tracing::warn!(consumer = %consumer.name, "cannot look for leftover delivery temporaries: {e}");
-        }
         let status = StatusFile::new(&consumer.spool);
-        status.remove_temporaries();
         Ok(Consumer {
             name: consumer.name.clone(),
+            config: consumer.clone(),
             deliver,
             deliver_root,
             status,
             spool: RwLock::new(Arc::new(spool)),
         })
+    }
+
+    /// Remove the temporaries a crash left in the consumer's directories.
+    fn remove_temporaries(&self) -> Result<(), DaemonError> {
+        let spool = self.spool();
+        if let Err(error) = spool.remove_temporaries() {
+            let name = self.name.clone();
+            return Err(DaemonError::Spool { name, error });
+        }
+        if let Err(e) = crate::deliver::remove_temporaries(&self.deliver) {
+            tracing::warn!(consumer = %self.name, "cannot look for leftover delivery temporaries: {e}");
+        }
+        self.status.remove_temporaries();
+        Ok(())
     }
 
     /// The state directories as opened now.

@@ -30,6 +30,8 @@ use crate::inflight::{InFlight, Key};
 use crate::partial::{Frontier, Partial};
 use crate::store::Lookup;
 
+mod stopping;
+
 /// A chit whose download ended, and that download's outcome: the cache
 /// object, or the reason to fail it.
 pub type Delivery = (Waiter, Arc<Result<PathBuf, Failure>>);
@@ -67,6 +69,9 @@ pub struct Downloads {
     /// Downloads at once, at most.
     jobs: usize,
     cancel: CancellationToken,
+    /// Downloads being stopped: every chit that waited was removed (see
+    /// `stopping`).
+    stopping: HashMap<Key, stopping::Stopping>,
 }
 
 impl Downloads {
@@ -82,11 +87,18 @@ impl Downloads {
             rates: Rates::default(),
             jobs,
             cancel: CancellationToken::new(),
+            stopping: HashMap::new(),
         }
     }
 
     pub fn jobs(&self) -> usize {
         self.jobs
+    }
+
+    /// A reload changed `jobs`: downloads running over a lower limit
+    /// finish; new ones start under it.
+    pub fn set_jobs(&mut self, jobs: usize) {
+        self.jobs = jobs;
     }
 
     /// The downloads and their waiters.
@@ -258,6 +270,13 @@ impl Downloads {
             .remove(&key)
             .map(|under_way| under_way.started);
         crate::metrics::METRICS.downloads_running(self.tasks.len());
+        if matches!(result, Err(DownloadError::Shutdown)) && self.stopped(key) {
+            if let Some(chase) = self.chases.remove(&key) {
+                abort_chase(local, chase, key, None);
+            }
+            return;
+        }
+        self.stopping.remove(&key);
         let error = match result {
             Ok(partial) => {
                 if let Some(started) = started {

@@ -24,8 +24,7 @@ use tokio::time::Instant;
 use super::Shared;
 use super::rates::Speed;
 use super::status_file;
-use super::work::Waiter;
-use crate::inflight::{InFlight, Key};
+use crate::inflight::Key;
 
 /// How often an idle daemon looks for orphaned partial downloads (and once
 /// at its first idle moment).
@@ -149,8 +148,15 @@ impl Housekeeping {
 
 /// Write each consumer's status file: its chits waiting for a running
 /// download, and how far each download is.
-pub fn write_status(shared: &Shared, inflight: &InFlight<Waiter>, speeds: &HashMap<Key, Speed>) {
-    for (index, consumer) in shared.consumers.iter().enumerate() {
+pub fn write_status(
+    shared: &Shared,
+    downloads: &super::downloads::Downloads,
+    speeds: &HashMap<Key, Speed>,
+) {
+    let inflight = downloads.inflight();
+    for index in shared.serving() {
+        let consumer = &shared.consumers[index];
+        let stopping = downloads.stopping_for(index);
         let downloads = inflight.running().flat_map(|(key, done, waiters)| {
             waiters
                 .iter()
@@ -163,9 +169,12 @@ pub fn write_status(shared: &Shared, inflight: &InFlight<Waiter>, speeds: &HashM
                     total: key.size,
                     rate: speeds.get(key).map_or(0, |speed| speed.rate),
                     source: speeds.get(key).and_then(|speed| speed.source.clone()),
+                    stopping: false,
                 })
         });
-        consumer.status.write(downloads.collect());
+        let mut shown: Vec<_> = downloads.collect();
+        shown.extend(stopping);
+        consumer.status.write(shown);
     }
 }
 

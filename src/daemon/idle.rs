@@ -33,7 +33,11 @@ const NAMED: usize = 10;
 
 /// Decide, from what the last look queued (`queues`) and the `stuck`
 /// chits.
-pub fn idle_exit<R>(queues: &Queues<R>, stuck: &Stuck, consumers: &[Consumer]) -> IdleExit {
+pub fn idle_exit<R>(
+    queues: &Queues<R>,
+    stuck: &Stuck,
+    consumers: &[std::sync::Arc<Consumer>],
+) -> IdleExit {
     if queues.is_empty() {
         return IdleExit::Exit;
     }

@@ -19,7 +19,10 @@
 //! - `rates`: the download rates the status files show;
 //! - `limits`: how much local work runs at once;
 //! - `idle`: when `--exit-when-idle` exits;
-//! - `notify`: systemd's readiness, status, stopping and watchdog messages.
+//! - `notify`: systemd's readiness, reload, status, stopping and watchdog
+//!   messages;
+//! - [`reload`]: what SIGHUP applies and what it refuses (the policy), and
+//!   `scheduler/reload.rs`, which applies it.
 //!
 //! What happens to one chit on the blocking pool is in `work` (claim,
 //! parse, cache lookup, delivery, failure) and `not_utf8` (a chit whose
@@ -84,6 +87,10 @@
 //! the fetcher treats a slow source (left for a source not tried yet,
 //! come back to in the next round) is [`crate::fetch`]'s.
 //!
+//! A running download whose every waiting chit was removed from its
+//! `fetch/` is stopped at the next rescan, its partial kept for a later
+//! resume (`downloads/stopping.rs`).
+//!
 //! Two chits that name one sha256 with different sizes never share a
 //! download. A size that comes while a download of another size of its
 //! sha256 is under way waits for it, for at most one inactivity window
@@ -121,6 +128,16 @@
 //! each retry logging `stuck ...; trying again in <t>`. A consumer's own
 //! `mv` of it into `request/` is acted on at once; one it removes is
 //! forgotten at the next idle scan.
+//!
+//! # Reload
+//!
+//! SIGHUP re-reads the configuration file (see [`reload`] for what is
+//! applied, refused and kept). The tasks share a [`Shared`] snapshot; a
+//! reload makes a new one, and work started before it finishes with the
+//! old. Consumers keep their number for the whole run: a reload appends
+//! those it adds and marks those it takes out as retired (no longer
+//! watched, scanned or given new work; their chits claimed already
+//! finish).
 //!
 //! # Exit when idle, and shutdown
 //!
@@ -163,6 +180,7 @@ mod notify;
 mod parked;
 mod queue;
 mod rates;
+pub mod reload;
 mod scan;
 mod scheduler;
 pub mod status_file;
@@ -173,6 +191,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use self::reload::Reloads;
 use self::scheduler::Scheduler;
 use crate::config::Config;
 use crate::dir::{Dir, DurableDirs};
@@ -244,37 +263,60 @@ pub enum DaemonError {
     Stuck(String),
 }
 
-/// Read-only state shared with every task.
+/// Read-only state shared with every task: a snapshot. A reload makes a
+/// new one (see `reload`); tasks started before it finish with theirs.
+/// Consumers keep their number for the whole run: a reload appends the
+/// consumers it adds and marks those it takes out as retired.
 #[derive(Debug)]
 pub struct Shared {
-    pub consumers: Vec<Consumer>,
+    pub consumers: Vec<Arc<Consumer>>,
+    /// Per consumer: taken out by a reload (its chits under way finish;
+    /// nothing new of it starts).
+    pub retired: Vec<bool>,
     /// The watch on each consumer's `request/`, renewed when the consumer
     /// makes it anew.
-    pub watch: std::sync::Mutex<Watch>,
+    pub watch: Arc<std::sync::Mutex<Watch>>,
     pub store: Arc<Store>,
     pub fetcher: Fetcher,
     pub mirrors: Vec<url::Url>,
     /// The delivery targets being delivered to.
-    pub targets: work::Targets,
+    pub targets: Arc<work::Targets>,
     /// Directories in delivery directories whose names are durable.
-    pub durable_dirs: DurableDirs,
+    pub durable_dirs: Arc<DurableDirs>,
     /// The last-use record: each delivery is recorded by its commit.
-    pub uses: crate::uses::Recorder,
+    pub uses: Arc<crate::uses::Recorder>,
+}
+
+impl Shared {
+    /// The consumers served now (not retired), by number.
+    pub fn serving(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.consumers.len()).filter(|&consumer| !self.retired[consumer])
+    }
+
+    /// Whether `consumer` is served now.
+    pub fn is_serving(&self, consumer: usize) -> bool {
+        self.retired.get(consumer).is_some_and(|retired| !retired)
+    }
 }
 
 /// Serve until `shutdown` resolves (or, with `exit_when_idle`, until no
-/// chit is left in any `request/` or `fetch/`).
+/// chit is left in any `request/` or `fetch/`), reloading the
+/// configuration at each of `reloads` (see [`reload`]).
 pub async fn run(
     config: Config,
     options: Options,
+    reloads: Reloads,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let (shared, hints) = open(&config, &options)?;
-    if let Some(address) = config.metrics {
-        crate::metrics::server::start(address, metrics_layout(&config))
-            .await
-            .map_err(|error| DaemonError::Metrics { address, error })?;
-    }
+    let metrics = match config.metrics {
+        Some(address) => Some(
+            crate::metrics::server::start(address, metrics_layout(&config))
+                .await
+                .map_err(|error| DaemonError::Metrics { address, error })?,
+        ),
+        None => None,
+    };
     let jobs = config.jobs.max(1);
     let limits = LocalLimits::for_this_process(jobs, shared.consumers.len());
     if limits.slots < LOCAL_SLOTS {
@@ -285,12 +327,20 @@ pub async fn run(
             limits.slots
         );
     }
+    let collector = collect::Collector::for_config(&config);
+    // A consumer that could not be opened is not running: a reload tries
+    // it again.
+    let mut config = config;
+    config.consumers = scheduler::served(&config, &shared);
     let mut scheduler = Scheduler::new(shared, limits, jobs, !options.exit_when_idle)
-        .with_collector(collect::Collector::for_config(&config));
+        .with_collector(collector)
+        .with_running(scheduler::Running { config, metrics });
     scheduler.start();
     let notifier = notify::Notifier::from_env();
     notifier.ready();
-    scheduler.serve(&options, hints, notifier, shutdown).await
+    scheduler
+        .serve(&options, hints, notifier, reloads, shutdown)
+        .await
 }
 
 /// Open the cache and each consumer's directories (a consumer that cannot
@@ -304,7 +354,7 @@ fn open(config: &Config, options: &Options) -> Result<(Arc<Shared>, Hints), Daem
         // state directory should be); that must not stop everyone else's.
         match Consumer::open(consumer) {
             Ok(opened) => {
-                consumers.push(opened);
+                consumers.push(Arc::new(opened));
             }
             Err(e) if config.consumers.len() > 1 => {
                 tracing::error!(consumer = %consumer.name, "not serving this consumer: {e}");
@@ -317,21 +367,22 @@ fn open(config: &Config, options: &Options) -> Result<(Arc<Shared>, Hints), Daem
     }
     let (hint_sender, hints) = tokio::sync::mpsc::unbounded_channel();
     let watch = {
-        let spools: Vec<Arc<Spool>> = consumers.iter().map(Consumer::spool).collect();
+        let spools: Vec<Arc<Spool>> = consumers.iter().map(|c| c.spool()).collect();
         let request_dirs: Vec<&Dir> = spools.iter().map(|spool| &spool.request).collect();
         watch(&request_dirs, hint_sender).map_err(DaemonError::Watch)?
     };
     let shared = Arc::new(Shared {
+        retired: vec![false; consumers.len()],
         consumers,
-        watch: std::sync::Mutex::new(watch),
+        watch: Arc::new(std::sync::Mutex::new(watch)),
         store: Arc::new(store),
         fetcher: Fetcher::new(options.fetch.clone(), config)
             .map_err(DaemonError::Http)?
             .with_remote(open_remote(config, options)?),
         mirrors: config.mirrors.clone(),
-        targets: work::Targets::default(),
-        durable_dirs: DurableDirs::default(),
-        uses: collect::record_uses(config),
+        targets: Arc::default(),
+        durable_dirs: Arc::default(),
+        uses: Arc::new(collect::record_uses(config)),
     });
     Ok((shared, hints))
 }

@@ -5,6 +5,8 @@
 //!   or `fetch/` at start is queued by then;
 //! - `STATUS=` a one-line summary (downloads in flight, chits in work),
 //!   sent with the status files (every second) when it changed;
+//! - `RELOADING=1` with `MONOTONIC_USEC=` when a reload (SIGHUP) begins,
+//!   `READY=1` when it is over (applied or refused);
 //! - `STOPPING=1` when shutdown begins;
 //! - `WATCHDOG=1` at half of `WATCHDOG_USEC` when that is set (and
 //!   `WATCHDOG_PID`, if set, is this process), from the scheduler's own
@@ -61,6 +63,18 @@ impl Notifier {
     /// `READY=1`: the start-up scan is done.
     pub fn ready(&self) {
         self.send(&[NotifyState::Ready]);
+    }
+
+    /// `RELOADING=1` with `MONOTONIC_USEC=` (`CLOCK_MONOTONIC` now, in
+    /// µs): a reload begins; [`Notifier::ready`] says it is over.
+    pub fn reloading(&self) {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.send(&[NotifyState::Reloading, now]),
+            Err(e) => {
+                tracing::debug!("cannot read CLOCK_MONOTONIC: {e}");
+                self.send(&[NotifyState::Reloading]);
+            }
+        }
     }
 
     /// `STOPPING=1`: shutdown begins.

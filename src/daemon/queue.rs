@@ -66,6 +66,22 @@ impl<R> Queues<R> {
         }
     }
 
+    /// Make room for one more consumer (added by a reload).
+    pub fn add_consumer(&mut self) {
+        self.queues.push(Queue::default());
+    }
+
+    /// `consumer` was taken out by a reload: its chits not started yet
+    /// are forgotten (they stay where they are, in `request/` or
+    /// `fetch/`); deliveries of its chits whose download ended still go.
+    pub fn retire(&mut self, consumer: usize) {
+        let queue = &mut self.queues[consumer];
+        for (name, _) in queue.pending.drain(..) {
+            queue.known.remove(&name);
+            self.waiting -= 1;
+        }
+    }
+
     /// Queue a chit unless it is already queued or being worked on.
     pub fn push(&mut self, consumer: usize, name: OsString, origin: Origin) {
         let queue = &mut self.queues[consumer];
@@ -196,5 +212,22 @@ mod tests {
             ]
         );
         assert_eq!(queues.deliveries_waiting(), 0);
+    }
+
+    /// A consumer added by a reload takes its turn; one taken out loses
+    /// its chits not started, and keeps its deliveries.
+    #[test]
+    fn consumers_added_and_retired() {
+        let mut queues = Queues::new(1);
+        queues.push(0, "a1".into(), Origin::Request);
+        queues.push(0, "a2".into(), Origin::Fetch);
+        queues.push_delivery(0, "a-done");
+        queues.add_consumer();
+        queues.push(1, "b1".into(), Origin::Request);
+        queues.retire(0);
+        let order: Vec<_> = std::iter::from_fn(|| queues.next()).collect();
+        assert_eq!(order, [Next::Deliver("a-done"), start(1, "b1")]);
+        queues.finished(1, "b1");
+        assert!(queues.is_empty(), "{queues:?}");
     }
 }

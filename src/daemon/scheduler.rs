@@ -23,6 +23,7 @@ use super::limits::LocalLimits;
 use super::not_utf8;
 use super::notify::{self, Notifier};
 use super::queue::{Next, Queues};
+use super::reload::Reloads;
 use super::scan::{self, Scans};
 use super::stuck::Stuck;
 use super::work::{self, Step, Waiter};
@@ -46,7 +47,14 @@ pub struct Scheduler {
     scans: Scans,
     /// The cache's own collection (`cache_max_size`, `cache_max_age`).
     collector: Collector,
+    /// The configuration a reload compares with (none: nothing to
+    /// reload).
+    running: Option<Running>,
 }
+
+mod reload;
+
+pub use self::reload::{Running, served};
 
 use super::parked::Parked;
 
@@ -71,6 +79,7 @@ impl Scheduler {
             housekeeping: Housekeeping::new(Instant::now()),
             scans: Scans::default(),
             collector: Collector::new(Default::default(), Default::default(), Vec::new()),
+            running: None,
             shared,
         }
     }
@@ -78,6 +87,12 @@ impl Scheduler {
     /// Collect the cache with `collector` (without one: never).
     pub fn with_collector(mut self, collector: Collector) -> Scheduler {
         self.collector = collector;
+        self
+    }
+
+    /// Reload from `running` on SIGHUP.
+    pub fn with_running(mut self, running: Running) -> Scheduler {
+        self.running = Some(running);
         self
     }
 
@@ -95,6 +110,7 @@ impl Scheduler {
         options: &Options,
         mut hints: super::Hints,
         mut notifier: Notifier,
+        mut reloads: Reloads,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
@@ -139,6 +155,7 @@ impl Scheduler {
                     self.downloads.done(&self.shared, outcome, &mut self.local, &mut self.queues);
                 }
                 _ = rescan.tick() => self.rescan(exit_when_idle).await,
+                _ = reloads.requested() => self.reload(&reloads, &notifier).await,
                 _ = status.tick() => self.status_tick(&mut notifier),
                 _ = notifier.watchdog_due() => notifier.watchdog(),
                 _ = sleep_until(linger) => {}
@@ -153,6 +170,7 @@ impl Scheduler {
     /// The safety-net rescan; when idle, of `fetch/` too (anything there
     /// then is nobody's work), and the orphan sweep when due.
     async fn rescan(&mut self, exit_when_idle: bool) {
+        self.downloads.stop_unwanted(&self.shared, &mut self.queues);
         let idle = self.is_idle();
         self.scan(idle);
         if !exit_when_idle {
@@ -177,7 +195,7 @@ impl Scheduler {
         let limit = self.shared.fetcher.settings().inactivity_timeout;
         self.downloads.release_overdue(limit);
         let speeds = self.downloads.speeds();
-        housekeeping::write_status(&self.shared, self.downloads.inflight(), &speeds);
+        housekeeping::write_status(&self.shared, &self.downloads, &speeds);
         let downloads = self.downloads.inflight().running().count();
         notifier.status(notify::summary(downloads, self.queues.known().count()));
     }
@@ -360,13 +378,15 @@ impl Scheduler {
         let mut rescan = std::collections::BTreeSet::new();
         for hint in burst {
             match hint {
-                Hint::Chit(consumer, name) => {
+                // A consumer a reload took out is not served any more.
+                Hint::Chit(consumer, name) if self.shared.is_serving(consumer) => {
                     self.queues.push(consumer, name, work::Origin::Request);
                 }
-                Hint::Rescan(consumer) => {
+                Hint::Rescan(consumer) if self.shared.is_serving(consumer) => {
                     rescan.insert(consumer);
                 }
-                Hint::RescanAll => rescan.extend(0..self.shared.consumers.len()),
+                Hint::Chit(..) | Hint::Rescan(_) => {}
+                Hint::RescanAll => rescan.extend(self.shared.serving()),
             }
         }
         for consumer in rescan {
@@ -374,9 +394,10 @@ impl Scheduler {
         }
     }
 
-    /// Scan every consumer (see [`super::scan`]).
+    /// Scan every consumer served (see [`super::scan`]).
     fn scan(&mut self, with_fetch: bool) {
-        for consumer in 0..self.shared.consumers.len() {
+        let serving: Vec<usize> = self.shared.serving().collect();
+        for consumer in serving {
             self.scan_consumer(consumer, with_fetch);
         }
     }

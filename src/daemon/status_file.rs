@@ -35,6 +35,10 @@ pub struct InFlightChit {
     /// The host of the source the download asked last.
     #[serde(default)]
     pub source: Option<String>,
+    /// The chit was removed from `fetch/`, and with it the last chit
+    /// waiting for this download: it is being stopped (its partial kept).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
 }
 
 impl InFlightChit {
@@ -176,6 +180,7 @@ mod tests {
             total: 2,
             rate: 0,
             source: None,
+            stopping: false,
         }
     }
 

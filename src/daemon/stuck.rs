@@ -62,6 +62,12 @@ impl Stuck {
         }
     }
 
+    /// Make room for one more consumer (added by a reload).
+    pub fn add_consumer(&mut self) {
+        self.retries.push(HashMap::new());
+        self.short.push(HashMap::new());
+    }
+
     /// Whether scans hold stuck chits until their retry is due.
     pub fn holds(&self) -> bool {
         self.hold

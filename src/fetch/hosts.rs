@@ -44,7 +44,7 @@
 //! backoff or a `Retry-After` is: the host is failing for everyone.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -150,7 +150,8 @@ impl Backoff {
 /// Every host's state; one per fetcher.
 #[derive(Debug)]
 pub struct Hosts {
-    per_host: usize,
+    /// Changed by a reload ([`Hosts::set_per_host`]).
+    per_host: AtomicUsize,
     backoff: Backoff,
     hosts: Mutex<HashMap<HostKey, Arc<Host>>>,
 }
@@ -158,7 +159,7 @@ pub struct Hosts {
 impl Hosts {
     pub fn new(per_host: usize, backoff: Backoff) -> Hosts {
         Hosts {
-            per_host: per_host.max(1),
+            per_host: AtomicUsize::new(per_host.max(1)),
             backoff,
             hosts: Mutex::new(HashMap::new()),
         }
@@ -167,17 +168,20 @@ impl Hosts {
     /// The state of `url`'s host; `None` for a `file://` source.
     pub fn of(&self, url: &Url) -> Option<Arc<Host>> {
         let key = HostKey::of(url)?;
-        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hosts = self.lock();
         if hosts.len() >= FORGET_IDLE_HOSTS_AT && !hosts.contains_key(&key) {
             // Chits may name any number of hosts: keep only those in use
             // or with something to remember.
             hosts.retain(|_, host| Arc::strong_count(host) > 1 || !host.lock().is_idle());
         }
+        let per_host = self.per_host.load(Ordering::Acquire);
         let host = hosts.entry(key.clone()).or_insert_with(|| {
             Arc::new(Host {
-                permits: Arc::new(Semaphore::new(self.per_host)),
-                per_host: self.per_host,
-                multiplexed: AtomicBool::new(false),
+                permits: Arc::new(Semaphore::new(per_host)),
+                capacity: Mutex::new(Capacity {
+                    per_host,
+                    multiplexed: false,
+                }),
                 state: Mutex::new(State::default()),
                 changed: watch::Sender::new(0),
                 backoff: self.backoff,
@@ -186,6 +190,62 @@ impl Hosts {
         });
         Some(Arc::clone(host))
     }
+
+    /// A reload changed `per_host`: every host known, and every host met
+    /// later, allows that many requests at once. Requests in flight over
+    /// a lower limit finish; no new one goes until they are under it.
+    pub fn set_per_host(&self, per_host: usize) {
+        let per_host = per_host.max(1);
+        self.per_host.store(per_host, Ordering::Release);
+        for host in self.lock().values() {
+            let mut capacity = host.capacity();
+            let before = capacity.permits();
+            capacity.per_host = per_host;
+            resize(&host.permits, before, capacity.permits());
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<HostKey, Arc<Host>>> {
+        self.hosts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How many requests a host may have in flight.
+#[derive(Debug)]
+struct Capacity {
+    per_host: usize,
+    /// It answered over HTTP/2: it has more permits (see the module doc).
+    multiplexed: bool,
+}
+
+impl Capacity {
+    fn permits(&self) -> usize {
+        match self.multiplexed {
+            true => self.per_host * STREAMS_PER_CONNECTION,
+            false => self.per_host,
+        }
+    }
+}
+
+/// Make `permits`, which allowed `from` at once, allow `to`: permits not
+/// held are taken away at once, the rest as their holders let them go
+/// (a task waits for them, ahead of new requests: the semaphore is fair).
+fn resize(permits: &Arc<Semaphore>, from: usize, to: usize) {
+    if to >= from {
+        permits.add_permits(to - from);
+        return;
+    }
+    let excess = from - to;
+    let rest = excess - permits.forget_permits(excess);
+    if rest > 0 {
+        let permits = Arc::clone(permits);
+        let rest = u32::try_from(rest).unwrap_or(u32::MAX);
+        tokio::spawn(async move {
+            if let Ok(held) = permits.acquire_many_owned(rest).await {
+                held.forget();
+            }
+        });
+    }
 }
 
 /// One host: its permits and its backoff state.
@@ -193,9 +253,7 @@ impl Hosts {
 pub struct Host {
     key: HostKey,
     permits: Arc<Semaphore>,
-    per_host: usize,
-    /// It answered over HTTP/2: it has more permits (see the module doc).
-    multiplexed: AtomicBool,
+    capacity: Mutex<Capacity>,
     state: Mutex<State>,
     /// Bumped at every change of `state` that may let a waiter go.
     changed: watch::Sender<u64>,
@@ -287,6 +345,10 @@ pub struct Admitted {
 impl Host {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn capacity(&self) -> MutexGuard<'_, Capacity> {
+        self.capacity.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Wait for a permit, then see whether the host may be asked for
@@ -382,10 +444,15 @@ impl Admitted {
     /// multiplexed, and more of them may be in flight at once.
     pub fn spoke(&self, version: reqwest::Version) {
         let host = &self.host;
-        if version == reqwest::Version::HTTP_2 && !host.multiplexed.swap(true, Ordering::AcqRel) {
-            let more = host.per_host * (STREAMS_PER_CONNECTION - 1);
-            host.permits.add_permits(more);
-            tracing::debug!(host = %host.key, in_flight = host.per_host + more, "host speaks HTTP/2: requests are multiplexed");
+        if version != reqwest::Version::HTTP_2 {
+            return;
+        }
+        let mut capacity = host.capacity();
+        if !capacity.multiplexed {
+            let before = capacity.permits();
+            capacity.multiplexed = true;
+            resize(&host.permits, before, capacity.permits());
+            tracing::debug!(host = %host.key, in_flight = capacity.permits(), "host speaks HTTP/2: requests are multiplexed");
         }
     }
 

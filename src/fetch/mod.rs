@@ -244,6 +244,34 @@ impl Fetcher {
         })
     }
 
+    /// This fetcher under a reloaded `config`: its `give_up_after`; with
+    /// `network` (`per_host` or `ca_file` changed), a new HTTP client
+    /// (its roots of trust and idle pool). Changes nothing shared: the
+    /// hosts' limit is [`Fetcher::set_per_host`]'s. Downloads under way go
+    /// on with the fetcher they started with.
+    pub fn reconfigured(&self, config: &Config, network: bool) -> Result<Fetcher, ClientError> {
+        let mut fetcher = self.clone();
+        fetcher.give_up_after = config.give_up_after;
+        if network {
+            let extra_roots = match &config.ca_file {
+                Some(path) => tls::load_ca_file(path)?,
+                None => Vec::new(),
+            };
+            fetcher.client = client_builder(&self.settings, config.per_host)
+                .tls_certs_merge(extra_roots)
+                .build()
+                .map_err(ClientError::Client)?;
+        }
+        Ok(fetcher)
+    }
+
+    /// Every host, known or met later, allows `per_host` requests at once,
+    /// for every download (those under way too); what the hosts told
+    /// (`Retry-After`, backoff) is kept.
+    pub fn set_per_host(&self, per_host: usize) {
+        self.hosts.set_per_host(per_host);
+    }
+
     /// Ask `remote` first on every download.
     pub fn with_remote(mut self, remote: Option<Arc<Remote>>) -> Fetcher {
         self.remote = remote;

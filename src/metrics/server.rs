@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -23,20 +23,57 @@ use super::{Layout, METRICS};
 /// The content type of Prometheus's text format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The layout scrapes read, replaced by a reload.
+type SharedLayout = Arc<RwLock<Arc<Layout>>>;
+
+/// The endpoint being served; dropping it stops the listener (a scrape
+/// under way finishes).
+#[derive(Debug)]
+pub struct Served {
+    /// The address as asked for (port 0 stays 0).
+    pub address: SocketAddr,
+    layout: SharedLayout,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    /// Stop serving: once this returns, the address is closed.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
+    /// Scrapes read `layout` from now on.
+    pub fn set_layout(&self, layout: Layout) {
+        *self.layout.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(layout);
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Bind `address` and serve `/metrics` from a task on the current runtime,
-/// until the runtime ends.
-pub async fn start(address: SocketAddr, layout: Layout) -> std::io::Result<SocketAddr> {
+/// until the returned value is dropped.
+pub async fn start(address: SocketAddr, layout: Layout) -> std::io::Result<Served> {
     let listener = TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
     if !address.ip().is_loopback() {
         tracing::warn!(address = %bound, "metrics are served on an address other hosts may reach");
     }
     tracing::info!(address = %bound, "serving metrics at http://{bound}/metrics");
-    tokio::spawn(accept(listener, Arc::new(layout)));
-    Ok(bound)
+    let layout = Arc::new(RwLock::new(Arc::new(layout)));
+    let task = tokio::spawn(accept(listener, Arc::clone(&layout)));
+    Ok(Served {
+        address,
+        layout,
+        task,
+    })
 }
 
-async fn accept(listener: TcpListener, layout: Arc<Layout>) {
+async fn accept(listener: TcpListener, layout: SharedLayout) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -62,7 +99,7 @@ async fn accept(listener: TcpListener, layout: Arc<Layout>) {
 
 async fn answer(
     request: Request<Incoming>,
-    layout: Arc<Layout>,
+    layout: SharedLayout,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.uri().path() != "/metrics" {
         return Ok(plain(
@@ -76,6 +113,7 @@ async fn answer(
         response.headers_mut().insert(hyper::header::ALLOW, allow);
         return Ok(response);
     }
+    let layout = Arc::clone(&layout.read().unwrap_or_else(PoisonError::into_inner));
     let text = tokio::task::spawn_blocking(move || METRICS.scrape(&layout)).await;
     Ok(match text {
         Ok(text) => {

@@ -20,6 +20,8 @@
 //!   failure; 404 elsewhere.
 //! - `ops`: `retry`, `check`, JSON logs, checked environment variables.
 //! - `progress`: the progress line of `request --wait`, on a terminal only.
+//! - `reload`: SIGHUP: consumers added and taken out, mirrors, a broken
+//!   file, a different cache, no file at all.
 //! - `examples`: the shell and Python consumer examples in `scripts/examples/`.
 //! - `status`: `status --json`.
 //! - `systemd`: readiness, status, stopping and watchdog notifications.
@@ -53,6 +55,7 @@ mod manifest;
 mod metrics;
 mod ops;
 mod progress;
+mod reload;
 mod remote;
 mod restart;
 mod resume;

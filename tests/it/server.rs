@@ -376,6 +376,12 @@ impl Server {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Requests being answered now (held, sending, or stalled until the
+    /// client closes).
+    pub fn active(&self) -> usize {
+        self.shared.active.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn total_requests(&self) -> usize {
         self.shared.lock().requests.len()
     }

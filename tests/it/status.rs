@@ -213,6 +213,50 @@ fn status_shows_downloads_in_flight_with_bytes_done_and_total() {
     );
 }
 
+/// A chit removed from `fetch/` while its download stalls: the download
+/// stops (the server sees its connection closed), its partial stays and
+/// leaves `status`; a chit for the same file later resumes from it.
+#[test]
+fn a_download_whose_chits_were_removed_stops_and_keeps_its_partial() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let content = Content::random(200_000);
+    server.add("/f", content.bytes.clone());
+    server.set_fault_times("/f", Fault::Stall { after: 100_000 }, 1);
+    let daemon = Daemon::for_spool(&dir, &spool).start();
+    spool.drop_chit("f", content.chit("sub/f.bin", &[server.url("/f")]));
+    wait_until(TIMEOUT, "100,000 bytes done", || {
+        let json = status_json(&dir, &spool);
+        (json["consumers"][0]["in_flight"][0]["done"] == 100_000).then_some(())
+    });
+
+    std::fs::remove_file(spool.state_dir(State::Fetch).join("f")).expect("remove the chit");
+    wait_until(TIMEOUT, "the stalled connection closed", || {
+        (server.active() == 0).then_some(())
+    });
+    let line = daemon.wait_for_log("download stopped: no chit waited for it", 1);
+    assert!(line.contains(&sha256_hex(&content.bytes)), "{line}");
+    assert!(daemon.log().contains("download stopping"), "logged at info");
+    let partial = dir.cache().join("partial-v1").join(format!(
+        "{}-{}.part",
+        sha256_hex(&content.bytes),
+        content.len()
+    ));
+    assert!(partial.exists(), "{} is kept", partial.display());
+    wait_until(TIMEOUT, "no download in flight", || {
+        let json = status_json(&dir, &spool);
+        (json["consumers"][0]["in_flight"].as_array()?.is_empty()).then_some(())
+    });
+    assert_eq!(server.gets("/f"), 1, "asked no more");
+
+    spool.drop_chit("again", content.chit("sub/f.bin", &[server.url("/f")]));
+    spool.expect_downloaded("again");
+    let requests = server.requests_for("/f");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[1].range_start(), Some(100_000), "{requests:?}");
+}
+
 /// A state directory a consumer replaced with a symlink (to count someone
 /// else's directory, say) is not followed: it counts as empty, and the
 /// other states are counted as usual.

@@ -138,3 +138,50 @@ fn watchdog_pings_when_watchdog_pid_is_the_daemon() {
     manager.wait_for("STOPPING=1", 1);
     assert!(child.wait().expect("wait").success());
 }
+
+/// CLOCK_MONOTONIC now, in µs, as `MONOTONIC_USEC=` counts.
+fn monotonic_usec() -> i128 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    i128::from(now.tv_sec) * 1_000_000 + i128::from(now.tv_nsec) / 1_000
+}
+
+/// SIGHUP: `RELOADING=1` with `MONOTONIC_USEC=` (the monotonic clock when
+/// the reload began), then `READY=1` once it is over; a reload that is
+/// refused (a broken file) is wrapped the same way.
+#[test]
+fn a_reload_is_announced_with_reloading_then_ready() {
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let config = crate::util::ConfigFile::for_consumers(&dir, &[&spool]);
+    let (mut manager, socket) = Manager::bind(&dir);
+    let mut daemon = Daemon::builder(&dir)
+        .config(&config)
+        .env("NOTIFY_SOCKET", &socket)
+        .start();
+    manager.wait_for("READY=1", 1);
+
+    let before = monotonic_usec();
+    daemon.sighup();
+    manager.wait_for("READY=1", 2);
+    let after = monotonic_usec();
+    let reloading = manager.position("RELOADING=1").expect("RELOADING=1");
+    let ready = manager.lines.iter().rposition(|l| l == "READY=1");
+    assert!(Some(reloading) < ready, "{:?}", manager.lines);
+    let usec = manager.lines[reloading + 1]
+        .strip_prefix("MONOTONIC_USEC=")
+        .and_then(|value| value.parse::<i128>().ok())
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC after RELOADING=1: {:?}", manager.lines));
+    assert!(
+        (before..=after).contains(&usec),
+        "{before} <= {usec} <= {after}"
+    );
+
+    std::fs::write(&config, "[[consumer]\n").expect("break the file");
+    daemon.sighup();
+    manager.wait_for("RELOADING=1", 2);
+    manager.wait_for("READY=1", 3);
+    daemon.wait_for_log("reload failed", 1);
+    daemon.sigterm();
+    manager.wait_for("STOPPING=1", 1);
+    assert!(daemon.wait_exit(TIMEOUT).success());
+}

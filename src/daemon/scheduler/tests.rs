@@ -152,6 +152,7 @@ async fn exit_when_idle_exits_once_every_chit_is_terminal() {
     run(
         fixture.config.clone(),
         exit_when_idle(),
+        Reloads::none(),
         std::future::pending(),
     )
     .await
@@ -182,6 +183,7 @@ async fn exit_when_idle_with_only_stuck_chits_left_fails_naming_them() {
     let error = run(
         fixture.config.clone(),
         exit_when_idle(),
+        Reloads::none(),
         std::future::pending(),
     )
     .await
@@ -219,7 +221,13 @@ async fn a_stuck_chit_backs_off_while_serving_until_shutdown() {
         tokio::time::sleep(Duration::from_secs(10)).await;
     };
     scheduler
-        .serve(&Options::default(), hints, Notifier::off(), shutdown)
+        .serve(
+            &Options::default(),
+            hints,
+            Notifier::off(),
+            Reloads::none(),
+            shutdown,
+        )
         .await
         .unwrap();
     assert_eq!(start.elapsed(), Duration::from_secs(20));

@@ -119,6 +119,36 @@ async fn at_most_per_host_requests_go_at_once() {
     go(host.admit(&x()).await);
 }
 
+/// A reload's `per_host`: raised, more go at once at once; lowered under
+/// the requests in flight, none goes until they are under the new limit.
+/// New hosts get it too.
+#[tokio::test]
+async fn a_reloaded_per_host_changes_every_host_in_place() {
+    let hosts = Hosts::new(2, NO_PAUSE);
+    let host = hosts.of(&x()).unwrap();
+    let mut held = vec![go(host.admit(&x()).await), go(host.admit(&x()).await)];
+    hosts.set_per_host(3);
+    held.push(go(host.admit(&x()).await));
+    assert!(host.admit(&x()).now_or_never().is_none(), "a fourth went");
+    hosts.set_per_host(1);
+    // Three in flight, one allowed: two must end before another goes.
+    held.pop();
+    tokio::task::yield_now().await;
+    assert!(host.admit(&x()).now_or_never().is_none(), "over the limit");
+    held.pop();
+    tokio::task::yield_now().await;
+    assert!(host.admit(&x()).now_or_never().is_none(), "at the limit");
+    held.pop();
+    go(host.admit(&x()).await);
+    let elsewhere = url("http://b.example/x");
+    let other = hosts.of(&elsewhere).unwrap();
+    let _one = go(other.admit(&elsewhere).await);
+    assert!(
+        other.admit(&elsewhere).now_or_never().is_none(),
+        "new host: 1"
+    );
+}
+
 #[tokio::test]
 async fn after_trouble_one_request_probes_and_the_others_wait_for_it() {
     let hosts = Hosts::new(8, NO_PAUSE);

@@ -297,6 +297,22 @@ impl Daemon {
         self.signal(rustix::process::Signal::TERM);
     }
 
+    /// SIGHUP: reload the configuration.
+    pub fn sighup(&mut self) {
+        self.signal(rustix::process::Signal::HUP);
+    }
+
+    /// Wait until the log has `count` lines containing `wanted`; returns
+    /// the last of them.
+    pub fn wait_for_log(&self, wanted: &str, count: usize) -> String {
+        let what = format!("{count} log line(s) with {wanted:?}");
+        super::wait_until(TIMEOUT, &what, || {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(wanted)).collect();
+            (lines.len() >= count).then(|| lines[count - 1].to_owned())
+        })
+    }
+
     pub fn sigint(&mut self) {
         self.signal(rustix::process::Signal::INT);
     }
