@@ -155,6 +155,7 @@ mod collect;
 mod commit;
 mod consumer;
 mod downloads;
+mod host_slots;
 mod housekeeping;
 mod idle;
 mod limits;

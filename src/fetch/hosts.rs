@@ -188,6 +188,33 @@ impl Hosts {
     }
 }
 
+/// What the scheduler may know of a host before it starts a download from
+/// it (see [`Hosts::room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Requests it takes at once: `per_host`, or more once it answered
+    /// over HTTP/2.
+    pub requests: usize,
+}
+
+impl Hosts {
+    /// The room `key`'s host has now; a host never asked has `per_host`.
+    pub fn room(&self, key: &HostKey) -> Room {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let multiplexed = hosts
+            .get(key)
+            .is_some_and(|host| host.multiplexed.load(Ordering::Acquire));
+        let streams = if multiplexed {
+            STREAMS_PER_CONNECTION
+        } else {
+            1
+        };
+        Room {
+            requests: self.per_host * streams,
+        }
+    }
+}
+
 /// One host: its permits and its backoff state.
 #[derive(Debug)]
 pub struct Host {

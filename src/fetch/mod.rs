@@ -68,7 +68,7 @@ use url::Url;
 pub(crate) use self::attempt::{Sink, verify};
 pub use self::error::{FetchError, Next, with_causes};
 pub use self::failure::{Cause, DownloadFailure, Ending, Failure, SourceAnswer};
-pub use self::hosts::{DEFAULT_PER_HOST, MAX_RETRY_AFTER};
+pub use self::hosts::{DEFAULT_PER_HOST, HostKey, MAX_RETRY_AFTER, Room};
 use self::run::{Run, Source};
 use crate::chit::{Digest, redact_url};
 use crate::config::Config;
@@ -256,6 +256,11 @@ impl Fetcher {
 
     pub fn settings(&self) -> &FetchSettings {
         &self.settings
+    }
+
+    /// The room `host` has for more requests now (see `hosts`).
+    pub fn host_room(&self, host: &HostKey) -> Room {
+        self.hosts.room(host)
     }
 
     /// Download `job` into a partial download and verify its size and
