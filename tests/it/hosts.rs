@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::server::{Fault, Request, Server};
-use crate::util::{Content, Daemon, TIMEOUT, TestDir, wait_until};
+use crate::util::{ConfigFile, Content, Daemon, State, TIMEOUT, TestDir, wait_until};
 
 /// A configuration file of network keys (`per_host = 2`, ...), beside
 /// the consumer given by flags.
@@ -175,4 +175,65 @@ fn per_host_limits_the_requests_in_flight_to_one_host() {
         spool.assert_delivered(&format!("c{n}"), &format!("f{n}.bin"), content);
     }
     assert_eq!(server.most_concurrent(), 2, "{:#?}", server.requests());
+}
+
+/// Flood fairness (issue 18): consumer `a` drops 200 chits for a host
+/// that never answers (every request held), then consumer `b` drops one
+/// for a working host. The dead host holds at most its share of the
+/// `jobs` slots, so `b`'s file is delivered at once, not after one of
+/// `a`'s downloads gives up (`give_up_after`, 120 s here).
+#[test]
+fn a_flood_for_a_dead_host_does_not_hold_up_another_consumer() {
+    const FLOOD: usize = 200;
+    const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+    let dir = TestDir::new();
+    let (a, b) = (dir.spool("a"), dir.spool("b"));
+    let (dead, good) = (Server::start(), Server::start());
+    for n in 0..FLOOD {
+        let content = Content::random(1000 + n);
+        let path = format!("/d{n}");
+        dead.add(&path, content.bytes.clone());
+        dead.hold(&path);
+        a.drop_chit(
+            &format!("a{n}"),
+            content.chit(&format!("d{n}.bin"), &[dead.url(&path)]),
+        );
+    }
+    let config = ConfigFile {
+        cache: Some(dir.cache()),
+        jobs: Some(4),
+        give_up_after: Some(format!("{}s", GIVE_UP_AFTER.as_secs())),
+        consumers: vec![a.clone(), b.clone()],
+        ..ConfigFile::default()
+    }
+    .write(&dir, "chitd.toml");
+    let _daemon = Daemon::builder(&dir).config(&config).start();
+    wait_until(
+        TIMEOUT,
+        "the flood's requests held at the dead host",
+        || (dead.most_concurrent() >= 2).then_some(()),
+    );
+
+    let content = Content::random(100_000);
+    good.add("/b", content.bytes.clone());
+    let started = Instant::now();
+    b.drop_chit("b", content.chit("b.bin", &[good.url("/b")]));
+    let terminal = b.wait_terminal("b", GIVE_UP_AFTER);
+    let waited = started.elapsed();
+    eprintln!("b's chit was {terminal:?} after {waited:?}");
+    b.assert_delivered("b", "b.bin", &content);
+    assert!(
+        waited < GIVE_UP_AFTER / 2,
+        "b waited {waited:?} behind a's flood for a dead host"
+    );
+    let pending = a.chits_in(State::Request).len() + a.chits_in(State::Fetch).len();
+    assert_eq!(
+        pending, FLOOD,
+        "a's flood is still waiting for the dead host"
+    );
+    assert!(
+        dead.most_concurrent() <= 2,
+        "the dead host holds half of the 4 slots at most: {} requests",
+        dead.most_concurrent()
+    );
 }
