@@ -237,3 +237,38 @@ fn a_flood_for_a_dead_host_does_not_hold_up_another_consumer() {
         dead.most_concurrent()
     );
 }
+
+/// `per_host = 3`: twelve downloads from one host whose bodies come
+/// slowly, so they overlap: never more than three bodies (or requests
+/// waiting for an answer) at the server at once, and three at some point.
+#[test]
+fn per_host_limits_the_bodies_in_flight_to_one_host() {
+    const CHITS: usize = 12;
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let drip = Fault::SlowDrip {
+        bytes_per_tick: 16 << 10,
+        tick: Duration::from_millis(20),
+    };
+    let contents: Vec<Content> = (0..CHITS).map(|_| Content::random(160 << 10)).collect();
+    for (n, content) in contents.iter().enumerate() {
+        let path = format!("/f{n}");
+        server.add(&path, content.bytes.clone());
+        server.set_fault(&path, drip.clone());
+        let url = server.url(&path);
+        spool.drop_chit(&format!("c{n}"), content.chit(&format!("f{n}.bin"), &[url]));
+    }
+    let config = network_config(&dir, "per_host = 3\njobs = 12\n");
+    Daemon::for_spool(&dir, &spool)
+        .config(&config)
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+    for (n, content) in contents.iter().enumerate() {
+        spool.assert_delivered(&format!("c{n}"), &format!("f{n}.bin"), content);
+    }
+    let bodies = server.requests();
+    assert!(bodies.iter().all(|r| r.status == 200), "{bodies:#?}");
+    assert_eq!(server.most_concurrent(), 3, "{bodies:#?}");
+}
