@@ -60,6 +60,9 @@ struct Entry<W> {
     queued: bool,
     /// Holding a job slot, since then.
     started: Option<Instant>,
+    /// The part of the slots it holds while started (see
+    /// [`InFlight::start_next_where`]).
+    cost: usize,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,7 @@ pub struct InFlight<W> {
     lanes: Vec<Lane>,
     /// The lane served next.
     cursor: usize,
+    /// The parts of the slots the running downloads hold.
     running: usize,
     /// Running downloads per host.
     running_on: HashMap<HostKey, usize>,
@@ -100,7 +104,7 @@ impl Lane {
     fn pop(
         &mut self,
         live: impl Fn(&Key) -> bool,
-        mut may: impl FnMut(Option<&HostKey>) -> bool,
+        mut may: impl FnMut(Option<&HostKey>) -> Option<()>,
     ) -> Option<Key> {
         let mut turn = 0;
         while turn < self.turns.len() {
@@ -114,7 +118,7 @@ impl Lane {
                 self.turns.remove(turn);
                 continue;
             }
-            if !may(host.as_ref()) {
+            if may(host.as_ref()).is_none() {
                 turn += 1;
                 continue;
             }
@@ -178,6 +182,7 @@ impl<W> InFlight<W> {
                 held,
                 queued: false,
                 started: None,
+                cost: 0,
             },
         );
         self.sizes.entry(key.digest).or_default().push(key.size);
@@ -253,27 +258,33 @@ impl<W> InFlight<W> {
     /// Start the next queued download if fewer than `jobs` are running,
     /// whatever its host.
     pub fn start_next(&mut self, jobs: usize) -> Option<(Key, &[W], Arc<AtomicU64>)> {
-        self.start_next_where(jobs, |_, _| true)
+        self.start_next_where(jobs, |_, _| Some(1))
     }
 
-    /// Start the next queued download if fewer than `jobs` are running:
-    /// the lanes in turn, in each the hosts in turn, passing over a host
-    /// unless `may_start(host, its running downloads)`. Returns its key,
-    /// its waiters so far (whose chits describe the job) and the progress
-    /// counter to update.
+    /// Start the next queued download that fits in `capacity`: the lanes
+    /// in turn, in each the hosts in turn. `admit(host, its running
+    /// downloads)` says what part of the capacity a download from `host`
+    /// takes (`None`: the host may not take another now, and is passed
+    /// over); one that does not fit in what is left is passed over too.
+    /// Returns its key, its waiters so far (whose chits describe the job)
+    /// and the progress counter to update.
     pub fn start_next_where(
         &mut self,
-        jobs: usize,
-        mut may_start: impl FnMut(&HostKey, usize) -> bool,
+        capacity: usize,
+        mut admit: impl FnMut(Option<&HostKey>, usize) -> Option<usize>,
     ) -> Option<(Key, &[W], Arc<AtomicU64>)> {
-        if self.running >= jobs {
+        if self.running >= capacity {
             return None;
         }
+        let left = capacity - self.running;
         let lanes = self.lanes.len();
         let (entries, running_on) = (&self.entries, &self.running_on);
         let live = |key: &Key| entries.get(key).is_some_and(|entry| entry.queued);
+        let mut cost = 0;
         let mut may = |host: Option<&HostKey>| {
-            host.is_none_or(|host| may_start(host, running_on.get(host).copied().unwrap_or(0)))
+            let running = host.and_then(|host| running_on.get(host)).copied();
+            cost = admit(host, running.unwrap_or(0)).filter(|&cost| cost <= left)?;
+            Some(())
         };
         let (lane, key) = (0..lanes)
             .map(|offset| (self.cursor + offset) % lanes)
@@ -282,7 +293,8 @@ impl<W> InFlight<W> {
         let entry = self.entries.get_mut(&key)?;
         entry.queued = false;
         entry.started = Some(Instant::now());
-        self.running += 1;
+        entry.cost = cost;
+        self.running += cost;
         if let Some(host) = &entry.host {
             *self.running_on.entry(host.clone()).or_default() += 1;
         }
@@ -306,14 +318,14 @@ impl<W> InFlight<W> {
         if let Some(entry) = self.entries.get_mut(key)
             && entry.started.take().is_some()
         {
-            let host = entry.host.clone();
-            self.stopped(host.as_ref());
+            let (host, cost) = (entry.host.clone(), entry.cost);
+            self.stopped(host.as_ref(), cost);
         }
     }
 
     /// A running download stopped holding its slot.
-    fn stopped(&mut self, host: Option<&HostKey>) {
-        self.running -= 1;
+    fn stopped(&mut self, host: Option<&HostKey>, cost: usize) {
+        self.running -= cost;
         if let Some(host) = host
             && let Some(running) = self.running_on.get_mut(host)
         {
@@ -384,7 +396,7 @@ impl<W> InFlight<W> {
     fn remove(&mut self, key: &Key) -> Option<Entry<W>> {
         let entry = self.entries.remove(key)?;
         if entry.started.is_some() {
-            self.stopped(entry.host.as_ref());
+            self.stopped(entry.host.as_ref(), entry.cost);
         }
         if let Some(sizes) = self.sizes.get_mut(&key.digest) {
             sizes.retain(|&size| size != key.size);
@@ -648,7 +660,8 @@ mod tests {
         for n in 0..100 {
             inflight.add_from(0, dead.clone(), key(n), "flood");
         }
-        let share = |_: &HostKey, running: usize| running < 2;
+        let share =
+            |host: Option<&HostKey>, running: usize| (host.is_none() || running < 2).then_some(1);
         let mut started = Vec::new();
         while let Some((next, _, _)) = inflight.start_next_where(4, share) {
             started.push(next);

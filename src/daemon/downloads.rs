@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::host_slots::HostSlots;
+use super::host_slots::{HostSlots, SLOT};
 use super::queue::Queues;
 use super::rates::{Rates, Speed, source_host};
 use super::work::{self, Step, Waiter};
@@ -146,10 +146,14 @@ impl Downloads {
     pub fn start(&mut self, shared: &Arc<Shared>, local: &mut JoinSet<Step>, local_limit: usize) {
         while local.len() < local_limit
             && let Some((key, waiters, progress)) =
-                self.inflight.start_next_where(self.jobs, |host, running| {
-                    let room = shared.fetcher.host_room(host);
-                    self.host_slots.may_start(host, running, room)
-                })
+                self.inflight
+                    .start_next_where(self.jobs * SLOT, |host, running| {
+                        let Some(host) = host else {
+                            return Some(SLOT);
+                        };
+                        let room = shared.fetcher.host_room(host);
+                        self.host_slots.admit(host, running, room)
+                    })
         {
             let mut job = job(&shared.mirrors, key.digest, waiters);
             if let Some(tried) = self.tried.get(&key) {

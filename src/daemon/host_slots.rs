@@ -11,10 +11,21 @@
 //! however many downloads want it. And no host gets more slots than it
 //! takes requests at once (`per_host`, more once it speaks HTTP/2): a
 //! download beyond that would only wait for a permit, holding a slot.
+//!
+//! A slot is a connection's worth of downloads: over HTTP/1.1 one
+//! download, but once a host answers over HTTP/2, whose requests share a
+//! connection, [`STREAMS_PER_CONNECTION`] of its downloads share one slot
+//! (and its share in slots holds that many more downloads). Many small
+//! files then cost one round trip each side by side, as with `per_host`'s
+//! permits, instead of `jobs` at a time.
 
 use std::collections::HashMap;
 
-use crate::fetch::{HostKey, Room};
+use crate::fetch::{HostKey, Room, STREAMS_PER_CONNECTION};
+
+/// A slot, in the parts that downloads hold of it (see the module doc):
+/// an HTTP/2 download holds one part, any other the whole slot.
+pub const SLOT: usize = STREAMS_PER_CONNECTION;
 
 /// Hosts remembered with a grown share before all are forgotten (each
 /// then starts again from [`HostSlots::first`]).
@@ -45,10 +56,13 @@ impl HostSlots {
         self.grown.get(host).copied().unwrap_or(self.first())
     }
 
-    /// Whether `host`, holding `running` slots and with `room` (see
-    /// [`crate::fetch::Fetcher::host_room`]), may take another.
-    pub fn may_start(&self, host: &HostKey, running: usize, room: Room) -> bool {
-        running < self.share(host).min(room.requests)
+    /// Whether `host`, with `running` downloads and `room` (see
+    /// [`crate::fetch::Fetcher::host_room`]), may start another, and what
+    /// part of a [`SLOT`] it takes.
+    pub fn admit(&self, host: &HostKey, running: usize, room: Room) -> Option<usize> {
+        let per_slot = if room.multiplexed { SLOT } else { 1 };
+        let cap = (self.share(host) * per_slot).min(room.requests);
+        (running < cap).then_some(SLOT / per_slot)
     }
 
     /// A download whose first source is on `host` was verified.
@@ -76,18 +90,28 @@ mod tests {
         HostKey::of(&url::Url::parse(&format!("http://{name}/")).unwrap()).unwrap()
     }
 
-    const ROOMY: Room = Room { requests: 6 };
+    const ROOMY: Room = Room {
+        requests: 6,
+        multiplexed: false,
+    };
+
+    fn may_start(slots: &HostSlots, host: &HostKey, running: usize, room: Room) -> bool {
+        slots.admit(host, running, room).is_some()
+    }
 
     #[test]
     fn a_host_starts_with_half_and_grows_with_each_verified_download() {
         let (a, b) = (host("a"), host("b"));
         let mut slots = HostSlots::new(4);
         assert_eq!(slots.first(), 2);
-        assert!(slots.may_start(&a, 1, ROOMY));
-        assert!(!slots.may_start(&a, 2, ROOMY), "half of the slots at first");
+        assert!(may_start(&slots, &a, 1, ROOMY));
+        assert!(
+            !may_start(&slots, &a, 2, ROOMY),
+            "half of the slots at first"
+        );
         slots.verified(&a);
-        assert!(slots.may_start(&a, 2, ROOMY));
-        assert!(!slots.may_start(&a, 3, ROOMY));
+        assert!(may_start(&slots, &a, 2, ROOMY));
+        assert!(!may_start(&slots, &a, 3, ROOMY));
         slots.verified(&a);
         slots.verified(&a);
         assert_eq!(slots.share(&a), 4, "never more than jobs");
@@ -105,9 +129,35 @@ mod tests {
         for _ in 0..16 {
             slots.verified(&a);
         }
-        assert!(slots.may_start(&a, 1, Room { requests: 2 }));
-        assert!(!slots.may_start(&a, 2, Room { requests: 2 }));
-        assert!(slots.may_start(&a, 15, Room { requests: 96 }));
-        assert!(!slots.may_start(&a, 16, Room { requests: 96 }));
+        let narrow = Room {
+            requests: 2,
+            multiplexed: false,
+        };
+        assert_eq!(slots.admit(&a, 1, narrow), Some(SLOT), "a whole slot");
+        assert_eq!(slots.admit(&a, 2, narrow), None);
+    }
+
+    /// Over HTTP/2 a slot holds many downloads of the host, each a part
+    /// of it, and its share holds as many more, within its requests.
+    #[test]
+    fn over_http2_downloads_share_slots() {
+        let a = host("a");
+        let slots = HostSlots::new(4);
+        let multiplexed = Room {
+            requests: 6 * SLOT,
+            multiplexed: true,
+        };
+        assert_eq!(slots.admit(&a, 0, multiplexed), Some(1));
+        assert_eq!(slots.admit(&a, 2 * SLOT - 1, multiplexed), Some(1));
+        assert_eq!(
+            slots.admit(&a, 2 * SLOT, multiplexed),
+            None,
+            "its share: 2 slots"
+        );
+        let few = Room {
+            requests: 6,
+            ..multiplexed
+        };
+        assert_eq!(slots.admit(&a, 6, few), None, "within its requests");
     }
 }

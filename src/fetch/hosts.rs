@@ -195,6 +195,8 @@ pub struct Room {
     /// Requests it takes at once: `per_host`, or more once it answered
     /// over HTTP/2.
     pub requests: usize,
+    /// It answered over HTTP/2: its requests share its connections.
+    pub multiplexed: bool,
 }
 
 impl Hosts {
@@ -211,6 +213,7 @@ impl Hosts {
         };
         Room {
             requests: self.per_host * streams,
+            multiplexed,
         }
     }
 }

@@ -68,7 +68,7 @@ use url::Url;
 pub(crate) use self::attempt::{Sink, verify};
 pub use self::error::{FetchError, Next, with_causes};
 pub use self::failure::{Cause, DownloadFailure, Ending, Failure, SourceAnswer};
-pub use self::hosts::{DEFAULT_PER_HOST, HostKey, MAX_RETRY_AFTER, Room};
+pub use self::hosts::{DEFAULT_PER_HOST, HostKey, MAX_RETRY_AFTER, Room, STREAMS_PER_CONNECTION};
 use self::run::{Run, Source};
 use crate::chit::{Digest, redact_url};
 use crate::config::Config;
