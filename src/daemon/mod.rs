@@ -116,6 +116,10 @@
 //!   holding a slot ([`host_slots`]).
 //! - A host at its share is passed over: its downloads stay queued,
 //!   holding no slot, and the next host or consumer in turn starts.
+//! - A slot is a connection's worth of downloads: once a host answers
+//!   over HTTP/2 (its requests share a connection), 16 of its downloads
+//!   share one slot, so many small files cost one round trip each side by
+//!   side, not `jobs` at a time.
 //!
 //! So a host that never answers, stalls or is in backoff completes
 //! nothing, and holds at most half of the slots however many chits want
