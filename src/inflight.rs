@@ -22,7 +22,12 @@
 //! Queued downloads wait in one *lane* per consumer (the consumer of the
 //! chit that queued it) and start round-robin across lanes, so a consumer
 //! that queues thousands of downloads delays another consumer's download
-//! by at most one download per lane, not by its whole queue.
+//! by at most one download per lane, not by its whole queue. Within a
+//! lane, downloads wait per *host* (that of the first source they ask) and
+//! the hosts take turns too; [`InFlight::start_next_where`] passes over a
+//! host the scheduler says may not take another slot (it counts each
+//! host's running downloads, [`InFlight::running_on`]), so the downloads
+//! of a host that holds its share wait without holding up the others.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -30,6 +35,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use crate::chit::Digest;
+use crate::fetch::HostKey;
 
 /// What one download fetches: the file of this digest, if it has this size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,6 +51,8 @@ struct Entry<W> {
     progress: Arc<AtomicU64>,
     /// The lane it queues in.
     lane: usize,
+    /// The host of the first source it asks (none: no network host).
+    host: Option<HostKey>,
     /// Waiting, out of the lanes, for the download of another size of its
     /// digest.
     held: bool,
@@ -52,6 +60,9 @@ struct Entry<W> {
     queued: bool,
     /// Holding a job slot, since then.
     started: Option<Instant>,
+    /// The part of the slots it holds while started (see
+    /// [`InFlight::start_next_where`]).
+    cost: usize,
 }
 
 #[derive(Debug)]
@@ -59,12 +70,69 @@ pub struct InFlight<W> {
     entries: HashMap<Key, Entry<W>>,
     /// The sizes with an entry, per digest.
     sizes: HashMap<Digest, Vec<u64>>,
-    /// Queued (not yet started) downloads, one queue per lane; a key whose
-    /// entry was taken out meanwhile is skipped.
-    lanes: Vec<VecDeque<Key>>,
+    /// Queued (not yet started) downloads, one lane per consumer; a key
+    /// whose entry was taken out meanwhile is skipped.
+    lanes: Vec<Lane>,
     /// The lane served next.
     cursor: usize,
+    /// The parts of the slots the running downloads hold.
     running: usize,
+    /// Running downloads per host.
+    running_on: HashMap<HostKey, usize>,
+}
+
+/// One consumer's queued downloads, per host, the hosts in turn.
+#[derive(Debug, Default)]
+struct Lane {
+    /// Hosts with queued downloads, the next to be served first.
+    turns: VecDeque<Option<HostKey>>,
+    queued: HashMap<Option<HostKey>, VecDeque<Key>>,
+}
+
+impl Lane {
+    fn push(&mut self, host: Option<HostKey>, key: Key) {
+        let queue = self.queued.entry(host.clone()).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(host);
+        }
+        queue.push_back(key);
+    }
+
+    /// The first queued download of the first host in turn that `may`
+    /// start, skipping keys that are not `live`; that host goes to the
+    /// back of the turns.
+    fn pop(
+        &mut self,
+        live: impl Fn(&Key) -> bool,
+        mut may: impl FnMut(Option<&HostKey>) -> Option<()>,
+    ) -> Option<Key> {
+        let mut turn = 0;
+        while turn < self.turns.len() {
+            let host = self.turns[turn].clone();
+            let queue = self.queued.get_mut(&host)?;
+            while queue.front().is_some_and(|key| !live(key)) {
+                queue.pop_front();
+            }
+            if queue.is_empty() {
+                self.queued.remove(&host);
+                self.turns.remove(turn);
+                continue;
+            }
+            if may(host.as_ref()).is_none() {
+                turn += 1;
+                continue;
+            }
+            let key = queue.pop_front()?;
+            self.turns.remove(turn);
+            if queue.is_empty() {
+                self.queued.remove(&host);
+            } else {
+                self.turns.push_back(host);
+            }
+            return Some(key);
+        }
+        None
+    }
 }
 
 impl<W> Default for InFlight<W> {
@@ -75,6 +143,7 @@ impl<W> Default for InFlight<W> {
             lanes: Vec::new(),
             cursor: 0,
             running: 0,
+            running_on: HashMap::new(),
         }
     }
 }
@@ -89,9 +158,15 @@ pub struct TakenOut<W> {
 }
 
 impl<W> InFlight<W> {
-    /// Wait for the file `key`. Returns true when this queued a new
-    /// download (in `lane`, the waiter's consumer), held or not.
+    /// Wait for the file `key`, from no network host. Returns true when
+    /// this queued a new download (in `lane`, the waiter's consumer), held
+    /// or not.
     pub fn add(&mut self, lane: usize, key: Key, waiter: W) -> bool {
+        self.add_from(lane, None, key, waiter)
+    }
+
+    /// [`InFlight::add`], for a download whose first source is on `host`.
+    pub fn add_from(&mut self, lane: usize, host: Option<HostKey>, key: Key, waiter: W) -> bool {
         if let Some(entry) = self.entries.get_mut(&key) {
             entry.waiters.push(waiter);
             return false;
@@ -103,9 +178,11 @@ impl<W> InFlight<W> {
                 waiters: vec![waiter],
                 progress: Arc::new(AtomicU64::new(0)),
                 lane,
+                host,
                 held,
                 queued: false,
                 started: None,
+                cost: 0,
             },
         );
         self.sizes.entry(key.digest).or_default().push(key.size);
@@ -137,9 +214,9 @@ impl<W> InFlight<W> {
         entry.queued = true;
         let lane = entry.lane;
         if self.lanes.len() <= lane {
-            self.lanes.resize_with(lane + 1, VecDeque::new);
+            self.lanes.resize_with(lane + 1, Lane::default);
         }
-        self.lanes[lane].push_back(key);
+        self.lanes[lane].push(entry.host.clone(), key);
     }
 
     /// Queue the held downloads of `digest`.
@@ -178,28 +255,60 @@ impl<W> InFlight<W> {
         }
     }
 
-    /// Start the next queued download if fewer than `jobs` are running.
+    /// Start the next queued download if fewer than `jobs` are running,
+    /// whatever its host.
+    pub fn start_next(&mut self, jobs: usize) -> Option<(Key, &[W], Arc<AtomicU64>)> {
+        self.start_next_where(jobs, |_, _| Some(1))
+    }
+
+    /// Start the next queued download that fits in `capacity`: the lanes
+    /// in turn, in each the hosts in turn. `admit(host, its running
+    /// downloads)` says what part of the capacity a download from `host`
+    /// takes (`None`: the host may not take another now, and is passed
+    /// over); one that does not fit in what is left is passed over too.
     /// Returns its key, its waiters so far (whose chits describe the job)
     /// and the progress counter to update.
-    pub fn start_next(&mut self, jobs: usize) -> Option<(Key, &[W], Arc<AtomicU64>)> {
-        if self.running >= jobs {
+    pub fn start_next_where(
+        &mut self,
+        capacity: usize,
+        mut admit: impl FnMut(Option<&HostKey>, usize) -> Option<usize>,
+    ) -> Option<(Key, &[W], Arc<AtomicU64>)> {
+        if self.running >= capacity {
             return None;
         }
+        let left = capacity - self.running;
         let lanes = self.lanes.len();
-        let key = loop {
-            let (lane, key) = (0..lanes)
-                .map(|offset| (self.cursor + offset) % lanes)
-                .find_map(|lane| Some((lane, self.lanes[lane].pop_front()?)))?;
-            self.cursor = (lane + 1) % lanes;
-            if self.entries.get(&key).is_some_and(|entry| entry.queued) {
-                break key;
-            }
+        let (entries, running_on) = (&self.entries, &self.running_on);
+        let live = |key: &Key| entries.get(key).is_some_and(|entry| entry.queued);
+        let mut cost = 0;
+        let mut may = |host: Option<&HostKey>| {
+            let running = host.and_then(|host| running_on.get(host)).copied();
+            cost = admit(host, running.unwrap_or(0)).filter(|&cost| cost <= left)?;
+            Some(())
         };
+        let (lane, key) = (0..lanes)
+            .map(|offset| (self.cursor + offset) % lanes)
+            .find_map(|lane| Some((lane, self.lanes[lane].pop(live, &mut may)?)))?;
+        self.cursor = (lane + 1) % lanes;
         let entry = self.entries.get_mut(&key)?;
         entry.queued = false;
         entry.started = Some(Instant::now());
-        self.running += 1;
+        entry.cost = cost;
+        self.running += cost;
+        if let Some(host) = &entry.host {
+            *self.running_on.entry(host.clone()).or_default() += 1;
+        }
         Some((key, entry.waiters.as_slice(), Arc::clone(&entry.progress)))
+    }
+
+    /// Running downloads whose first source is on `host`.
+    pub fn running_on(&self, host: &HostKey) -> usize {
+        self.running_on.get(host).copied().unwrap_or(0)
+    }
+
+    /// The host of the first source the download of `key` asks.
+    pub fn host_of(&self, key: &Key) -> Option<&HostKey> {
+        self.entries.get(key)?.host.as_ref()
     }
 
     /// The transfer of `key` is over and its result is being published:
@@ -209,7 +318,21 @@ impl<W> InFlight<W> {
         if let Some(entry) = self.entries.get_mut(key)
             && entry.started.take().is_some()
         {
-            self.running -= 1;
+            let (host, cost) = (entry.host.clone(), entry.cost);
+            self.stopped(host.as_ref(), cost);
+        }
+    }
+
+    /// A running download stopped holding its slot.
+    fn stopped(&mut self, host: Option<&HostKey>, cost: usize) {
+        self.running -= cost;
+        if let Some(host) = host
+            && let Some(running) = self.running_on.get_mut(host)
+        {
+            *running -= 1;
+            if *running == 0 {
+                self.running_on.remove(host);
+            }
         }
     }
 
@@ -274,7 +397,7 @@ impl<W> InFlight<W> {
     fn remove(&mut self, key: &Key) -> Option<Entry<W>> {
         let entry = self.entries.remove(key)?;
         if entry.started.is_some() {
-            self.running -= 1;
+            self.stopped(entry.host.as_ref(), entry.cost);
         }
         if let Some(sizes) = self.sizes.get_mut(&key.digest) {
             sizes.retain(|&size| size != key.size);
@@ -521,6 +644,59 @@ mod tests {
         }
         started.sort_by_key(|k| k.digest.as_bytes()[0]);
         assert_eq!(started, [sized(1, 13), key(2)]);
+    }
+
+    fn host(name: &str) -> Option<HostKey> {
+        HostKey::of(&url::Url::parse(&format!("https://{name}/f")).unwrap())
+    }
+
+    /// A consumer floods a dead host; another consumer's download from a
+    /// working host starts at once though the dead host's downloads hold
+    /// their share (two here): the dead host is passed over, the slots
+    /// left go to others, and the flood waits without holding one.
+    #[test]
+    fn a_host_at_its_share_is_passed_over_for_others() {
+        let (dead, live) = (host("dead"), host("live"));
+        let mut inflight = InFlight::default();
+        for n in 0..100 {
+            inflight.add_from(0, dead.clone(), key(n), "flood");
+        }
+        let share =
+            |host: Option<&HostKey>, running: usize| (host.is_none() || running < 2).then_some(1);
+        let mut started = Vec::new();
+        while let Some((next, _, _)) = inflight.start_next_where(4, share) {
+            started.push(next);
+        }
+        assert_eq!(started, [key(0), key(1)], "two slots left free");
+        assert_eq!(inflight.running_on(dead.as_ref().unwrap()), 2);
+        inflight.add_from(1, live.clone(), key(200), "other");
+        let (next, waiters, _) = inflight.start_next_where(4, share).unwrap();
+        assert_eq!((next, waiters), (key(200), &["other"][..]));
+        inflight.add_from(0, None, key(201), "file mirror");
+        let (next, _, _) = inflight.start_next_where(4, share).unwrap();
+        assert_eq!(next, key(201), "no network host: not held back");
+        assert!(inflight.start_next_where(8, share).is_none());
+        // A dead download that ends frees its host's turn for the next.
+        assert_eq!(finished(&mut inflight, key(0)), ["flood"]);
+        assert_eq!(inflight.running_on(dead.as_ref().unwrap()), 1);
+        assert_eq!(inflight.start_next_where(4, share).unwrap().0, key(2));
+        assert_eq!(inflight.host_of(&key(2)), dead.as_ref());
+    }
+
+    /// Within a consumer's lane, the hosts take turns.
+    #[test]
+    fn hosts_take_turns_within_a_lane() {
+        let mut inflight = InFlight::default();
+        for n in 0..3 {
+            inflight.add_from(0, host("x"), key(n), "x");
+        }
+        inflight.add_from(0, host("y"), key(10), "y");
+        inflight.add_from(0, host("y"), key(11), "y");
+        let mut order = Vec::new();
+        while let Some((next, _, _)) = inflight.start_next(8) {
+            order.push(next);
+        }
+        assert_eq!(order, [key(0), key(10), key(1), key(11), key(2)]);
     }
 
     #[test]

@@ -20,12 +20,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::host_slots::{HostSlots, SLOT};
 use super::queue::Queues;
 use super::rates::{Rates, Speed, source_host};
 use super::work::{self, Step, Waiter};
 use crate::chase::{CHASE_MIN, Chase, Target};
 use crate::chit::{DeliveryPath, Digest};
-use crate::fetch::{Cause, DownloadError, Failure, Job, MoreSources};
+use crate::fetch::{Cause, DownloadError, Failure, HostKey, Job, MoreSources};
 use crate::inflight::{InFlight, Key};
 use crate::partial::{Frontier, Partial};
 use crate::store::Lookup;
@@ -68,6 +69,8 @@ pub struct Downloads {
     rates: Rates,
     /// Downloads at once, at most.
     jobs: usize,
+    /// How many of them one host may hold.
+    host_slots: HostSlots,
     cancel: CancellationToken,
     /// Downloads being stopped: every chit that waited was removed (see
     /// `stopping`).
@@ -86,6 +89,7 @@ impl Downloads {
             earlier_failures: HashMap::new(),
             rates: Rates::default(),
             jobs,
+            host_slots: HostSlots::new(jobs),
             cancel: CancellationToken::new(),
             stopping: HashMap::new(),
         }
@@ -153,7 +157,15 @@ impl Downloads {
     /// than `local_limit` tasks (a finished download is published there).
     pub fn start(&mut self, shared: &Arc<Shared>, local: &mut JoinSet<Step>, local_limit: usize) {
         while local.len() < local_limit
-            && let Some((key, waiters, progress)) = self.inflight.start_next(self.jobs)
+            && let Some((key, waiters, progress)) =
+                self.inflight
+                    .start_next_where(self.jobs * SLOT, |host, running| {
+                        let Some(host) = host else {
+                            return Some(SLOT);
+                        };
+                        let room = shared.fetcher.host_room(host);
+                        self.host_slots.admit(host, running, room)
+                    })
         {
             let mut job = job(&shared.mirrors, key.digest, waiters);
             if let Some(tried) = self.tried.get(&key) {
@@ -253,7 +265,8 @@ impl Downloads {
                 .filter(|source| tried.is_none_or(|tried| !tried.contains(source)));
             under_way.more.add(sources);
         }
-        self.inflight.add(waiter.consumer, key, waiter);
+        let host = first_host(&shared.mirrors, &waiter, self.tried.get(&key));
+        self.inflight.add_from(waiter.consumer, host, key, waiter);
     }
 
     /// A download ended: publish it on the `local` pool (delivering it to
@@ -269,6 +282,13 @@ impl Downloads {
             .under_way
             .remove(&key)
             .map(|under_way| under_way.started);
+        if let Some(host) = self.inflight.host_of(&key) {
+            match &result {
+                Ok(_) => self.host_slots.verified(host),
+                Err(DownloadError::Failed(_)) => self.host_slots.failed(host),
+                Err(DownloadError::Shutdown) => {}
+            }
+        }
         crate::metrics::METRICS.downloads_running(self.tasks.len());
         if matches!(result, Err(DownloadError::Shutdown)) && self.stopped(key) {
             if let Some(chase) = self.chases.remove(&key) {
@@ -360,8 +380,10 @@ impl Downloads {
             (Err(failure), Some(tried)) if self.untried(shared, key, &tried, &waiters) => {
                 let failure = failure.after(self.earlier_failures.remove(&key));
                 self.earlier_failures.insert(key, failure);
+                let tried = self.tried.get(&key);
                 for waiter in waiters {
-                    self.inflight.add(waiter.consumer, key, waiter);
+                    let host = first_host(&shared.mirrors, &waiter, tried);
+                    self.inflight.add_from(waiter.consumer, host, key, waiter);
                 }
             }
             (outcome, _) => self.hand_over(key, outcome, waiters, queues),
@@ -470,6 +492,20 @@ fn job(mirrors: &[url::Url], digest: Digest, waiters: &[Waiter]) -> Job {
         more: Arc::new(MoreSources::new(&sources)),
         sources,
     }
+}
+
+/// The host of the first source `waiter` would ask that is not among
+/// those `tried` (see [`super::host_slots`]).
+fn first_host(
+    mirrors: &[url::Url],
+    waiter: &Waiter,
+    tried: Option<&Vec<url::Url>>,
+) -> Option<HostKey> {
+    let sources = sources(mirrors, std::slice::from_ref(waiter));
+    let first = sources
+        .iter()
+        .find(|source| tried.is_none_or(|tried| !tried.contains(source)))?;
+    HostKey::of(first)
 }
 
 /// Sources for a download: every waiting chit's URLs (in order, once),

@@ -62,9 +62,9 @@
 //! # Downloads
 //!
 //! At most `jobs` downloads run at once, one per sha256 and size, shared
-//! by every chit that names both; queued downloads start round-robin
-//! across consumers (one lane each, [`crate::inflight`]). A download holds
-//! its slot only while it transfers: once verified, the slot goes to the
+//! by every chit that names both, shared fairly between consumers and
+//! hosts (see [Fair slots](#fair-slots)). A download holds its slot only
+//! while it transfers: once verified, the slot goes to the
 //! next download and the object is published (fdatasync, rename) on the
 //! local pool, beside the slots, with room for one publish per download,
 //! so publishes waiting for the disk cannot pile up. A chit that looked in
@@ -102,6 +102,40 @@
 //! so consumers sharing one share its paths), from the rename into place
 //! until its group commit: a chit whose path another is delivering to is
 //! parked (holding no slot) and delivered after that one is terminal.
+//!
+//! # Fair slots
+//!
+//! The `jobs` slots are shared fairly between consumers and between hosts
+//! (a host: the scheme, host and port of the first source a download
+//! asks), so that one consumer's flood of downloads from a slow or dead
+//! host cannot hold up another consumer's download for longer than one
+//! slot turn:
+//!
+//! - Queued downloads wait in one lane per consumer, and within it per
+//!   host; lanes take turns, and so do the hosts within a lane
+//!   ([`crate::inflight`]).
+//! - A host may hold at most its *share* of the slots: half of `jobs` at
+//!   first (at least one), one more per verified download of its own, up
+//!   to all of them (a slow start, like Postfix's per destination), back
+//!   to half when one of its downloads fails; and never more than the
+//!   requests it takes at once (`per_host`, more once it speaks HTTP/2),
+//!   since a download beyond those would only wait for a permit while
+//!   holding a slot ([`host_slots`]).
+//! - A host at its share is passed over: its downloads stay queued,
+//!   holding no slot, and the next host or consumer in turn starts.
+//! - A slot is a connection's worth of downloads: once a host answers
+//!   over HTTP/2 (its requests share a connection), 16 of its downloads
+//!   share one slot, so many small files cost one round trip each side by
+//!   side, not `jobs` at a time.
+//!
+//! So a host that never answers, stalls or is in backoff completes
+//! nothing, and holds at most half of the slots however many chits want
+//! it; the other half goes round the other hosts at once (tested by
+//! `hosts::a_flood_for_a_dead_host_does_not_hold_up_another_consumer`).
+//! A host's share is checked whenever the scheduler admits work (at every
+//! event, at least once a second). A running download keeps its slot while
+//! it waits out a backoff between its rounds (its other sources are asked
+//! meanwhile); with `jobs = 1` there is one slot and nothing to share.
 //!
 //! # Scans
 //!
@@ -172,6 +206,7 @@ mod collect;
 mod commit;
 mod consumer;
 mod downloads;
+mod host_slots;
 mod housekeeping;
 mod idle;
 mod limits;

@@ -248,6 +248,36 @@ fn resize(permits: &Arc<Semaphore>, from: usize, to: usize) {
     }
 }
 
+/// What the scheduler may know of a host before it starts a download from
+/// it (see [`Hosts::room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Requests it takes at once: `per_host`, or more once it answered
+    /// over HTTP/2.
+    pub requests: usize,
+    /// It answered over HTTP/2: its requests share its connections.
+    pub multiplexed: bool,
+}
+
+impl Hosts {
+    /// The room `key`'s host has now; a host never asked has `per_host`.
+    pub fn room(&self, key: &HostKey) -> Room {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let multiplexed = hosts
+            .get(key)
+            .is_some_and(|host| host.multiplexed.load(Ordering::Acquire));
+        let streams = if multiplexed {
+            STREAMS_PER_CONNECTION
+        } else {
+            1
+        };
+        Room {
+            requests: self.per_host * streams,
+            multiplexed,
+        }
+    }
+}
+
 /// One host: its permits and its backoff state.
 #[derive(Debug)]
 pub struct Host {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::server::{Fault, Request, Server};
-use crate::util::{Content, Daemon, TIMEOUT, TestDir, wait_until};
+use crate::util::{ConfigFile, Content, Daemon, State, TIMEOUT, TestDir, wait_until};
 
 /// A configuration file of network keys (`per_host = 2`, ...), beside
 /// the consumer given by flags.
@@ -107,10 +107,11 @@ fn other_sources_are_used_while_a_host_must_not_be_asked() {
 }
 
 /// 16 chits for 16 files on a host that answers 503 to everything: the
-/// host is asked a few times per backoff step (the first requests at
-/// once, then one probe per step), not once per chit per step. Each of
-/// the 16 downloads backing off on its own would ask it about ten times
-/// in the 3 s (the tests' backoff starts at 10 ms): some 160 requests.
+/// host is asked about once per file and then once per backoff step, not
+/// once per chit per step. Each of the 16 downloads backing off on its
+/// own would ask it about ten times in its 3 s (the tests' backoff starts
+/// at 10 ms): some 160 requests. (The host holds at most `per_host` of
+/// the slots, so the downloads run six at a time, each for its 3 s.)
 #[test]
 fn a_failing_host_is_probed_not_asked_once_per_chit() {
     const CHITS: usize = 16;
@@ -139,9 +140,15 @@ fn a_failing_host_is_probed_not_asked_once_per_chit() {
     }
     let asked = server.total_requests();
     eprintln!("{asked} requests for {CHITS} chits");
-    // per_host (6) at first, then about one probe per backoff step
-    // (10 ms doubling: ten steps fill the 3 s).
-    assert!(asked <= 24, "{asked} requests: {:#?}", server.requests());
+    // Each file once (the first request for a path not asked since the
+    // trouble began), then about one probe per backoff step (10 ms
+    // doubling: ten steps fill 3 s), and the steps of later downloads
+    // overlap those of earlier ones.
+    assert!(
+        asked <= CHITS + 12,
+        "{asked} requests: {:#?}",
+        server.requests()
+    );
 }
 
 /// `per_host = 2`: eight downloads from one host, never more than two
@@ -175,4 +182,100 @@ fn per_host_limits_the_requests_in_flight_to_one_host() {
         spool.assert_delivered(&format!("c{n}"), &format!("f{n}.bin"), content);
     }
     assert_eq!(server.most_concurrent(), 2, "{:#?}", server.requests());
+}
+
+/// Flood fairness (issue 18): consumer `a` drops 200 chits for a host
+/// that never answers (every request held), then consumer `b` drops one
+/// for a working host. The dead host holds at most its share of the
+/// `jobs` slots, so `b`'s file is delivered at once, not after one of
+/// `a`'s downloads gives up (`give_up_after`, 120 s here).
+#[test]
+fn a_flood_for_a_dead_host_does_not_hold_up_another_consumer() {
+    const FLOOD: usize = 200;
+    const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+    let dir = TestDir::new();
+    let (a, b) = (dir.spool("a"), dir.spool("b"));
+    let (dead, good) = (Server::start(), Server::start());
+    for n in 0..FLOOD {
+        let content = Content::random(1000 + n);
+        let path = format!("/d{n}");
+        dead.add(&path, content.bytes.clone());
+        dead.hold(&path);
+        a.drop_chit(
+            &format!("a{n}"),
+            content.chit(&format!("d{n}.bin"), &[dead.url(&path)]),
+        );
+    }
+    let config = ConfigFile {
+        cache: Some(dir.cache()),
+        jobs: Some(4),
+        give_up_after: Some(format!("{}s", GIVE_UP_AFTER.as_secs())),
+        consumers: vec![a.clone(), b.clone()],
+        ..ConfigFile::default()
+    }
+    .write(&dir, "chitd.toml");
+    let _daemon = Daemon::builder(&dir).config(&config).start();
+    wait_until(
+        TIMEOUT,
+        "the flood's requests held at the dead host",
+        || (dead.most_concurrent() >= 2).then_some(()),
+    );
+
+    let content = Content::random(100_000);
+    good.add("/b", content.bytes.clone());
+    let started = Instant::now();
+    b.drop_chit("b", content.chit("b.bin", &[good.url("/b")]));
+    let terminal = b.wait_terminal("b", GIVE_UP_AFTER);
+    let waited = started.elapsed();
+    eprintln!("b's chit was {terminal:?} after {waited:?}");
+    b.assert_delivered("b", "b.bin", &content);
+    assert!(
+        waited < GIVE_UP_AFTER / 2,
+        "b waited {waited:?} behind a's flood for a dead host"
+    );
+    let pending = a.chits_in(State::Request).len() + a.chits_in(State::Fetch).len();
+    assert_eq!(
+        pending, FLOOD,
+        "a's flood is still waiting for the dead host"
+    );
+    assert!(
+        dead.most_concurrent() <= 2,
+        "the dead host holds half of the 4 slots at most: {} requests",
+        dead.most_concurrent()
+    );
+}
+
+/// `per_host = 3`: twelve downloads from one host whose bodies come
+/// slowly, so they overlap: never more than three bodies (or requests
+/// waiting for an answer) at the server at once, and three at some point.
+#[test]
+fn per_host_limits_the_bodies_in_flight_to_one_host() {
+    const CHITS: usize = 12;
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let drip = Fault::SlowDrip {
+        bytes_per_tick: 16 << 10,
+        tick: Duration::from_millis(20),
+    };
+    let contents: Vec<Content> = (0..CHITS).map(|_| Content::random(160 << 10)).collect();
+    for (n, content) in contents.iter().enumerate() {
+        let path = format!("/f{n}");
+        server.add(&path, content.bytes.clone());
+        server.set_fault(&path, drip.clone());
+        let url = server.url(&path);
+        spool.drop_chit(&format!("c{n}"), content.chit(&format!("f{n}.bin"), &[url]));
+    }
+    let config = network_config(&dir, "per_host = 3\njobs = 12\n");
+    Daemon::for_spool(&dir, &spool)
+        .config(&config)
+        .exit_when_idle()
+        .start()
+        .expect_success(TIMEOUT);
+    for (n, content) in contents.iter().enumerate() {
+        spool.assert_delivered(&format!("c{n}"), &format!("f{n}.bin"), content);
+    }
+    let bodies = server.requests();
+    assert!(bodies.iter().all(|r| r.status == 200), "{bodies:#?}");
+    assert_eq!(server.most_concurrent(), 3, "{bodies:#?}");
 }
