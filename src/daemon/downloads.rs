@@ -103,6 +103,7 @@ impl Downloads {
     /// finish; new ones start under it.
     pub fn set_jobs(&mut self, jobs: usize) {
         self.jobs = jobs;
+        self.host_slots.set_jobs(jobs);
     }
 
     /// The downloads and their waiters.

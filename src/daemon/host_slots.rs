@@ -46,6 +46,15 @@ impl HostSlots {
         }
     }
 
+    /// A reload changed `jobs`: shares grown past it shrink to it; the
+    /// first share follows it.
+    pub fn set_jobs(&mut self, jobs: usize) {
+        self.jobs = jobs.max(1);
+        for share in self.grown.values_mut() {
+            *share = (*share).min(self.jobs);
+        }
+    }
+
     /// The share of a host with no verified download yet.
     pub fn first(&self) -> usize {
         (self.jobs / 2).max(1)
@@ -116,6 +125,14 @@ mod tests {
         slots.verified(&a);
         assert_eq!(slots.share(&a), 4, "never more than jobs");
         assert_eq!(slots.share(&b), 2, "each host its own");
+        slots.set_jobs(2);
+        assert_eq!(
+            slots.share(&a),
+            2,
+            "a reload's fewer jobs bound a grown share"
+        );
+        assert_eq!(slots.share(&b), 1, "and the first share");
+        slots.set_jobs(4);
         slots.failed(&a);
         assert_eq!(slots.share(&a), 2, "a failure: back to the first share");
         // One slot gives one share; it is all there is.

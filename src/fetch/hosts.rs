@@ -262,18 +262,19 @@ pub struct Room {
 impl Hosts {
     /// The room `key`'s host has now; a host never asked has `per_host`.
     pub fn room(&self, key: &HostKey) -> Room {
-        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        let multiplexed = hosts
-            .get(key)
-            .is_some_and(|host| host.multiplexed.load(Ordering::Acquire));
-        let streams = if multiplexed {
-            STREAMS_PER_CONNECTION
-        } else {
-            1
-        };
-        Room {
-            requests: self.per_host * streams,
-            multiplexed,
+        let host = self.lock().get(key).cloned();
+        match host {
+            Some(host) => {
+                let capacity = host.capacity.lock().unwrap_or_else(|e| e.into_inner());
+                Room {
+                    requests: capacity.permits(),
+                    multiplexed: capacity.multiplexed,
+                }
+            }
+            None => Room {
+                requests: self.per_host.load(Ordering::Acquire),
+                multiplexed: false,
+            },
         }
     }
 }
