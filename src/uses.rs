@@ -249,7 +249,8 @@ impl LazyDb {
 
 /// What the recorder's thread is asked to do.
 enum Message {
-    Use(Use),
+    /// The uses of one group commit.
+    Uses(Vec<Use>),
     /// Write what waits now, then answer.
     Flush(mpsc::SyncSender<()>),
 }
@@ -301,10 +302,25 @@ impl Recorder {
 
     /// Queue one delivery of `digest` as `path`, now.
     pub fn record(&self, digest: Digest, path: &str) {
+        self.record_all([(digest, path)]);
+    }
+
+    /// Queue deliveries (a group commit's), now: one message for all, so
+    /// the writing thread is woken once for them, not once each.
+    pub fn record_all<'a>(&self, uses: impl IntoIterator<Item = (Digest, &'a str)>) {
         if let Some(sender) = &self.sender {
             let at = SystemTime::now();
-            let path = path.to_owned();
-            let _ = sender.send(Message::Use(Use { digest, path, at }));
+            let uses: Vec<Use> = uses
+                .into_iter()
+                .map(|(digest, path)| Use {
+                    digest,
+                    path: path.to_owned(),
+                    at,
+                })
+                .collect();
+            if !uses.is_empty() {
+                let _ = sender.send(Message::Uses(uses));
+            }
         }
     }
 
@@ -343,9 +359,9 @@ fn write_batches(mut db: LazyDb, objects: &Path, receiver: &Receiver<Message>) {
             }
         };
         match message {
-            Ok(Message::Use(one)) => {
+            Ok(Message::Uses(uses)) => {
                 since.get_or_insert_with(Instant::now);
-                batch.push(one);
+                batch.extend(uses);
                 if batch.len() < FLUSH_BATCH {
                     continue;
                 }

@@ -23,7 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 : "${SMALL_SIZE:=4K}"
 
 bench_init small
-need_tools nginx:nginx curl:curl wget:wget aria2c:aria2
+need_tools nginx:nginx curl:curl wget:wget aria2c:aria2 /usr/bin/time:time
 build_chitd
 
 size=$(size_bytes "$SMALL_SIZE")
@@ -76,8 +76,13 @@ if have_chitd; then
         make_spool "$out/spool"
         cp -r "$WORK/chits/." "$out/spool/request/"
     }
+    # Each run's CPU time (user + system, from wait4's rusage via
+    # /usr/bin/time): reported per chit below the table.
+    cpu_log=$WORK/chitd-cpu
+    : >"$cpu_log"
     chitd_run() {
-        "$CHITD" run --spool "$out/spool" --deliver "$out/deliver" --cache "$out/cache" \
+        /usr/bin/time -a -o "$cpu_log" -f "${CPU_TAG:-chitd} %U %S" \
+            "$CHITD" run --spool "$out/spool" --deliver "$out/deliver" --cache "$out/cache" \
             --mirror "$base" "${jobs[@]}" --exit-when-idle </dev/null >"$WORK/chitd.log" 2>&1 ||
             {
                 tail -n 20 "$WORK/chitd.log" >&2
@@ -100,7 +105,7 @@ if have_chitd; then
     if command -v cc >/dev/null; then
         shim=$WORK/nofsync.so
         cc -O2 -shared -fPIC -o "$shim" "$BENCH_LIB_DIR/nofsync.c"
-        chitd_nofsync() { LD_PRELOAD=$shim chitd_run; }
+        chitd_nofsync() { CPU_TAG=shim LD_PRELOAD=$shim chitd_run; }
         measure "chitd, no fsync (shim)" chitd_prepare chitd_nofsync chitd_check
     else
         log "no C compiler: skipping the no-fsync experiment"
@@ -135,3 +140,13 @@ baselines=(--baseline "curl -K" --baseline "durable floor")
 report "small: $SMALL_COUNT distinct files of $(human_bytes "$size"), all cache misses" \
     --count "$SMALL_COUNT" --unit files "${baselines[@]}" \
     --note "$(machine_note); chitd verifies and fsyncs every file, curl/wget verify nothing, aria2c verifies sha256; none of the peers fsyncs."
+
+if have_chitd; then
+    # chitd's CPU per chit (user + system), median over its timed runs.
+    for tag in chitd shim; do
+        awk -v tag="$tag" -v n="$SMALL_COUNT" '$1 == tag { print ($2 + $3) * 1e6 / n }' "$cpu_log" |
+            sort -n | awk -v tag="$tag" '{ v[NR] = $1 } END {
+                if (NR) printf "%s CPU per chit (user + system), median of %d runs: %.0f us (min %.0f, max %.0f)\n",
+                    tag, NR, v[int((NR + 1) / 2)], v[1], v[NR] }'
+    done
+fi

@@ -197,6 +197,7 @@ fn complete(
 ) {
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     let completed = spool.complete_all(&names);
+    let mut used = Vec::with_capacity(entries.len());
     for (entry, renamed) in entries.iter().zip(completed.renamed) {
         match renamed {
             Ok(()) => {
@@ -204,8 +205,7 @@ fn complete(
                     consumer = %spool.name, chit = %entry.name, digest = %entry.digest, path = %entry.path,
                     from = entry.from, "downloaded: fetch/ → downloaded/"
                 );
-                // A delivery is a use of its object (written in batches).
-                uses.record(entry.digest, &entry.path);
+                used.push((entry.digest, entry.path.as_str()));
             }
             Err(e) => fail(
                 spool,
@@ -217,6 +217,8 @@ fn complete(
             ),
         }
     }
+    // A delivery is a use of its object (written in batches).
+    uses.record_all(used);
     if let Err(e) = completed.synced {
         tracing::error!(consumer = %spool.name, chits = names.len(), "moved to downloaded/, but a power cut may undo it: {e}");
     }
