@@ -12,8 +12,9 @@
 //! scrape time, on the blocking pool: the chits in each consumer's state
 //! directories (`chitd_chits{consumer,state}`), the objects in the
 //! cache (`chitd_cache_objects`, `chitd_cache_bytes`: a walk of
-//! `sha256-v1/`, which is 256 directories; a scrape of a cache of a
-//! million objects costs about a second of `stat`s), and the uploads to
+//! `sha256-v1/`, which is 256 directories; a walk of a cache of a million
+//! objects costs about a second of `stat`s, so a scrape walks it only if
+//! the last walk is older than [`CACHE_WALK_EVERY`]), and the uploads to
 //! the fleet tier not done yet (`chitd_uploads_pending`: the records in
 //! `upload-v1/`).
 //!
@@ -42,6 +43,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::fetch::FetchError;
+
+/// The cache is walked for `chitd_cache_objects` and `chitd_cache_bytes`
+/// at most this often; scrapes in between serve the last walk's counts.
+pub const CACHE_WALK_EVERY: Duration = Duration::from_secs(60);
 
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -87,6 +92,8 @@ pub struct Metrics {
     uploaded_bytes: Counter,
     uploads_in_flight: Gauge,
     uploads_pending: Gauge,
+    /// When the cache was last walked.
+    cache_walked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Default for Metrics {
@@ -108,6 +115,7 @@ impl Default for Metrics {
             uploaded_bytes: Counter::default(),
             uploads_in_flight: Gauge::default(),
             uploads_pending: Gauge::default(),
+            cache_walked: std::sync::Mutex::new(None),
         }
     }
 }
@@ -236,7 +244,21 @@ impl Metrics {
         let pending = crate::remote::pending_uploads(&layout.cache).len();
         self.uploads_pending
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
-        let (objects, bytes) = cache_contents(&layout.cache);
+        self.read_cache(&layout.cache);
+    }
+
+    /// Walk the cache for its objects and bytes, unless the last walk is
+    /// recent (see [`CACHE_WALK_EVERY`]).
+    fn read_cache(&self, cache: &Path) {
+        {
+            let mut walked = self.cache_walked.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if walked.is_some_and(|at| now.duration_since(at) < CACHE_WALK_EVERY) {
+                return;
+            }
+            *walked = Some(now);
+        }
+        let (objects, bytes) = cache_contents(cache);
         self.cache_objects
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
         self.cache_bytes
