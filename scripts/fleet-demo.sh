@@ -129,14 +129,17 @@ CONF
 done
 for _ in $(seq 50); do [[ -d $work/host3/spool/request ]] && break; sleep 0.2; done
 
+# Waits for its own requests only: a bare `wait` would wait for the
+# servers and daemons started above too, forever.
 request_all() {
-    local h=$1
+    local h=$1 requests=()
     for f in "$work"/upstream/files/*; do
         local name; name=$(basename "$f")
         "$chitd" request --spool "$work/host$h/spool" --wait --timeout 300 \
             "$(sha256sum "$f" | cut -c1-64)" "$(stat -c %s "$f")" "$name" &
+        requests+=($!)
     done
-    wait
+    wait "${requests[@]}"
 }
 
 say "host 1 asks for every distfile"
@@ -147,7 +150,9 @@ for _ in $(seq 300); do
     sleep 0.2
 done
 say "hosts 2 and 3 ask for the same files at once"
-request_all 2 & request_all 3 & wait
+request_all 2 & second=$!
+request_all 3 & third=$!
+wait "$second" "$third"
 
 say "upstream GETs per distfile (each must be 1)"
 status=0
