@@ -985,40 +985,47 @@ pub fn resolve_run(args: &RunArgs, cwd: &Path) -> Result<(Config, LayoutSource),
     Ok((config, source))
 }
 
-/// The spools `chitd status` reads, as (consumer name, spool directory):
-/// every consumer of the `--config` file, or ("default", `--spool`), or the
-/// default layout's consumer in `cwd`. A file without consumers gives none.
+/// What `chitd status` reads, from one reading of its configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusLayout {
+    /// (consumer name, spool directory): every consumer of the `--config`
+    /// file, or ("default", `--spool`), or the default layout's consumer in
+    /// `cwd`. A file without consumers gives none.
+    pub spools: Vec<(String, PathBuf)>,
+    /// The cache, if the configuration has a fleet tier (`[remote]`):
+    /// where its pending uploads are recorded. None for `--spool` alone.
+    pub remote_cache: Option<PathBuf>,
+}
+
+/// The layout `chitd status` reads (see [`StatusLayout`]).
+pub fn resolve_status(args: &StatusArgs, cwd: &Path) -> Result<StatusLayout, ConfigError> {
+    let config = match (&args.config, &args.spool) {
+        (Some(file), _) => Config::load(&resolve_path(cwd, file))?,
+        (None, Some(spool)) => {
+            let name = DEFAULT_CONSUMER.to_string();
+            return Ok(StatusLayout {
+                spools: vec![(name, resolve_path(cwd, spool))],
+                remote_cache: None,
+            });
+        }
+        (None, None) => Config::default_layout(cwd),
+    };
+    let remote_cache = config.remote.is_some().then(|| config.cache.clone());
+    let spools = (config.consumers.into_iter())
+        .map(|consumer| (consumer.name, consumer.spool))
+        .collect();
+    Ok(StatusLayout {
+        spools,
+        remote_cache,
+    })
+}
+
+/// [`resolve_status`]'s spools alone.
 pub fn resolve_status_spools(
     args: &StatusArgs,
     cwd: &Path,
 ) -> Result<Vec<(String, PathBuf)>, ConfigError> {
-    let consumers = match (&args.config, &args.spool) {
-        (Some(file), _) => Config::load(&resolve_path(cwd, file))?.consumers,
-        (None, Some(spool)) => {
-            let name = DEFAULT_CONSUMER.to_string();
-            return Ok(vec![(name, resolve_path(cwd, spool))]);
-        }
-        (None, None) => Config::default_layout(cwd).consumers,
-    };
-    Ok(consumers
-        .into_iter()
-        .map(|consumer| (consumer.name, consumer.spool))
-        .collect())
-}
-
-/// The cache of `status`'s configuration (`--config`, else the default
-/// layout; none for `--spool` alone) if it has a fleet tier: where its
-/// pending uploads are recorded.
-pub fn resolve_status_remote_cache(
-    args: &StatusArgs,
-    cwd: &Path,
-) -> Result<Option<PathBuf>, ConfigError> {
-    let config = match (&args.config, &args.spool) {
-        (Some(file), _) => Config::load(&resolve_path(cwd, file))?,
-        (None, Some(_)) => return Ok(None),
-        (None, None) => Config::default_layout(cwd),
-    };
-    Ok(config.remote.is_some().then_some(config.cache))
+    resolve_status(args, cwd).map(|layout| layout.spools)
 }
 
 /// The layout a `chitd cache` command works on: the `--config` file's, else

@@ -359,12 +359,11 @@ fn retry(args: &RetryArgs) -> ExitCode {
 
 fn status(args: &StatusArgs) -> ExitCode {
     let cwd = std::env::current_dir().unwrap_or_default();
-    let spools = match config::resolve_status_spools(args, &cwd) {
-        Ok(spools) => spools,
-        Err(e) => return fatal(2, format!("{e}")),
-    };
-    let remote_cache = match config::resolve_status_remote_cache(args, &cwd) {
-        Ok(cache) => cache,
+    let config::StatusLayout {
+        spools,
+        remote_cache,
+    } = match config::resolve_status(args, &cwd) {
+        Ok(layout) => layout,
         Err(e) => return fatal(2, format!("{e}")),
     };
     // A spool named on the command line is expected to be there (a typo

@@ -198,7 +198,7 @@ fn copy_rest(
     to_hasher: &SyncSender<u64>,
 ) -> Result<u64, Failed> {
     let mut written_back = 0u64;
-    while done < size && done > 0 {
+    while done < size {
         let want = usize::try_from(KERNEL_CHUNK.min(size - done)).unwrap_or(usize::MAX);
         let n = match copy_file_range_at(source, target, done, want).map_err(Failed::Write)? {
             Some(n) => n,
