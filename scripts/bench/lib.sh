@@ -109,6 +109,7 @@ empty_trash() {
 }
 settle_deletes() {
     local age
+    fresh_disk_ok && return 0 # each run has a filesystem of its own
     [[ -f $DELETED_STAMP ]] || return 0
     age=$(($(date +%s) - $(stat -c %Y "$DELETED_STAMP")))
     if ((age < 361)); then
@@ -116,12 +117,40 @@ settle_deletes() {
         sleep $((361 - age))
     fi
 }
-# next_run_dir: sets $out to a new, empty directory for the next run.
+# next_run_dir: sets $out to a new, empty directory for the next run: a
+# fresh ext4 filesystem of its own (a sparse image of RUN_DISK, default 8G,
+# made by mkfs.ext4 and loop-mounted), so every run and every program
+# starts from the same disk state (no inherited deleted inodes, no other
+# run's dirty pages or fragmentation). The previous run's filesystem is
+# unmounted and its image removed first. FRESH_DISK=0, or without root,
+# losetup or mkfs.ext4: a new directory on $BENCH_DIR instead (see
+# settle_deletes).
+: "${RUN_DISK:=8G}"
 _run_dirs=0
+_run_mount=
+fresh_disk_ok() {
+    [[ ${FRESH_DISK:-1} != 0 && $(id -u) -eq 0 ]] &&
+        command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null
+}
+_run_unmount() {
+    [[ -n $_run_mount ]] || return 0
+    umount "$_run_mount" && rm -f "$_run_mount.img"
+    _run_mount=
+}
 next_run_dir() {
     _run_dirs=$((_run_dirs + 1))
     out=$WORK/run.$_run_dirs
     mkdir -p "$out"
+    fresh_disk_ok || return 0
+    if ((_run_dirs == 1)); then
+        on_exit _run_unmount
+    fi
+    _run_unmount
+    truncate -s "$RUN_DISK" "$out.img"
+    mkfs.ext4 -q -F "$out.img" >&2
+    mount -o loop "$out.img" "$out"
+    _run_mount=$out
+    rmdir "$out/lost+found"
 }
 
 # need_tools CMD[:PACKAGE]...: apt-get install the packages of missing commands.
@@ -345,7 +374,7 @@ report() {
 machine_note() {
     local rev
     rev=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
-    printf '%s' "$(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM, $(stat -f -c %T "$BENCH_DIR") at $BENCH_DIR, $(uname -r), chitd $rev, $(date -u +%Y-%m-%d)"
+    printf '%s' "$(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB RAM, $(if fresh_disk_ok; then echo "a fresh loop-mounted ext4 per run"; else stat -f -c %T "$BENCH_DIR"; fi) at $BENCH_DIR, $(uname -r), chitd $rev, $(date -u +%Y-%m-%d)"
 }
 
 # file_ok FILE SHA256: the file has that digest (openssl: faster than sha256sum).
