@@ -17,6 +17,9 @@
 # Targets (issue 16): under 5 s, peak RSS at most 128 MiB.
 set -euo pipefail
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+# Each run makes and mounts an image of its own below (sized for its
+# objects): no fresh disk from next_run_dir as well.
+FRESH_DISK=0
 
 : "${GC_COUNT:=100000}"
 : "${GC_SIZE:=1K}"
