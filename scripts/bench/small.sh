@@ -129,24 +129,36 @@ measure "wget -i" fresh wget_i all_ok
 # 128 threads like chitd's local pool, the count that is fastest here; both
 # directories fsync'd at the end), no network, no hashing, no spool:
 # examples/durablefloor.rs.
-floor_run() { "$floor" "$files" "$out/cache" "$out/deliver" 128 >/dev/null; }
+# Its CPU time is logged like chitd's (below the table: the kernel's share
+# of a small file's durability, which chitd pays too).
+cpu_log=${cpu_log:-$WORK/chitd-cpu}
+floor_run() {
+    /usr/bin/time -a -o "$cpu_log" -f "${CPU_TAG:-floor} %U %S" \
+        "$floor" "$files" "$out/cache" "$out/deliver" 128 "$@" >/dev/null
+}
 floor_ok() {
     rm -f "$out/deliver/manifest.tsv"
     all_ok
 }
 measure "durable floor" fresh floor_run floor_ok
+# The same promises kept with fewer flushes, for reference: batches of 256
+# files (chitd's group commit) written without a flush, one syncfs, renamed,
+# one syncfs. chitd does not work this way (see BENCHMARKS.md).
+floor_batched() { CPU_TAG=batched floor_run --batch 256; }
+measure "durable floor, syncfs per 256" fresh floor_batched floor_ok
 
 baselines=(--baseline "curl -K" --baseline "durable floor")
 report "small: $SMALL_COUNT distinct files of $(human_bytes "$size"), all cache misses" \
     --count "$SMALL_COUNT" --unit files "${baselines[@]}" \
     --note "$(machine_note); chitd verifies and fsyncs every file, curl/wget verify nothing, aria2c verifies sha256; none of the peers fsyncs."
 
-if have_chitd; then
-    # chitd's CPU per chit (user + system), median over its timed runs.
-    for tag in chitd shim; do
+if [[ -s $cpu_log ]]; then
+    # CPU per file (user + system) of chitd (a chit each), the shim runs and
+    # the floors, median over their timed runs.
+    for tag in chitd shim floor batched; do
         awk -v tag="$tag" -v n="$SMALL_COUNT" '$1 == tag { print ($2 + $3) * 1e6 / n }' "$cpu_log" |
             sort -n | awk -v tag="$tag" '{ v[NR] = $1 } END {
-                if (NR) printf "%s CPU per chit (user + system), median of %d runs: %.0f us (min %.0f, max %.0f)\n",
+                if (NR) printf "%s CPU per file (user + system), median of %d runs: %.0f us (min %.0f, max %.0f)\n",
                     tag, NR, v[int((NR + 1) / 2)], v[1], v[NR] }'
     done
 fi
