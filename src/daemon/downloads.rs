@@ -160,12 +160,12 @@ impl Downloads {
         while local.len() < local_limit
             && let Some((key, waiters, progress)) =
                 self.inflight
-                    .start_next_where(self.jobs * SLOT, |host, running| {
+                    .start_next_where(self.jobs * SLOT, |host, load, key| {
                         let Some(host) = host else {
                             return Some(SLOT);
                         };
                         let room = shared.fetcher.host_room(host);
-                        self.host_slots.admit(host, running, room)
+                        self.host_slots.admit(host, load, room, key.size)
                     })
         {
             let mut job = job(&shared.mirrors, key.digest, waiters);
