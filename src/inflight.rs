@@ -129,7 +129,11 @@ impl Lane {
                 self.turns.remove(turn);
                 continue;
             }
-            if queue.front().and_then(|key| may(host.as_ref(), key)).is_none() {
+            if queue
+                .front()
+                .and_then(|key| may(host.as_ref(), key))
+                .is_none()
+            {
                 turn += 1;
                 continue;
             }
@@ -685,7 +689,13 @@ mod tests {
         }
         assert_eq!(started, [key(0), key(1)], "two slots left free");
         let load = inflight.running_on(dead.as_ref().unwrap());
-        assert_eq!(load, HostLoad { downloads: 2, parts: 2 });
+        assert_eq!(
+            load,
+            HostLoad {
+                downloads: 2,
+                parts: 2
+            }
+        );
         inflight.add_from(1, live.clone(), key(200), "other");
         let (next, waiters, _) = inflight.start_next_where(4, share).unwrap();
         assert_eq!((next, waiters), (key(200), &["other"][..]));
@@ -722,12 +732,33 @@ mod tests {
         }
         assert_eq!(started, [sized(1, 100), sized(2, 10), sized(3, 10)]);
         let load = inflight.running_on(&x);
-        assert_eq!(load, HostLoad { downloads: 3, parts: 6 });
+        assert_eq!(
+            load,
+            HostLoad {
+                downloads: 3,
+                parts: 6
+            }
+        );
         inflight.release(&sized(1, 100));
-        assert_eq!(inflight.running_on(&x), HostLoad { downloads: 2, parts: 2 });
-        assert_eq!(inflight.start_next_where(64, admit).unwrap().0, sized(4, 10));
+        assert_eq!(
+            inflight.running_on(&x),
+            HostLoad {
+                downloads: 2,
+                parts: 2
+            }
+        );
+        assert_eq!(
+            inflight.start_next_where(64, admit).unwrap().0,
+            sized(4, 10)
+        );
         assert_eq!(finished(&mut inflight, sized(2, 10)), ["small"]);
-        assert_eq!(inflight.running_on(&x), HostLoad { downloads: 2, parts: 2 });
+        assert_eq!(
+            inflight.running_on(&x),
+            HostLoad {
+                downloads: 2,
+                parts: 2
+            }
+        );
         for key in [sized(3, 10), sized(4, 10)] {
             inflight.release(&key);
         }
