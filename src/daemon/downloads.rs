@@ -67,7 +67,8 @@ pub struct Downloads {
     earlier_failures: HashMap<Key, Failure>,
     /// Samples of the running downloads' progress, for their rates.
     rates: Rates,
-    /// Downloads at once, at most.
+    /// Download slots: one download each, or a share of one for
+    /// downloads that share slots (see [`super::host_slots`]).
     jobs: usize,
     /// How many of them one host may hold.
     host_slots: HostSlots,
