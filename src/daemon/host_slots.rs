@@ -20,10 +20,10 @@
 //!   downloads share a slot.
 //! - Over HTTP/1.1 a connection carries one request at a time, and a
 //!   small download (at most [`SMALL_MAX`]) is mostly its round trip: it
-//!   takes `SLOT / per_host` parts (at least one), so a slot holds
-//!   `per_host` of them (more when that does not divide 16), keeping
-//!   each of the host's connections busy with one small file, as a big
-//!   download keeps one busy. This once the host has verified a download
+//!   takes `SLOT / per_host` parts, so a slot holds `per_host` of them
+//!   (more when that does not divide 16; at most [`SMALL_PER_SLOT`]),
+//!   keeping each of the host's connections busy with one small file, as
+//!   a big download keeps one busy. This once the host has verified a download
 //!   since its last failure (the slow start below): until then, and for
 //!   bigger downloads, a download takes the whole slot.
 //!
@@ -37,6 +37,11 @@ use crate::inflight::HostLoad;
 
 /// A slot, in the parts that downloads hold of it (see the module doc).
 pub const SLOT: usize = STREAMS_PER_CONNECTION;
+
+/// Small HTTP/1.1 downloads a slot holds at most: each has a connection
+/// and perhaps a partial file open, within the descriptors the daemon
+/// keeps for a slot (`PER_JOB` in `limits`, 16).
+pub const SMALL_PER_SLOT: usize = 8;
 
 /// A download of at most this many bytes is small (see the module doc):
 /// 1 MiB takes 84 ms at 100 Mbit/s, about a WAN round trip, and no early
@@ -98,7 +103,7 @@ impl HostSlots {
             1
         } else if size <= SMALL_MAX && self.grown.contains_key(host) {
             // Not multiplexed: `requests` is `per_host`.
-            (SLOT / room.requests.max(1)).max(1)
+            SLOT / room.requests.clamp(1, SMALL_PER_SLOT)
         } else {
             SLOT
         }
@@ -253,14 +258,17 @@ mod tests {
         slots.failed(&a);
         assert_eq!(slots.admit(&a, load(1, SLOT), ROOMY, 10), Some(SLOT));
         assert_eq!(slots.admit(&a, load(2, SLOT), ROOMY, 10), None);
-        // With a slot for all and per_host more than 16: a part each.
+        // With one slot for all and a wide per_host: SMALL_PER_SLOT.
         let mut one = HostSlots::new(1);
         one.verified(&a);
         let wide = Room {
             requests: 64,
             multiplexed: false,
         };
-        assert_eq!(one.admit(&a, load(SLOT - 1, 1), wide, 10), Some(1));
-        assert_eq!(one.admit(&a, load(SLOT, 1), wide, 10), None, "one slot");
+        let part = SLOT / SMALL_PER_SLOT;
+        let running = SMALL_PER_SLOT - 1;
+        assert_eq!(one.admit(&a, load(running, part), wide, 10), Some(part));
+        let full = load(SMALL_PER_SLOT, part);
+        assert_eq!(one.admit(&a, full, wide, 10), None, "one slot");
     }
 }

@@ -128,15 +128,16 @@
 //!   share one slot. Over HTTP/1.1 (a request at a time per connection),
 //!   once a host has verified a download since its last failure, its small
 //!   downloads (at most 1 MiB: mostly a round trip each) share slots too,
-//!   `per_host` of them a slot, so `jobs = 4` keeps all of `per_host`'s 6
-//!   connections busy; a bigger download, or any before the host has
-//!   answered, takes a slot of its own. So many small files cost one
-//!   round trip each side by side, up to the host's `per_host` permits,
+//!   `per_host` of them a slot (at most 8), so `jobs = 4` keeps all of
+//!   `per_host`'s 6 connections busy; a bigger download, or any before the
+//!   host has answered, takes a slot of its own. So many small files cost
+//!   one round trip each side by side, up to the host's `per_host` permits,
 //!   not `jobs` at a time.
 //!
 //! So a host that never answers, stalls or is in backoff completes
 //! nothing, and holds at most half of the slots (a slot each: nothing is
-//! shared before it answers) however many chits want it; the other half goes round the other hosts at once (tested by
+//! shared before it answers) however many chits want it; the other half
+//! goes round the other hosts at once (tested by
 //! `hosts::a_flood_for_a_dead_host_does_not_hold_up_another_consumer`).
 //! A host's share is checked whenever the scheduler admits work (at every
 //! event, at least once a second). A running download keeps its slot while
