@@ -23,9 +23,11 @@
 //!   takes `SLOT / per_host` parts, so a slot holds `per_host` of them
 //!   (more when that does not divide 16; at most [`SMALL_PER_SLOT`]),
 //!   keeping each of the host's connections busy with one small file, as
-//!   a big download keeps one busy. This once the host has verified a download
-//!   since its last failure (the slow start below): until then, and for
-//!   bigger downloads, a download takes the whole slot.
+//!   a big download keeps one busy. Only once the host has verified a
+//!   download since its last failure (the slow start above): until then,
+//!   and for bigger downloads, a download takes the whole slot, so a host
+//!   that never answers still holds at most half of the slots, and asks
+//!   no more requests at once than it has slots.
 //!
 //! Many small files then cost one round trip each side by side, up to the
 //! host's `per_host` permits, instead of `jobs` at a time.
@@ -44,12 +46,11 @@ pub const SLOT: usize = STREAMS_PER_CONNECTION;
 pub const SMALL_PER_SLOT: usize = 8;
 
 /// A download of at most this many bytes is small (see the module doc):
-/// 1 MiB takes 84 ms at 100 Mbit/s, about a WAN round trip, and no early
-/// delivery runs beside it ([`crate::chase::CHASE_MIN`]).
+/// 1 MiB takes 84 ms at 100 Mbit/s, about a WAN round trip.
 pub const SMALL_MAX: u64 = 1 << 20;
 
-/// Hosts remembered with a grown share before all are forgotten (each
-/// then starts again from [`HostSlots::first`]).
+/// Hosts remembered with a verified download before all are forgotten
+/// (each then starts again from [`HostSlots::first`], a slot a download).
 const REMEMBERED: usize = 1024;
 
 #[derive(Debug)]
