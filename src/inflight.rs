@@ -26,8 +26,9 @@
 //! lane, downloads wait per *host* (that of the first source they ask) and
 //! the hosts take turns too; [`InFlight::start_next_where`] passes over a
 //! host the scheduler says may not take another slot (it counts each
-//! host's running downloads, [`InFlight::running_on`]), so the downloads
-//! of a host that holds its share wait without holding up the others.
+//! host's running downloads and the parts of the slots they hold,
+//! [`HostLoad`]), so the downloads of a host that holds its share wait
+//! without holding up the others.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -77,8 +78,18 @@ pub struct InFlight<W> {
     cursor: usize,
     /// The parts of the slots the running downloads hold.
     running: usize,
-    /// Running downloads per host.
-    running_on: HashMap<HostKey, usize>,
+    /// What runs per host.
+    running_on: HashMap<HostKey, HostLoad>,
+}
+
+/// What one host's running downloads hold (see
+/// [`InFlight::start_next_where`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HostLoad {
+    /// Running downloads whose first source is on the host.
+    pub downloads: usize,
+    /// The parts of the slots they hold.
+    pub parts: usize,
 }
 
 /// One consumer's queued downloads, per host, the hosts in turn.
@@ -99,12 +110,12 @@ impl Lane {
     }
 
     /// The first queued download of the first host in turn that `may`
-    /// start, skipping keys that are not `live`; that host goes to the
-    /// back of the turns.
+    /// start (asked with the host and that download), skipping keys that
+    /// are not `live`; that host goes to the back of the turns.
     fn pop(
         &mut self,
         live: impl Fn(&Key) -> bool,
-        mut may: impl FnMut(Option<&HostKey>) -> Option<()>,
+        mut may: impl FnMut(Option<&HostKey>, &Key) -> Option<()>,
     ) -> Option<Key> {
         let mut turn = 0;
         while turn < self.turns.len() {
@@ -118,7 +129,11 @@ impl Lane {
                 self.turns.remove(turn);
                 continue;
             }
-            if may(host.as_ref()).is_none() {
+            if queue
+                .front()
+                .and_then(|key| may(host.as_ref(), key))
+                .is_none()
+            {
                 turn += 1;
                 continue;
             }
@@ -258,20 +273,21 @@ impl<W> InFlight<W> {
     /// Start the next queued download if fewer than `jobs` are running,
     /// whatever its host.
     pub fn start_next(&mut self, jobs: usize) -> Option<(Key, &[W], Arc<AtomicU64>)> {
-        self.start_next_where(jobs, |_, _| Some(1))
+        self.start_next_where(jobs, |_, _, _| Some(1))
     }
 
     /// Start the next queued download that fits in `capacity`: the lanes
-    /// in turn, in each the hosts in turn. `admit(host, its running
-    /// downloads)` says what part of the capacity a download from `host`
-    /// takes (`None`: the host may not take another now, and is passed
-    /// over); one that does not fit in what is left is passed over too.
+    /// in turn, in each the hosts in turn. `admit(host, what runs on it,
+    /// the download's key)` says what part of the capacity the download,
+    /// from `host`, takes (`None`: the host may not take it now, and is
+    /// passed over); one that does not fit in what is left is passed over
+    /// too.
     /// Returns its key, its waiters so far (whose chits describe the job)
     /// and the progress counter to update.
     pub fn start_next_where(
         &mut self,
         capacity: usize,
-        mut admit: impl FnMut(Option<&HostKey>, usize) -> Option<usize>,
+        mut admit: impl FnMut(Option<&HostKey>, HostLoad, &Key) -> Option<usize>,
     ) -> Option<(Key, &[W], Arc<AtomicU64>)> {
         if self.running >= capacity {
             return None;
@@ -281,9 +297,9 @@ impl<W> InFlight<W> {
         let (entries, running_on) = (&self.entries, &self.running_on);
         let live = |key: &Key| entries.get(key).is_some_and(|entry| entry.queued);
         let mut cost = 0;
-        let mut may = |host: Option<&HostKey>| {
-            let running = host.and_then(|host| running_on.get(host)).copied();
-            cost = admit(host, running.unwrap_or(0)).filter(|&cost| cost <= left)?;
+        let mut may = |host: Option<&HostKey>, key: &Key| {
+            let load = host.and_then(|host| running_on.get(host)).copied();
+            cost = admit(host, load.unwrap_or_default(), key).filter(|&cost| cost <= left)?;
             Some(())
         };
         let (lane, key) = (0..lanes)
@@ -296,14 +312,16 @@ impl<W> InFlight<W> {
         entry.cost = cost;
         self.running += cost;
         if let Some(host) = &entry.host {
-            *self.running_on.entry(host.clone()).or_default() += 1;
+            let load = self.running_on.entry(host.clone()).or_default();
+            load.downloads += 1;
+            load.parts += cost;
         }
         Some((key, entry.waiters.as_slice(), Arc::clone(&entry.progress)))
     }
 
-    /// Running downloads whose first source is on `host`.
-    pub fn running_on(&self, host: &HostKey) -> usize {
-        self.running_on.get(host).copied().unwrap_or(0)
+    /// What runs whose first source is on `host`.
+    pub fn running_on(&self, host: &HostKey) -> HostLoad {
+        self.running_on.get(host).copied().unwrap_or_default()
     }
 
     /// The host of the first source the download of `key` asks.
@@ -327,10 +345,11 @@ impl<W> InFlight<W> {
     fn stopped(&mut self, host: Option<&HostKey>, cost: usize) {
         self.running -= cost;
         if let Some(host) = host
-            && let Some(running) = self.running_on.get_mut(host)
+            && let Some(load) = self.running_on.get_mut(host)
         {
-            *running -= 1;
-            if *running == 0 {
+            load.downloads -= 1;
+            load.parts -= cost;
+            if load.downloads == 0 {
                 self.running_on.remove(host);
             }
         }
@@ -661,14 +680,22 @@ mod tests {
         for n in 0..100 {
             inflight.add_from(0, dead.clone(), key(n), "flood");
         }
-        let share =
-            |host: Option<&HostKey>, running: usize| (host.is_none() || running < 2).then_some(1);
+        let share = |host: Option<&HostKey>, load: HostLoad, _: &Key| {
+            (host.is_none() || load.downloads < 2).then_some(1)
+        };
         let mut started = Vec::new();
         while let Some((next, _, _)) = inflight.start_next_where(4, share) {
             started.push(next);
         }
         assert_eq!(started, [key(0), key(1)], "two slots left free");
-        assert_eq!(inflight.running_on(dead.as_ref().unwrap()), 2);
+        let load = inflight.running_on(dead.as_ref().unwrap());
+        assert_eq!(
+            load,
+            HostLoad {
+                downloads: 2,
+                parts: 2
+            }
+        );
         inflight.add_from(1, live.clone(), key(200), "other");
         let (next, waiters, _) = inflight.start_next_where(4, share).unwrap();
         assert_eq!((next, waiters), (key(200), &["other"][..]));
@@ -678,9 +705,64 @@ mod tests {
         assert!(inflight.start_next_where(8, share).is_none());
         // A dead download that ends frees its host's turn for the next.
         assert_eq!(finished(&mut inflight, key(0)), ["flood"]);
-        assert_eq!(inflight.running_on(dead.as_ref().unwrap()), 1);
+        assert_eq!(inflight.running_on(dead.as_ref().unwrap()).downloads, 1);
         assert_eq!(inflight.start_next_where(4, share).unwrap().0, key(2));
         assert_eq!(inflight.host_of(&key(2)), dead.as_ref());
+    }
+
+    /// Each host's load counts its running downloads and the parts of
+    /// the slots each was admitted with, asked per download (its key);
+    /// both go down as downloads end.
+    #[test]
+    fn a_host_load_counts_downloads_and_their_parts() {
+        let x = host("x").unwrap();
+        let mut inflight = InFlight::default();
+        inflight.add_from(0, Some(x.clone()), sized(1, 100), "big");
+        for n in 2..6 {
+            inflight.add_from(0, Some(x.clone()), sized(n, 10), "small");
+        }
+        // Big ones take 4 parts, small ones 1; the host may hold 6.
+        let admit = |_: Option<&HostKey>, load: HostLoad, key: &Key| {
+            let cost = if key.size > 50 { 4 } else { 1 };
+            (load.parts + cost <= 6).then_some(cost)
+        };
+        let mut started = Vec::new();
+        while let Some((next, _, _)) = inflight.start_next_where(64, admit) {
+            started.push(next);
+        }
+        assert_eq!(started, [sized(1, 100), sized(2, 10), sized(3, 10)]);
+        let load = inflight.running_on(&x);
+        assert_eq!(
+            load,
+            HostLoad {
+                downloads: 3,
+                parts: 6
+            }
+        );
+        inflight.release(&sized(1, 100));
+        assert_eq!(
+            inflight.running_on(&x),
+            HostLoad {
+                downloads: 2,
+                parts: 2
+            }
+        );
+        assert_eq!(
+            inflight.start_next_where(64, admit).unwrap().0,
+            sized(4, 10)
+        );
+        assert_eq!(finished(&mut inflight, sized(2, 10)), ["small"]);
+        assert_eq!(
+            inflight.running_on(&x),
+            HostLoad {
+                downloads: 2,
+                parts: 2
+            }
+        );
+        for key in [sized(3, 10), sized(4, 10)] {
+            inflight.release(&key);
+        }
+        assert_eq!(inflight.running_on(&x), HostLoad::default());
     }
 
     /// Within a consumer's lane, the hosts take turns.

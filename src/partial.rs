@@ -74,7 +74,8 @@ const WRITEBACK_BYTES: u64 = 8 << 20;
 const OFFLOAD_HASH_BYTES: u64 = 4 << 20;
 
 /// Downloads of at most this many bytes are held in memory until verified
-/// (see the module doc): at most `jobs` times this much memory.
+/// (see the module doc): at most 16 × `jobs` of them run at once (small
+/// downloads share slots: see "Fair slots" in the daemon's module docs).
 pub const IN_MEMORY_MAX: u64 = 64 << 10;
 
 const MAGIC: &str = "chitd-progress v1";

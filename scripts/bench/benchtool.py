@@ -310,6 +310,13 @@ def report(args):
     if args.bytes:
         header.append("MB/s")
     header += [f"x {b}" for b in baselines]
+    # --best NAME LABEL...: the fastest (by median) of those labels.
+    bests = []
+    for name, *labels in args.best:
+        measured = [b for b in labels if b in medians]
+        if measured:
+            bests.append((name, min(measured, key=lambda b: medians[b])))
+    header += [f"x {name}" for name, _ in bests]
     rows = []
     for label, times in results:
         if not times:
@@ -321,10 +328,13 @@ def report(args):
         if args.bytes:
             row.append(fmt(args.bytes / m / 1e6, 1))
         row += [fmt(m / medians[b], 2) for b in baselines]
+        row += [fmt(m / medians[b], 2) for _, b in bests]
         rows.append(row)
     notes = list(args.note)
-    if baselines:
+    if baselines or bests:
         notes.append("x B = median time / median time of B (below 1: faster than B).")
+    for name, b in bests:
+        notes.append(f"{name}: `{b}` ({fmt(medians[b])} s).")
     print_tables(args.title, header, rows, notes)
 
 
@@ -419,6 +429,8 @@ def main():
     s.add_argument("--unit", default="files")
     s.add_argument("--bytes", type=int, default=0, help="bytes per run, for a MB/s column")
     s.add_argument("--baseline", action="append", default=[])
+    s.add_argument("--best", action="append", nargs="+", default=[], metavar="NAME LABEL",
+                   help="a column against the fastest of LABELs (by median), headed NAME")
     s.add_argument("--note", action="append", default=[])
     s.set_defaults(func=report)
 

@@ -20,8 +20,13 @@
 #   BENCH_DIR, CHITD, CHITD_BUILT, KEEP, NO_INSTALL, NO_CHITD: see lib.sh
 #
 # Peers: aria2c -j16 -x4 (-x splits a file over up to 4 connections),
-# curl -Z --parallel-max 16, wget -i (one at a time). chitd at its defaults
-# (jobs 4, per_host 6).
+# curl -Z --parallel-max 16, wget -i (one at a time). In the latency set
+# also the peers held to chitd's per_host connections to the host
+# (CHITD_PER_HOST, else chitd's default 6): curl -Z --parallel-max
+# $per_host and aria2c -j$per_host -x1. Over HTTP/1.1 (no pipelining) the
+# connections decide a latency-bound set's time. The table gives each
+# time against the best peer and against the best peer within per_host.
+# chitd at its defaults (jobs 4, per_host 6).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -148,14 +153,25 @@ fi
 curl_z() { (cd "$out/deliver" && curl -sS --fail "${tls[@]}" -Z --parallel-max 16 -K "$lists/curl.cfg"); }
 measure "curl -Z --parallel-max 16" fresh curl_z all_ok
 
+# aria2c -jJOBS -xCONNECTIONS
 aria_j() {
     local ca=()
     [[ $WAN_TLS == 1 ]] && ca=(--ca-certificate="$WORK/cert.pem")
     aria2c -q --console-log-level=error --summary-interval=0 --allow-overwrite=true \
-        --auto-file-renaming=false --file-allocation=none "${ca[@]}" -j16 -x4 \
+        --auto-file-renaming=false --file-allocation=none "${ca[@]}" "-j$1" "-x$2" \
         -d "$out/deliver" -i "$lists/aria2.txt"
 }
-measure "aria2c -j16 -x4" fresh aria_j all_ok
+measure "aria2c -j16 -x4" fresh "aria_j 16 4" all_ok
+
+# The peers held to per_host connections (latency set).
+per_host=${CHITD_PER_HOST:-6}
+within=()
+if [[ $WAN_SET == latency ]]; then
+    curl_p() { (cd "$out/deliver" && curl -sS --fail "${tls[@]}" -Z --parallel-max "$per_host" -K "$lists/curl.cfg"); }
+    measure "curl -Z --parallel-max $per_host" fresh curl_p all_ok
+    measure "aria2c -j$per_host -x1" fresh "aria_j $per_host 1" all_ok
+    within=("curl -Z --parallel-max $per_host" "aria2c -j$per_host -x1")
+fi
 
 wget_i() {
     local ca=()
@@ -164,7 +180,9 @@ wget_i() {
 }
 measure "wget -i" fresh wget_i all_ok
 
+best=(--best "best peer" "curl -Z --parallel-max 16" "aria2c -j16 -x4" "wget -i" "${within[@]}")
+[[ ${#within[@]} -eq 0 ]] || best+=(--best "best peer within per_host ($per_host)" "${within[@]}")
 floor=$(awk -v b="$total" -v m="$WAN_MBIT" 'BEGIN { printf "%.2f", b * 8 / (m * 1e6) }')
 report "wan ($WAN_SET): $count files, $(human_bytes "$total"), ${WAN_RTT} ms RTT, ${WAN_MBIT} Mbit/s, $([[ $WAN_TLS == 1 ]] && echo 'HTTPS, HTTP/2' || echo 'HTTP/1.1')" \
-    --count "$count" --unit files --baseline "curl -Z --parallel-max 16" \
+    --count "$count" --unit files "${best[@]}" \
     --note "$(machine_note); link floor (bytes / bandwidth): $floor s; shaped by examples/shape.rs (loopback TCP to the proxy: no slow start)."

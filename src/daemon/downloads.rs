@@ -67,7 +67,8 @@ pub struct Downloads {
     earlier_failures: HashMap<Key, Failure>,
     /// Samples of the running downloads' progress, for their rates.
     rates: Rates,
-    /// Downloads at once, at most.
+    /// Download slots: one download each, or a share of one for
+    /// downloads that share slots (see [`super::host_slots`]).
     jobs: usize,
     /// How many of them one host may hold.
     host_slots: HostSlots,
@@ -160,12 +161,12 @@ impl Downloads {
         while local.len() < local_limit
             && let Some((key, waiters, progress)) =
                 self.inflight
-                    .start_next_where(self.jobs * SLOT, |host, running| {
+                    .start_next_where(self.jobs * SLOT, |host, load, key| {
                         let Some(host) = host else {
                             return Some(SLOT);
                         };
                         let room = shared.fetcher.host_room(host);
-                        self.host_slots.admit(host, running, room)
+                        self.host_slots.admit(host, load, room, key.size)
                     })
         {
             let mut job = job(&shared.mirrors, key.digest, waiters);

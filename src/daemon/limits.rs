@@ -41,8 +41,10 @@ impl LocalLimits {
     /// backlog: smaller commits.)
     const PER_SLOT: u64 = 10;
     /// Descriptors kept for what does not grow with the slots (runtime,
-    /// watches, spools, cache, logs, status file), and per download (its
-    /// files, connection, early delivery).
+    /// watches, spools, cache, logs, status file), and per download slot
+    /// (a download's files, connection, early delivery; or those of the
+    /// small downloads sharing it, at most 8 with two each: see
+    /// `host_slots`).
     const BASE: u64 = 64;
     const PER_JOB: u64 = 16;
     /// The spool, its four state directories and the delivery directory,

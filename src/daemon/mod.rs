@@ -117,20 +117,27 @@
 //! - A host may hold at most its *share* of the slots: half of `jobs` at
 //!   first (at least one), one more per verified download of its own, up
 //!   to all of them (a slow start, like Postfix's per destination), back
-//!   to half when one of its downloads fails; and never more than the
-//!   requests it takes at once (`per_host`, more once it speaks HTTP/2),
-//!   since a download beyond those would only wait for a permit while
-//!   holding a slot ([`host_slots`]).
+//!   to half when one of its downloads fails; and run no more downloads
+//!   than the requests it takes at once (`per_host`, more once it speaks
+//!   HTTP/2), since a download beyond those would only wait for a permit
+//!   while holding a slot ([`host_slots`]).
 //! - A host at its share is passed over: its downloads stay queued,
 //!   holding no slot, and the next host or consumer in turn starts.
 //! - A slot is a connection's worth of downloads: once a host answers
 //!   over HTTP/2 (its requests share a connection), 16 of its downloads
-//!   share one slot, so many small files cost one round trip each side by
-//!   side, not `jobs` at a time.
+//!   share one slot. Over HTTP/1.1 (a request at a time per connection),
+//!   once a host has verified a download since its last failure, its small
+//!   downloads (at most 1 MiB: mostly a round trip each) share slots too,
+//!   `per_host` of them a slot (at most 8), so `jobs = 4` keeps all of
+//!   `per_host`'s 6 connections busy; a bigger download, or any before the
+//!   host has answered, takes a slot of its own. So many small files cost
+//!   one round trip each side by side, up to the host's `per_host` permits,
+//!   not `jobs` at a time.
 //!
 //! So a host that never answers, stalls or is in backoff completes
-//! nothing, and holds at most half of the slots however many chits want
-//! it; the other half goes round the other hosts at once (tested by
+//! nothing, and holds at most half of the slots (a slot each: nothing is
+//! shared before it answers) however many chits want it; the other half
+//! goes round the other hosts at once (tested by
 //! `hosts::a_flood_for_a_dead_host_does_not_hold_up_another_consumer`).
 //! A host's share is checked whenever the scheduler admits work (at every
 //! event, at least once a second). A running download keeps its slot while

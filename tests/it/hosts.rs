@@ -279,3 +279,42 @@ fn per_host_limits_the_bodies_in_flight_to_one_host() {
     assert!(bodies.iter().all(|r| r.status == 200), "{bodies:#?}");
     assert_eq!(server.most_concurrent(), 3, "{bodies:#?}");
 }
+
+/// Small files over HTTP/1.1 at `jobs = 4`, `per_host = 6` (the
+/// defaults): once the host has verified a download, its small downloads
+/// share slots, so six requests are held at the server at once (not
+/// four, one a slot), and never more than six.
+#[test]
+fn small_downloads_keep_all_of_per_host_busy_at_four_jobs() {
+    const CHITS: usize = 24;
+    let dir = TestDir::new();
+    let spool = dir.spool("c");
+    let server = Server::start();
+    let first = Content::random(20_000);
+    server.add("/first", first.bytes.clone());
+    let contents: Vec<Content> = (0..CHITS).map(|n| Content::random(30_000 + n)).collect();
+    for (n, content) in contents.iter().enumerate() {
+        let path = format!("/f{n}");
+        server.add(&path, content.bytes.clone());
+        server.hold(&path);
+    }
+    let config = network_config(&dir, "jobs = 4\nper_host = 6\n");
+    let _daemon = Daemon::for_spool(&dir, &spool).config(&config).start();
+    spool.drop_chit("first", first.chit("first.bin", &[server.url("/first")]));
+    spool.expect_downloaded("first");
+    for (n, content) in contents.iter().enumerate() {
+        let url = server.url(&format!("/f{n}"));
+        spool.drop_chit(&format!("c{n}"), content.chit(&format!("f{n}.bin"), &[url]));
+    }
+    wait_until(TIMEOUT, "six requests held at the server", || {
+        (server.active() >= 6).then_some(())
+    });
+    for n in 0..CHITS {
+        server.release(&format!("/f{n}"));
+    }
+    for (n, content) in contents.iter().enumerate() {
+        spool.expect_downloaded(&format!("c{n}"));
+        spool.assert_delivered(&format!("c{n}"), &format!("f{n}.bin"), content);
+    }
+    assert_eq!(server.most_concurrent(), 6, "{:#?}", server.requests());
+}
