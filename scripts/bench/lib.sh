@@ -119,12 +119,12 @@ settle_deletes() {
 }
 # next_run_dir: sets $out to a new, empty directory for the next run: a
 # fresh ext4 filesystem of its own (a sparse image of RUN_DISK, default 8G,
-# made by mkfs.ext4 and loop-mounted), so every run and every program
-# starts from the same disk state (no inherited deleted inodes, no other
-# run's dirty pages or fragmentation). The previous run's filesystem is
-# unmounted and its image removed first. FRESH_DISK=0, or without root,
-# losetup or mkfs.ext4: a new directory on $BENCH_DIR instead (see
-# settle_deletes).
+# made by mkfs.ext4, mounted through a loop device with direct I/O), so
+# every run and every program starts from the same disk state (no
+# inherited deleted inodes, no other run's dirty pages or fragmentation).
+# The previous run's filesystem is unmounted and its image removed first.
+# FRESH_DISK=0, or without root, losetup or mkfs.ext4: a new directory on
+# $BENCH_DIR instead (see settle_deletes).
 : "${RUN_DISK:=8G}"
 _run_dirs=0
 _run_mount=
@@ -132,9 +132,10 @@ fresh_disk_ok() {
     [[ ${FRESH_DISK:-1} != 0 && $(id -u) -eq 0 ]] &&
         command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null
 }
+_run_loop=
 _run_unmount() {
     [[ -n $_run_mount ]] || return 0
-    umount "$_run_mount" && rm -f "$_run_mount.img"
+    umount "$_run_mount" && losetup -d "$_run_loop" && rm -f "$_run_mount.img"
     _run_mount=
 }
 next_run_dir() {
@@ -148,7 +149,10 @@ next_run_dir() {
     _run_unmount
     truncate -s "$RUN_DISK" "$out.img"
     mkfs.ext4 -q -F "$out.img" >&2
-    mount -o loop "$out.img" "$out"
+    # Direct I/O: the image's blocks reach the disk without passing
+    # through the page cache of the file system below a second time.
+    _run_loop=$(losetup -f --show --direct-io=on "$out.img")
+    mount "$_run_loop" "$out"
     _run_mount=$out
     rmdir "$out/lost+found"
 }
