@@ -8,11 +8,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use tokio_util::sync::CancellationToken;
 
 use super::lease::Waited;
+use super::ranges::{Ranges, cut};
 use super::{REMOTE_SOURCE, Remote};
 use crate::chit::Digest;
 use crate::fetch::{Sink, verify};
@@ -82,7 +82,9 @@ impl Remote {
         (partial, Fill::Elsewhere)
     }
 
-    /// One GET of the object from the partial's offset into the partial.
+    /// The object from the partial's offset into the partial: the first
+    /// range's GET tells whether it is there, the rest follow as ranges
+    /// under way at once (see `ranges`).
     async fn get(
         &self,
         mut partial: Partial,
@@ -91,8 +93,16 @@ impl Remote {
         cancel: &CancellationToken,
     ) -> (Partial, Result<(), Miss>) {
         let (offset, total) = (partial.offset(), partial.total());
+        let first = cut(offset, total, self.settings.range_size)
+            .next()
+            .unwrap_or(offset..total);
+        let range = if first.end < total {
+            Some(GetRange::Bounded(first.clone()))
+        } else {
+            (offset > 0).then_some(GetRange::Offset(offset))
+        };
         let options = GetOptions {
-            range: (offset > 0).then_some(GetRange::Offset(offset)),
+            range,
             ..GetOptions::default()
         };
         let path = self.object_path(&digest);
@@ -112,11 +122,12 @@ impl Remote {
             Ok(Err(e)) => return (partial, Err(Miss::Failed(e.to_string()))),
             Ok(Ok(result)) => result,
         };
-        if result.meta.size != total || result.range.start != offset {
-            let (size, start) = (result.meta.size, result.range.start);
+        if result.meta.size != total || result.range != first {
+            let (size, got) = (result.meta.size, &result.range);
             let why = format!(
-                "it holds {size} bytes under the digest (from {start}), the chit says {total} \
-                 (from {offset})"
+                "it holds {size} bytes under the digest (sent {}-{}), the chit says {total} \
+                 (asked {}-{})",
+                got.start, got.end, first.start, first.end
             );
             return (partial, Err(Miss::Failed(why)));
         }
@@ -124,7 +135,15 @@ impl Remote {
         partial.source = Some(REMOTE_SOURCE.to_string());
         partial.validator = Validator::default();
         tracing::debug!(%digest, offset, "streaming from {REMOTE_SOURCE}");
-        let body = result.into_stream();
+        let settings = (self.settings.range_size, self.settings.ranges_at_once);
+        let body = Ranges::new(
+            self.store.clone(),
+            path,
+            result.into_stream(),
+            first,
+            total,
+            settings,
+        );
         let (mut partial, streamed) = self.stream(partial, body, progress, cancel).await;
         if let Err(miss) = streamed {
             return (partial, Err(miss));
@@ -138,7 +157,7 @@ impl Remote {
     async fn stream(
         &self,
         partial: Partial,
-        mut body: futures_util::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+        mut body: Ranges,
         progress: &AtomicU64,
         cancel: &CancellationToken,
     ) -> (Partial, Result<(), Miss>) {
@@ -159,7 +178,7 @@ impl Remote {
                     )));
                 }
                 Ok(None) => break Ok(()),
-                Ok(Some(Err(e))) => break Err(Miss::Failed(e.to_string())),
+                Ok(Some(Err(why))) => break Err(Miss::Failed(why)),
                 Ok(Some(Ok(chunk))) => chunk,
             };
             offset += chunk.len() as u64;
@@ -174,6 +193,7 @@ impl Remote {
                 break Err(Miss::Failed(slow));
             }
         };
+        drop(body); // abort the ranges under way before the writer's last checkpoint
         let (partial, written) = sink.finish().await;
         match written {
             Err(e) => (
