@@ -4,12 +4,19 @@
 #
 #   BIG_SIZE=1G        file size (IEC suffixes); made once, cached in $BENCH_DIR/data
 #   RUNS=5             timed runs per command
+#   REMOTE_STORE=s3s-fs the store: s3s-fs or garage
+#   GARAGE_COMPRESSION=none   Garage's compression_level (see scripts/garage.sh;
+#                      empty: Garage's default, zstd level 1)
+#   GARAGE_PORT_BASE=23900    Garage's ports: this + 10 (S3), + 11, + 13
 #   BENCH_DIR, CHITD, CHITD_BUILT, KEEP, NO_INSTALL: see lib.sh
 #
-# The store is s3s-fs over a directory on the same disk (`cargo install
-# s3s-fs --version 0.14.1 --features binary --locked`), holding the object
-# as another host's upload would have left it. Target (issue 19): the
-# remote tier at no less than 0.8x the speed of nginx.
+# The store holds the object as another host's upload would have left it
+# (put there untimed). s3s-fs (`cargo install s3s-fs --version 0.14.1
+# --features binary --locked`, the store of the integration tests) serves
+# a directory on the same disk; garage (2.5.0, `cargo install garage
+# --version 2.5.0 --locked`, a long build) is one node with replication 1,
+# set up by scripts/garage.sh, the object PUT with curl. Target (issue 19):
+# the remote tier at no less than 0.8x the speed of nginx.
 #
 # Commands:
 #   chitd-nginx    the chit's file from nginx (`--mirror`), no remote tier
@@ -24,8 +31,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 bench_init remote
 need_tools nginx:nginx
-command -v s3s-fs >/dev/null ||
-    die "s3s-fs is needed: cargo install s3s-fs --version 0.14.1 --features binary --locked"
+: "${REMOTE_STORE:=s3s-fs}"
+case $REMOTE_STORE in
+s3s-fs | garage) ;;
+*) die "REMOTE_STORE=$REMOTE_STORE: give s3s-fs or garage" ;;
+esac
+PATH=$PATH:$HOME/.cargo/bin
+command -v "$REMOTE_STORE" >/dev/null || case $REMOTE_STORE in
+s3s-fs) die "s3s-fs is needed: cargo install s3s-fs --version 0.14.1 --features binary --locked" ;;
+garage) die "garage is needed: cargo install garage --version 2.5.0 --locked (a long build)" ;;
+esac
 build_chitd
 
 src=$(random_file "$BIG_SIZE")
@@ -35,17 +50,38 @@ mkdir -p "$WORK/www"
 ln -s "$src" "$WORK/www/big.bin"
 nginx_start "$WORK/www"
 
-# The store, with the object where an upload puts it (untimed copy).
-s3=$WORK/s3
-mkdir -p "$s3/distfiles/chitd/sha256"
-cp "$src" "$s3/distfiles/chitd/sha256/$sha"
-s3_port=$(python3 "$BENCHTOOL" free-port)
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
-s3s-fs --host 127.0.0.1 --port "$s3_port" --access-key "$AWS_ACCESS_KEY_ID" \
-    --secret-key "$AWS_SECRET_ACCESS_KEY" "$s3" >"$WORK/s3s-fs.log" 2>&1 &
-s3_pid=$!
-on_exit "kill $s3_pid"
-wait_for "curl -s -o /dev/null http://127.0.0.1:$s3_port/" 10 "s3s-fs to listen"
+# The store, with the object where an upload puts it (untimed).
+key=chitd/sha256/$sha
+s3s_fs_start() {
+    local port
+    mkdir -p "$WORK/s3/distfiles/chitd/sha256"
+    cp "$src" "$WORK/s3/distfiles/$key"
+    port=$(python3 "$BENCHTOOL" free-port)
+    export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
+    s3s-fs --host 127.0.0.1 --port "$port" --access-key "$AWS_ACCESS_KEY_ID" \
+        --secret-key "$AWS_SECRET_ACCESS_KEY" "$WORK/s3" >"$WORK/s3s-fs.log" 2>&1 &
+    on_exit "kill $!"
+    store_endpoint=http://127.0.0.1:$port region=us-east-1
+    wait_for "curl -s -o /dev/null $store_endpoint/" 10 "s3s-fs to listen"
+}
+garage_start() {
+    : "${GARAGE_COMPRESSION=none}" "${GARAGE_PORT_BASE:=23900}"
+    export GARAGE_COMPRESSION GARAGE_PORT_BASE
+    source "$REPO_ROOT/scripts/garage.sh"
+    garage_node "$WORK/garage" 1 1 "$(garage_secret)"
+    on_exit "kill $GARAGE_PID; wait $GARAGE_PID"
+    garage_cluster distfiles bench "$WORK/garage" || die "garage did not start"
+    store_endpoint=$(garage_s3_url 1) region=$GARAGE_REGION
+    log "garage $(garage --version | cut -d' ' -f2) at $store_endpoint, compression_level ${GARAGE_COMPRESSION:-default}: putting the object"
+    store_curl -T "$src" -o /dev/null "$store_endpoint/distfiles/$key" || die "cannot put the object"
+}
+# store_curl ARGS...: curl signed for the store.
+store_curl() {
+    curl -sS --fail --aws-sigv4 "aws:amz:$region:s3" \
+        --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+        -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
+}
+if [[ $REMOTE_STORE == garage ]]; then garage_start; else s3s_fs_start; fi
 
 out=$WORK/out
 fresh() {
@@ -66,9 +102,10 @@ spool = "spool"
 deliver = "deliver"
 
 [remote]
-endpoint = "http://127.0.0.1:$s3_port"
+endpoint = "$store_endpoint"
 bucket = "distfiles"
 prefix = "chitd/"
+region = "$region"
 CONF
 }
 chitd_run() {
@@ -94,15 +131,9 @@ measure chitd-nginx fresh \
     'chitd_run --spool "$out/spool" --deliver "$out/deliver" --cache "$out/cache" --mirror "$NGINX_URL"' \
     delivered_ok
 measure chitd-remote with_remote 'chitd_run --config "$out/chitd.toml"' from_remote_ok
-store_url=http://127.0.0.1:$s3_port/distfiles/chitd/sha256/$sha
-store_get() {
-    curl -sS --fail --aws-sigv4 "aws:amz:us-east-1:s3" \
-        --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-        -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o "$out/deliver/big.bin" "$store_url"
-}
-measure curl-store fresh store_get \
+measure curl-store fresh 'store_curl -o "$out/deliver/big.bin" "$store_endpoint/distfiles/$key"' \
     'cmp -s "$src" "$out/deliver/big.bin"'
 
 report "remote: one $(human_bytes "$bytes") file for a second host" \
     --bytes "$bytes" --baseline chitd-nginx --baseline curl-store \
-    --note "$(machine_note); s3s-fs and nginx on the same machine; target: chitd-remote >= 0.8x chitd-nginx."
+    --note "$(machine_note); $REMOTE_STORE and nginx on the same machine; target: chitd-remote >= 0.8x chitd-nginx."
