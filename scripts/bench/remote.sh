@@ -5,8 +5,8 @@
 #   BIG_SIZE=1G        file size (IEC suffixes); made once, cached in $BENCH_DIR/data
 #   RUNS=5             timed runs per command
 #   REMOTE_STORE=s3s-fs the store: s3s-fs or garage
-#   GARAGE_COMPRESSION=none   Garage's compression_level (see scripts/garage.sh;
-#                      empty: Garage's default, zstd level 1)
+#   GARAGE_COMPRESSION Garage's compression_level (see scripts/garage.sh);
+#                      unset: Garage's default, zstd level 1
 #   GARAGE_PORT_BASE=23900    Garage's ports: this + 10 (S3), + 11, + 13
 #   BENCH_DIR, CHITD, CHITD_BUILT, KEEP, NO_INSTALL: see lib.sh
 #
@@ -65,8 +65,8 @@ s3s_fs_start() {
     wait_for "curl -s -o /dev/null $store_endpoint/" 10 "s3s-fs to listen"
 }
 garage_start() {
-    : "${GARAGE_COMPRESSION=none}" "${GARAGE_PORT_BASE:=23900}"
-    export GARAGE_COMPRESSION GARAGE_PORT_BASE
+    : "${GARAGE_PORT_BASE:=23900}"
+    export GARAGE_PORT_BASE
     source "$REPO_ROOT/scripts/garage.sh"
     garage_node "$WORK/garage" 1 1 "$(garage_secret)"
     on_exit "kill $GARAGE_PID; wait $GARAGE_PID"
