@@ -10,12 +10,13 @@
 //! one's GET is `read`'s (it tells whether the object is there and how big
 //! it is); the next ranges are asked at once after it, up to
 //! [`Settings::ranges_at_once`](super::Settings::ranges_at_once) under
-//! way, each received by its own task into a queue of its own. The stream
-//! yields the head range's chunks as they arrive and the later ranges'
-//! when their turn comes, so the partial is still written (and hashed)
-//! strictly in order; what waits in memory is bounded by the ranges under
-//! way. When a range ends, the next one is asked. Dropping the stream
-//! (an error, a stall, shutdown) aborts every range under way.
+//! way, each received by its own task into a short queue of its own. The
+//! stream yields the head range's chunks as they arrive and the later
+//! ranges' when their turn comes, so the partial is still written (and
+//! hashed) strictly in order; a later range reads ahead a few chunks
+//! ([`PIECE_CHUNKS`]), then waits. When a range ends, the next one is
+//! asked. Dropping the stream (an error, a stall, shutdown) aborts every
+//! range under way.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -26,8 +27,14 @@ use futures_util::stream::BoxStream;
 use object_store::aws::AmazonS3;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{Receiver, Sender, channel};
 use tokio::task::JoinSet;
+
+/// Chunks a range under way may hold before its task waits for them to be
+/// taken: later ranges read ahead this far (hyper's reads are at most a
+/// few hundred KiB), then the store waits on TCP. Memory stays bounded
+/// by the ranges under way, not by their size.
+const PIECE_CHUNKS: usize = 8;
 
 /// A chunk of the object, or why its range failed (for the log).
 pub type Chunk = Result<Bytes, String>;
@@ -58,7 +65,7 @@ pub struct Ranges {
 /// were yielded.
 struct Piece {
     range: Range<u64>,
-    chunks: UnboundedReceiver<Chunk>,
+    chunks: Receiver<Chunk>,
     yielded: u64,
 }
 
@@ -82,7 +89,7 @@ impl Ranges {
             at_once: at_once.max(1),
             tasks: JoinSet::new(),
         };
-        let (sender, chunks) = unbounded_channel();
+        let (sender, chunks) = channel(PIECE_CHUNKS);
         ranges.tasks.spawn(receive(head, sender));
         ranges.queue.push_back(Piece {
             range: first,
@@ -99,7 +106,7 @@ impl Ranges {
             let Some(range) = self.unasked.next() else {
                 return;
             };
-            let (sender, chunks) = unbounded_channel();
+            let (sender, chunks) = channel(PIECE_CHUNKS);
             let (store, path) = (self.store.clone(), self.path.clone());
             self.tasks.spawn(get(store, path, range.clone(), sender));
             self.queue.push_back(Piece {
@@ -143,14 +150,14 @@ impl Ranges {
 }
 
 /// GET `range` of the object and receive it into `sender`.
-async fn get(store: AmazonS3, path: Path, range: Range<u64>, sender: UnboundedSender<Chunk>) {
+async fn get(store: AmazonS3, path: Path, range: Range<u64>, sender: Sender<Chunk>) {
     let options = GetOptions {
         range: Some(GetRange::Bounded(range.clone())),
         ..GetOptions::default()
     };
     match store.get_opts(&path, options).await {
         Err(e) => {
-            let _ = sender.send(Err(format!("{}: {e}", describe(&range))));
+            let _ = sender.send(Err(format!("{}: {e}", describe(&range)))).await;
         }
         Ok(result) if result.range != range => {
             let got = result.range;
@@ -160,20 +167,17 @@ async fn get(store: AmazonS3, path: Path, range: Range<u64>, sender: UnboundedSe
                 got.start,
                 got.end
             );
-            let _ = sender.send(Err(why));
+            let _ = sender.send(Err(why)).await;
         }
         Ok(result) => receive(result.into_stream(), sender).await,
     }
 }
 
 /// Pass a body's chunks on until it ends, fails, or no one listens.
-async fn receive(
-    mut body: BoxStream<'static, object_store::Result<Bytes>>,
-    sender: UnboundedSender<Chunk>,
-) {
+async fn receive(mut body: BoxStream<'static, object_store::Result<Bytes>>, sender: Sender<Chunk>) {
     while let Some(chunk) = body.next().await {
         let failed = chunk.is_err();
-        if sender.send(chunk.map_err(|e| e.to_string())).is_err() || failed {
+        if sender.send(chunk.map_err(|e| e.to_string())).await.is_err() || failed {
             return;
         }
     }
