@@ -18,12 +18,19 @@
 # set up by scripts/garage.sh, the object PUT with curl. Target (issue 19):
 # the remote tier at no less than 0.8x the speed of nginx.
 #
-# Commands:
+# The commands run in rounds (each once per round, RUNS rounds), so load
+# from elsewhere falls on all of them alike; the table's note gives each
+# one's CPU time and the store's meanwhile. Commands:
 #   chitd-nginx    the chit's file from nginx (`--mirror`), no remote tier
 #   chitd-remote   the same chit, [remote] configured and no source at all:
 #                  every byte comes from the store
 #   curl-store     curl of the object from the store: the store's own speed,
 #                  the ceiling of chitd-remote
+#   chitd-remote-nginx-store
+#                  chitd-remote with nginx playing the store (it serves the
+#                  object at its S3 path and ignores the signature): chitd's
+#                  read path from the remote tier with a store that costs
+#                  no CPU, to tell chitd's part from the store's
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -48,6 +55,8 @@ sha=$(cat "$src.sha256")
 bytes=$(stat -c %s "$src")
 mkdir -p "$WORK/www"
 ln -s "$src" "$WORK/www/big.bin"
+mkdir -p "$WORK/www/distfiles/chitd/sha256"
+ln -s "$src" "$WORK/www/distfiles/chitd/sha256/$sha"
 nginx_start "$WORK/www"
 
 # The store, with the object where an upload puts it (untimed).
@@ -60,7 +69,8 @@ s3s_fs_start() {
     export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
     s3s-fs --host 127.0.0.1 --port "$port" --access-key "$AWS_ACCESS_KEY_ID" \
         --secret-key "$AWS_SECRET_ACCESS_KEY" "$WORK/s3" >"$WORK/s3s-fs.log" 2>&1 &
-    on_exit "kill $!"
+    store_pid=$!
+    on_exit "kill $store_pid"
     store_endpoint=http://127.0.0.1:$port region=us-east-1
     wait_for "curl -s -o /dev/null $store_endpoint/" 10 "s3s-fs to listen"
 }
@@ -69,7 +79,8 @@ garage_start() {
     export GARAGE_PORT_BASE
     source "$REPO_ROOT/scripts/garage.sh"
     garage_node "$WORK/garage" 1 1 "$(garage_secret)"
-    on_exit "kill $GARAGE_PID; wait $GARAGE_PID"
+    store_pid=$GARAGE_PID
+    on_exit "kill $store_pid; wait $store_pid"
     garage_cluster distfiles bench "$WORK/garage" || die "garage did not start"
     store_endpoint=$(garage_s3_url 1) region=$GARAGE_REGION
     log "garage $(garage --version | cut -d' ' -f2) at $store_endpoint, compression_level ${GARAGE_COMPRESSION:-default}: putting the object"
@@ -91,7 +102,9 @@ fresh() {
     write_chit "$out/spool/request/big" "$sha" "$bytes" big.bin
     sync
 }
+# with_remote [ENDPOINT]: a fresh run with [remote] at ENDPOINT (the store).
 with_remote() {
+    local endpoint=${1:-$store_endpoint}
     fresh
     cat >"$out/chitd.toml" <<CONF
 cache = "cache"
@@ -102,7 +115,7 @@ spool = "spool"
 deliver = "deliver"
 
 [remote]
-endpoint = "$store_endpoint"
+endpoint = "$endpoint"
 bucket = "distfiles"
 prefix = "chitd/"
 region = "$region"
@@ -127,13 +140,57 @@ from_remote_ok() {
     grep -q "source=the remote tier" "$WORK/chitd.log" || die "not from the remote tier"
 }
 
-measure chitd-nginx fresh \
-    'chitd_run --spool "$out/spool" --deliver "$out/deliver" --cache "$out/cache" --mirror "$NGINX_URL"' \
-    delivered_ok
-measure chitd-remote with_remote 'chitd_run --config "$out/chitd.toml"' from_remote_ok
-measure curl-store fresh 'store_curl -o "$out/deliver/big.bin" "$store_endpoint/distfiles/$key"' \
-    'cmp -s "$src" "$out/deliver/big.bin"'
+# Each command: its untimed preparation, its timed run, its untimed check.
+declare -A prepare run check
+labels=(chitd-nginx chitd-remote curl-store chitd-remote-nginx-store)
+prepare[chitd-nginx]=fresh
+run[chitd-nginx]='chitd_run --spool "$out/spool" --deliver "$out/deliver" --cache "$out/cache" --mirror "$NGINX_URL"'
+check[chitd-nginx]=delivered_ok
+prepare[chitd-remote]=with_remote
+run[chitd-remote]='chitd_run --config "$out/chitd.toml"'
+check[chitd-remote]=from_remote_ok
+prepare[curl-store]=fresh
+run[curl-store]='store_curl -o "$out/deliver/big.bin" "$store_endpoint/distfiles/$key"'
+check[curl-store]='cmp -s "$src" "$out/deliver/big.bin"'
+prepare[chitd-remote-nginx-store]='with_remote "$NGINX_URL"'
+run[chitd-remote-nginx-store]=${run[chitd-remote]}
+check[chitd-remote-nginx-store]=from_remote_ok
+
+# ticks PID [children]: the CPU time (user + system, clock ticks) of PID,
+# or of its reaped children.
+ticks() { awk -v children="${2:-}" '{ print children ? $16 + $17 : $14 + $15 }' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+# RUNS rounds of every command in turn (not RUNS of one, then the next):
+# the other work on the machine then weighs on every command alike. The
+# CPU time of each run (the command's, and the store's meanwhile) is
+# kept too: on two cores the sum bounds the speed.
+declare -A times cpu store_cpu
+for ((round = 1; round <= RUNS; round++)); do
+    for label in "${labels[@]}"; do
+        eval "${prepare[$label]}" || die "$label: prepare failed"
+        c0=$(ticks $$ children) s0=$(ticks "$store_pid")
+        t0=${EPOCHREALTIME/./}
+        eval "${run[$label]}" || die "$label: run $round failed"
+        t1=${EPOCHREALTIME/./}
+        c1=$(ticks $$ children) s1=$(ticks "$store_pid")
+        eval "${check[$label]}" || die "$label: check after run $round failed"
+        times[$label]+=" $(us_to_s $((t1 - t0)))"
+        cpu[$label]+=" $((c1 - c0))" store_cpu[$label]+=" $((s1 - s0))"
+        log "$label: round $round/$RUNS $(us_to_s $((t1 - t0))) s, CPU $((c1 - c0)) + store $((s1 - s0)) ticks"
+    done
+done
+# median_s TICKS...: the median, in seconds.
+median_s() { printf '%s\n' "$@" | sort -n | awk -v hz="$hz" '{ v[NR] = $1 } END { printf "%.2f", v[int((NR + 1) / 2)] / hz }'; }
+cpu_note="CPU-s per run (median; the command + the $REMOTE_STORE process):"
+for label in "${labels[@]}"; do
+    # shellcheck disable=SC2086 # the lists are words
+    record "$label" ${times[$label]}
+    # shellcheck disable=SC2086
+    cpu_note+=" $label $(median_s ${cpu[$label]}) + $(median_s ${store_cpu[$label]});"
+done
 
 report "remote: one $(human_bytes "$bytes") file for a second host" \
     --bytes "$bytes" --baseline chitd-nginx --baseline curl-store \
-    --note "$(machine_note); $REMOTE_STORE and nginx on the same machine; target: chitd-remote >= 0.8x chitd-nginx."
+    --note "$(machine_note); $REMOTE_STORE and nginx on the same machine; target: chitd-remote >= 0.8x chitd-nginx." \
+    --note "${cpu_note%;}."
