@@ -24,6 +24,9 @@
 #   chitd-nginx    the chit's file from nginx (`--mirror`), no remote tier
 #   chitd-remote   the same chit, [remote] configured and no source at all:
 #                  every byte comes from the store
+#   chitd-remote-one-get
+#                  chitd-remote reading the object in one GET instead of
+#                  ranges several at once (CHITD_REMOTE_RANGES_AT_ONCE=1)
 #   curl-store     curl of the object from the store: the store's own speed,
 #                  the ceiling of chitd-remote
 #   chitd-remote-nginx-store
@@ -142,13 +145,16 @@ from_remote_ok() {
 
 # Each command: its untimed preparation, its timed run, its untimed check.
 declare -A prepare run check
-labels=(chitd-nginx chitd-remote curl-store chitd-remote-nginx-store)
+labels=(chitd-nginx chitd-remote chitd-remote-one-get curl-store chitd-remote-nginx-store)
 prepare[chitd-nginx]=fresh
 run[chitd-nginx]='chitd_run --spool "$out/spool" --deliver "$out/deliver" --cache "$out/cache" --mirror "$NGINX_URL"'
 check[chitd-nginx]=delivered_ok
 prepare[chitd-remote]=with_remote
 run[chitd-remote]='chitd_run --config "$out/chitd.toml"'
 check[chitd-remote]=from_remote_ok
+prepare[chitd-remote-one-get]=with_remote
+run[chitd-remote-one-get]="CHITD_REMOTE_RANGES_AT_ONCE=1 CHITD_REMOTE_RANGE_SIZE=$bytes ${run[chitd-remote]}"
+check[chitd-remote-one-get]=from_remote_ok
 prepare[curl-store]=fresh
 run[curl-store]='store_curl -o "$out/deliver/big.bin" "$store_endpoint/distfiles/$key"'
 check[curl-store]='cmp -s "$src" "$out/deliver/big.bin"'
