@@ -276,8 +276,12 @@ mod tests {
             ("CHITD_RETRY_DELAY_MS", "0"),
             ("CHITD_INACTIVITY_TIMEOUT_MS", " 250 "),
             ("CHITD_RESCAN_INTERVAL_MS", "3600000"),
+            ("CHITD_REMOTE_RANGE_SIZE", "1048576"),
+            ("CHITD_REMOTE_RANGES_AT_ONCE", "64"),
         ])
         .unwrap();
+        assert_eq!(environment.remote.range_size, Some(1 << 20));
+        assert_eq!(environment.remote.ranges_at_once, Some(64));
         assert_eq!(
             environment.log_filter.as_deref(),
             Some("chitd=debug,reqwest=warn")
@@ -309,6 +313,9 @@ mod tests {
                 "is not a whole number of bytes",
             ),
             ("CHITD_REMOTE_STALL_MS", "soon", "is not a whole number"),
+            ("CHITD_REMOTE_RANGES_AT_ONCE", "0", "give 1 to 64 requests"),
+            ("CHITD_REMOTE_RANGES_AT_ONCE", "65", "give 1 to 64 requests"),
+            ("CHITD_REMOTE_RANGE_SIZE", "0", "give 1 to"),
             ("CHITD_RESCAN_INTERVAL_MS", "604800001", "out of range"),
             ("RUST_LOG", "chitd=verbose", "is not a log filter"),
             ("RUST_LOG", "[", "is not a log filter"),

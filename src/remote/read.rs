@@ -5,6 +5,7 @@
 //! out for a while and leaves the partial to the chit's sources (with the
 //! good bytes so far; wrong ones are discarded by the verification).
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use object_store::{GetOptions, GetRange, ObjectStore};
 use tokio_util::sync::CancellationToken;
 
 use super::lease::Waited;
-use super::ranges::{Ranges, cut};
+use super::ranges::{Body, Ranges, cut};
 use super::{REMOTE_SOURCE, Remote};
 use crate::chit::Digest;
 use crate::fetch::{Sink, verify};
@@ -93,6 +94,35 @@ impl Remote {
         cancel: &CancellationToken,
     ) -> (Partial, Result<(), Miss>) {
         let (offset, total) = (partial.offset(), partial.total());
+        let path = self.object_path(&digest);
+        let (first, head) = match self.get_first(&path, offset, total, cancel).await {
+            Ok(found) => found,
+            Err(miss) => return (partial, Err(miss)),
+        };
+        partial.resumed |= offset > 0;
+        partial.source = Some(REMOTE_SOURCE.to_string());
+        partial.validator = Validator::default();
+        tracing::debug!(%digest, offset, "streaming from {REMOTE_SOURCE}");
+        let settings = (self.settings.range_size, self.settings.ranges_at_once);
+        let body = Ranges::new(self.store.clone(), path, head, first, total, settings);
+        let (mut partial, streamed) = self.stream(partial, body, progress, cancel).await;
+        if let Err(miss) = streamed {
+            return (partial, Err(miss));
+        }
+        let verified = verify(&mut partial, digest).map_err(|e| Miss::Failed(e.to_string()));
+        (partial, verified)
+    }
+
+    /// GET the first range of `[offset, total)` (all of it when it fits in
+    /// one): the range and its body, once the store said it holds an
+    /// object of `total` bytes there.
+    async fn get_first(
+        &self,
+        path: &object_store::path::Path,
+        offset: u64,
+        total: u64,
+        cancel: &CancellationToken,
+    ) -> Result<(Range<u64>, Body), Miss> {
         let first = cut(offset, total, self.settings.range_size)
             .next()
             .unwrap_or(offset..total);
@@ -105,51 +135,26 @@ impl Remote {
             range,
             ..GetOptions::default()
         };
-        let path = self.object_path(&digest);
         let stall = self.settings.stall;
         let answer = tokio::select! {
-            _ = cancel.cancelled() => return (partial, Err(Miss::Shutdown)),
-            answer = tokio::time::timeout(stall, self.store.get_opts(&path, options)) => answer,
+            _ = cancel.cancelled() => return Err(Miss::Shutdown),
+            answer = tokio::time::timeout(stall, self.store.get_opts(path, options)) => answer,
         };
         let result = match answer {
-            Err(_) => {
-                return (
-                    partial,
-                    Err(Miss::Failed(format!("no answer within {stall:?}"))),
-                );
-            }
-            Ok(Err(object_store::Error::NotFound { .. })) => return (partial, Err(Miss::NotThere)),
-            Ok(Err(e)) => return (partial, Err(Miss::Failed(e.to_string()))),
+            Err(_) => return Err(Miss::Failed(format!("no answer within {stall:?}"))),
+            Ok(Err(object_store::Error::NotFound { .. })) => return Err(Miss::NotThere),
+            Ok(Err(e)) => return Err(Miss::Failed(e.to_string())),
             Ok(Ok(result)) => result,
         };
         if result.meta.size != total || result.range != first {
             let (size, got) = (result.meta.size, &result.range);
-            let why = format!(
+            return Err(Miss::Failed(format!(
                 "it holds {size} bytes under the digest (sent {}-{}), the chit says {total} \
                  (asked {}-{})",
                 got.start, got.end, first.start, first.end
-            );
-            return (partial, Err(Miss::Failed(why)));
+            )));
         }
-        partial.resumed |= offset > 0;
-        partial.source = Some(REMOTE_SOURCE.to_string());
-        partial.validator = Validator::default();
-        tracing::debug!(%digest, offset, "streaming from {REMOTE_SOURCE}");
-        let settings = (self.settings.range_size, self.settings.ranges_at_once);
-        let body = Ranges::new(
-            self.store.clone(),
-            path,
-            result.into_stream(),
-            first,
-            total,
-            settings,
-        );
-        let (mut partial, streamed) = self.stream(partial, body, progress, cancel).await;
-        if let Err(miss) = streamed {
-            return (partial, Err(miss));
-        }
-        let verified = verify(&mut partial, digest).map_err(|e| Miss::Failed(e.to_string()));
-        (partial, verified)
+        Ok((first, result.into_stream()))
     }
 
     /// Receive the body into the partial (through the same writer as an
