@@ -2,10 +2,12 @@
 //! every host treats as a shared second-level cache.
 //!
 //! - Objects are `<prefix>sha256/<hex>`, immutable, never overwritten.
-//! - **Read** (`read`): on a local miss the download asks the remote tier
-//!   first (a GET, ranged from the partial's offset, its bytes hashed while
-//!   streaming into the same partial as any source's), then the chit's
-//!   URLs and mirrors. A remote that is down, stalls, is slow or sends
+//! - **Read** (`read`, `ranges`): on a local miss the download asks the
+//!   remote tier first, then the chit's URLs and mirrors. The object from
+//!   the partial's offset is read as ranged GETs of
+//!   [`Settings::range_size`], [`Settings::ranges_at_once`] under way,
+//!   their bytes hashed while streaming, in order, into the same partial
+//!   as any source's. A remote that is down, stalls, is slow or sends
 //!   wrong bytes never fails a chit: it is ruled out for
 //!   [`Settings::rule_out_for`] (logged) and the chit's sources are asked.
 //!   A chit's `# error:` line never names the remote; it is "the remote
