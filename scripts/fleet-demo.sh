@@ -11,6 +11,8 @@
 #     cargo install garage --version 2.5.0 --locked
 #
 # Usage: scripts/fleet-demo.sh [WORKDIR]   (default: a fresh temp dir)
+# Ports: nginx on UPSTREAM_PORT (18080), Garage from GARAGE_PORT_BASE
+# (3900; see scripts/garage.sh).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,7 +42,7 @@ mkdir -p "$work/upstream/files" "$work/upstream/tmp"
 for n in 1 2 3 4; do
     head -c $((n * 3 * 1024 * 1024)) /dev/urandom > "$work/upstream/files/dist-$n.tar.gz"
 done
-upstream_port=18080
+upstream_port=${UPSTREAM_PORT:-18080}
 cat > "$work/upstream/nginx.conf" <<CONF
 daemon off;
 pid $work/upstream/nginx.pid;
