@@ -42,13 +42,23 @@ pub type Chunk = Result<Bytes, String>;
 /// One GET's body, as object_store streams it.
 pub type Body = BoxStream<'static, object_store::Result<Bytes>>;
 
-/// The ranges `[start, total)` is cut into: `size` bytes each, the last
-/// one shorter.
+/// The ranges `[start, total)` is cut into: each ends at a multiple of
+/// `size` (the first one may be shorter, as may the last), so that after
+/// a resume from any offset the ranges still fall on the same boundaries
+/// and a store's blocks (Garage's 1 MiB, the parts of a multipart upload)
+/// are not read twice for two ranges.
 pub fn cut(start: u64, total: u64, size: u64) -> impl Iterator<Item = Range<u64>> {
     let size = size.max(1);
-    (start..total)
-        .step_by(usize::try_from(size).unwrap_or(usize::MAX))
-        .map(move |from| from..total.min(from.saturating_add(size)))
+    let mut from = start;
+    std::iter::from_fn(move || {
+        if from >= total {
+            return None;
+        }
+        let end = total.min((from / size + 1).saturating_mul(size));
+        let range = from..end;
+        from = end;
+        Some(range)
+    })
 }
 
 /// The object's bytes in order, from ranges received concurrently.
@@ -196,15 +206,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_cover_the_rest_of_the_object_once() {
+    fn ranges_cover_the_rest_of_the_object_once_on_multiples_of_the_size() {
         // (start, total, size) → the ranges as (start, end)
         type Case = (u64, u64, u64, &'static [(u64, u64)]);
-        let cases: [Case; 5] = [
+        let cases: [Case; 7] = [
             (0, 10, 4, &[(0, 4), (4, 8), (8, 10)]),
-            (3, 10, 4, &[(3, 7), (7, 10)]),
+            (3, 10, 4, &[(3, 4), (4, 8), (8, 10)]),
+            (4, 10, 4, &[(4, 8), (8, 10)]),
             (0, 8, 4, &[(0, 4), (4, 8)]),
             (10, 10, 4, &[]),
             (0, 3, 100, &[(0, 3)]),
+            (5, 10, u64::MAX, &[(5, 10)]),
         ];
         for (start, total, size, expected) in cases {
             let got: Vec<_> = cut(start, total, size).map(|r| (r.start, r.end)).collect();
