@@ -11,11 +11,11 @@
 #   BENCH_DIR, CHITD, CHITD_BUILT, KEEP, NO_INSTALL: see lib.sh
 #
 # The store holds the object as another host's upload would have left it
-# (put there untimed). s3s-fs (`cargo install s3s-fs --version 0.14.1
-# --features binary --locked`, the store of the integration tests) serves
-# a directory on the same disk; garage (2.5.0, `cargo install garage
-# --version 2.5.0 --locked`, a long build) is one node with replication 1,
-# set up by scripts/garage.sh, the object PUT with curl. Target (issue 19):
+# (PUT there untimed, with curl). s3s-fs (`cargo install s3s-fs --version
+# 0.14.1 --features binary --locked`, the store of the integration tests)
+# serves a directory on the same disk; garage (2.5.0, `cargo install
+# garage --version 2.5.0 --locked`, a long build) is one node with
+# replication 1, set up by scripts/garage.sh. Target (issue 19):
 # the remote tier at no less than 0.8x the speed of nginx.
 #
 # The commands run in rounds (each once per round, RUNS rounds), so load
@@ -66,8 +66,7 @@ nginx_start "$WORK/www"
 key=chitd/sha256/$sha
 s3s_fs_start() {
     local port
-    mkdir -p "$WORK/s3/distfiles/chitd/sha256"
-    cp "$src" "$WORK/s3/distfiles/$key"
+    mkdir -p "$WORK/s3/distfiles"
     port=$(python3 "$BENCHTOOL" free-port)
     export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
     s3s-fs --host 127.0.0.1 --port "$port" --access-key "$AWS_ACCESS_KEY_ID" \
@@ -86,8 +85,7 @@ garage_start() {
     on_exit "kill $store_pid; wait $store_pid"
     garage_cluster distfiles bench "$WORK/garage" || die "garage did not start"
     store_endpoint=$(garage_s3_url 1) region=$GARAGE_REGION
-    log "garage $(garage --version | cut -d' ' -f2) at $store_endpoint, compression_level ${GARAGE_COMPRESSION:-default}: putting the object"
-    store_curl -T "$src" -o /dev/null "$store_endpoint/distfiles/$key" || die "cannot put the object"
+    log "garage $(garage --version | cut -d' ' -f2) at $store_endpoint, compression_level ${GARAGE_COMPRESSION:-default}"
 }
 # store_curl ARGS...: curl signed for the store.
 store_curl() {
@@ -96,6 +94,11 @@ store_curl() {
         -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
 }
 if [[ $REMOTE_STORE == garage ]]; then garage_start; else s3s_fs_start; fi
+# PUT, as an upload leaves it: s3s-fs keeps a PUT object's ETag, but
+# computes the MD5 of the whole file for every GET of a file put into its
+# directory by hand (a 1 GiB MD5 for each ranged GET).
+log "putting the object into $REMOTE_STORE"
+store_curl -T "$src" -o /dev/null "$store_endpoint/distfiles/$key" || die "cannot put the object"
 
 out=$WORK/out
 fresh() {
