@@ -16,7 +16,8 @@
 //! hashed) strictly in order; a later range reads ahead a few chunks
 //! ([`PIECE_CHUNKS`]), then waits. When a range ends, the next one is
 //! asked. Dropping the stream (an error, a stall, shutdown) aborts every
-//! range under way.
+//! range under way. A store that answers a range with anything but that
+//! range (S3 requires `Range`) fails the read, which rules the remote out.
 
 use std::collections::VecDeque;
 use std::ops::Range;

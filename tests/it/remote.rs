@@ -450,3 +450,20 @@ fn a_range_that_breaks_leaves_the_bytes_before_it_to_upstream() {
         "{asked:?}"
     );
 }
+
+/// A store that ignores `Range` (every S3 store honours it) cannot serve
+/// a read in ranges: ruled out, and upstream gives the file.
+#[test]
+fn a_store_that_ignores_ranges_is_ruled_out_for_a_big_object() {
+    let content = Content::random(1 << 20);
+    let (fake_remote, key) = fake_remote_with(&content);
+    fake_remote.set_fault(&key, Fault::IgnoreRange);
+    let upstream = Server::start();
+    upstream.add("/f.bin", content.bytes.clone());
+    let host = Host::new(&remote_section(fake_remote.url("").trim_end_matches('/')));
+    let log = read_in_ranges(&host, "f", content.chit("f.bin", &[upstream.url("/f.bin")]));
+
+    host.spool.assert_delivered("f", "f.bin", &content);
+    assert!(log.contains("the remote tier ruled out"), "{log}");
+    assert_eq!(upstream.gets("/f.bin"), 1);
+}
