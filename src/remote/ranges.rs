@@ -116,6 +116,15 @@ impl Ranges {
 
     /// Ask for the next ranges while fewer than `at_once` are under way.
     fn ask(&mut self) {
+        // Reap the tasks of the ranges done with (a panic in one is a bug:
+        // raised here, as the sink's writer does).
+        while let Some(joined) = self.tasks.try_join_next() {
+            if let Err(e) = joined
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
         while self.queue.len() < self.at_once {
             let Some(range) = self.unasked.next() else {
                 return;
