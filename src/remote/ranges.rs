@@ -197,7 +197,7 @@ async fn get(store: AmazonS3, path: Path, range: Range<u64>, sender: Sender<Chun
 }
 
 /// Pass a body's chunks on until it ends, fails, or no one listens.
-async fn receive(mut body: BoxStream<'static, object_store::Result<Bytes>>, sender: Sender<Chunk>) {
+async fn receive(mut body: Body, sender: Sender<Chunk>) {
     while let Some(chunk) = body.next().await {
         let failed = chunk.is_err();
         if sender.send(chunk.map_err(|e| e.to_string())).await.is_err() || failed {
