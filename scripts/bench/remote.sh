@@ -27,8 +27,9 @@
 #   chitd-remote-one-get
 #                  chitd-remote reading the object in one GET instead of
 #                  ranges several at once (CHITD_REMOTE_RANGES_AT_ONCE=1)
-#   curl-store     curl of the object from the store: the store's own speed,
-#                  the ceiling of chitd-remote
+#   curl-store     curl of the object from the store into a file: the
+#                  store's own speed for one GET, the ceiling of
+#                  chitd-remote-one-get (ranges several at once may pass it)
 #   chitd-remote-nginx-store
 #                  chitd-remote with nginx playing the store (it serves the
 #                  object at its S3 path and ignores the signature): chitd's
