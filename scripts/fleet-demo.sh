@@ -11,6 +11,8 @@
 #     cargo install garage --version 2.5.0 --locked
 #
 # Usage: scripts/fleet-demo.sh [WORKDIR]   (default: a fresh temp dir)
+# Ports: nginx on UPSTREAM_PORT (18080), Garage from GARAGE_PORT_BASE
+# (3900; see scripts/garage.sh).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,7 +42,7 @@ mkdir -p "$work/upstream/files" "$work/upstream/tmp"
 for n in 1 2 3 4; do
     head -c $((n * 3 * 1024 * 1024)) /dev/urandom > "$work/upstream/files/dist-$n.tar.gz"
 done
-upstream_port=18080
+upstream_port=${UPSTREAM_PORT:-18080}
 cat > "$work/upstream/nginx.conf" <<CONF
 daemon off;
 pid $work/upstream/nginx.pid;
@@ -62,48 +64,15 @@ CONF
 nginx -c "$work/upstream/nginx.conf" -p "$work/upstream" &
 pids+=($!)
 
-# ---- a three-node Garage cluster on this machine
+# ---- a three-node Garage cluster on this machine (scripts/garage.sh)
 say "garage: three nodes"
-secret=$(head -c 32 /dev/urandom | sha256sum | cut -c1-64)
+source "$root/scripts/garage.sh"
+secret=$(garage_secret)
 for n in 1 2 3; do
-    dir=$work/garage$n
-    mkdir -p "$dir"
-    cat > "$dir/garage.toml" <<CONF
-metadata_dir = "$dir/meta"
-data_dir = "$dir/data"
-db_engine = "sqlite"
-replication_factor = 3
-rpc_bind_addr = "127.0.0.1:$((3901 + 10 * n))"
-rpc_public_addr = "127.0.0.1:$((3901 + 10 * n))"
-rpc_secret = "$secret"
-
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$((3900 + 10 * n))"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:$((3903 + 10 * n))"
-CONF
-    garage -c "$dir/garage.toml" server > "$dir/server.log" 2>&1 &
-    pids+=($!)
+    garage_node "$work/garage$n" "$n" 3 "$secret"
+    pids+=("$GARAGE_PID")
 done
-g() { garage -c "$work/garage1/garage.toml" "$@"; }
-for _ in $(seq 50); do g status >/dev/null 2>&1 && break; sleep 0.2; done
-for n in 2 3; do
-    id=$(garage -c "$work/garage$n/garage.toml" node id -q)
-    g node connect "$id"
-done
-for n in 1 2 3; do
-    id=$(garage -c "$work/garage$n/garage.toml" node id -q | cut -d@ -f1)
-    g layout assign -z dc1 -c 1G "$id"
-done
-g layout apply --version 1
-g bucket create distfiles
-key=$(g key create chitd-fleet)
-export AWS_ACCESS_KEY_ID=$(awk '/Key ID:/ {print $3}' <<<"$key")
-export AWS_SECRET_ACCESS_KEY=$(awk '/Secret key:/ {print $3}' <<<"$key")
-g bucket allow --read --write --owner distfiles --key chitd-fleet
+garage_cluster distfiles chitd-fleet "$work"/garage{1,2,3}
 
 # ---- three chitd hosts, each talking to another Garage node
 for h in 1 2 3; do
@@ -119,10 +88,10 @@ spool = "spool"
 deliver = "distfiles"
 
 [remote]
-endpoint = "http://127.0.0.1:$((3900 + 10 * h))"
+endpoint = "$(garage_s3_url "$h")"
 bucket = "distfiles"
 prefix = "chitd/"
-region = "garage"
+region = "$GARAGE_REGION"
 CONF
     (cd "$dir" && exec "$chitd" run --config chitd.toml > chitd.log 2>&1) &
     pids+=($!)

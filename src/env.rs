@@ -21,6 +21,11 @@ pub const DEFAULT_LOG_FILTER: &str = "chitd=info";
 /// far from overflowing.
 pub const MAX_MILLIS: u64 = 7 * 24 * 3600 * 1000;
 
+/// The most ranged GETs one read from the remote tier may have under way
+/// (`CHITD_REMOTE_RANGES_AT_ONCE`): each holds a connection and up to a
+/// range in memory.
+pub const MAX_RANGES_AT_ONCE: u64 = 64;
+
 /// `chitd --help`'s list of environment variables.
 pub const HELP: &str = "\
 Environment:
@@ -36,6 +41,10 @@ Environment:
                                is not asked again for this long, default 60000
   CHITD_REMOTE_STALL_MS        no byte from the remote for this long rules it
                                out, default 10000
+  CHITD_REMOTE_RANGE_SIZE, CHITD_REMOTE_RANGES_AT_ONCE
+                               a read from the remote is ranged GETs of this
+                               many bytes (default 8 MiB), this many at once
+                               (default 4, at most 64)
   CHITD_REMOTE_MULTIPART_THRESHOLD, CHITD_REMOTE_PART_SIZE
                                uploads this big (bytes) go in parts of this
                                size, defaults 64 MiB and 16 MiB
@@ -77,6 +86,8 @@ pub struct Environment {
 pub struct RemoteKnobs {
     pub rule_out_for: Option<Duration>,
     pub stall: Option<Duration>,
+    pub range_size: Option<u64>,
+    pub ranges_at_once: Option<usize>,
     pub multipart_threshold: Option<u64>,
     pub part_size: Option<u64>,
     pub upload_rate: Option<u64>,
@@ -147,6 +158,18 @@ impl RemoteKnobs {
         Ok(RemoteKnobs {
             rule_out_for: millis("CHITD_REMOTE_RULE_OUT_MS", 1)?,
             stall: millis("CHITD_REMOTE_STALL_MS", 1)?,
+            range_size: bytes("CHITD_REMOTE_RANGE_SIZE", 1)?,
+            ranges_at_once: set("CHITD_REMOTE_RANGES_AT_ONCE", lookup)?
+                .map(|value| {
+                    whole(
+                        "CHITD_REMOTE_RANGES_AT_ONCE",
+                        &value,
+                        1..=MAX_RANGES_AT_ONCE,
+                        "requests",
+                    )
+                })
+                .transpose()?
+                .map(|n| n as usize),
             multipart_threshold: bytes("CHITD_REMOTE_MULTIPART_THRESHOLD", 1)?,
             part_size: bytes("CHITD_REMOTE_PART_SIZE", 1)?,
             upload_rate: bytes("CHITD_REMOTE_UPLOAD_RATE", 0)?,
@@ -253,8 +276,12 @@ mod tests {
             ("CHITD_RETRY_DELAY_MS", "0"),
             ("CHITD_INACTIVITY_TIMEOUT_MS", " 250 "),
             ("CHITD_RESCAN_INTERVAL_MS", "3600000"),
+            ("CHITD_REMOTE_RANGE_SIZE", "1048576"),
+            ("CHITD_REMOTE_RANGES_AT_ONCE", "64"),
         ])
         .unwrap();
+        assert_eq!(environment.remote.range_size, Some(1 << 20));
+        assert_eq!(environment.remote.ranges_at_once, Some(64));
         assert_eq!(
             environment.log_filter.as_deref(),
             Some("chitd=debug,reqwest=warn")
@@ -286,6 +313,9 @@ mod tests {
                 "is not a whole number of bytes",
             ),
             ("CHITD_REMOTE_STALL_MS", "soon", "is not a whole number"),
+            ("CHITD_REMOTE_RANGES_AT_ONCE", "0", "give 1 to 64 requests"),
+            ("CHITD_REMOTE_RANGES_AT_ONCE", "65", "give 1 to 64 requests"),
+            ("CHITD_REMOTE_RANGE_SIZE", "0", "give 1 to"),
             ("CHITD_RESCAN_INTERVAL_MS", "604800001", "out of range"),
             ("RUST_LOG", "chitd=verbose", "is not a log filter"),
             ("RUST_LOG", "[", "is not a log filter"),

@@ -2,10 +2,12 @@
 //! every host treats as a shared second-level cache.
 //!
 //! - Objects are `<prefix>sha256/<hex>`, immutable, never overwritten.
-//! - **Read** (`read`): on a local miss the download asks the remote tier
-//!   first (a GET, ranged from the partial's offset, its bytes hashed while
-//!   streaming into the same partial as any source's), then the chit's
-//!   URLs and mirrors. A remote that is down, stalls, is slow or sends
+//! - **Read** (`read`, `ranges`): on a local miss the download asks the
+//!   remote tier first, then the chit's URLs and mirrors. The object from
+//!   the partial's offset is read as ranged GETs of
+//!   [`Settings::range_size`], [`Settings::ranges_at_once`] under way,
+//!   their bytes hashed while streaming, in order, into the same partial
+//!   as any source's. A remote that is down, stalls, is slow or sends
 //!   wrong bytes never fails a chit: it is ruled out for
 //!   [`Settings::rule_out_for`] (logged) and the chit's sources are asked.
 //!   A chit's `# error:` line never names the remote; it is "the remote
@@ -34,6 +36,7 @@ pub mod config;
 
 mod client;
 mod lease;
+mod ranges;
 mod read;
 mod upload;
 
@@ -61,6 +64,10 @@ pub struct Settings {
     pub rule_out_for: Duration,
     /// No byte from the remote for this long: it is ruled out.
     pub stall: Duration,
+    /// A read is cut into ranged GETs of this many bytes (see `ranges`).
+    pub range_size: u64,
+    /// Ranged GETs of one read under way at once.
+    pub ranges_at_once: usize,
     /// Objects this big or bigger are uploaded in parts.
     pub multipart_threshold: u64,
     /// The size of each part but the last (S3 wants at least 5 MiB).
@@ -85,6 +92,8 @@ impl Default for Settings {
         Settings {
             rule_out_for: Duration::from_secs(60),
             stall: Duration::from_secs(10),
+            range_size: 8 << 20,
+            ranges_at_once: 4,
             multipart_threshold: 64 << 20,
             part_size: 16 << 20,
             uploads_at_once: 2,
@@ -100,6 +109,7 @@ impl Default for Settings {
 impl Settings {
     /// Defaults, with test and tuning knobs from the environment:
     /// `CHITD_REMOTE_RULE_OUT_MS`, `CHITD_REMOTE_STALL_MS`,
+    /// `CHITD_REMOTE_RANGE_SIZE` (bytes), `CHITD_REMOTE_RANGES_AT_ONCE`,
     /// `CHITD_REMOTE_MULTIPART_THRESHOLD` and `CHITD_REMOTE_PART_SIZE`
     /// (bytes), `CHITD_REMOTE_UPLOAD_RATE` (bytes per second),
     /// `CHITD_REMOTE_LEASE_TTL_MS`, `CHITD_REMOTE_LEASE_POLL_MS`.
@@ -108,6 +118,8 @@ impl Settings {
         Settings {
             rule_out_for: knobs.rule_out_for.unwrap_or(defaults.rule_out_for),
             stall: knobs.stall.unwrap_or(defaults.stall),
+            range_size: knobs.range_size.unwrap_or(defaults.range_size),
+            ranges_at_once: knobs.ranges_at_once.unwrap_or(defaults.ranges_at_once),
             multipart_threshold: knobs
                 .multipart_threshold
                 .unwrap_or(defaults.multipart_threshold),

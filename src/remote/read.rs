@@ -5,14 +5,15 @@
 //! out for a while and leaves the partial to the chit's sources (with the
 //! good bytes so far; wrong ones are discarded by the verification).
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use tokio_util::sync::CancellationToken;
 
 use super::lease::Waited;
+use super::ranges::{Body, Ranges, cut};
 use super::{REMOTE_SOURCE, Remote};
 use crate::chit::Digest;
 use crate::fetch::{Sink, verify};
@@ -82,7 +83,9 @@ impl Remote {
         (partial, Fill::Elsewhere)
     }
 
-    /// One GET of the object from the partial's offset into the partial.
+    /// The object from the partial's offset into the partial: the first
+    /// range's GET tells whether it is there, the rest follow as ranges
+    /// under way at once (see `ranges`).
     async fn get(
         &self,
         mut partial: Partial,
@@ -91,40 +94,17 @@ impl Remote {
         cancel: &CancellationToken,
     ) -> (Partial, Result<(), Miss>) {
         let (offset, total) = (partial.offset(), partial.total());
-        let options = GetOptions {
-            range: (offset > 0).then_some(GetRange::Offset(offset)),
-            ..GetOptions::default()
-        };
         let path = self.object_path(&digest);
-        let stall = self.settings.stall;
-        let answer = tokio::select! {
-            _ = cancel.cancelled() => return (partial, Err(Miss::Shutdown)),
-            answer = tokio::time::timeout(stall, self.store.get_opts(&path, options)) => answer,
+        let (first, head) = match self.get_first(&path, offset, total, cancel).await {
+            Ok(found) => found,
+            Err(miss) => return (partial, Err(miss)),
         };
-        let result = match answer {
-            Err(_) => {
-                return (
-                    partial,
-                    Err(Miss::Failed(format!("no answer within {stall:?}"))),
-                );
-            }
-            Ok(Err(object_store::Error::NotFound { .. })) => return (partial, Err(Miss::NotThere)),
-            Ok(Err(e)) => return (partial, Err(Miss::Failed(e.to_string()))),
-            Ok(Ok(result)) => result,
-        };
-        if result.meta.size != total || result.range.start != offset {
-            let (size, start) = (result.meta.size, result.range.start);
-            let why = format!(
-                "it holds {size} bytes under the digest (from {start}), the chit says {total} \
-                 (from {offset})"
-            );
-            return (partial, Err(Miss::Failed(why)));
-        }
         partial.resumed |= offset > 0;
         partial.source = Some(REMOTE_SOURCE.to_string());
         partial.validator = Validator::default();
         tracing::debug!(%digest, offset, "streaming from {REMOTE_SOURCE}");
-        let body = result.into_stream();
+        let settings = (self.settings.range_size, self.settings.ranges_at_once);
+        let body = Ranges::new(self.store.clone(), path, head, first, total, settings);
         let (mut partial, streamed) = self.stream(partial, body, progress, cancel).await;
         if let Err(miss) = streamed {
             return (partial, Err(miss));
@@ -133,12 +113,56 @@ impl Remote {
         (partial, verified)
     }
 
+    /// GET the first range of `[offset, total)` (all of it when it fits in
+    /// one): the range and its body, once the store said it holds an
+    /// object of `total` bytes there.
+    async fn get_first(
+        &self,
+        path: &object_store::path::Path,
+        offset: u64,
+        total: u64,
+        cancel: &CancellationToken,
+    ) -> Result<(Range<u64>, Body), Miss> {
+        let first = cut(offset, total, self.settings.range_size)
+            .next()
+            .unwrap_or(offset..total);
+        let range = if first.end < total {
+            Some(GetRange::Bounded(first.clone()))
+        } else {
+            (offset > 0).then_some(GetRange::Offset(offset))
+        };
+        let options = GetOptions {
+            range,
+            ..GetOptions::default()
+        };
+        let stall = self.settings.stall;
+        let answer = tokio::select! {
+            _ = cancel.cancelled() => return Err(Miss::Shutdown),
+            answer = tokio::time::timeout(stall, self.store.get_opts(path, options)) => answer,
+        };
+        let result = match answer {
+            Err(_) => return Err(Miss::Failed(format!("no answer within {stall:?}"))),
+            Ok(Err(object_store::Error::NotFound { .. })) => return Err(Miss::NotThere),
+            Ok(Err(e)) => return Err(Miss::Failed(e.to_string())),
+            Ok(Ok(result)) => result,
+        };
+        if result.meta.size != total || result.range != first {
+            let (size, got) = (result.meta.size, &result.range);
+            return Err(Miss::Failed(format!(
+                "it holds {size} bytes under the digest (sent {}-{}), the chit says {total} \
+                 (asked {}-{})",
+                got.start, got.end, first.start, first.end
+            )));
+        }
+        Ok((first, result.into_stream()))
+    }
+
     /// Receive the body into the partial (through the same writer as an
     /// HTTP source's), cutting it when it stalls or drips.
     async fn stream(
         &self,
         partial: Partial,
-        mut body: futures_util::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+        mut body: Ranges,
         progress: &AtomicU64,
         cancel: &CancellationToken,
     ) -> (Partial, Result<(), Miss>) {
@@ -159,7 +183,7 @@ impl Remote {
                     )));
                 }
                 Ok(None) => break Ok(()),
-                Ok(Some(Err(e))) => break Err(Miss::Failed(e.to_string())),
+                Ok(Some(Err(why))) => break Err(Miss::Failed(why)),
                 Ok(Some(Ok(chunk))) => chunk,
             };
             offset += chunk.len() as u64;
@@ -174,6 +198,7 @@ impl Remote {
                 break Err(Miss::Failed(slow));
             }
         };
+        drop(body); // abort the ranges under way before the writer's last checkpoint
         let (partial, written) = sink.finish().await;
         match written {
             Err(e) => (

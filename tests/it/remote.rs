@@ -358,3 +358,112 @@ fn a_chit_without_sources_is_served_by_the_remote_alone() {
     );
     assert!(host.upload_records().is_empty(), "{}", daemon.log());
 }
+
+/// The fake remote of `read_in_ranges` tests: the object under its key.
+fn fake_remote_with(content: &Content) -> (Server, String) {
+    let fake_remote = Server::start();
+    let key = format!("/distfiles/chitd/sha256/{}", content.sha256);
+    fake_remote.add(&key, content.bytes.clone());
+    (fake_remote, key)
+}
+
+/// Run a host that reads from the remote in ranges of 256 KiB, three at
+/// once, on the chit `chit` named `name`, dropped once the host's
+/// conditional-create probe is over (so the probe's requests do not count
+/// as the read's); returns its log.
+fn read_in_ranges(host: &Host, name: &str, chit: String) -> String {
+    let mut daemon = host
+        .daemon()
+        .env("CHITD_REMOTE_RANGE_SIZE", &(256 << 10).to_string())
+        .env("CHITD_REMOTE_RANGES_AT_ONCE", "3")
+        .start();
+    wait_until(TIMEOUT, "the conditional-create probe", || {
+        let log = daemon.log();
+        (log.contains("conditional") || log.contains("If-None-Match")).then_some(())
+    });
+    host.spool.drop_chit(name, &chit);
+    host.spool.wait_terminal(name, TIMEOUT);
+    daemon.sigterm();
+    daemon.expect_success(TIMEOUT);
+    daemon.log()
+}
+
+/// A big object is read as ranged GETs, several under way at once (each
+/// range streams slowly here, so the next ones are asked meanwhile), each
+/// byte asked once, and the file arrives whole.
+#[test]
+fn a_big_object_is_read_in_ranges_several_at_once() {
+    let content = Content::random(2 << 20);
+    let (fake_remote, key) = fake_remote_with(&content);
+    let drip = Fault::SlowDrip {
+        bytes_per_tick: 64 << 10,
+        tick: Duration::from_millis(20),
+    };
+    fake_remote.set_fault(&key, drip);
+    let host = Host::new(&remote_section(fake_remote.url("").trim_end_matches('/')));
+    read_in_ranges(&host, "f", content.chit("f.bin", &[]));
+
+    host.spool.assert_delivered("f", "f.bin", &content);
+    let mut asked: Vec<String> = fake_remote
+        .requests_for(&key)
+        .into_iter()
+        .map(|request| request.range.unwrap_or_default())
+        .collect();
+    asked.sort_by_key(|range| {
+        let start = range.trim_start_matches("bytes=").split('-').next();
+        start.and_then(|n| n.parse::<u64>().ok())
+    });
+    let expected: Vec<String> = (0..8u64)
+        .map(|i| format!("bytes={}-{}", i << 18, ((i + 1) << 18) - 1))
+        .collect();
+    assert_eq!(asked, expected);
+    let concurrent = fake_remote.most_concurrent();
+    assert!((2..=3).contains(&concurrent), "{concurrent} at once");
+}
+
+/// A later range that breaks ends the read: the bytes before it are kept
+/// (written in order), the remote is ruled out, and upstream resumes from
+/// them.
+#[test]
+fn a_range_that_breaks_leaves_the_bytes_before_it_to_upstream() {
+    let content = Content::random(1 << 20);
+    let (fake_remote, key) = fake_remote_with(&content);
+    let steady = Fault::SlowDrip {
+        bytes_per_tick: 64 << 10,
+        tick: Duration::from_millis(5),
+    };
+    fake_remote.set_fault_times(&key, steady, 1);
+    fake_remote.then_fault(&key, Fault::Reset { after: 1000 });
+    let upstream = Server::start();
+    upstream.add("/f.bin", content.bytes.clone());
+    let host = Host::new(&remote_section(fake_remote.url("").trim_end_matches('/')));
+    let log = read_in_ranges(&host, "f", content.chit("f.bin", &[upstream.url("/f.bin")]));
+
+    host.spool.assert_delivered("f", "f.bin", &content);
+    assert!(log.contains("the remote tier ruled out"), "{log}");
+    let asked = upstream.requests_for("/f.bin");
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0]
+            .range_start()
+            .is_some_and(|start| start >= 256 << 10),
+        "{asked:?}"
+    );
+}
+
+/// A store that ignores `Range` (every S3 store honours it) cannot serve
+/// a read in ranges: ruled out, and upstream gives the file.
+#[test]
+fn a_store_that_ignores_ranges_is_ruled_out_for_a_big_object() {
+    let content = Content::random(1 << 20);
+    let (fake_remote, key) = fake_remote_with(&content);
+    fake_remote.set_fault(&key, Fault::IgnoreRange);
+    let upstream = Server::start();
+    upstream.add("/f.bin", content.bytes.clone());
+    let host = Host::new(&remote_section(fake_remote.url("").trim_end_matches('/')));
+    let log = read_in_ranges(&host, "f", content.chit("f.bin", &[upstream.url("/f.bin")]));
+
+    host.spool.assert_delivered("f", "f.bin", &content);
+    assert!(log.contains("the remote tier ruled out"), "{log}");
+    assert_eq!(upstream.gets("/f.bin"), 1);
+}
