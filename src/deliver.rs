@@ -67,6 +67,13 @@ pub enum DeliverError {
 /// rename, but without the final fsync of the directory, which it returns:
 /// the caller fsyncs it (once for a batch of deliveries into the same
 /// directory) before it reports the file as durably delivered.
+///
+/// The copy is an unnamed file (`O_TMPFILE`), written and fdatasync'd,
+/// then linked under its name: a new name appears whole or not at all. A
+/// name already taken (an earlier copy, anything a consumer put there) is
+/// replaced by a rename from a temporary name the copy is linked as first.
+/// Where the file system makes no unnamed files, the copy is a named
+/// temporary from the start ([`Dir::create_temp`]), renamed into place.
 pub fn deliver_unsynced(
     root: &Dir,
     path: &DeliveryPath,
@@ -75,28 +82,61 @@ pub fn deliver_unsynced(
 ) -> Result<Dir, DeliverError> {
     let parent = root.create_dirs(path.parent_components(), durable)?;
     let name = path.file_name();
+    if let Some(mut copy) = parent.create_unnamed()? {
+        let target_path = || parent.path().join(name);
+        write_copy(source, &mut copy, &target_path)?;
+        match parent.link_unnamed(&copy, name) {
+            Ok(true) => return Ok(parent),
+            Ok(false) => {} // No links of unnamed files here: a temporary.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                replace_with(&parent, &copy, name)?;
+                return Ok(parent);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let (temp, mut target) = parent.create_temp(name)?;
     let temp_path = || parent.path().join(&temp);
-    let result = match source {
-        Source::Object { path, digest, size } => {
-            verify::copy_object(path, &mut target, digest, size, &temp_path)
-        }
-        Source::Bytes(bytes) => target
-            .write_all(bytes)
-            .map_err(|e| with_path(e, "writing", &temp_path()).into()),
-    };
-    let result = result
-        .and_then(|()| {
-            target
-                .sync_data()
-                .map_err(|e| with_path(e, "syncing", &temp_path()).into())
-        })
+    let result = write_copy(source, &mut target, &temp_path)
         .and_then(|()| Ok(parent.rename(&temp, &parent, name)?));
     if let Err(e) = result {
         let _ = parent.remove_file(&temp);
         return Err(e);
     }
     Ok(parent)
+}
+
+/// Write `source` to `target` (at `at`, for errors) and fdatasync it.
+fn write_copy(
+    source: Source<'_>,
+    target: &mut std::fs::File,
+    at: &dyn Fn() -> std::path::PathBuf,
+) -> Result<(), DeliverError> {
+    match source {
+        Source::Object { path, digest, size } => {
+            verify::copy_object(path, target, digest, size, at)?;
+        }
+        Source::Bytes(bytes) => target
+            .write_all(bytes)
+            .map_err(|e| with_path(e, "writing", &at()))?,
+    }
+    target
+        .sync_data()
+        .map_err(|e| with_path(e, "syncing", &at()).into())
+}
+
+/// Put the unnamed, durable `copy` in place of what `name` in `parent`
+/// is: linked under a temporary name, then renamed over it.
+fn replace_with(parent: &Dir, copy: &std::fs::File, name: &str) -> Result<(), DeliverError> {
+    let Some(temp) = parent.link_unnamed_temp(copy, name)? else {
+        // Linked a moment ago; not now: nothing was delivered.
+        let error = std::io::Error::other("links of unnamed files stopped working");
+        return Err(with_path(error, "delivering", &parent.path().join(name)).into());
+    };
+    parent.rename(&temp, parent, name).map_err(|e| {
+        let _ = parent.remove_file(&temp);
+        e.into()
+    })
 }
 
 /// Remove the temporaries of deliveries a crash cut short: regular files

@@ -427,6 +427,44 @@ impl Dir {
         self.create_new(&name).map(|file| (name, file))
     }
 
+    /// A new regular file without a name in this directory, open for
+    /// reading and writing (see [`crate::durable::create_unnamed`]); `None`
+    /// where the file system cannot make one.
+    pub fn create_unnamed(&self) -> io::Result<Option<File>> {
+        crate::durable::create_unnamed(&self.fd, Path::new("."), 0o644, true)
+            .map_err(|e| with_path(e, "creating a file in", &self.path))
+    }
+
+    /// Name `file`, made by [`Dir::create_unnamed`] here, `name` (one path
+    /// component); a name already taken is an error of kind
+    /// `AlreadyExists`, never replaced or followed. `Ok(false)`: links of
+    /// unnamed files cannot be made in this process.
+    pub fn link_unnamed(&self, file: &File, name: impl AsRef<OsStr>) -> io::Result<bool> {
+        let name = name.as_ref();
+        crate::durable::link_unnamed(file, &self.fd, Path::new(name))
+            .map_err(|e| self.error(e, "naming", name))
+    }
+
+    /// [`Dir::link_unnamed`] under a temporary name of [`Dir::create_temp`]'s
+    /// scheme for `stem`, tried the same way; the name, or `None` if links
+    /// of unnamed files cannot be made in this process.
+    pub fn link_unnamed_temp(&self, file: &File, stem: &str) -> io::Result<Option<String>> {
+        let mut suffix = unique_suffix();
+        for _ in 1..TEMP_NAME_TRIES {
+            let name = temp_name(stem, &suffix);
+            match self.link_unnamed(file, &name) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    tracing::debug!("{e}; trying another temporary name");
+                    suffix = random_suffix();
+                }
+                linked => return linked.map(|linked| linked.then_some(name)),
+            }
+        }
+        let name = temp_name(stem, &suffix);
+        self.link_unnamed(file, &name)
+            .map(|linked| linked.then_some(name))
+    }
+
     /// Create the regular file `name` in this directory, which must not
     /// exist (`O_CREAT | O_EXCL | O_NOFOLLOW`: anything already there, a
     /// symlink included, is an error of kind `AlreadyExists`, never opened).
@@ -701,6 +739,38 @@ mod tests {
         }
         assert_eq!(
             std::fs::read(root.path().join("d").join(&made)).unwrap(),
+            b"chitd's"
+        );
+    }
+
+    /// An unnamed file has no name until it is linked; a name taken by
+    /// a symlink is refused, neither followed nor replaced; a temporary
+    /// name is found beside it.
+    #[test]
+    fn unnamed_files_are_named_only_where_nothing_is() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = root.path().join("outside");
+        std::fs::write(&outside, "secret\n").unwrap();
+        let dir = Dir::open_root(&root.path().join("d")).unwrap();
+        let Some(mut file) = dir.create_unnamed().unwrap() else {
+            return; // This file system makes no unnamed files.
+        };
+        std::io::Write::write_all(&mut file, b"chitd's").unwrap();
+        assert!(dir.names().unwrap().is_empty(), "named before its link");
+        symlink(&outside, root.path().join("d/taken")).unwrap();
+        let refused = dir.link_unnamed(&file, "taken").unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AlreadyExists, "{refused}");
+        assert!(refused.to_string().contains("taken"), "{refused}");
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "secret\n");
+        assert!(dir.link_unnamed(&file, "new").unwrap());
+        assert_eq!(
+            std::fs::read(root.path().join("d/new")).unwrap(),
+            b"chitd's"
+        );
+        let temp = dir.link_unnamed_temp(&file, "taken").unwrap().unwrap();
+        assert!(Dir::is_temp_name(&temp), "{temp}");
+        assert_eq!(
+            std::fs::read(root.path().join("d").join(&temp)).unwrap(),
             b"chitd's"
         );
     }

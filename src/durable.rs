@@ -1,11 +1,15 @@
-//! The few durability primitives everyone uses: fsync a directory, and write
+//! The few durability primitives everyone uses: fsync a directory, write
 //! a small file atomically and durably (temp name, write, fsync, rename,
-//! fsync the directory). Reviewed once, here.
+//! fsync the directory), and make a new file that has no name until its
+//! bytes are durable (`O_TMPFILE`, then a link). Reviewed once, here.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use rustix::io::Errno;
 
 /// fsync a directory, so that renames and creations inside it survive a
 /// power cut.
@@ -96,6 +100,96 @@ fn temp_beside(path: &Path) -> PathBuf {
     dir.join(crate::dir::temp_name(&name, &unique_suffix()))
 }
 
+/// Whether unnamed files ([`create_unnamed`]) work in this run: cleared
+/// the first time a file system refuses one, or a link of one cannot be
+/// made, so such a system costs one try and chitd then writes named
+/// temporaries as before.
+static UNNAMED: AtomicBool = AtomicBool::new(true);
+/// Whether `linkat(AT_EMPTY_PATH)` works (it needs `CAP_DAC_READ_SEARCH`);
+/// cleared at its first refusal, after which links go through
+/// `/proc/self/fd`.
+static EMPTY_PATH_LINKS: AtomicBool = AtomicBool::new(true);
+
+/// A new regular file without a name in the directory `dir` (`dirfd`
+/// and a path relative to it, `O_TMPFILE`), with permissions `mode` less
+/// the umask, open for writing (and reading, with `read`); `None` where
+/// the file system cannot make one. Named by [`link_unnamed`] once its
+/// bytes are durable, it appears whole or not at all; a crash before that
+/// leaves nothing to clean up. Two directory operations fewer than a
+/// named temporary and its rename (the entry made, then moved).
+pub fn create_unnamed(
+    dirfd: impl AsFd,
+    dir: &Path,
+    mode: u32,
+    read: bool,
+) -> io::Result<Option<File>> {
+    use rustix::fs::{Mode, OFlags};
+    if !UNNAMED.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let access = if read { OFlags::RDWR } else { OFlags::WRONLY };
+    let flags = OFlags::TMPFILE | access | OFlags::CLOEXEC;
+    match rustix::fs::openat(dirfd, dir, flags, Mode::from_raw_mode(mode)) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        // Not on this file system (or kernel: `EISDIR`).
+        Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {
+            UNNAMED.store(false, Ordering::Relaxed);
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Give `file`, made by [`create_unnamed`] in `dirfd`, the name `name`
+/// there (a path relative to `dirfd`). A name already taken, by anything,
+/// is an error of kind `AlreadyExists`: nothing is replaced or followed.
+/// `Ok(false)` when links of unnamed files cannot be made in this process
+/// (no `CAP_DAC_READ_SEARCH` and no `/proc`): then write a named temporary.
+pub fn link_unnamed(file: &File, dirfd: impl AsFd, name: &Path) -> io::Result<bool> {
+    use rustix::fs::{AtFlags, CWD, linkat};
+    use std::os::fd::AsRawFd;
+    if EMPTY_PATH_LINKS.load(Ordering::Relaxed) {
+        match linkat(file, "", &dirfd, name, AtFlags::EMPTY_PATH) {
+            Ok(()) => return Ok(true),
+            // Refused without the capability.
+            Err(Errno::NOENT | Errno::PERM) => EMPTY_PATH_LINKS.store(false, Ordering::Relaxed),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match linkat(CWD, proc.as_str(), &dirfd, name, AtFlags::SYMLINK_FOLLOW) {
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT) if !Path::new("/proc/self/fd").is_dir() => {
+            UNNAMED.store(false, Ordering::Relaxed);
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Write `bytes` as the new file `path` (permissions `mode` less the
+/// umask), durably before it has its name: an unnamed file, written,
+/// fsync'd, then linked. `Ok(false)` if `path` exists already or unnamed
+/// files do not work here (nothing was made): use
+/// [`write_then_rename_mode`] then. Like it, the caller syncs the
+/// directory.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let created = create_unnamed(rustix::fs::CWD, dir, mode, false);
+    let Some(mut file) = created.map_err(|e| with_path(e, "creating a file in", dir))? else {
+        return Ok(false);
+    };
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| link_unnamed(&file, rustix::fs::CWD, path));
+    match written {
+        Ok(linked) => Ok(linked),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(with_path(e, "writing", path)),
+    }
+}
+
 /// Ask the kernel to start writing `[start, start + length)` of `file` to
 /// disk now, without waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so
 /// the disk works while we go on and a later fsync finds little left to do.
@@ -168,6 +262,47 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "temporary file left behind");
+    }
+
+    /// A new file is written whole under its name, with its mode, and
+    /// leaves nothing else behind; a name taken is left alone.
+    #[test]
+    fn write_new_makes_a_new_file_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("object");
+        if !write_new(&path, b"one", 0o444).unwrap() {
+            // Only where the file system makes no unnamed files.
+            assert!(!UNNAMED.load(Ordering::Relaxed));
+            return;
+        }
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o222, 0, "read-only: {mode:o}");
+        assert!(!write_new(&path, b"two", 0o444).unwrap(), "a name taken");
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        let missing = write_new(&dir.path().join("no/such/dir/x"), b"x", 0o444).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        assert!(missing.to_string().contains("no/such/dir"), "{missing}");
+    }
+
+    /// Without `CAP_DAC_READ_SEARCH` (or once refused it), links go
+    /// through `/proc/self/fd` (other tests may take that way meanwhile:
+    /// it works for them too).
+    #[test]
+    fn unnamed_files_are_linked_through_proc_without_the_capability() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(mut file) = create_unnamed(rustix::fs::CWD, dir.path(), 0o644, false).unwrap()
+        else {
+            return; // This file system makes no unnamed files.
+        };
+        file.write_all(b"by proc").unwrap();
+        EMPTY_PATH_LINKS.store(false, Ordering::Relaxed);
+        let path = dir.path().join("linked");
+        assert!(link_unnamed(&file, rustix::fs::CWD, &path).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"by proc");
     }
 
     #[test]

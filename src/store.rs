@@ -203,8 +203,11 @@ impl Store {
 
     /// Publish a complete, verified partial under its digest: a `.part` is
     /// fdatasync'd by `into_complete`, then renamed; bytes held in memory
-    /// are written to a dot-named temporary beside the final name, fsync'd,
-    /// then renamed (`write_then_rename`), and handed back for delivery.
+    /// are written to an unnamed file in the fan-out directory, fsync'd,
+    /// then linked under the final name (`durable::write_new`; where the
+    /// file system makes no unnamed files, or an object is there already,
+    /// a dot-named temporary renamed over it), and handed back for
+    /// delivery.
     ///
     /// The rename is made durable by the caller, with the other cache
     /// directories of a round (one fsync per directory for many objects).
@@ -238,6 +241,11 @@ impl Store {
             }
             Complete::Memory(bytes) => {
                 self.in_fanout_dir(digest, dir, || {
+                    // Replacing an object there (a corrupt one) takes a
+                    // temporary and a rename.
+                    if crate::durable::write_new(&path, &bytes, OBJECT_MODE)? {
+                        return Ok(());
+                    }
                     write_then_rename_mode(&path, &bytes, OBJECT_MODE)
                 })?;
                 Some(bytes)

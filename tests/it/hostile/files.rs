@@ -295,7 +295,10 @@ const REASON_FILE: &str = ".chitd-error";
 /// rebuilt). Symlinks to outside files, dangling symlinks into the outside
 /// and regular files planted under the next names are neither followed nor
 /// written (each is created `O_EXCL`), and cost no chit: chitd takes
-/// another, random name, and both chits land where they should.
+/// another, random name, and both chits land where they should. (A
+/// delivery to a new name needs no temporary name where the file system
+/// makes unnamed files; one that replaces a file does: the target is
+/// there already.)
 #[test]
 fn things_planted_under_chitds_next_temporary_names_redirect_nothing_and_cost_no_chit() {
     const PLANTED: u32 = 256;
@@ -317,6 +320,7 @@ fn things_planted_under_chitds_next_temporary_names_redirect_nothing_and_cost_no
         }
     }
 
+    fs::write(deliver.join("good-planted.bin"), "an older copy\n").unwrap();
     setup.spool.drop_chit("good", &chit);
     setup.spool.drop_chit("bad", "not a chit\n");
     setup.spool.expect_downloaded("good");
