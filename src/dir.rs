@@ -412,19 +412,29 @@ impl Dir {
     /// a random `<n>` that cannot be predicted, up to [`TEMP_NAME_TRIES`]
     /// names in all.
     pub fn create_temp(&self, stem: &str) -> io::Result<(String, File)> {
+        self.at_temp_name(stem, |name| self.create_new(name))
+    }
+
+    /// Run `make` on temporary names for `stem` (see [`Dir::create_temp`])
+    /// until one is not taken: the name and what `make` made there.
+    fn at_temp_name<T>(
+        &self,
+        stem: &str,
+        make: impl Fn(&str) -> io::Result<T>,
+    ) -> io::Result<(String, T)> {
         let mut suffix = unique_suffix();
         for _ in 1..TEMP_NAME_TRIES {
             let name = temp_name(stem, &suffix);
-            match self.create_new(&name) {
+            match make(&name) {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     tracing::debug!("{e}; trying another temporary name");
                     suffix = random_suffix();
                 }
-                created => return created.map(|file| (name, file)),
+                made => return made.map(|made| (name, made)),
             }
         }
         let name = temp_name(stem, &suffix);
-        self.create_new(&name).map(|file| (name, file))
+        make(&name).map(|made| (name, made))
     }
 
     /// A new regular file without a name in this directory, open for
@@ -449,20 +459,8 @@ impl Dir {
     /// scheme for `stem`, tried the same way; the name, or `None` if links
     /// of unnamed files cannot be made in this process.
     pub fn link_unnamed_temp(&self, file: &File, stem: &str) -> io::Result<Option<String>> {
-        let mut suffix = unique_suffix();
-        for _ in 1..TEMP_NAME_TRIES {
-            let name = temp_name(stem, &suffix);
-            match self.link_unnamed(file, &name) {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    tracing::debug!("{e}; trying another temporary name");
-                    suffix = random_suffix();
-                }
-                linked => return linked.map(|linked| linked.then_some(name)),
-            }
-        }
-        let name = temp_name(stem, &suffix);
-        self.link_unnamed(file, &name)
-            .map(|linked| linked.then_some(name))
+        let (name, linked) = self.at_temp_name(stem, |name| self.link_unnamed(file, name))?;
+        Ok(linked.then_some(name))
     }
 
     /// Create the regular file `name` in this directory, which must not

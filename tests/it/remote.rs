@@ -360,6 +360,12 @@ fn a_chit_without_sources_is_served_by_the_remote_alone() {
 }
 
 /// The fake remote of `read_in_ranges` tests: the object under its key.
+/// A host whose remote tier is `fake_remote` (an HTTP server playing the
+/// store).
+fn host_reading_from(fake_remote: &Server) -> Host {
+    Host::new(&remote_section(fake_remote.url("").trim_end_matches('/')))
+}
+
 fn fake_remote_with(content: &Content) -> (Server, String) {
     let fake_remote = Server::start();
     let key = format!("/distfiles/chitd/sha256/{}", content.sha256);
@@ -400,7 +406,7 @@ fn a_big_object_is_read_in_ranges_several_at_once() {
         tick: Duration::from_millis(20),
     };
     fake_remote.set_fault(&key, drip);
-    let host = Host::new(&remote_section(fake_remote.url("").trim_end_matches('/')));
+    let host = host_reading_from(&fake_remote);
     read_in_ranges(&host, "f", content.chit("f.bin", &[]));
 
     host.spool.assert_delivered("f", "f.bin", &content);
@@ -436,7 +442,7 @@ fn a_range_that_breaks_leaves_the_bytes_before_it_to_upstream() {
     fake_remote.then_fault(&key, Fault::Reset { after: 1000 });
     let upstream = Server::start();
     upstream.add("/f.bin", content.bytes.clone());
-    let host = Host::new(&remote_section(fake_remote.url("").trim_end_matches('/')));
+    let host = host_reading_from(&fake_remote);
     let log = read_in_ranges(&host, "f", content.chit("f.bin", &[upstream.url("/f.bin")]));
 
     host.spool.assert_delivered("f", "f.bin", &content);
@@ -460,7 +466,7 @@ fn a_store_that_ignores_ranges_is_ruled_out_for_a_big_object() {
     fake_remote.set_fault(&key, Fault::IgnoreRange);
     let upstream = Server::start();
     upstream.add("/f.bin", content.bytes.clone());
-    let host = Host::new(&remote_section(fake_remote.url("").trim_end_matches('/')));
+    let host = host_reading_from(&fake_remote);
     let log = read_in_ranges(&host, "f", content.chit("f.bin", &[upstream.url("/f.bin")]));
 
     host.spool.assert_delivered("f", "f.bin", &content);
