@@ -1,7 +1,10 @@
 //! Cache → `<deliver>/<path>`: missing parent directories are created
-//! (never through a symlink), the bytes are copied to a dot-named temporary
-//! beside the target, fsync'd, renamed over the target, and the directory
-//! is fsync'd. A consumer never sees a partial file under the final name, and
+//! (never through a symlink), the bytes are copied to an unnamed file (a
+//! dot-named temporary beside the target where the file system makes
+//! none), fsync'd, linked (or renamed) into place, and the directory is
+//! fsync'd. A delivery can be taken in two halves ([`start_delivery`],
+//! then [`Delivering::finish`]), so a batch writes all of its copies before
+//! it flushes any. A consumer never sees a partial file under the final name, and
 //! the file is durably in place before its chit moves to `downloaded/`.
 //! At start-up, [`remove_temporaries`] removes the temporaries of
 //! deliveries a crash cut short.
@@ -80,33 +83,118 @@ pub fn deliver_unsynced(
     source: Source<'_>,
     durable: &DurableDirs,
 ) -> Result<Dir, DeliverError> {
+    start_delivery(root, path, source, durable)?.finish()
+}
+
+/// [`deliver_unsynced`]'s first half: the copy written (and verified) and
+/// on its way to disk, not yet in place; [`Delivering::finish`] flushes it
+/// and puts it in place. A batch of deliveries started, then finished,
+/// shares its flushes (see [`crate::durable::Unnamed::link`]).
+pub fn start_delivery(
+    root: &Dir,
+    path: &DeliveryPath,
+    source: Source<'_>,
+    durable: &DurableDirs,
+) -> Result<Delivering, DeliverError> {
     let parent = root.create_dirs(path.parent_components(), durable)?;
-    let name = path.file_name();
-    if let Some(mut copy) = parent.create_unnamed()? {
-        let target_path = || parent.path().join(name);
-        write_copy(source, &mut copy, &target_path)?;
-        match parent.link_unnamed(&copy, name) {
-            Ok(true) => return Ok(parent),
-            Ok(false) => {} // No links of unnamed files here: a temporary.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                replace_with(&parent, &copy, name)?;
-                return Ok(parent);
+    let name = path.file_name().to_owned();
+    let copy = match parent.create_unnamed()? {
+        Some(mut copy) => {
+            write_copy(source, &mut copy, &|| parent.path().join(&name))?;
+            Copy::Unnamed(copy)
+        }
+        None => {
+            let (temp, mut file) = parent.create_temp(&name)?;
+            if let Err(e) = write_copy(source, &mut file, &|| parent.path().join(&temp)) {
+                let _ = parent.remove_file(&temp);
+                return Err(e);
             }
-            Err(e) => return Err(e.into()),
+            Copy::Temp(temp, file)
+        }
+    };
+    Ok(Delivering {
+        name,
+        copy: Some((parent, copy)),
+    })
+}
+
+/// A delivery of [`start_delivery`]: its copy written, not yet durable,
+/// not in place. Dropped unfinished, it leaves nothing behind (a named
+/// temporary is removed).
+#[derive(Debug)]
+pub struct Delivering {
+    name: String,
+    /// The directory it goes into, and the copy (taken by `finish`).
+    copy: Option<(Dir, Copy)>,
+}
+
+#[derive(Debug)]
+enum Copy {
+    Unnamed(File),
+    /// A dot-named temporary, where the file system makes no unnamed files.
+    Temp(String, File),
+}
+
+impl Delivering {
+    /// Flush the copy and put it in place (see [`deliver_unsynced`]); the
+    /// directory that holds it, for the caller to fsync.
+    pub fn finish(mut self) -> Result<Dir, DeliverError> {
+        let Some((parent, copy)) = self.copy.take() else {
+            unreachable!("a delivery is finished once");
+        };
+        let name = self.name.as_str();
+        match copy {
+            Copy::Unnamed(copy) => {
+                sync_copy(&copy, &|| parent.path().join(name))?;
+                match parent.link_unnamed(&copy, name) {
+                    Ok(true) => {}
+                    Ok(false) => copy_to_temp(&parent, &copy, name)?,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        replace_with(&parent, &copy, name)?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Copy::Temp(temp, file) => {
+                let placed = sync_copy(&file, &|| parent.path().join(&temp))
+                    .and_then(|()| Ok(parent.rename(&temp, &parent, name)?));
+                if let Err(e) = placed {
+                    let _ = parent.remove_file(&temp);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(parent)
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        if let Some((parent, Copy::Temp(temp, _))) = &self.copy {
+            let _ = parent.remove_file(temp);
         }
     }
-    let (temp, mut target) = parent.create_temp(name)?;
-    let temp_path = || parent.path().join(&temp);
-    let result = write_copy(source, &mut target, &temp_path)
-        .and_then(|()| Ok(parent.rename(&temp, &parent, name)?));
-    if let Err(e) = result {
+}
+
+/// No links of unnamed files here after all (found out at the first
+/// one): the durable `copy` is copied to a named temporary, which is
+/// renamed into place.
+fn copy_to_temp(parent: &Dir, copy: &File, name: &str) -> Result<(), DeliverError> {
+    let (temp, mut file) = parent.create_temp(name)?;
+    let at = || parent.path().join(&temp);
+    let placed = io::copy(&mut &*copy, &mut file)
+        .map_err(|e| DeliverError::from(with_path(e, "writing", &at())))
+        .and_then(|_| sync_copy(&file, &at))
+        .and_then(|()| Ok(parent.rename(&temp, parent, name)?));
+    if let Err(e) = placed {
         let _ = parent.remove_file(&temp);
         return Err(e);
     }
-    Ok(parent)
+    Ok(())
 }
 
-/// Write `source` to `target` (at `at`, for errors) and fdatasync it.
+/// Write `source` to `target` (at `at`, for errors) and start its
+/// writeback; [`sync_copy`] makes it durable.
 fn write_copy(
     source: Source<'_>,
     target: &mut std::fs::File,
@@ -120,6 +208,12 @@ fn write_copy(
             .write_all(bytes)
             .map_err(|e| with_path(e, "writing", &at()))?,
     }
+    crate::durable::start_writeback(target, 0, 0);
+    Ok(())
+}
+
+/// fdatasync the copy `target` (at `at`, for errors).
+fn sync_copy(target: &File, at: &dyn Fn() -> std::path::PathBuf) -> Result<(), DeliverError> {
     target
         .sync_data()
         .map_err(|e| with_path(e, "syncing", &at()).into())
@@ -233,6 +327,27 @@ mod tests {
             digest,
             size: bytes.len() as u64,
         }
+    }
+
+    /// A delivery begun puts nothing in place; dropped, it leaves nothing
+    /// behind; finished, its file is in place.
+    #[test]
+    fn a_delivery_is_in_place_only_once_finished() {
+        let target = tempfile::tempdir().unwrap();
+        let root = Dir::open_root(target.path()).unwrap();
+        let names = || fs::read_dir(target.path()).unwrap().count();
+        let path = DeliveryPath::parse("file.tar.gz").unwrap();
+        let durable = DurableDirs::default();
+        let dropped = start_delivery(&root, &path, Source::Bytes(b"dropped"), &durable).unwrap();
+        let kept = start_delivery(&root, &path, Source::Bytes(b"kept"), &durable).unwrap();
+        drop(dropped);
+        assert_eq!(names(), 0, "nothing in place, nothing left");
+        kept.finish().unwrap();
+        assert_eq!(
+            fs::read(target.path().join("file.tar.gz")).unwrap(),
+            b"kept"
+        );
+        assert_eq!(names(), 1);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::chit::Digest;
 use crate::dir::FileId;
-use crate::durable::{with_path, write_then_rename_mode};
+use crate::durable::{Unnamed, with_path, write_then_rename_mode, write_unnamed};
 use crate::partial::{Complete, Partial};
 
 /// Orphaned partial downloads (no chit has asked for them since) are kept
@@ -214,10 +214,19 @@ impl Store {
     /// Until then a crash may lose the name, never the content under it:
     /// the worst case is downloading the object again.
     pub fn publish(&self, partial: Partial, digest: &Digest) -> io::Result<Published> {
+        self.start_publish(partial, digest)?.finish(self)
+    }
+
+    /// [`Store::publish`]'s first half: a `.part` is published whole; bytes
+    /// held in memory are written to an unnamed file and left on their way
+    /// to disk, for [`Publishing::finish`] to flush and name. A batch of
+    /// small downloads started this way, then finished, shares its flushes
+    /// (see [`crate::durable::Unnamed::link`]).
+    pub fn start_publish(&self, partial: Partial, digest: &Digest) -> io::Result<Publishing> {
         let path = self.object_path(digest);
         let dir = path.parent().unwrap_or(&self.objects);
         let size = partial.total();
-        let bytes = match partial.into_complete()? {
+        let stage = match partial.into_complete()? {
             Complete::File { part, record } => {
                 let published = read_only(&part)
                     .and_then(|()| self.in_fanout_dir(digest, dir, || fs::rename(&part, &path)))
@@ -237,22 +246,20 @@ impl Store {
                     tracing::warn!(path = %record.display(), "cannot remove a finished download's progress record: {e}");
                 }
                 published?;
-                None
+                Stage::Named
             }
             Complete::Memory(bytes) => {
-                self.in_fanout_dir(digest, dir, || {
-                    // Replacing an object there (a corrupt one) takes a
-                    // temporary and a rename.
-                    if crate::durable::write_new(&path, &bytes, OBJECT_MODE)? {
-                        return Ok(());
-                    }
-                    write_then_rename_mode(&path, &bytes, OBJECT_MODE)
-                })?;
-                Some(bytes)
+                let unnamed =
+                    self.in_fanout_dir(digest, dir, || write_unnamed(&path, &bytes, OBJECT_MODE))?;
+                Stage::Written { bytes, unnamed }
             }
         };
-        self.intact_lock().insert(*digest, size);
-        Ok(Published { path, bytes })
+        Ok(Publishing {
+            digest: *digest,
+            size,
+            path,
+            stage,
+        })
     }
 
     /// Run `op`, which creates a name in `dir`, the digest's directory of
@@ -470,6 +477,78 @@ pub struct Published {
     pub bytes: Option<Vec<u8>>,
 }
 
+/// A verified download on its way into the cache ([`Store::start_publish`]).
+#[derive(Debug)]
+pub struct Publishing {
+    digest: Digest,
+    size: u64,
+    path: PathBuf,
+    stage: Stage,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// Under its name already (a `.part` renamed into place).
+    Named,
+    /// Held in memory, and written to an unnamed file (`None` where the
+    /// file system makes none).
+    Written {
+        bytes: Vec<u8>,
+        unnamed: Option<Unnamed>,
+    },
+}
+
+impl Publishing {
+    /// Where the object is published.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its bytes, when they are held in memory.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match &self.stage {
+            Stage::Named => None,
+            Stage::Written { bytes, .. } => Some(bytes),
+        }
+    }
+
+    /// [`Store::publish`]'s second half: the unnamed file fsync'd, then
+    /// linked under the digest's name (where the file system makes no
+    /// unnamed files, or an object is there already, a dot-named temporary
+    /// renamed over it); handed back for delivery.
+    pub fn finish(self, store: &Store) -> io::Result<Published> {
+        let Publishing {
+            digest,
+            size,
+            path,
+            stage,
+        } = self;
+        let bytes = match stage {
+            Stage::Named => None,
+            Stage::Written { bytes, unnamed } => {
+                let linked = match unnamed.map(Unnamed::link) {
+                    Some(Ok(linked)) => linked,
+                    // Its directory removed meanwhile: made again below.
+                    Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => false,
+                    Some(Err(e)) => return Err(e),
+                    None => false,
+                };
+                if !linked {
+                    // Replacing an object there (a corrupt one) takes a
+                    // temporary and a rename.
+                    let dir = path.parent().unwrap_or(&store.objects);
+                    store.in_fanout_dir(&digest, dir, || {
+                        write_then_rename_mode(&path, &bytes, OBJECT_MODE)
+                    })?;
+                }
+                Some(bytes)
+            }
+        };
+        store.intact_lock().insert(digest, size);
+        Ok(Published { path, bytes })
+    }
+}
+
 /// Every regular file under `root` (the cache is chitd's own: no symlinks
 /// are expected, and none are followed).
 fn walk(root: &Path) -> io::Result<Vec<PathBuf>> {
@@ -511,6 +590,24 @@ mod tests {
         // A chit of the wrong size does not evict the object.
         assert_eq!(store.lookup(&digest, 6).unwrap(), Lookup::OtherSize(5));
         assert_eq!(fs::read(&path).unwrap(), b"hello");
+    }
+
+    /// A small download's publish, begun, is no hit yet; finished, it is.
+    #[test]
+    fn a_publish_is_a_hit_only_once_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = Digest::from_bytes(Sha256::digest(b"hello").into());
+        let mut partial = store.partial(digest, 5).unwrap();
+        partial.append(bytes::Bytes::from_static(b"hello")).unwrap();
+        let publishing = store.start_publish(partial, &digest).unwrap();
+        assert_eq!(publishing.bytes(), Some(&b"hello"[..]));
+        assert_eq!(store.lookup(&digest, 5).unwrap(), Lookup::Miss);
+        let published = publishing.finish(&store).unwrap();
+        assert_eq!(
+            store.lookup(&digest, 5).unwrap(),
+            Lookup::Hit(published.path)
+        );
     }
 
     #[test]
