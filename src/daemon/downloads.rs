@@ -12,7 +12,7 @@
 //! queued. Once a file of a digest is known, downloads of the digest with
 //! another size are stopped and their chits failed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,7 +20,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::batch::ToPublish;
 use super::host_slots::{HostSlots, SLOT};
+use super::local::LocalPool;
 use super::queue::Queues;
 use super::rates::{Rates, Speed, source_host};
 use super::work::{self, Step, Waiter};
@@ -57,6 +59,9 @@ pub struct Downloads {
     /// Finished downloads being published, and when each started (for the
     /// log line's duration and rate).
     publishing: HashMap<Key, std::time::Instant>,
+    /// Verified downloads held in memory, waiting to be published by a
+    /// batch ([`super::batch`]).
+    ready: VecDeque<ToPublish>,
     /// Early deliveries of the downloads under way (see [`crate::chase`]).
     chases: HashMap<Key, Chase>,
     /// Sources already tried in vain for a file that is being retried
@@ -85,6 +90,7 @@ impl Downloads {
             tasks: JoinSet::new(),
             under_way: HashMap::new(),
             publishing: HashMap::new(),
+            ready: VecDeque::new(),
             chases: HashMap::new(),
             tried: HashMap::new(),
             earlier_failures: HashMap::new(),
@@ -135,9 +141,19 @@ impl Downloads {
             .collect()
     }
 
-    /// No download is running or waiting for a slot.
+    /// No download is running, waiting for a slot or to be published.
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.inflight.is_empty()
+        self.tasks.is_empty() && self.inflight.is_empty() && self.ready.is_empty()
+    }
+
+    /// The next verified download waiting to be published by a batch.
+    pub fn next_to_publish(&mut self) -> Option<ToPublish> {
+        self.ready.pop_front()
+    }
+
+    /// Verified downloads wait to be published by a batch.
+    pub fn publishes_waiting(&self) -> bool {
+        !self.ready.is_empty()
     }
 
     /// The next download that ended.
@@ -155,10 +171,11 @@ impl Downloads {
             .release_overdue(std::time::Instant::now(), limit);
     }
 
-    /// Start the downloads the job slots allow while `local` has fewer
-    /// than `local_limit` tasks (a finished download is published there).
-    pub fn start(&mut self, shared: &Arc<Shared>, local: &mut JoinSet<Step>, local_limit: usize) {
-        while local.len() < local_limit
+    /// Start the downloads the job slots allow while `local` holds, with
+    /// the downloads waiting to be published, fewer than `local_limit`
+    /// chits (a finished download is published there).
+    pub fn start(&mut self, shared: &Arc<Shared>, local: &mut LocalPool, local_limit: usize) {
+        while local.chits() + self.ready.len() < local_limit
             && let Some((key, waiters, progress)) =
                 self.inflight
                     .start_next_where(self.jobs * SLOT, |host, load, key| {
@@ -207,7 +224,7 @@ impl Downloads {
     fn start_chase(
         &mut self,
         shared: &Arc<Shared>,
-        local: &mut JoinSet<Step>,
+        local: &mut LocalPool,
         key: Key,
         first: Option<(usize, String, DeliveryPath)>,
     ) -> Option<Arc<Frontier>> {
@@ -277,7 +294,7 @@ impl Downloads {
         &mut self,
         shared: &Arc<Shared>,
         (key, tried, result): DownloadOutcome,
-        local: &mut JoinSet<Step>,
+        local: &mut LocalPool,
         queues: &mut Queues<Delivery>,
     ) {
         let started = self
@@ -341,13 +358,7 @@ impl Downloads {
     /// local pool publishes (fdatasync and rename: for many small files,
     /// this is where the time goes). The waiter a chase copied for is
     /// delivered with the publish, whoever else waits; else a lone waiter.
-    fn publish(
-        &mut self,
-        shared: &Arc<Shared>,
-        key: Key,
-        partial: Partial,
-        local: &mut JoinSet<Step>,
-    ) {
+    fn publish(&mut self, shared: &Arc<Shared>, key: Key, partial: Partial, local: &mut LocalPool) {
         self.inflight.release(&key);
         let chase = self.chases.remove(&key);
         let lone = chase
@@ -358,8 +369,12 @@ impl Downloads {
                 })
             })
             .or_else(|| self.inflight.take_lone_waiter(&key));
+        if chase.is_none() && partial.is_in_memory() {
+            self.ready.push_back(ToPublish { partial, key, lone });
+            return;
+        }
         let shared = Arc::clone(shared);
-        local.spawn_blocking(move || work::publish(&shared, partial, key, lone, chase));
+        local.spawn(1, move || work::publish(&shared, partial, key, lone, chase));
     }
 
     /// A download is over: hand its outcome to every waiter, or, when it
@@ -474,12 +489,12 @@ impl Downloads {
 /// (the daemon is not idle until that is done); then fail its download's
 /// waiters, if it `failed` (so no temporary outlives a failed chit).
 fn abort_chase(
-    local: &mut JoinSet<Step>,
+    local: &mut LocalPool,
     chase: Chase,
     key: Key,
     failed: Option<(Vec<url::Url>, Failure)>,
 ) {
-    local.spawn_blocking(move || {
+    local.spawn(1, move || {
         chase.abort();
         Step::ChaseAborted { key, failed }
     });

@@ -10,9 +10,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::batch::{self, BATCH_MOST, Item};
 use super::chit_id::{ChitId, display_name};
 use super::collect::Collector;
 use super::commit::{self, GroupCommit};
@@ -20,7 +20,7 @@ use super::downloads::{Delivery, Downloads};
 use super::housekeeping::{self, Housekeeping};
 use super::idle::{IdleExit, idle_exit};
 use super::limits::LocalLimits;
-use super::not_utf8;
+use super::local::{LOCAL_TASKS, LocalPool};
 use super::notify::{self, Notifier};
 use super::queue::{Next, Queues};
 use super::reload::Reloads;
@@ -38,7 +38,7 @@ pub struct Scheduler {
     /// Chits to start and chits whose download ended, per consumer.
     queues: Queues<Delivery>,
     /// The local pool's tasks.
-    local: JoinSet<Step>,
+    local: LocalPool,
     commits: GroupCommit,
     downloads: Downloads,
     parked: Parked,
@@ -71,7 +71,7 @@ impl Scheduler {
         Scheduler {
             limits,
             queues: Queues::new(consumers),
-            local: JoinSet::new(),
+            local: LocalPool::default(),
             commits: GroupCommit::new(limits.commit_backlog),
             downloads: Downloads::new(jobs),
             parked: Parked::default(),
@@ -144,13 +144,10 @@ impl Scheduler {
                     }
                     self.hints(burst);
                 }
-                Some(step) = self.local.join_next() => match step {
-                    Ok(step) => {
-                        self.step_done(step);
-                        self.unpark_freed();
-                    }
-                    Err(e) => std::panic::resume_unwind(e.into_panic()),
-                },
+                Some(step) = self.local.join_next() => {
+                    self.step_done(step);
+                    self.unpark_freed();
+                }
                 Some(outcome) = self.downloads.join_next() => {
                     self.downloads.done(&self.shared, outcome, &mut self.local, &mut self.queues);
                 }
@@ -236,12 +233,10 @@ impl Scheduler {
         let now = Instant::now();
         if let Some(batch) = self.commits.take_due(now, self.deliveries_under_way()) {
             let shared = Arc::clone(&self.shared);
-            self.local
-                .spawn_blocking(move || commit::commit(&shared, batch));
+            self.local.spawn(0, move || commit::commit(&shared, batch));
         }
         if let Some(dirs) = self.housekeeping.cache_sync_due(now, self.is_quiet()) {
-            self.local
-                .spawn_blocking(move || work::sync_cache_dirs(dirs));
+            self.local.spawn(0, move || work::sync_cache_dirs(dirs));
         }
         self.start_local();
         // A finished download is published on the local pool, beside the
@@ -252,36 +247,40 @@ impl Scheduler {
             .start(&self.shared, &mut self.local, local_limit);
     }
 
-    /// Start deliveries and new chits while a slot is free and the commit
-    /// backlog allows.
+    /// Start batches of local work while slots are free, fewer than
+    /// [`LOCAL_TASKS`] tasks run and the commit backlog allows: verified
+    /// downloads to publish first, then deliveries and new chits (round
+    /// robin across consumers), at most [`BATCH_MOST`] a batch.
     fn start_local(&mut self) {
-        while self.local.len() < self.limits.slots
-            && self.commits.len() < self.limits.commit_backlog
-        {
+        while self.local.tasks() < LOCAL_TASKS && self.commits.len() < self.limits.commit_backlog {
+            let room = self.limits.slots.saturating_sub(self.local.chits());
+            let most = room.min(BATCH_MOST);
+            let mut items = Vec::new();
+            while items.len() < most
+                && let Some(publish) = self.downloads.next_to_publish()
+            {
+                items.push(Item::Publish(Box::new(publish)));
+            }
+            while items.len() < most
+                && let Some(next) = self.queues.next()
+            {
+                items.push(match next {
+                    Next::Deliver(delivery) => Item::Deliver(delivery),
+                    Next::Start(consumer, name, origin) => Item::Start(consumer, name, origin),
+                });
+            }
+            if items.is_empty() {
+                break;
+            }
             let shared = Arc::clone(&self.shared);
-            match self.queues.next() {
-                Some(Next::Deliver((waiter, outcome))) => self.local.spawn_blocking(move || {
-                    let outcome = outcome.as_ref().as_ref().map(|object| work::Object {
-                        path: object,
-                        bytes: None,
-                    });
-                    work::finish(&shared, waiter, outcome)
-                }),
-                Some(Next::Start(consumer, name, origin)) => match name.into_string() {
-                    Ok(name) => self
-                        .local
-                        .spawn_blocking(move || work::start(&shared, consumer, name, origin)),
-                    Err(name) => self
-                        .local
-                        .spawn_blocking(move || not_utf8::refuse(&shared, consumer, name, origin)),
-                },
-                None => break,
-            };
+            self.local
+                .spawn(items.len(), move || batch::run(&shared, items));
         }
     }
 
     fn step_done(&mut self, step: Step) {
         match step {
+            Step::Batch(steps) => steps.into_iter().for_each(|step| self.step_done(step)),
             Step::Done(id) => self.chit_done(&id),
             Step::Short(id) => {
                 self.queues.finished(id.consumer, &id.name);
@@ -452,12 +451,14 @@ impl Scheduler {
     /// directory fsyncs.
     fn chit_steps_running(&self) -> usize {
         let syncing = usize::from(self.housekeeping.is_syncing());
-        self.local.len().saturating_sub(syncing)
+        self.local.tasks().saturating_sub(syncing)
     }
 
     /// Deliveries that a group commit may wait for.
     fn deliveries_under_way(&self) -> bool {
-        self.chit_steps_running() > 0 || self.queues.deliveries_waiting() > 0
+        self.chit_steps_running() > 0
+            || self.queues.deliveries_waiting() > 0
+            || self.downloads.publishes_waiting()
     }
 
     /// No chit is being worked on (cache directory fsyncs aside).
@@ -481,12 +482,18 @@ impl Scheduler {
             while let Some(step) = self.local.join_next().await {
                 // An object published meanwhile: its directory is synced
                 // below with the others.
-                if let Ok(Step::Published {
-                    published: Ok(object),
-                    ..
-                }) = &step
-                {
-                    self.housekeeping.published(object);
+                let steps = match step {
+                    Step::Batch(steps) => steps,
+                    step => vec![step],
+                };
+                for step in steps {
+                    if let Step::Published {
+                        published: Ok(object),
+                        ..
+                    } = &step
+                    {
+                        self.housekeeping.published(object);
+                    }
                 }
             }
             let dirs = self.housekeeping.take_unsynced();

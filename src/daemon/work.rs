@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::chase::{Chase, Chased};
 use crate::chit::{Chit, Digest};
-use crate::deliver::{DeliverError, Source, deliver_unsynced};
+use crate::deliver::{DeliverError, Delivering, Source, start_delivery};
 use crate::dir::{Dir, FileId};
 use crate::durable::{out_of_resources, sync_dir};
 use crate::fetch::{Cause, Failure};
@@ -153,6 +153,8 @@ pub enum Step {
     Short(ChitId),
     /// The chit needs its digest downloaded.
     Wait(Waiter),
+    /// The steps of a batch's chits (see [`super::batch`]).
+    Batch(Vec<Step>),
     /// The chit's file is in the cache at `object`, but another chit is
     /// delivering to its target: it is delivered once that one is done.
     Parked {
@@ -207,13 +209,14 @@ pub struct Commit {
     pub target: Target,
 }
 
-/// Claim (when in `request/`), read, parse, and try the cache.
-pub fn start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> Step {
+/// Claim (when in `request/`), read, parse, and try the cache, up to a
+/// hit's copy written (see [`Begun`]).
+pub fn begin_start(shared: &Shared, consumer: usize, name: String, origin: Origin) -> Begun {
     let spool = shared.consumers[consumer].spool();
     let claimed_in = spool.fetch_id();
     let (bytes, chit) = match claim_and_read(&spool, consumer, &name, origin) {
         ControlFlow::Continue(read) => read,
-        ControlFlow::Break(step) => return step,
+        ControlFlow::Break(step) => return Begun::Over(step),
     };
     let waiter = Waiter {
         consumer,
@@ -346,7 +349,7 @@ fn drop_terminal_twin(spool: &Spool, consumer: usize, name: &str, bytes: &[u8]) 
 
 /// Look the chit's file up in the cache: deliver a hit, wait for a
 /// download on a miss, fail a chit whose size the cache proves wrong.
-fn look_up(shared: &Shared, spool: &Spool, waiter: Waiter, bytes: &[u8]) -> Step {
+fn look_up(shared: &Shared, spool: &Spool, waiter: Waiter, bytes: &[u8]) -> Begun {
     let chit = &waiter.chit;
     let reason = match shared.store.lookup(&chit.digest, chit.size) {
         Ok(Lookup::Hit(object)) => {
@@ -355,9 +358,9 @@ fn look_up(shared: &Shared, spool: &Spool, waiter: Waiter, bytes: &[u8]) -> Step
                 path: &object,
                 bytes: None,
             };
-            return deliver_chit(shared, waiter, object, "cache");
+            return begin_delivery(shared, waiter, object, "cache");
         }
-        Ok(Lookup::Miss) => return Step::Wait(waiter),
+        Ok(Lookup::Miss) => return Begun::Over(Step::Wait(waiter)),
         Ok(Lookup::OtherSize(actual)) => format!(
             "the chit says {} bytes, but the file with this sha256 is {actual} bytes \
              (verified, in the cache)",
@@ -365,30 +368,39 @@ fn look_up(shared: &Shared, spool: &Spool, waiter: Waiter, bytes: &[u8]) -> Step
         ),
         Err(e) if out_of_resources(&e) => {
             tracing::error!(consumer = %spool.name, chit = %waiter.name, digest = %chit.digest, "cannot look in the cache: {e}");
-            return Step::Short(ChitId::new(waiter.consumer, waiter.name));
+            return Begun::Over(Step::Short(ChitId::new(waiter.consumer, waiter.name)));
         }
         Err(e) => format!("cannot read the cache: {e}"),
     };
     let digest = chit.digest;
-    fail_step(
+    Begun::Over(fail_step(
         spool,
         waiter.consumer,
         waiter.name,
         Some(&digest),
         Some(bytes),
         &reason,
-    )
+    ))
 }
 
 /// A download ended: deliver the object, or fail the chit with the
 /// reason, which names only the sources this chit would have tried.
 pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Object<'_>, &Failure>) -> Step {
+    begin_finish(shared, waiter, outcome).finish(shared)
+}
+
+/// [`finish`], up to the copy written (see [`Begun`]).
+pub fn begin_finish(
+    shared: &Shared,
+    waiter: Waiter,
+    outcome: Result<Object<'_>, &Failure>,
+) -> Begun {
     let Some(spool) = spool_of(shared, waiter.consumer, &waiter.name, waiter.claimed_in) else {
-        return Step::Done(ChitId::new(waiter.consumer, waiter.name));
+        return Begun::Over(Step::Done(ChitId::new(waiter.consumer, waiter.name)));
     };
     match outcome {
-        Ok(object) => deliver_chit(shared, waiter, object, "download"),
-        Err(failure) => {
+        Ok(object) => begin_delivery(shared, waiter, object, "download"),
+        Err(failure) => Begun::Over({
             let reason = failure.render_for(&waiter.chit.sources(&shared.mirrors));
             let reason = if waiter.cache_was_corrupt {
                 format!("{CORRUPT_CACHE}; fetching it again failed: {reason}")
@@ -402,7 +414,7 @@ pub fn finish(shared: &Shared, waiter: Waiter, outcome: Result<Object<'_>, &Fail
                 &waiter.chit.digest,
                 &reason,
             )
-        }
+        }),
     }
 }
 
@@ -432,9 +444,7 @@ pub fn publish(
         .store
         .publish(partial, &key.digest)
         .map_err(|e| Failure::from(Cause::Publish(e)));
-    if let (Some(remote), Ok(object), false) = (shared.fetcher.remote(), &published, from_remote) {
-        remote.upload_later(key.digest, total, object.path.clone());
-    }
+    upload_later(shared, key, &published, from_remote);
     let chased = chase.and_then(|chase| {
         let for_lone = lone
             .as_ref()
@@ -462,6 +472,19 @@ pub fn publish(
         source,
         published: published.map(|object| object.path),
         delivered,
+    }
+}
+
+/// Have the remote tier (if any) upload a `published` object of `key`,
+/// unless it came `from_remote`.
+pub fn upload_later(
+    shared: &Shared,
+    key: Key,
+    published: &Result<crate::store::Published, Failure>,
+    from_remote: bool,
+) {
+    if let (Some(remote), Ok(object), false) = (shared.fetcher.remote(), published, from_remote) {
+        remote.upload_later(key.digest, key.size, object.path.clone());
     }
 }
 
@@ -513,55 +536,61 @@ fn deliver_chased(
     }
 }
 
-/// Deliver the cached `object` for the chit (it then waits for a group
-/// commit, holding its target); on failure, fail the chit. Parked if
-/// another chit is delivering to the same target.
-fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'static str) -> Step {
-    let Some(spool) = spool_of(shared, waiter.consumer, &waiter.name, waiter.claimed_in) else {
-        return Step::Done(ChitId::new(waiter.consumer, waiter.name));
-    };
-    let target = target(shared, waiter.consumer, &waiter.chit);
-    if !shared.targets.take(&target) {
-        tracing::debug!(chit = %waiter.name, path = %waiter.chit.path, "another chit is delivering to this path; waiting for it");
-        return Step::Parked {
+/// A chit's local work, begun: over, or its copy written and waiting to
+/// be flushed and put in place ([`Begun::finish`]). A batch begins every
+/// chit's work before it finishes any, so the copies share their flushes
+/// (see [`crate::durable::Unnamed::link`]).
+#[derive(Debug)]
+pub enum Begun {
+    Over(Step),
+    Placing(Placing),
+}
+
+impl Begun {
+    /// The chit's step, its delivery finished.
+    pub fn finish(self, shared: &Shared) -> Step {
+        match self {
+            Begun::Over(step) => step,
+            Begun::Placing(placing) => placing.finish(shared),
+        }
+    }
+}
+
+/// A chit's delivery, its copy written but not yet durable or in place;
+/// it holds the chit's target.
+#[derive(Debug)]
+pub struct Placing {
+    waiter: Waiter,
+    spool: Arc<Spool>,
+    target: Target,
+    from: &'static str,
+    delivering: Delivering,
+}
+
+impl Placing {
+    /// Flush the copy and put it in place: the chit then waits for a
+    /// group commit (or is failed).
+    fn finish(self, shared: &Shared) -> Step {
+        let Placing {
             waiter,
-            object: object.path.to_path_buf(),
+            spool,
             target,
+            from,
+            delivering,
+        } = self;
+        let parent = match delivering.finish() {
+            Ok(parent) => parent,
+            Err(e) => return delivery_failed(shared, &spool, waiter, &target, e),
         };
-    }
-    let root = &shared.consumers[waiter.consumer].deliver;
-    let delivered = deliver_unsynced(
-        root,
-        &waiter.chit.path,
-        object.source(&waiter.chit),
-        &shared.durable_dirs,
-    );
-    let delivered = match delivered {
-        Err(DeliverError::Corrupt { object, .. }) => {
-            shared.targets.release(&target);
-            return corrupt_in_cache(shared, &spool, waiter, object);
-        }
-        Err(DeliverError::Gone(object)) => {
-            // Collected between its lookup and its copy: a miss after all.
-            shared.targets.release(&target);
-            tracing::info!(consumer = %spool.name, chit = %waiter.name, digest = %waiter.chit.digest, object = %object.display(), "the cached object was removed meanwhile: fetching the file again");
-            return Step::Wait(waiter);
-        }
-        Err(DeliverError::Io(e)) => Err(e),
-        Ok(parent) => Ok(parent),
-    };
-    let Waiter {
-        consumer,
-        name,
-        chit,
-        claimed_in,
-        ..
-    } = waiter;
-    if delivered.is_ok() {
+        let Waiter {
+            consumer,
+            name,
+            chit,
+            claimed_in,
+            ..
+        } = waiter;
         crate::metrics::METRICS.delivered(chit.size);
-    }
-    match delivered {
-        Ok(parent) => Step::Commit(Commit {
+        Step::Commit(Commit {
             consumer,
             name,
             digest: chit.digest,
@@ -571,27 +600,95 @@ fn deliver_chit(shared: &Shared, waiter: Waiter, object: Object<'_>, from: &'sta
             parent_id: parent.id().ok(),
             parent: Arc::new(parent),
             target,
-        }),
-        Err(e) if out_of_resources(&e) => {
-            shared.targets.release(&target);
-            tracing::error!(consumer = %spool.name, chit = %name, digest = %chit.digest, "cannot deliver {}: {e}", chit.path);
-            Step::Short(ChitId::new(consumer, name))
-        }
-        Err(e) => {
-            shared.targets.release(&target);
-            let reason = if root.is_removed() {
-                format!(
-                    "cannot deliver {}: the delivery directory {} was removed while chitd runs \
-                     (chitd delivers into a new one after a restart)",
-                    chit.path,
-                    root.path().display()
-                )
-            } else {
-                format!("cannot deliver {}: {e}", chit.path)
-            };
-            fail_read_again(&spool, consumer, name, &chit.digest, &reason)
-        }
+        })
     }
+
+    /// Leave the delivery undone (its copy dropped, its target free): the
+    /// chit, for another outcome.
+    pub fn abandon(self, shared: &Shared) -> Waiter {
+        shared.targets.release(&self.target);
+        self.waiter
+    }
+}
+
+/// Begin delivering the cached `object` for the chit (see [`Begun`]:
+/// deliver it and wait for a group commit, holding its target; on failure,
+/// fail the chit; parked if another chit is delivering to the same
+/// target).
+fn begin_delivery(
+    shared: &Shared,
+    waiter: Waiter,
+    object: Object<'_>,
+    from: &'static str,
+) -> Begun {
+    let Some(spool) = spool_of(shared, waiter.consumer, &waiter.name, waiter.claimed_in) else {
+        return Begun::Over(Step::Done(ChitId::new(waiter.consumer, waiter.name)));
+    };
+    let target = target(shared, waiter.consumer, &waiter.chit);
+    if !shared.targets.take(&target) {
+        tracing::debug!(chit = %waiter.name, path = %waiter.chit.path, "another chit is delivering to this path; waiting for it");
+        return Begun::Over(Step::Parked {
+            waiter,
+            object: object.path.to_path_buf(),
+            target,
+        });
+    }
+    let root = &shared.consumers[waiter.consumer].deliver;
+    let source = object.source(&waiter.chit);
+    match start_delivery(root, &waiter.chit.path, source, &shared.durable_dirs) {
+        Ok(delivering) => Begun::Placing(Placing {
+            waiter,
+            spool,
+            target,
+            from,
+            delivering,
+        }),
+        Err(e) => Begun::Over(delivery_failed(shared, &spool, waiter, &target, e)),
+    }
+}
+
+/// The chit's delivery to `target` (which it held) failed with `error`.
+fn delivery_failed(
+    shared: &Shared,
+    spool: &Spool,
+    waiter: Waiter,
+    target: &Target,
+    error: DeliverError,
+) -> Step {
+    shared.targets.release(target);
+    let e = match error {
+        DeliverError::Corrupt { object, .. } => {
+            return corrupt_in_cache(shared, spool, waiter, object);
+        }
+        DeliverError::Gone(object) => {
+            // Collected between its lookup and its copy: a miss after all.
+            tracing::info!(consumer = %spool.name, chit = %waiter.name, digest = %waiter.chit.digest, object = %object.display(), "the cached object was removed meanwhile: fetching the file again");
+            return Step::Wait(waiter);
+        }
+        DeliverError::Io(e) => e,
+    };
+    let Waiter {
+        consumer,
+        name,
+        chit,
+        ..
+    } = waiter;
+    if out_of_resources(&e) {
+        tracing::error!(consumer = %spool.name, chit = %name, digest = %chit.digest, "cannot deliver {}: {e}", chit.path);
+        return Step::Short(ChitId::new(consumer, name));
+    }
+    let root = &shared.consumers[consumer].deliver;
+    let reason = if root.is_removed() {
+        format!(
+            "cannot deliver {}: the delivery directory {} was removed while chitd runs \
+             (chitd delivers into a new one after a restart)",
+            chit.path,
+            root.path().display()
+        )
+    } else {
+        format!("cannot deliver {}: {e}", chit.path)
+    };
+    fail_read_again(spool, consumer, name, &chit.digest, &reason)
 }
 
 /// How a failure reason begins when the chit's file was corrupt in the

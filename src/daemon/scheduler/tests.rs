@@ -115,13 +115,17 @@ async fn a_flood_in_one_spool_does_not_starve_another() {
     let mut ended = Vec::new();
     loop {
         scheduler.admit();
-        assert!(scheduler.local.len() <= 1, "one slot");
+        assert!(scheduler.local.chits() <= 1, "one slot");
         let Some(step) = scheduler.local.join_next().await else {
             break;
         };
-        let step = step.unwrap();
-        if let Step::Done(id) = &step {
-            ended.push((id.consumer, id.name.clone()));
+        let Step::Batch(steps) = &step else {
+            panic!("a chit's step is a batch's: {step:?}");
+        };
+        for step in steps {
+            if let Step::Done(id) = step {
+                ended.push((id.consumer, id.name.clone()));
+            }
         }
         scheduler.step_done(step);
     }
@@ -131,6 +135,38 @@ async fn a_flood_in_one_spool_does_not_starve_another() {
     assert_eq!(ended[1], (1, "o".into()), "{:?}", &ended[..3]);
     assert_eq!(fixture.names("flood", "fail").len(), 100);
     assert_eq!(fixture.names("other", "fail"), ["o"]);
+    assert!(scheduler.is_idle());
+}
+
+/// A burst of cache hits is worked on in batches of at most
+/// [`BATCH_MOST`] chits, by at most [`LOCAL_TASKS`] tasks, within the
+/// local slots; every chit is delivered and committed.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_hits_is_worked_on_in_batches() {
+    let fixture = Fixture::new(&["one"]);
+    for i in 0..60 {
+        let chit = fixture.cached(format!("file {i}").as_bytes(), &format!("f{i}"));
+        fixture.drop_chit("one", &format!("c{i:02}"), &chit);
+    }
+    let mut scheduler = fixture.scheduler(32);
+    scheduler.start();
+    let mut largest = 0;
+    loop {
+        scheduler.admit();
+        assert!(scheduler.local.tasks() <= LOCAL_TASKS);
+        assert!(scheduler.local.chits() <= 32, "{}", scheduler.local.chits());
+        let step = tokio::select! {
+            Some(step) = scheduler.local.join_next() => step,
+            () = tokio::time::sleep(Duration::from_secs(1)) => break,
+        };
+        if let Step::Batch(steps) = &step {
+            assert!(steps.len() <= BATCH_MOST, "{}", steps.len());
+            largest = largest.max(steps.len());
+        }
+        scheduler.step_done(step);
+    }
+    assert_eq!(largest, BATCH_MOST, "chits share batches");
+    assert_eq!(fixture.names("one", "downloaded").len(), 60);
     assert!(scheduler.is_idle());
 }
 
