@@ -134,7 +134,7 @@ measure "wget -i" fresh wget_i all_ok
 cpu_log=${cpu_log:-$WORK/chitd-cpu}
 floor_run() {
     /usr/bin/time -a -o "$cpu_log" -f "${CPU_TAG:-floor} %U %S" \
-        "$floor" "$files" "$out/cache" "$out/deliver" 128 "$@" >/dev/null
+        "$floor" "$files" "$out/cache" "$out/deliver" "${FLOOR_THREADS:-128}" "$@" >/dev/null
 }
 floor_ok() {
     rm -f "$out/deliver/manifest.tsv"
@@ -146,8 +146,13 @@ measure "durable floor" fresh floor_run floor_ok
 # one syncfs. chitd does not work this way (see BENCHMARKS.md).
 floor_batched() { CPU_TAG=batched floor_run --batch 256; }
 measure "durable floor, syncfs per 256" fresh floor_batched floor_ok
+# chitd's own way (its local batches: 32 at once, of 4 chits): 32 threads,
+# each writing 4 files (8 copies) at a time with their writeback started,
+# then fdatasyncing and renaming each, so a group's flushes share a commit.
+floor_writeback() { CPU_TAG=writeback FLOOR_THREADS=32 floor_run --writeback 4; }
+measure "durable floor, writeback groups" fresh floor_writeback floor_ok
 
-baselines=(--baseline "curl -K" --baseline "durable floor")
+baselines=(--baseline "curl -K" --baseline "durable floor" --baseline "durable floor, writeback groups")
 report "small: $SMALL_COUNT distinct files of $(human_bytes "$size"), all cache misses" \
     --count "$SMALL_COUNT" --unit files "${baselines[@]}" \
     --note "$(machine_note); chitd verifies and fsyncs every file, curl/wget verify nothing, aria2c verifies sha256; none of the peers fsyncs."
@@ -155,7 +160,7 @@ report "small: $SMALL_COUNT distinct files of $(human_bytes "$size"), all cache 
 if [[ -s $cpu_log ]]; then
     # CPU per file (user + system) of chitd (a chit each), the shim runs and
     # the floors, median over their timed runs.
-    for tag in chitd shim floor batched; do
+    for tag in chitd shim floor batched writeback; do
         awk -v tag="$tag" -v n="$SMALL_COUNT" '$1 == tag { print ($2 + $3) * 1e6 / n }' "$cpu_log" |
             sort -n | awk -v tag="$tag" '{ v[NR] = $1 } END {
                 if (NR) printf "%s CPU per file (user + system), median of %d runs: %.0f us (min %.0f, max %.0f)\n",
