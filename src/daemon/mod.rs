@@ -48,7 +48,10 @@
 //! deliveries and new chits in the consumers' turns), up to 32 batches at
 //! once: a batch writes all of its files before it flushes any, so they
 //! share a journal commit, and it costs one hand-off to a thread and back
-//! for its chits, not one each (`batch`, `local`). No new chit starts while twice as many delivered chits wait
+//! for its chits, not one each (`batch`, `local`). A batch's chits are
+//! done when its last one is: a big cache hit holds up to 3 others for
+//! the time of its copy (about a second a GiB), while the other batches
+//! go on. No new chit starts while twice as many delivered chits wait
 //! for their group commit. `chitd run` raises its soft open files limit to
 //! the hard one; under a hard limit too low for 128 slots the daemon takes
 //! fewer ([`LocalLimits`]) and says so at start. A chit that meets the
