@@ -32,6 +32,8 @@ pub enum Item {
     Start(usize, OsString, Origin),
     /// A chit whose download ended (see [`work::finish`]).
     Deliver(Delivery),
+    /// A chit whose file is in the cache at this path (see [`Step::Hit`]).
+    Hit(Waiter, std::path::PathBuf),
     /// A verified download held in memory, to publish into the cache and
     /// deliver to its lone waiter, if it has one (see [`work::publish`]).
     Publish(Box<ToPublish>),
@@ -79,6 +81,7 @@ fn begin(shared: &Shared, item: Item) -> Started {
             });
             Started::Chit(work::begin_finish(shared, waiter, outcome))
         }
+        Item::Hit(waiter, object) => Started::Chit(work::begin_hit(shared, waiter, &object)),
         Item::Publish(publish) => Started::Publish(begin_publish(shared, *publish)),
     }
 }

@@ -49,9 +49,10 @@
 //! once: a batch writes all of its files before it flushes any, so they
 //! share a journal commit, and it costs one hand-off to a thread and back
 //! for its chits, not one each (`batch`, `local`). A batch's chits are
-//! done when its last one is: a big cache hit holds up to 3 others for
-//! the time of its copy (about a second a GiB), while the other batches
-//! go on. No new chit starts while twice as many delivered chits wait
+//! done when its last one is, so the delivery of a file of 1 MiB or more
+//! ([`work::SOLO_MIN`]: a cache hit found by a batch, or a file that a
+//! download ended) is set aside for a batch of its own: it holds up no
+//! small chit for its copy, and several copy side by side. No new chit starts while twice as many delivered chits wait
 //! for their group commit. `chitd run` raises its soft open files limit to
 //! the hard one; under a hard limit too low for 128 slots the daemon takes
 //! fewer ([`LocalLimits`]) and says so at start. A chit that meets the

@@ -39,6 +39,9 @@ pub struct Scheduler {
     queues: Queues<Delivery>,
     /// The local pool's tasks.
     local: LocalPool,
+    /// Chits of big files, each to be worked on in a batch of its own
+    /// ([`work::SOLO_MIN`]).
+    solo: std::collections::VecDeque<Item>,
     commits: GroupCommit,
     downloads: Downloads,
     parked: Parked,
@@ -72,6 +75,7 @@ impl Scheduler {
             limits,
             queues: Queues::new(consumers),
             local: LocalPool::default(),
+            solo: Default::default(),
             commits: GroupCommit::new(limits.commit_backlog),
             downloads: Downloads::new(jobs),
             parked: Parked::default(),
@@ -248,27 +252,11 @@ impl Scheduler {
     }
 
     /// Start batches of local work while slots are free, fewer than
-    /// [`LOCAL_TASKS`] tasks run and the commit backlog allows: verified
-    /// downloads to publish first, then deliveries and new chits (round
-    /// robin across consumers), at most [`BATCH_MOST`] a batch.
+    /// [`LOCAL_TASKS`] tasks run and the commit backlog allows.
     fn start_local(&mut self) {
         while self.local.tasks() < LOCAL_TASKS && self.commits.len() < self.limits.commit_backlog {
             let room = self.limits.slots.saturating_sub(self.local.chits());
-            let most = room.min(BATCH_MOST);
-            let mut items = Vec::new();
-            while items.len() < most
-                && let Some(publish) = self.downloads.next_to_publish()
-            {
-                items.push(Item::Publish(Box::new(publish)));
-            }
-            while items.len() < most
-                && let Some(next) = self.queues.next()
-            {
-                items.push(match next {
-                    Next::Deliver(delivery) => Item::Deliver(delivery),
-                    Next::Start(consumer, name, origin) => Item::Start(consumer, name, origin),
-                });
-            }
+            let items = self.next_batch(room.min(BATCH_MOST));
             if items.is_empty() {
                 break;
             }
@@ -276,6 +264,44 @@ impl Scheduler {
             self.local
                 .spawn(items.len(), move || batch::run(&shared, items));
         }
+    }
+
+    /// The next batch, of at most `most` items: a big file's chit alone;
+    /// else verified downloads to publish first, then deliveries and new
+    /// chits (round robin across consumers), a big file's delivery set
+    /// aside for a batch of its own.
+    fn next_batch(&mut self, most: usize) -> Vec<Item> {
+        if most == 0 {
+            return Vec::new();
+        }
+        if let Some(item) = self.solo.pop_front() {
+            return vec![item];
+        }
+        let mut items = Vec::new();
+        while items.len() < most
+            && let Some(publish) = self.downloads.next_to_publish()
+        {
+            items.push(Item::Publish(Box::new(publish)));
+        }
+        while items.len() < most
+            && let Some(next) = self.queues.next()
+        {
+            match next {
+                Next::Deliver(delivery) if delivery.0.chit.size >= work::SOLO_MIN => {
+                    self.solo.push_back(Item::Deliver(delivery));
+                }
+                Next::Deliver(delivery) => items.push(Item::Deliver(delivery)),
+                Next::Start(consumer, name, origin) => {
+                    items.push(Item::Start(consumer, name, origin));
+                }
+            }
+        }
+        if items.is_empty()
+            && let Some(item) = self.solo.pop_front()
+        {
+            items.push(item);
+        }
+        items
     }
 
     fn step_done(&mut self, step: Step) {
@@ -336,6 +362,7 @@ impl Scheduler {
                 }
             }
             Step::Wait(waiter) => self.downloads.wait(&self.shared, waiter, &mut self.queues),
+            Step::Hit { waiter, object } => self.solo.push_back(Item::Hit(waiter, object)),
         }
     }
 
@@ -459,11 +486,13 @@ impl Scheduler {
         self.chit_steps_running() > 0
             || self.queues.deliveries_waiting() > 0
             || self.downloads.publishes_waiting()
+            || !self.solo.is_empty()
     }
 
     /// No chit is being worked on (cache directory fsyncs aside).
     fn is_quiet(&self) -> bool {
         self.chit_steps_running() == 0
+            && self.solo.is_empty()
             && self.downloads.is_empty()
             && self.commits.is_empty()
             && self.parked.is_empty()

@@ -80,6 +80,22 @@ fn spool_of(
     (!went_with_its_fetch(shared, &spool, consumer, name, claimed_in)).then_some(spool)
 }
 
+/// Chits of files at least this big are delivered in a batch of their own
+/// ([`Step::Hit`], and deliveries after a download: see
+/// `Scheduler::next_batch`): their copy takes a millisecond or more, which
+/// the other chits of a batch would wait for, and several of them copy
+/// side by side.
+pub const SOLO_MIN: u64 = 1 << 20;
+
+/// Begin delivering the cache hit `object` to the chit.
+pub fn begin_hit(shared: &Shared, waiter: Waiter, object: &std::path::Path) -> Begun {
+    let object = Object {
+        path: object,
+        bytes: None,
+    };
+    begin_delivery(shared, waiter, object, "cache")
+}
+
 /// The end of a chit's local step.
 #[derive(Debug)]
 pub enum Step {
@@ -95,6 +111,9 @@ pub enum Step {
     Short(ChitId),
     /// The chit needs its digest downloaded.
     Wait(Waiter),
+    /// The chit's file is in the cache at `object`, and big: it is
+    /// delivered in a batch of its own ([`SOLO_MIN`]).
+    Hit { waiter: Waiter, object: PathBuf },
     /// The steps of a batch's chits (see [`super::batch`]).
     Batch(Vec<Step>),
     /// The chit's file is in the cache at `object`, but another chit is
@@ -296,11 +315,10 @@ fn look_up(shared: &Shared, spool: &Spool, waiter: Waiter, bytes: &[u8]) -> Begu
     let reason = match shared.store.lookup(&chit.digest, chit.size) {
         Ok(Lookup::Hit(object)) => {
             crate::metrics::METRICS.cache_hit();
-            let object = Object {
-                path: &object,
-                bytes: None,
-            };
-            return begin_delivery(shared, waiter, object, "cache");
+            if chit.size >= SOLO_MIN {
+                return Begun::Over(Step::Hit { waiter, object });
+            }
+            return begin_hit(shared, waiter, &object);
         }
         Ok(Lookup::Miss) => return Begun::Over(Step::Wait(waiter)),
         Ok(Lookup::OtherSize(actual)) => format!(

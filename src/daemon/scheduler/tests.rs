@@ -170,6 +170,46 @@ async fn a_burst_of_hits_is_worked_on_in_batches() {
     assert!(scheduler.is_idle());
 }
 
+/// A big file's cache hit is copied in a batch of its own, not holding up
+/// the small ones it was claimed with.
+#[tokio::test(start_paused = true)]
+async fn a_big_hit_is_delivered_in_a_batch_of_its_own() {
+    let fixture = Fixture::new(&["one"]);
+    let big_size = usize::try_from(work::SOLO_MIN).unwrap();
+    for i in 0..3u8 {
+        let chit = fixture.cached(&vec![i; big_size], &format!("big{i}"));
+        fixture.drop_chit("one", &format!("b{i}"), &chit);
+    }
+    for i in 0..10 {
+        let chit = fixture.cached(format!("small {i}").as_bytes(), &format!("small{i}"));
+        fixture.drop_chit("one", &format!("s{i}"), &chit);
+    }
+    let mut scheduler = fixture.scheduler(32);
+    scheduler.start();
+    let mut big_delivered = 0;
+    loop {
+        scheduler.admit();
+        let step = tokio::select! {
+            Some(step) = scheduler.local.join_next() => step,
+            () = tokio::time::sleep(Duration::from_secs(1)) => break,
+        };
+        if let Step::Batch(steps) = &step {
+            for step in steps {
+                if let Step::Commit(commit) = step
+                    && commit.path.starts_with("big")
+                {
+                    assert_eq!(steps.len(), 1, "a big hit shares its batch");
+                    big_delivered += 1;
+                }
+            }
+        }
+        scheduler.step_done(step);
+    }
+    assert_eq!(big_delivered, 3);
+    assert_eq!(fixture.names("one", "downloaded").len(), 13);
+    assert!(scheduler.is_idle());
+}
+
 /// `--exit-when-idle`: cache hits are delivered and committed (group
 /// commits waiting [`COMMIT_LINGER`](super::super::COMMIT_LINGER) on the
 /// paused clock), a bad chit failed, and then the daemon exits 0.
