@@ -56,7 +56,7 @@ pub fn run(shared: &Shared, items: Vec<Item>) -> Step {
 /// An item begun.
 enum Started {
     Chit(Begun),
-    Publish(Publishing),
+    Publish(BegunPublish),
 }
 
 impl Started {
@@ -88,7 +88,7 @@ fn begin(shared: &Shared, item: Item) -> Started {
 
 /// A small download on its way into the cache, and its lone waiter's
 /// delivery begun from its bytes.
-struct Publishing {
+struct BegunPublish {
     key: Key,
     /// The source of the bytes, redacted.
     source: Option<String>,
@@ -97,7 +97,7 @@ struct Publishing {
     lone: Option<Begun>,
 }
 
-fn begin_publish(shared: &Shared, ToPublish { partial, key, lone }: ToPublish) -> Publishing {
+fn begin_publish(shared: &Shared, ToPublish { partial, key, lone }: ToPublish) -> BegunPublish {
     let source = partial
         .source
         .as_deref()
@@ -114,7 +114,7 @@ fn begin_publish(shared: &Shared, ToPublish { partial, key, lone }: ToPublish) -
         });
         work::begin_finish(shared, waiter, outcome)
     });
-    Publishing {
+    BegunPublish {
         key,
         source,
         from_remote,
@@ -123,12 +123,12 @@ fn begin_publish(shared: &Shared, ToPublish { partial, key, lone }: ToPublish) -
     }
 }
 
-impl Publishing {
+impl BegunPublish {
     /// The object flushed and named, then the lone waiter's copy; if the
     /// object could not be published, that copy is dropped and the chit
     /// failed.
     fn finish(self, shared: &Shared) -> Step {
-        let Publishing {
+        let BegunPublish {
             key,
             source,
             from_remote,
