@@ -10,7 +10,8 @@
 //!
 //! The time of the last use is the object's own mtime: it is set when the
 //! object is published (or imported), and again, to the time of the
-//! delivery, after each delivery. The directory stays the one truth that
+//! delivery, after each delivery from the cache. A delivery of an object
+//! just downloaded leaves it as it is: its publish set it moments before. The directory stays the one truth that
 //! `chitd cache ls`, `chitd cache gc` and a person (`ls -lt`, `find
 //! -mtime`, `touch`) all read. The names are kept in a small SQLite
 //! database in WAL mode: the daemon writes a batch of uses in one
@@ -63,6 +64,9 @@ pub struct Use {
     pub digest: Digest,
     pub path: String,
     pub at: SystemTime,
+    /// Whether the object's mtime is to be set to `at`: not for a delivery
+    /// right after the object's download, whose publish set it.
+    pub touch: bool,
 }
 
 /// What the record says about one object: its paths, newest first.
@@ -300,22 +304,25 @@ impl Recorder {
         }
     }
 
-    /// Queue one delivery of `digest` as `path`, now.
+    /// Queue one delivery of `digest` as `path` from the cache, now.
     pub fn record(&self, digest: Digest, path: &str) {
-        self.record_all([(digest, path)]);
+        self.record_all([(digest, path, true)]);
     }
 
     /// Queue deliveries (a group commit's), now: one message for all, so
-    /// the writing thread is woken once for them, not once each.
-    pub fn record_all<'a>(&self, uses: impl IntoIterator<Item = (Digest, &'a str)>) {
+    /// the writing thread is woken once for them, not once each. Each is
+    /// a digest, the path it was delivered as, and whether to touch the
+    /// object ([`Use::touch`]).
+    pub fn record_all<'a>(&self, uses: impl IntoIterator<Item = (Digest, &'a str, bool)>) {
         if let Some(sender) = &self.sender {
             let at = SystemTime::now();
             let uses: Vec<Use> = uses
                 .into_iter()
-                .map(|(digest, path)| Use {
+                .map(|(digest, path, touch)| Use {
                     digest,
                     path: path.to_owned(),
                     at,
+                    touch,
                 })
                 .collect();
             if !uses.is_empty() {
@@ -390,7 +397,7 @@ fn write(db: &mut LazyDb, objects: &Path, batch: &mut Vec<Use>) {
         return;
     }
     let mut newest: HashMap<Digest, SystemTime> = HashMap::new();
-    for one in batch.iter() {
+    for one in batch.iter().filter(|one| one.touch) {
         let slot = newest.entry(one.digest).or_insert(one.at);
         *slot = (*slot).max(one.at);
     }
@@ -433,6 +440,7 @@ mod tests {
             digest: digest(byte),
             path: path.into(),
             at: at(seconds),
+            touch: true,
         }
     }
 
@@ -489,6 +497,11 @@ mod tests {
         let mtime = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
         assert!(mtime(&first) >= before, "touched when flushed");
         assert!(mtime(&second) < before);
+        // A delivery right after a download leaves the mtime alone, but
+        // names the path.
+        recorder.record_all([(digest(2), "fresh", false)]);
+        recorder.flush();
+        assert!(mtime(&second) < before, "not touched for a download");
         recorder.record(digest(2), "two");
         // A removed object is no error.
         recorder.record(digest(3), "three");
@@ -500,6 +513,8 @@ mod tests {
             .names()
             .unwrap();
         assert_eq!(names[&digest(1)].paths, ["a/one"]);
-        assert_eq!(names[&digest(2)].paths, ["two"]);
+        let mut paths = names[&digest(2)].paths.clone();
+        paths.sort();
+        assert_eq!(paths, ["fresh", "two"]);
     }
 }

@@ -205,7 +205,9 @@ fn complete(
                     consumer = %spool.name, chit = %entry.name, digest = %entry.digest, path = %entry.path,
                     from = entry.from, "downloaded: fetch/ → downloaded/"
                 );
-                used.push((entry.digest, entry.path.as_str()));
+                // Just downloaded, the object's publish set its last use.
+                let touch = entry.from != "download";
+                used.push((entry.digest, entry.path.as_str(), touch));
             }
             Err(e) => fail(
                 spool,
