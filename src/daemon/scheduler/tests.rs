@@ -138,6 +138,29 @@ async fn a_flood_in_one_spool_does_not_starve_another() {
     assert!(scheduler.is_idle());
 }
 
+/// Start `scheduler` and drive it in-process until no local step ends
+/// for a second of paused time: `admitted` sees it after each admission,
+/// `batch` the steps of each batch that ends.
+async fn drive_batches(
+    scheduler: &mut Scheduler,
+    mut admitted: impl FnMut(&Scheduler),
+    mut batch: impl FnMut(&[Step]),
+) {
+    scheduler.start();
+    loop {
+        scheduler.admit();
+        admitted(scheduler);
+        let step = tokio::select! {
+            Some(step) = scheduler.local.join_next() => step,
+            () = tokio::time::sleep(Duration::from_secs(1)) => break,
+        };
+        if let Step::Batch(steps) = &step {
+            batch(steps);
+        }
+        scheduler.step_done(step);
+    }
+}
+
 /// A burst of cache hits is worked on in batches of at most
 /// [`BATCH_MOST`] chits, by at most [`LOCAL_TASKS`] tasks, within the
 /// local slots; every chit is delivered and committed.
@@ -149,22 +172,16 @@ async fn a_burst_of_hits_is_worked_on_in_batches() {
         fixture.drop_chit("one", &format!("c{i:02}"), &chit);
     }
     let mut scheduler = fixture.scheduler(32);
-    scheduler.start();
     let mut largest = 0;
-    loop {
-        scheduler.admit();
+    let admitted = |scheduler: &Scheduler| {
         assert!(scheduler.local.tasks() <= LOCAL_TASKS);
         assert!(scheduler.local.chits() <= 32, "{}", scheduler.local.chits());
-        let step = tokio::select! {
-            Some(step) = scheduler.local.join_next() => step,
-            () = tokio::time::sleep(Duration::from_secs(1)) => break,
-        };
-        if let Step::Batch(steps) = &step {
-            assert!(steps.len() <= BATCH_MOST, "{}", steps.len());
-            largest = largest.max(steps.len());
-        }
-        scheduler.step_done(step);
-    }
+    };
+    let batch = |steps: &[Step]| {
+        assert!(steps.len() <= BATCH_MOST, "{}", steps.len());
+        largest = largest.max(steps.len());
+    };
+    drive_batches(&mut scheduler, admitted, batch).await;
     assert_eq!(largest, BATCH_MOST, "chits share batches");
     assert_eq!(fixture.names("one", "downloaded").len(), 60);
     assert!(scheduler.is_idle());
@@ -185,26 +202,18 @@ async fn a_big_hit_is_delivered_in_a_batch_of_its_own() {
         fixture.drop_chit("one", &format!("s{i}"), &chit);
     }
     let mut scheduler = fixture.scheduler(32);
-    scheduler.start();
     let mut big_delivered = 0;
-    loop {
-        scheduler.admit();
-        let step = tokio::select! {
-            Some(step) = scheduler.local.join_next() => step,
-            () = tokio::time::sleep(Duration::from_secs(1)) => break,
-        };
-        if let Step::Batch(steps) = &step {
-            for step in steps {
-                if let Step::Commit(commit) = step
-                    && commit.path.starts_with("big")
-                {
-                    assert_eq!(steps.len(), 1, "a big hit shares its batch");
-                    big_delivered += 1;
-                }
+    let batch = |steps: &[Step]| {
+        for step in steps {
+            if let Step::Commit(commit) = step
+                && commit.path.starts_with("big")
+            {
+                assert_eq!(steps.len(), 1, "a big hit shares its batch");
+                big_delivered += 1;
             }
         }
-        scheduler.step_done(step);
-    }
+    };
+    drive_batches(&mut scheduler, |_| {}, batch).await;
     assert_eq!(big_delivered, 3);
     assert_eq!(fixture.names("one", "downloaded").len(), 13);
     assert!(scheduler.is_idle());
