@@ -34,12 +34,13 @@ pub enum Item {
     Deliver(Delivery),
     /// A chit whose file is in the cache at this path (see [`Step::Hit`]).
     Hit(Waiter, std::path::PathBuf),
-    /// A verified download held in memory, to publish into the cache and
-    /// deliver to its lone waiter, if it has one (see [`work::publish`]).
+    /// A verified download (not delivered early), to publish into the
+    /// cache and deliver to its lone waiter, if it has one.
     Publish(Box<ToPublish>),
 }
 
-/// A verified download held in memory, and its lone waiter.
+/// A verified download (held in memory, or its `.part`), and its lone
+/// waiter.
 #[derive(Debug)]
 pub struct ToPublish {
     pub partial: Partial,
@@ -86,8 +87,8 @@ fn begin(shared: &Shared, item: Item) -> Started {
     }
 }
 
-/// A small download on its way into the cache, and its lone waiter's
-/// delivery begun from its bytes.
+/// A download on its way into the cache, and its lone waiter's delivery
+/// begun (from its bytes, when held in memory).
 struct BegunPublish {
     key: Key,
     /// The source of the bytes, redacted.
@@ -98,11 +99,7 @@ struct BegunPublish {
 }
 
 fn begin_publish(shared: &Shared, ToPublish { partial, key, lone }: ToPublish) -> BegunPublish {
-    let source = partial
-        .source
-        .as_deref()
-        .map(crate::chit::redact_unparsed_url);
-    let from_remote = crate::remote::is_remote_source(partial.source.as_deref());
+    let (source, from_remote) = work::source_of(&partial);
     let object = shared
         .store
         .start_publish(partial, &key.digest)

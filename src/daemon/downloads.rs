@@ -59,8 +59,8 @@ pub struct Downloads {
     /// Finished downloads being published, and when each started (for the
     /// log line's duration and rate).
     publishing: HashMap<Key, std::time::Instant>,
-    /// Verified downloads held in memory, waiting to be published by a
-    /// batch ([`super::batch`]).
+    /// Verified downloads not delivered early, waiting to be published
+    /// by a batch ([`super::batch`]).
     ready: VecDeque<ToPublish>,
     /// Early deliveries of the downloads under way (see [`crate::chase`]).
     chases: HashMap<Key, Chase>,
@@ -369,12 +369,14 @@ impl Downloads {
                 })
             })
             .or_else(|| self.inflight.take_lone_waiter(&key));
-        if chase.is_none() && partial.is_in_memory() {
+        let Some(chase) = chase else {
             self.ready.push_back(ToPublish { partial, key, lone });
             return;
-        }
+        };
         let shared = Arc::clone(shared);
-        local.spawn(1, move || work::publish(&shared, partial, key, lone, chase));
+        local.spawn(1, move || {
+            work::publish_chased(&shared, partial, key, lone, chase)
+        });
     }
 
     /// A download is over: hand its outcome to every waiter, or, when it

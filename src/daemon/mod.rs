@@ -44,16 +44,17 @@
 //! many deliveries wait for their flushes together; a chit waiting for a
 //! download holds no slot and no task, so a slow download never blocks
 //! cache hits. The local steps run in batches of up to 4 chits (a verified
-//! small download waiting to be published and delivered comes first, then
+//! download waiting to be published and delivered comes first, then
 //! deliveries and new chits in the consumers' turns), up to 32 batches at
 //! once: a batch writes all of its files before it flushes any, so they
 //! share a journal commit, and it costs one hand-off to a thread and back
 //! for its chits, not one each (`batch`, `local`). A batch's chits are
-//! done when its last one is, so the delivery of a file of 1 MiB or more
-//! ([`work::SOLO_MIN`]: a cache hit found by a batch, or a file that a
-//! download ended) is set aside for a batch of its own: it holds up no
-//! small chit for its copy, and several copy side by side. No new chit starts while twice as many delivered chits wait
-//! for their group commit. `chitd run` raises its soft open files limit to
+//! done when its last one is, so the publish or delivery of a file of 1
+//! MiB or more ([`work::SOLO_MIN`]: a cache hit found by a batch, or a
+//! file that a download ended) is set aside for a batch of its own: it
+//! holds up no small chit for its copy, and several copy side by side.
+//! No new chit starts while twice as many delivered chits wait for their
+//! group commit. `chitd run` raises its soft open files limit to
 //! the hard one; under a hard limit too low for 128 slots the daemon takes
 //! fewer ([`LocalLimits`]) and says so at start. A chit that meets the
 //! limit anyway (`EMFILE`, `ENFILE`, `ENOMEM`) is not failed for it: it

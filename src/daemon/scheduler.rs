@@ -268,8 +268,8 @@ impl Scheduler {
 
     /// The next batch, of at most `most` items: a big file's chit alone;
     /// else verified downloads to publish first, then deliveries and new
-    /// chits (round robin across consumers), a big file's delivery set
-    /// aside for a batch of its own.
+    /// chits (round robin across consumers), a big file's publish or
+    /// delivery set aside for a batch of its own.
     fn next_batch(&mut self, most: usize) -> Vec<Item> {
         if most == 0 {
             return Vec::new();
@@ -281,7 +281,13 @@ impl Scheduler {
         while items.len() < most
             && let Some(publish) = self.downloads.next_to_publish()
         {
-            items.push(Item::Publish(Box::new(publish)));
+            let big = publish.key.size >= work::SOLO_MIN;
+            let publish = Item::Publish(Box::new(publish));
+            if big {
+                self.solo.push_back(publish);
+            } else {
+                items.push(publish);
+            }
         }
         while items.len() < most
             && let Some(next) = self.queues.next()

@@ -23,7 +23,7 @@ use self::deliver::begin_delivery;
 #[cfg(test)]
 pub use self::deliver::target;
 pub use self::deliver::{
-    Begun, Object, Target, Targets, begin_finish, finish, publish, upload_later,
+    Begun, Object, Target, Targets, begin_finish, finish, publish_chased, source_of, upload_later,
 };
 
 /// Where the chit was when it was queued.
@@ -81,7 +81,7 @@ fn spool_of(
 }
 
 /// Chits of files at least this big are delivered in a batch of their own
-/// ([`Step::Hit`], and deliveries after a download: see
+/// ([`Step::Hit`], and publishes and deliveries after a download: see
 /// `Scheduler::next_batch`): their copy takes a millisecond or more, which
 /// the other chits of a batch would wait for, and several of them copy
 /// side by side.

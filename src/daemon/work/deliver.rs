@@ -120,45 +120,38 @@ pub fn begin_finish(
     }
 }
 
-/// Publish a verified download into the cache, then deliver it to `lone`,
-/// its only waiter so far or the one its `chase` copied for, if any (one
-/// blocking task for both: a download of a small file costs one hand-off
-/// less). The chase becomes that delivery; it is discarded if it was for
-/// another chit.
-pub fn publish(
+/// Publish a verified download that was delivered early (`chase`, see
+/// [`crate::chase`]) into the cache, then deliver it to `lone`, its only
+/// waiter so far or the one the chase copied for, if any: the chase
+/// becomes that delivery; it is discarded if it was for another chit.
+/// (Downloads without a chase are published by a batch:
+/// [`super::super::batch`].)
+pub fn publish_chased(
     shared: &Shared,
     partial: crate::partial::Partial,
     key: Key,
     lone: Option<Waiter>,
-    chase: Option<Chase>,
+    chase: Chase,
 ) -> Step {
     let (generation, total) = (partial.followed_generation(), partial.total());
-    let source = partial
-        .source
-        .as_deref()
-        .map(crate::chit::redact_unparsed_url);
-    if let Some(chase) = &chase {
-        // The chaser copies the tail while the `.part` is synced.
-        chase.wrap_up();
-    }
-    let from_remote = crate::remote::is_remote_source(partial.source.as_deref());
+    let (source, from_remote) = source_of(&partial);
+    // The chaser copies the tail while the `.part` is synced.
+    chase.wrap_up();
     let published = shared
         .store
         .publish(partial, &key.digest)
         .map_err(|e| Failure::from(Cause::Publish(e)));
     upload_later(shared, key, &published, from_remote);
-    let chased = chase.and_then(|chase| {
-        let for_lone = lone
-            .as_ref()
-            .is_some_and(|w| (w.consumer, &w.name) == (chase.consumer, &chase.name));
-        match (generation, &published) {
-            (Some(generation), Ok(_)) if for_lone => chase.finish(generation, total),
-            _ => {
-                chase.abort();
-                None
-            }
+    let for_lone = lone
+        .as_ref()
+        .is_some_and(|w| (w.consumer, &w.name) == (chase.consumer, &chase.name));
+    let chased = match (generation, &published) {
+        (Some(generation), Ok(_)) if for_lone => chase.finish(generation, total),
+        _ => {
+            chase.abort();
+            None
         }
-    });
+    };
     let delivered = lone.map(|waiter| {
         let outcome = published.as_ref().map(|object| Object {
             path: &object.path,
@@ -175,6 +168,16 @@ pub fn publish(
         published: published.map(|object| object.path),
         delivered,
     }
+}
+
+/// Where a verified download's bytes came from (its last source,
+/// redacted), and whether that was the remote tier.
+pub fn source_of(partial: &crate::partial::Partial) -> (Option<String>, bool) {
+    let source = partial.source.as_deref();
+    (
+        source.map(crate::chit::redact_unparsed_url),
+        crate::remote::is_remote_source(source),
+    )
 }
 
 /// Have the remote tier (if any) upload a `published` object of `key`,
