@@ -66,10 +66,11 @@ pub enum DeliverError {
     Gone(std::path::PathBuf),
 }
 
-/// Deliver `source` to `path` beneath `root`, up to and including the
-/// rename, but without the final fsync of the directory, which it returns:
-/// the caller fsyncs it (once for a batch of deliveries into the same
-/// directory) before it reports the file as durably delivered.
+/// Deliver `source` to `path` beneath `root`, in two halves: this one
+/// writes (and verifies) the copy and starts its writeback;
+/// [`Delivering::finish`] flushes it and puts it in place. A batch of
+/// deliveries started, then finished, shares its flushes (see
+/// [`crate::durable::Unnamed::link`]).
 ///
 /// The copy is an unnamed file (`O_TMPFILE`), written and fdatasync'd,
 /// then linked under its name: a new name appears whole or not at all. A
@@ -77,19 +78,6 @@ pub enum DeliverError {
 /// replaced by a rename from a temporary name the copy is linked as first.
 /// Where the file system makes no unnamed files, the copy is a named
 /// temporary from the start ([`Dir::create_temp`]), renamed into place.
-pub fn deliver_unsynced(
-    root: &Dir,
-    path: &DeliveryPath,
-    source: Source<'_>,
-    durable: &DurableDirs,
-) -> Result<Dir, DeliverError> {
-    start_delivery(root, path, source, durable)?.finish()
-}
-
-/// [`deliver_unsynced`]'s first half: the copy written (and verified) and
-/// on its way to disk, not yet in place; [`Delivering::finish`] flushes it
-/// and puts it in place. A batch of deliveries started, then finished,
-/// shares its flushes (see [`crate::durable::Unnamed::link`]).
 pub fn start_delivery(
     root: &Dir,
     path: &DeliveryPath,
@@ -136,8 +124,10 @@ enum Copy {
 }
 
 impl Delivering {
-    /// Flush the copy and put it in place (see [`deliver_unsynced`]); the
-    /// directory that holds it, for the caller to fsync.
+    /// Flush the copy and put it in place (see [`start_delivery`]), but
+    /// without the final fsync of the directory, which it returns: the
+    /// caller fsyncs it (once for a batch of deliveries into the same
+    /// directory) before it reports the file as durably delivered.
     pub fn finish(mut self) -> Result<Dir, DeliverError> {
         let Some((parent, copy)) = self.copy.take() else {
             unreachable!("a delivery is finished once");
@@ -312,7 +302,8 @@ mod tests {
 
     /// One delivery, made durable (the daemon syncs directories per batch).
     fn deliver(root: &Dir, path: &DeliveryPath, source: Source<'_>) -> Result<(), DeliverError> {
-        Ok(deliver_unsynced(root, path, source, &DurableDirs::default())?.sync()?)
+        let delivering = start_delivery(root, path, source, &DurableDirs::default())?;
+        Ok(delivering.finish()?.sync()?)
     }
 
     /// The digest of `bytes`.

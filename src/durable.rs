@@ -168,23 +168,13 @@ pub fn link_unnamed(file: &File, dirfd: impl AsFd, name: &Path) -> io::Result<bo
 }
 
 /// Write `bytes` as the new file `path` (permissions `mode` less the
-/// umask), durably before it has its name: an unnamed file, written,
-/// fsync'd, then linked. `Ok(false)` if `path` exists already or unnamed
-/// files do not work here (nothing was made): use
+/// umask), durably before it has its name, in two halves: this one writes
+/// an unnamed file in `path`'s directory and starts its writeback
+/// ([`start_writeback`]); [`Unnamed::link`] fsyncs it, then links it.
+/// `None` where unnamed files do not work here (nothing was made): use
 /// [`write_then_rename_mode`] then. Like it, the caller syncs the
-/// directory.
-pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
-    match write_unnamed(path, bytes, mode)? {
-        Some(unnamed) => unnamed.link(),
-        None => Ok(false),
-    }
-}
-
-/// [`write_new`]'s first half: `bytes` written to an unnamed file in
-/// `path`'s directory and on their way to disk
-/// ([`start_writeback`]); `None` where unnamed files do not work here.
-/// Many files written this way before any is flushed share their flushes
-/// (see [`Unnamed::link`]).
+/// directory. Many files written this way before any is flushed share
+/// their flushes (see [`Unnamed::link`]).
 pub fn write_unnamed(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Option<Unnamed>> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let created = create_unnamed(rustix::fs::CWD, dir, mode, false);
@@ -209,7 +199,7 @@ pub struct Unnamed {
 }
 
 impl Unnamed {
-    /// [`write_new`]'s second half: fsync, then link under its path.
+    /// [`write_unnamed`]'s second half: fsync, then link under its path.
     /// `Ok(false)` if the path exists already or links of unnamed files
     /// cannot be made here (nothing was named).
     ///
@@ -303,6 +293,14 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "temporary file left behind");
+    }
+
+    /// Both halves of a new file in a row.
+    fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
+        match write_unnamed(path, bytes, mode)? {
+            Some(unnamed) => unnamed.link(),
+            None => Ok(false),
+        }
     }
 
     /// A new file is written whole under its name, with its mode, and

@@ -204,7 +204,7 @@ impl Store {
     /// Publish a complete, verified partial under its digest: a `.part` is
     /// fdatasync'd by `into_complete`, then renamed; bytes held in memory
     /// are written to an unnamed file in the fan-out directory, fsync'd,
-    /// then linked under the final name (`durable::write_new`; where the
+    /// then linked under the final name (`durable::write_unnamed`; where the
     /// file system makes no unnamed files, or an object is there already,
     /// a dot-named temporary renamed over it), and handed back for
     /// delivery.
